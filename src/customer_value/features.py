@@ -1,0 +1,112 @@
+"""One row per customer, computed the same way for training and scoring.
+
+Durations are kept in **days** in the table so that a registered model never depends on the time unit the
+scoring job was configured with; each model converts to its own unit (weeks by default) at its boundary.
+
+Columns (index ``customer_id``):
+
+- ``frequency``: repeat purchase days (distinct purchase days minus one), as in Fader & Hardie.
+- ``recency_days``: days between first and last purchase (lifetimes' ``recency``).
+- ``T_days``: days between first purchase and ``as_of``; the customer's tenure (lifetimes' ``T``).
+- ``monetary_value``: mean spend of the repeat purchase days (0 without repeats), Gamma-Gamma's input.
+- ``days_since_last``: days since the last purchase, the "R" of RFM.
+- ``n_orders``, ``total_spend``, ``mean_order_value``: over all purchase days, the "F" and "M" of RFM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from customer_value.errors import DataError
+
+FEATURE_COLUMNS = [
+    "frequency",
+    "recency_days",
+    "T_days",
+    "monetary_value",
+    "days_since_last",
+    "n_orders",
+    "total_spend",
+    "mean_order_value",
+]
+
+
+def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Customer table from orders on or before ``as_of`` (orders as returned by ``data``)."""
+    as_of = pd.Timestamp(as_of).normalize()
+    seen = orders[orders["date"] <= as_of]
+    if seen.empty:
+        raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
+    # Orders arrive sorted by customer then date, so first/last are positional and cheap.
+    grouped = seen.groupby("customer_id", sort=True, observed=True)
+    first = grouped["date"].min()
+    last = grouped["date"].max()
+    n_orders = grouped.size().astype("int64")
+    total = grouped["amount"].sum()
+    first_amount = grouped["amount"].first()
+
+    frequency = n_orders - 1
+    repeat_spend = total - first_amount
+    monetary = np.where(frequency > 0, repeat_spend / frequency.clip(lower=1), 0.0)
+    table = pd.DataFrame(
+        {
+            "frequency": frequency.astype("float64"),
+            "recency_days": (last - first).dt.days.astype("float64"),
+            "T_days": (as_of - first).dt.days.astype("float64"),
+            "monetary_value": monetary.astype("float64"),
+            "days_since_last": (as_of - last).dt.days.astype("float64"),
+            "n_orders": n_orders.astype("float64"),
+            "total_spend": total.astype("float64"),
+            "mean_order_value": (total / n_orders).astype("float64"),
+        }
+    )
+    table.index.name = "customer_id"
+    return table
+
+
+@dataclass(frozen=True)
+class Split:
+    """Calibration window (model fitting) and the holdout window that judges it."""
+
+    calibration_end: pd.Timestamp
+    holdout_end: pd.Timestamp
+
+    @property
+    def holdout_days(self) -> float:
+        return float((self.holdout_end - self.calibration_end).days)
+
+
+def resolve_split(orders: pd.DataFrame, calibration_end: str | None, calibration_share: float) -> Split:
+    """Use the configured calibration end, or cut the observed time range at ``calibration_share``."""
+    first, last = orders["date"].min(), orders["date"].max()
+    if calibration_end is not None:
+        end = pd.Timestamp(calibration_end).normalize()
+    else:
+        if not 0.0 < calibration_share < 1.0:
+            raise DataError(f"split.calibration_share must be in (0, 1), got {calibration_share}")
+        end = (first + (last - first) * calibration_share).normalize()
+    if not first <= end < last:
+        raise DataError(
+            f"split.calibration_end {end.date()} leaves no calibration or no holdout window inside the "
+            f"data's range {first.date()} to {last.date()}"
+        )
+    return Split(calibration_end=end, holdout_end=last)
+
+
+def calibration_and_holdout(orders: pd.DataFrame, split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features as of the calibration end, and what each of those customers did in the holdout.
+
+    Only customers first seen in the calibration window are included: the holdout judges predictions
+    for customers the model knew about. Holdout columns: ``purchases`` (purchase days) and ``revenue``.
+    """
+    calibration = customer_features(orders, split.calibration_end)
+    in_holdout = (orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)
+    grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
+    holdout = pd.DataFrame(
+        {"purchases": grouped.size().astype("float64"), "revenue": grouped["amount"].sum()}
+    )
+    holdout = holdout.reindex(calibration.index, fill_value=0.0)
+    return calibration, holdout

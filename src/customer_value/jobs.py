@@ -1,0 +1,30 @@
+"""Pieces the train and score jobs share: reading the configured data source."""
+
+from __future__ import annotations
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from customer_value.data import DataReport, load_bundled, load_transactions
+from customer_value.errors import UserError
+from customer_value.schema import TIME_UNITS_DAYS
+
+
+def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
+    """Orders and data report for the ``data`` config node (bundled dataset or a file)."""
+    if data.bundled:
+        return load_bundled(data.bundled, keep_zero_amounts=data.keep_zero_amounts)
+    return load_transactions(
+        data.path,
+        customer_id=data.columns.customer_id,
+        timestamp=data.columns.timestamp,
+        amount=data.columns.amount,
+        timestamp_format=data.timestamp_format,
+        keep_zero_amounts=data.keep_zero_amounts,
+    )
+
+
+def time_unit_days(unit: str) -> float:
+    if unit not in TIME_UNITS_DAYS:
+        raise UserError(f"features.time_unit must be one of {sorted(TIME_UNITS_DAYS)}, got '{unit}'")
+    return TIME_UNITS_DAYS[unit]

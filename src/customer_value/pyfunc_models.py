@@ -1,0 +1,84 @@
+"""The registered models: MLflow pyfunc wrappers that take one row per customer and predict row by row.
+
+Both are logged as "models from code" (see ``model_code/``), so no Python object is pickled for the CLV
+model; its fitted parameters travel as JSON. The segments model's fitted scikit-learn pipeline is a pickle.
+Inputs are validated here because MLflow's schema enforcement lets NaN, negative and empty inputs through.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from customer_value.clv import INPUT_COLUMNS, CLVModel, CLVParams
+from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+
+CLV_SPEC_ARTIFACT = "clv_spec"
+SEGMENT_ARTIFACT = "segment_model"
+
+
+def validate_customer_rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Reject what schema enforcement lets through: no rows, missing/NaN/negative values, recency > T."""
+    if not isinstance(frame, pd.DataFrame):
+        frame = pd.DataFrame(frame)
+    if frame.empty:
+        raise ValueError("no customer rows to score")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"input lacks column(s) {missing}")
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").astype("float64")
+    bad = ~np.isfinite(values.to_numpy())
+    if bad.any():
+        raise ValueError(f"{int(bad.any(axis=1).sum())} input row(s) have missing or non-numeric values")
+    negative = (values < 0).any(axis=1)
+    if negative.any():
+        raise ValueError(f"{int(negative.sum())} input row(s) have negative values")
+    if {"recency_days", "T_days"} <= set(columns):
+        inverted = values["recency_days"] > values["T_days"]
+        if inverted.any():
+            raise ValueError(f"{int(inverted.sum())} input row(s) have recency_days > T_days")
+    return values
+
+
+class CLVPyfunc(mlflow.pyfunc.PythonModel):
+    """Lifetime value and churn propensity; ``horizon_days`` is a predict-time parameter."""
+
+    def load_context(self, context: Any) -> None:
+        spec = json.loads(Path(context.artifacts[CLV_SPEC_ARTIFACT]).read_text())
+        self.spec = spec
+        self.model = clv_model_from_spec(spec, "scoring_params")
+
+    def evaluation_model(self) -> CLVModel:
+        """The calibration-window fit, so champion and challenger are judged on the same holdout."""
+        return clv_model_from_spec(self.spec, "calibration_params")
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        features = validate_customer_rows(model_input, INPUT_COLUMNS)
+        horizon = (params or {}).get("horizon_days") or self.spec["horizon_days"]
+        return self.model.predict(features, float(horizon)).reset_index(drop=True)
+
+
+def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
+    return CLVModel.from_params(CLVParams(**spec[which]), spec["discount_rate"], spec["discount_step_days"])
+
+
+class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
+    """Segment id (0 = most valuable) and its name for each customer row."""
+
+    def load_context(self, context: Any) -> None:
+        with open(context.artifacts[SEGMENT_ARTIFACT], "rb") as handle:
+            self.model: SegmentModel = pickle.load(handle)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        features = validate_customer_rows(model_input, SEGMENT_FEATURES)
+        return self.model.predict(features).reset_index(drop=True)

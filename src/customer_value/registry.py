@@ -1,0 +1,162 @@
+"""Log the pyfunc models, register them, and move the ``champion`` alias only for a better model.
+
+Gate: a new version takes ``champion`` when there is none yet, or when its primary metric beats the
+current champion's **on the same evaluation data** (the caller re-scores the champion on this run's
+holdout); otherwise it takes ``challenger``. Ties keep the champion.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+import customer_value
+from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS
+from customer_value.errors import RegistryError
+from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
+from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+
+PACKAGE_DIR = Path(customer_value.__file__).parent
+MODEL_CODE_DIR = PACKAGE_DIR / "model_code"
+CHALLENGER = "challenger"
+
+
+def _requirements() -> list[str]:
+    """Pin what the model imports at load time to the versions it was trained with."""
+    from importlib.metadata import version
+
+    names = ["mlflow", "lifetimes", "scikit-learn", "pandas", "numpy", "scipy", "autograd"]
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def clv_signature(horizon_days: float) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", c) for c in INPUT_COLUMNS]),
+        outputs=Schema([ColSpec("double", c) for c in PREDICTION_COLUMNS]),
+        params=ParamSchema([ParamSpec("horizon_days", "double", float(horizon_days))]),
+    )
+
+
+def segments_signature() -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", c) for c in SEGMENT_FEATURES]),
+        outputs=Schema([ColSpec("long", "segment"), ColSpec("string", "segment_name")]),
+    )
+
+
+def log_clv_model(spec: dict[str, Any], example: pd.DataFrame) -> ModelInfo:
+    """Log the CLV pyfunc in the active run; ``spec`` holds both parameter sets and the defaults."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "clv_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        return mlflow.pyfunc.log_model(
+            name="customer-clv",
+            python_model=str(MODEL_CODE_DIR / "clv_model.py"),
+            artifacts={CLV_SPEC_ARTIFACT: str(spec_path)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=clv_signature(spec["horizon_days"]),
+            input_example=example[INPUT_COLUMNS].head(5).reset_index(drop=True),
+            pip_requirements=_requirements(),
+        )
+
+
+def log_segments_model(model: SegmentModel, example: pd.DataFrame) -> ModelInfo:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / "segment_model.pkl"
+        model_path.write_bytes(pickle.dumps(model))
+        return mlflow.pyfunc.log_model(
+            name="customer-segments",
+            python_model=str(MODEL_CODE_DIR / "segments_model.py"),
+            artifacts={SEGMENT_ARTIFACT: str(model_path)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=segments_signature(),
+            input_example=example[SEGMENT_FEATURES].head(5).reset_index(drop=True),
+            pip_requirements=_requirements(),
+        )
+
+
+def champion_version(name: str, alias: str, client: MlflowClient | None = None) -> Any | None:
+    """The model version behind ``name@alias``, or None when the model or alias does not exist yet."""
+    client = client or MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        raise
+
+
+def require_champion(name: str, alias: str) -> Any:
+    version = champion_version(name, alias)
+    if version is None:
+        raise RegistryError(
+            f"no model registered as '{name}@{alias}' at {mlflow.get_tracking_uri()}; run `make train` first"
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    version: str
+    alias: str
+    metric: str
+    new_score: float
+    champion_version: str | None
+    champion_score: float | None
+
+    def as_tags(self) -> dict[str, str]:
+        return {
+            "gate.alias": self.alias,
+            "gate.metric": self.metric,
+            "gate.new_score": f"{self.new_score:.6g}",
+            "gate.champion_version": self.champion_version or "none",
+            "gate.champion_score": "none" if self.champion_score is None else f"{self.champion_score:.6g}",
+        }
+
+
+def beats(new: float, old: float | None, higher_is_better: bool) -> bool:
+    if old is None:
+        return True
+    return new > old if higher_is_better else new < old
+
+
+def register_with_gate(
+    model_uri: str,
+    name: str,
+    *,
+    alias: str,
+    metric: str,
+    new_score: float,
+    champion: Any | None,
+    champion_score: float | None,
+    higher_is_better: bool,
+    tags: dict[str, str],
+) -> GateDecision:
+    """Register ``model_uri`` as a new version of ``name`` and give it ``alias`` or ``challenger``."""
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    wins = beats(new_score, champion_score, higher_is_better)
+    decision = GateDecision(
+        version=str(version),
+        alias=alias if wins else CHALLENGER,
+        metric=metric,
+        new_score=new_score,
+        champion_version=None if champion is None else str(champion.version),
+        champion_score=champion_score,
+    )
+    for key, value in decision.as_tags().items():
+        client.set_model_version_tag(name, str(version), key, value)
+    client.set_registered_model_alias(name, decision.alias, str(version))
+    return decision

@@ -1,0 +1,97 @@
+"""Scoring job: load the champion models, score every customer as of a date, write one table.
+
+The output is written to a temporary file beside the target and renamed into place, so an interrupted
+or failed job never leaves a partial table.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import hydra
+import mlflow
+import pandas as pd
+from omegaconf import DictConfig
+
+from customer_value import registry, tracking
+from customer_value.clv import INPUT_COLUMNS
+from customer_value.entrypoint import run_job
+from customer_value.errors import UserError
+from customer_value.features import customer_features
+from customer_value.jobs import load_orders
+from customer_value.schema import register_configs
+from customer_value.segmentation import SEGMENT_FEATURES
+
+OUTPUT_FORMATS = {".parquet", ".csv"}
+
+
+def score_customers(cfg: DictConfig) -> pd.DataFrame:
+    """One row per customer seen on or before ``score.as_of``, with segment and every CLV output."""
+    tracking.configure(cfg.tracking.uri)
+    output = Path(cfg.score.output)
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"score.output '{output}' must end in .parquet or .csv")
+    clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
+    segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
+
+    orders, report = load_orders(cfg.data)
+    as_of = pd.Timestamp(cfg.score.as_of or report.last_date).normalize()
+    features = customer_features(orders, as_of)
+    rows = features.reset_index(drop=True)
+
+    clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
+    horizon = cfg.score.horizon_days
+    if horizon is None:
+        horizon = clv_model.metadata.get_params_schema().params[0].default
+    values = clv_model.predict(rows[INPUT_COLUMNS], params={"horizon_days": float(horizon)})
+    segments_model = mlflow.pyfunc.load_model(
+        f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
+    )
+    segments = segments_model.predict(rows[SEGMENT_FEATURES])
+
+    table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
+    table["horizon_days"] = float(horizon)
+    table["as_of"] = as_of
+    table["clv_model_version"] = str(clv_version.version)
+    table["segments_model_version"] = str(segments_version.version)
+    return table
+
+
+def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
+    """Write to a temporary file in the target folder, then rename: readers see all or nothing."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        if output.suffix.lower() == ".csv":
+            table.to_csv(tmp, index=False)
+        else:
+            table.to_parquet(tmp, index=False)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def score(cfg: DictConfig) -> Path:
+    table = score_customers(cfg)
+    output = write_table_atomically(table, Path(cfg.score.output))
+    print(
+        f"scored {len(table):,} customers as of {table['as_of'].iloc[0].date()} with "
+        f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
+        f"v{table['segments_model_version'].iloc[0]} -> {output}"
+    )
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    run_job(score, cfg)
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()

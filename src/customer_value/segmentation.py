@@ -1,0 +1,142 @@
+"""Behavioural segments: a fitted scikit-learn pipeline, its quality metrics, profiles and names.
+
+The pipeline (log1p -> standardise -> KMeans) is what gets registered, so scoring applies exactly the
+preprocessing training used. Segment ids are renumbered by mean spend (0 = most valuable) so that the same
+behaviour keeps the same id across refits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from customer_value.errors import ModelFitError
+
+SEGMENT_FEATURES = ["days_since_last", "n_orders", "mean_order_value", "T_days"]
+PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spend", "T_days"]
+
+
+def build_pipeline(n_clusters: int, seed: int) -> Pipeline:
+    """log1p + standardise the RFM-and-tenure columns, then KMeans."""
+    scale = Pipeline([("log1p", FunctionTransformer(np.log1p)), ("scale", StandardScaler())])
+    return Pipeline(
+        [
+            ("features", ColumnTransformer([("rfm", scale, SEGMENT_FEATURES)], remainder="drop")),
+            ("cluster", KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)),
+        ]
+    )
+
+
+def evaluation_space(features: pd.DataFrame) -> np.ndarray:
+    """A model-independent space (standardised log RFM) in which any two segmentations are compared."""
+    values = np.log1p(features[SEGMENT_FEATURES].to_numpy(dtype="float64"))
+    spread = values.std(axis=0)
+    return (values - values.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def value_order(labels: np.ndarray, spend: np.ndarray) -> np.ndarray:
+    """Map raw cluster labels to ids ordered by mean spend, most valuable first."""
+    n = int(labels.max()) + 1
+    sums = np.bincount(labels, weights=spend, minlength=n)
+    counts = np.maximum(np.bincount(labels, minlength=n), 1)
+    ranking = np.argsort(-(sums / counts), kind="stable")
+    mapping = np.empty(n, dtype=int)
+    mapping[ranking] = np.arange(n)
+    return mapping
+
+
+def quality_metrics(
+    space: np.ndarray, labels: np.ndarray, seed: int, sample_size: int = 10_000
+) -> dict[str, float]:
+    """Silhouette (on a sample above ``sample_size`` rows), Davies-Bouldin, Calinski-Harabasz, sizes."""
+    n_segments = len(np.unique(labels))
+    sizes = np.bincount(labels)
+    metrics: dict[str, float] = {
+        "n_segments": float(n_segments),
+        "smallest_segment_share": float(sizes[sizes > 0].min() / len(labels)),
+        "largest_segment_share": float(sizes.max() / len(labels)),
+    }
+    if 1 < n_segments < len(labels):
+        sample = min(sample_size, len(labels))
+        metrics["silhouette"] = float(silhouette_score(space, labels, sample_size=sample, random_state=seed))
+        metrics["davies_bouldin"] = float(davies_bouldin_score(space, labels))
+        metrics["calinski_harabasz"] = float(calinski_harabasz_score(space, labels))
+    return metrics
+
+
+def profile(features: pd.DataFrame, segments: np.ndarray) -> pd.DataFrame:
+    """Per segment: size, share, mean and median of each RFM/tenure column, share of total spend."""
+    frame = features[PROFILE_COLUMNS].assign(segment=segments)
+    grouped = frame.groupby("segment")
+    table = pd.concat([grouped.mean().add_prefix("mean_"), grouped.median().add_prefix("median_")], axis=1)
+    table.insert(0, "customers", grouped.size())
+    table.insert(1, "share", table["customers"] / len(frame))
+    table["spend_share"] = grouped["total_spend"].sum() / frame["total_spend"].sum()
+    return table
+
+
+def name_segments(features: pd.DataFrame, segments: np.ndarray) -> dict[int, str]:
+    """Human-readable names from each segment's centre in the standardised log-RFM space.
+
+    R = how recent (minus z of days since last purchase), F = z of purchase days, M = z of mean order
+    value, T = z of tenure; 0 is the customer base's average. Duplicate names are numbered in value order
+    (segment 0 = most valuable) so every segment stays distinguishable.
+    """
+    centres = pd.DataFrame(evaluation_space(features), columns=SEGMENT_FEATURES).groupby(segments).mean()
+    names: dict[int, str] = {}
+    for segment, centre in centres.iterrows():  # one row per segment, never per customer
+        recent = -centre["days_since_last"]
+        frequent = centre["n_orders"]
+        if recent > 0 and frequent > 0:
+            name = "Champions" if segment == centres.index.min() else "Loyal"
+        elif recent > 0:
+            name = "Promising newcomers" if centre["T_days"] < 0 else "Needs attention"
+        elif frequent > 0:
+            name = "At risk"
+        else:
+            name = "Hibernating big spenders" if centre["mean_order_value"] > 0 else "Lost"
+        names[int(segment)] = name
+    return _deduplicate(names)
+
+
+def _deduplicate(names: dict[int, str]) -> dict[int, str]:
+    seen: dict[str, int] = {}
+    unique = {}
+    for segment in sorted(names):
+        base = names[segment]
+        seen[base] = seen.get(base, 0) + 1
+        unique[segment] = base if seen[base] == 1 else f"{base} {seen[base]}"
+    return unique
+
+
+class SegmentModel:
+    """Fitted pipeline + value-ordered ids + names: the object behind the registered segments model."""
+
+    def __init__(self, n_clusters: int = 5, seed: int = 42) -> None:
+        self.n_clusters = n_clusters
+        self.seed = seed
+
+    def fit(self, features: pd.DataFrame) -> SegmentModel:
+        if len(features) < self.n_clusters:
+            raise ModelFitError(
+                f"segmentation.n_clusters={self.n_clusters} but only {len(features)} customers to cluster"
+            )
+        self.pipeline_ = build_pipeline(self.n_clusters, self.seed).fit(features)
+        raw = self.pipeline_.named_steps["cluster"].labels_
+        self.label_map_ = value_order(raw, features["total_spend"].to_numpy())
+        self.profile_ = profile(features, self.label_map_[raw])
+        self.names_ = name_segments(features, self.label_map_[raw])
+        self.profile_.insert(0, "segment_name", [self.names_[s] for s in self.profile_.index])
+        return self
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        segments = self.label_map_[self.pipeline_.predict(features)]
+        names = np.array([self.names_[s] for s in range(len(self.names_))], dtype=object)
+        return pd.DataFrame(
+            {"segment": segments.astype("int64"), "segment_name": names[segments]}, index=features.index
+        )

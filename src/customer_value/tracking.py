@@ -1,0 +1,131 @@
+"""MLflow set-up and logging helpers shared by the training and scoring jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+# MLflow's HTTP client retries a dead server for minutes by default; fail within seconds instead.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def configure(tracking_uri: str, registry_uri: str | None = None) -> str:
+    """Point MLflow at the tracking store; a relative SQLite path is made absolute and its folder created."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = absolute_sqlite_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(registry_uri or uri)
+    return uri
+
+
+def absolute_sqlite_uri(uri: str) -> str:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    path = Path(uri[len(prefix) :]).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def ensure_experiment(name: str, artifact_root: str | None) -> str:
+    """Experiment id by name, created with artifacts under ``artifact_root/<name>`` for a local store."""
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if artifact_root and is_local_store(mlflow.get_tracking_uri()):
+        location = (Path(artifact_root).resolve() / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it first.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@contextmanager
+def run(experiment: str, artifact_root: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
+    """An MLflow run that ends FAILED when anything inside raises (including KeyboardInterrupt)."""
+    experiment_id = ensure_experiment(experiment, artifact_root)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    try:
+        yield active
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping to dotted keys, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    mlflow.log_params({k: ("null" if v is None else str(v))[:6000] for k, v in params.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v == v})  # drop NaN
+
+
+def log_figure(figure: Figure, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_table(table: pd.DataFrame, artifact_file: str) -> None:
+    mlflow.log_text(table.to_csv(float_format="%.6g"), artifact_file)
+
+
+def log_json(payload: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(payload, indent=2, default=str), artifact_file)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """Current commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
