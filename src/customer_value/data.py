@@ -267,7 +267,9 @@ def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | No
     else:
         text = values.astype("string") if fmt else values
         try:
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True).dt.tz_localize(None)
+            parsed = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True).dt.tz_localize(
+                None
+            )
         except (ValueError, TypeError) as exc:
             raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()

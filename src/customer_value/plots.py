@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: jobs and tests never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+# Figures are built with the object API (no pyplot): no global backend, no open-figure registry to leak.
 
 
 def purchases_by_frequency(table: pd.DataFrame) -> Figure:
     """Holdout purchases, actual vs predicted, by calibration repeat-purchase count."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     positions = np.arange(len(table))
     ax.bar(positions - 0.2, table["actual"], width=0.4, label="actual")
     ax.bar(positions + 0.2, table["predicted"], width=0.4, label="predicted")
@@ -23,7 +21,7 @@ def purchases_by_frequency(table: pd.DataFrame) -> Figure:
     ax.set_ylabel("mean purchases in holdout")
     ax.set_title("Holdout purchases by calibration frequency")
     ax.legend()
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     return fig
 
 
@@ -32,13 +30,14 @@ def churn_by_decile(churn_probability: np.ndarray, churned: np.ndarray) -> Figur
     deciles = pd.qcut(pd.Series(churn_probability).rank(method="first"), 10, labels=False)
     frame = pd.DataFrame({"decile": deciles, "predicted": churn_probability, "observed": churned})
     table = frame.groupby("decile")[["predicted", "observed"]].mean()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.plot(table["predicted"], table["observed"], marker="o")
     ax.set_xlabel("predicted churn probability")
     ax.set_ylabel("observed churn rate (holdout)")
     ax.set_title("Churn calibration by decile")
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     return fig
 
 
@@ -46,7 +45,8 @@ def segment_sizes(profile: pd.DataFrame) -> Figure:
     """Share of customers and share of spend per segment."""
     labels = [f"{i}: {n}" for i, n in zip(profile.index, profile["segment_name"], strict=True)]
     positions = np.arange(len(profile))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     ax.barh(positions + 0.2, profile["share"], height=0.4, label="customers")
     ax.barh(positions - 0.2, profile["spend_share"], height=0.4, label="spend")
     ax.set_yticks(positions, labels)
@@ -54,7 +54,7 @@ def segment_sizes(profile: pd.DataFrame) -> Figure:
     ax.set_xlabel("share")
     ax.set_title("Segment size and value share")
     ax.legend()
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     return fig
 
 
@@ -62,7 +62,8 @@ def segment_scatter(features: pd.DataFrame, segments: np.ndarray, names: dict[in
     """Recency vs frequency, coloured by segment (a sample of at most 5,000 customers)."""
     rng = np.random.default_rng(seed)
     take = rng.choice(len(features), size=min(5_000, len(features)), replace=False)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     jitter = rng.uniform(-0.3, 0.3, size=len(take))
     for segment in sorted(names):
         mask = segments[take] == segment
@@ -78,5 +79,5 @@ def segment_scatter(features: pd.DataFrame, segments: np.ndarray, names: dict[in
     ax.set_ylabel("purchase days (log, jittered)")
     ax.set_title("Segments")
     ax.legend(markerscale=3, fontsize=8)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     return fig

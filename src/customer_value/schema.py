@@ -26,7 +26,7 @@ class DataConfig:
     bundled: str | None = None  # a dataset shipped in a package (see data.BUNDLED), else read `path`
     path: str | None = None  # CSV or Parquet, chosen by extension
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    timestamp_format: str | None = None  # strptime format; null = ISO 8601 / pandas inference
+    timestamp_format: str | None = None  # strptime format; null = ISO 8601 (date or date-time, any offset)
     keep_zero_amounts: bool = False  # zero-value orders count as purchases (negative ones never do)
 
 

@@ -99,10 +99,7 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
-    import matplotlib.pyplot as plt
-
     mlflow.log_figure(figure, artifact_file)
-    plt.close(figure)
 
 
 def log_table(table: pd.DataFrame, artifact_file: str) -> None:

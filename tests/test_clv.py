@@ -1,0 +1,232 @@
+"""BG/NBD + Gamma-Gamma: published CDNOW numbers, the churn formula, and agreement with lifetimes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from scipy import integrate, stats
+from scipy.special import gammaln
+
+from customer_value.clv import (
+    PREDICTION_COLUMNS,
+    CLVModel,
+    CLVParams,
+    ModelInputs,
+    fit_purchase_model,
+    model_inputs,
+)
+from customer_value.data import load_bundled
+from customer_value.errors import ModelFitError
+from customer_value.features import calibration_and_holdout, resolve_split
+
+# Fader, Hardie & Lee (2005), CDNOW 1/10 sample, weeks; Fader & Hardie's Gamma-Gamma note.
+FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+GAMMA_GAMMA_NOTE = {"p": 6.25, "q": 3.74, "v": 15.44}
+PINNED = CLVParams(**FHL_2005, **GAMMA_GAMMA_NOTE, time_unit_days=7.0)
+
+
+def _sample_calibration(keep_zero_amounts: bool) -> pd.DataFrame:
+    orders, _ = load_bundled("cdnow_sample", keep_zero_amounts=keep_zero_amounts)
+    calibration, _ = calibration_and_holdout(orders, resolve_split(orders, "1997-09-30", 0.5))
+    return calibration
+
+
+def _inputs(x: float, t_x: float, T: float, m: float = 0.0) -> ModelInputs:
+    return ModelInputs(*(np.array([value], dtype="float64") for value in (x, t_x, T, m)))
+
+
+@pytest.fixture(scope="module")
+def fhl_model() -> CLVModel:
+    return CLVModel().fit(_sample_calibration(keep_zero_amounts=True))
+
+
+def test_reproduces_fader_hardie_lee_2005_and_the_gamma_gamma_note(fhl_model: CLVModel) -> None:
+    """Load -> features -> fit on the 1/10 sample (2,357 customers, 39-week calibration)."""
+    assert fhl_model.n_customers_ == 2357
+    fitted = fhl_model.params_.fitted()
+    for name, published in FHL_2005.items():
+        assert round(fitted[name], 3) == published, name
+    for name, published in GAMMA_GAMMA_NOTE.items():
+        assert round(fitted[name], 2) == published, name
+
+
+def test_dropping_zero_value_orders_stays_within_one_percent_of_the_published_fit() -> None:
+    calibration = _sample_calibration(keep_zero_amounts=False)
+    fitted = CLVModel().fit(calibration).params_.fitted()
+    assert len(calibration) == 2357 - 8  # eight customers' only calibration order was worth $0
+    for name, published in (FHL_2005 | GAMMA_GAMMA_NOTE).items():
+        assert fitted[name] == pytest.approx(published, rel=0.01), name
+
+
+def test_weighted_pattern_fit_equals_the_plain_lifetimes_fit() -> None:
+    calibration = _sample_calibration(keep_zero_amounts=True)
+    inputs = model_inputs(calibration, 7.0)
+    ours = fit_purchase_model(inputs, penalizer=0.0)
+    plain = BetaGeoFitter().fit(inputs.frequency, inputs.recency, inputs.T).params_
+    for name in ("r", "alpha", "a", "b"):
+        assert ours[name] == pytest.approx(plain[name], rel=1e-4), name
+
+
+def test_single_customer_expected_purchases_from_the_paper() -> None:
+    """E[X(39) | x=2, t_x=30.43, T=38.86] = 1.226 (Fader, Hardie & Lee 2005)."""
+    features = pd.DataFrame(
+        {"frequency": [2.0], "recency_days": [30.43 * 7], "T_days": [38.86 * 7], "monetary_value": [20.0]}
+    )
+    predicted = CLVModel.from_params(PINNED, 0.0, 7.0).predict(features, horizon_days=39 * 7)
+    assert round(predicted["expected_purchases"].iloc[0], 3) == 1.226
+
+
+def _direct_no_purchase_probability(x: float, t_x: float, T: float, h: float) -> float:
+    """P(no purchase in (T, T+h] | x, t_x, T), integrating the BG/NBD likelihood over the priors.
+
+    lambda is integrated in closed form (Gamma integrals), p numerically against its Beta prior. The
+    customer is either alive at T (and then buys nothing in the window with probability exp(-lambda h)),
+    or died right after the last purchase at t_x (only possible when x > 0).
+    """
+    r, alpha, a, b = (FHL_2005[k] for k in ("r", "alpha", "a", "b"))
+
+    def lam_integral(c: float) -> float:  # E[lambda^x exp(-lambda c)] under Gamma(r, alpha)
+        return np.exp(gammaln(r + x) - gammaln(r) + r * np.log(alpha) - (r + x) * np.log(alpha + c))
+
+    prior = stats.beta(a, b).pdf
+    alive_no_buy, alive, dead = lam_integral(T + h), lam_integral(T), lam_integral(t_x)
+
+    def weight(p: float, alive_term: float) -> float:
+        died = p * (1 - p) ** (x - 1) * dead if x > 0 else 0.0
+        return ((1 - p) ** x * alive_term + died) * prior(p)
+
+    numerator = integrate.quad(weight, 0, 1, args=(alive_no_buy,), epsabs=1e-13, limit=200)[0]
+    denominator = integrate.quad(weight, 0, 1, args=(alive,), epsabs=1e-13, limit=200)[0]
+    return numerator / denominator
+
+
+@pytest.mark.parametrize(
+    ("x", "t_x", "T", "h"),
+    [
+        (0, 0, 38.86, 39),
+        (0, 0, 5, 39),
+        (1, 1.71, 38.86, 39),
+        (2, 30.43, 38.86, 39),
+        (7, 20, 30, 10),
+        (3, 30, 30, 52),
+    ],
+)
+def test_churn_probability_equals_a_direct_integration(x: float, t_x: float, T: float, h: float) -> None:
+    features = pd.DataFrame(
+        {
+            "frequency": [x],
+            "recency_days": [t_x * 7],
+            "T_days": [T * 7],
+            "monetary_value": [10.0 if x else 0.0],
+        }
+    )
+    predicted = CLVModel.from_params(PINNED, 0.0, 7.0).predict(features, horizon_days=h * 7)
+    assert predicted["churn_probability"].iloc[0] == pytest.approx(
+        _direct_no_purchase_probability(x, t_x, T, h), abs=1e-7
+    )
+
+
+def test_one_time_buyers_get_a_churn_probability_that_grows_with_their_age() -> None:
+    """1 - P(alive) is 0 for every one-time buyer; churn propensity must still rank them by age."""
+    features = pd.DataFrame(
+        {
+            "frequency": [0.0, 0.0],
+            "recency_days": [0.0, 0.0],
+            "T_days": [14.0, 300.0],
+            "monetary_value": [0.0, 0.0],
+        }
+    )
+    predicted = CLVModel.from_params(PINNED, 0.0, 7.0).predict(features, horizon_days=180)
+    assert (predicted["p_alive"] == 1.0).all()
+    assert 0 < predicted["churn_probability"].iloc[0] < predicted["churn_probability"].iloc[1] < 1
+
+
+def test_predictions_agree_with_lifetimes_for_the_same_parameters() -> None:
+    calibration = _sample_calibration(keep_zero_amounts=True)
+    inputs = model_inputs(calibration, 7.0)
+    model = CLVModel.from_params(PINNED, discount_rate=0.0, discount_step_days=7.0)
+    predicted = model.predict(calibration, horizon_days=39 * 7)
+    purchases = BetaGeoFitter()
+    purchases.params_ = pd.Series(FHL_2005)
+    spend = GammaGammaFitter()
+    spend.params_ = pd.Series(GAMMA_GAMMA_NOTE)
+    np.testing.assert_allclose(
+        predicted["p_alive"],
+        purchases.conditional_probability_alive(inputs.frequency, inputs.recency, inputs.T),
+    )
+    np.testing.assert_allclose(
+        predicted["expected_purchases"],
+        purchases.conditional_expected_number_of_purchases_up_to_time(
+            39, inputs.frequency, inputs.recency, inputs.T
+        ),
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        predicted["expected_order_value"],
+        spend.conditional_expected_average_profit(inputs.frequency, inputs.monetary_value),
+    )
+    # With no discounting, value is expected purchases times expected order value.
+    np.testing.assert_allclose(predicted["clv"], predicted["expected_revenue"], rtol=1e-10)
+    assert list(predicted.columns) == PREDICTION_COLUMNS
+    assert predicted.index.equals(calibration.index)
+
+
+def test_discounted_value_equals_lifetimes_customer_lifetime_value() -> None:
+    """lifetimes discounts monthly steps of 4.345 weeks; the same schedule through an annual rate."""
+    calibration = _sample_calibration(keep_zero_amounts=True)
+    inputs = model_inputs(calibration, 7.0)
+    monthly_rate, months = 0.01, 12
+    step_days = 4.345 * 7
+    annual_rate = (1 + monthly_rate) ** (365.25 / step_days) - 1
+    model = CLVModel.from_params(PINNED, discount_rate=annual_rate, discount_step_days=step_days)
+    ours = model.predict(calibration, horizon_days=months * step_days)["clv"]
+    purchases = BetaGeoFitter()
+    purchases.params_ = pd.Series(FHL_2005)
+    purchases.predict = purchases.conditional_expected_number_of_purchases_up_to_time  # set by fit()
+    spend = GammaGammaFitter()
+    spend.params_ = pd.Series(GAMMA_GAMMA_NOTE)
+    index = calibration.index
+    theirs = spend.customer_lifetime_value(
+        purchases,
+        pd.Series(inputs.frequency, index=index),
+        pd.Series(inputs.recency, index=index),
+        pd.Series(inputs.T, index=index),
+        pd.Series(inputs.monetary_value, index=index),
+        time=months,
+        discount_rate=monthly_rate,
+        freq="W",
+    )
+    assert theirs.notna().all()
+    np.testing.assert_allclose(ours.to_numpy(), theirs.to_numpy(), rtol=1e-9)
+    assert (
+        ours < model.predict(calibration, horizon_days=months * step_days)["expected_revenue"] + 1e-9
+    ).all()
+
+
+def test_no_repeat_buyers_is_a_clear_fit_error() -> None:
+    features = pd.DataFrame(
+        {
+            "frequency": [0.0] * 5,
+            "recency_days": [0.0] * 5,
+            "T_days": [10.0, 20, 30, 40, 50],
+            "monetary_value": 0.0,
+        }
+    )
+    with pytest.raises(ModelFitError, match="0 of 5 customers"):
+        CLVModel().fit(features)
+
+
+def test_recovers_generated_parameters(synthetic_orders: pd.DataFrame) -> None:
+    """Orders drawn from known parameters give estimates of the right size (800 customers: loose)."""
+    from customer_value.features import customer_features
+    from customer_value.synthetic import TrueParams, generate_orders
+
+    orders = generate_orders(6000, seed=3).assign(date=lambda f: f["timestamp"].dt.normalize())
+    orders = orders.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
+    fitted = CLVModel().fit(customer_features(orders, orders["date"].max())).params_
+    true = TrueParams()
+    assert fitted.r == pytest.approx(true.r, rel=0.3)
+    assert fitted.alpha == pytest.approx(true.alpha, rel=0.35)
+    assert fitted.p * fitted.v / (fitted.q - 1) == pytest.approx(true.p * true.v / (true.q - 1), rel=0.15)

@@ -1,0 +1,97 @@
+"""The customer table against lifetimes' own utilities on the same orders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes.utils import calibration_and_holdout_data, summary_data_from_transaction_data
+
+from customer_value.data import load_bundled
+from customer_value.errors import DataError
+from customer_value.features import (
+    FEATURE_COLUMNS,
+    Split,
+    calibration_and_holdout,
+    customer_features,
+    resolve_split,
+)
+
+
+@pytest.fixture(scope="module")
+def sample_orders() -> pd.DataFrame:
+    return load_bundled("cdnow_sample")[0]
+
+
+def test_features_equal_lifetimes_summary(sample_orders: pd.DataFrame) -> None:
+    as_of = pd.Timestamp("1998-06-30")
+    ours = customer_features(sample_orders, as_of)
+    theirs = summary_data_from_transaction_data(
+        sample_orders,
+        "customer_id",
+        "date",
+        monetary_value_col="amount",
+        observation_period_end=as_of,
+        freq="D",
+    ).reindex(ours.index)
+    assert list(ours.columns) == FEATURE_COLUMNS
+    np.testing.assert_array_equal(ours["frequency"], theirs["frequency"])
+    np.testing.assert_array_equal(ours["recency_days"], theirs["recency"])
+    np.testing.assert_array_equal(ours["T_days"], theirs["T"])
+    np.testing.assert_allclose(ours["monetary_value"], theirs["monetary_value"], rtol=1e-12)
+    assert (ours["days_since_last"] == ours["T_days"] - ours["recency_days"]).all()
+    assert (ours["n_orders"] == ours["frequency"] + 1).all()
+
+
+def test_calibration_and_holdout_equal_lifetimes(synthetic_orders: pd.DataFrame) -> None:
+    orders = synthetic_orders.assign(date=synthetic_orders["timestamp"].dt.normalize())
+    orders = orders.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
+    split = resolve_split(orders, None, 0.5)
+    calibration, holdout = calibration_and_holdout(orders, split)
+    theirs = calibration_and_holdout_data(
+        orders,
+        "customer_id",
+        "date",
+        calibration_period_end=split.calibration_end,
+        observation_period_end=split.holdout_end,
+        freq="D",
+        monetary_value_col="amount",
+    ).reindex(calibration.index)
+    np.testing.assert_array_equal(calibration["frequency"], theirs["frequency_cal"])
+    np.testing.assert_array_equal(calibration["recency_days"], theirs["recency_cal"])
+    np.testing.assert_array_equal(calibration["T_days"], theirs["T_cal"])
+    np.testing.assert_allclose(calibration["monetary_value"], theirs["monetary_value_cal"], rtol=1e-12)
+    np.testing.assert_array_equal(holdout["purchases"], theirs["frequency_holdout"])
+    np.testing.assert_allclose(
+        holdout["revenue"], theirs["monetary_value_holdout"] * theirs["frequency_holdout"], rtol=1e-9
+    )
+    assert split.holdout_days == theirs["duration_holdout"].iloc[0]
+
+
+def test_features_ignore_orders_after_as_of() -> None:
+    orders = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "b"],
+            "date": pd.to_datetime(["2024-01-01", "2024-01-08", "2024-02-01", "2024-03-01"]),
+            "amount": [10.0, 20.0, 99.0, 5.0],
+        }
+    )
+    table = customer_features(orders, pd.Timestamp("2024-01-15"))
+    assert list(table.index) == ["a"]
+    row = table.loc["a"]
+    assert (row["frequency"], row["recency_days"], row["T_days"], row["days_since_last"]) == (1, 7, 14, 7)
+    assert row["monetary_value"] == 20.0
+    assert row["mean_order_value"] == 15.0
+
+
+def test_split_by_share_and_refusal_of_an_empty_window(synthetic_orders: pd.DataFrame) -> None:
+    orders = synthetic_orders.assign(date=synthetic_orders["timestamp"].dt.normalize())
+    first, last = orders["date"].min(), orders["date"].max()
+    split = resolve_split(orders, None, 0.25)
+    assert isinstance(split, Split)
+    assert split.calibration_end == (first + (last - first) * 0.25).normalize()
+    assert split.holdout_end == last
+    with pytest.raises(DataError, match="calibration_end"):
+        resolve_split(orders, str(last.date()), 0.5)
+    with pytest.raises(DataError, match="calibration_share"):
+        resolve_split(orders, None, 1.5)
