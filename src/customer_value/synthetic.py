@@ -38,8 +38,8 @@ def generate_orders(
 ) -> pd.DataFrame:
     """Orders (customer_id, timestamp, amount) for customers acquired in the first ``acquisition_days``.
 
-    Each customer buys at rate lambda ~ Gamma(r, alpha) while alive, dies after any purchase with
-    probability p ~ Beta(a, b) after any repeat purchase, and spends Gamma(p, nu) per order with nu ~ Gamma(q, v).
+    Each customer buys at rate lambda ~ Gamma(r, alpha) while alive, drops out after any repeat purchase
+    with probability p ~ Beta(a, b), and spends Gamma(p, nu) per order with nu ~ Gamma(q, v).
     """
     rng = np.random.default_rng(seed)
     unit = params.time_unit_days
