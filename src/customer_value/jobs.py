@@ -14,6 +14,8 @@ def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
     """Orders and data report for the ``data`` config node (bundled dataset or a file)."""
     if data.bundled:
         return load_bundled(data.bundled, keep_zero_amounts=data.keep_zero_amounts)
+    if not data.path:
+        raise UserError("data.path is required with data=file (e.g. data.path=orders.parquet)")
     return load_transactions(
         data.path,
         customer_id=data.columns.customer_id,

@@ -66,6 +66,26 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.predict(features, float(horizon)).reset_index(drop=True)
 
 
+def clv_spec(
+    calibration: CLVModel,
+    scoring: CLVModel,
+    *,
+    horizon_days: float,
+    calibration_end: str,
+    trained_through: str,
+) -> dict[str, Any]:
+    """What the CLV pyfunc loads: both fits (scoring and holdout-judged), horizon and discounting."""
+    return {
+        "calibration_params": calibration.params_.as_dict(),
+        "scoring_params": scoring.params_.as_dict(),
+        "horizon_days": float(horizon_days),
+        "discount_rate": float(scoring.discount_rate),
+        "discount_step_days": float(scoring.discount_step_days),
+        "calibration_end": calibration_end,
+        "trained_through": trained_through,
+    }
+
+
 def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
     return CLVModel.from_params(CLVParams(**spec[which]), spec["discount_rate"], spec["discount_step_days"])
 

@@ -24,6 +24,7 @@ from customer_value.data import DataReport
 from customer_value.entrypoint import run_job
 from customer_value.features import calibration_and_holdout, customer_features, resolve_split
 from customer_value.jobs import load_orders, time_unit_days
+from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
 
@@ -118,18 +119,14 @@ def train_clv(cfg: DictConfig, orders: pd.DataFrame) -> dict[str, float]:
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     tracking.log_metrics(metrics)
 
-    spec = {
-        "calibration_params": model.params_.as_dict(),
-        "scoring_params": scoring_model.params_.as_dict(),
-        "horizon_days": float(cfg.clv.horizon_days),
-        "discount_rate": float(cfg.clv.discount_rate),
-        "discount_step_days": float(cfg.clv.discount_step_days),
-        "time_unit": cfg.features.time_unit,
-        "calibration_end": str(split.calibration_end.date()),
-        "trained_through": str(
-            (split.holdout_end if cfg.clv.refit_full_history else split.calibration_end).date()
-        ),
-    }
+    trained_through = split.holdout_end if cfg.clv.refit_full_history else split.calibration_end
+    spec = clv_spec(
+        model,
+        scoring_model,
+        horizon_days=cfg.clv.horizon_days,
+        calibration_end=str(split.calibration_end.date()),
+        trained_through=str(trained_through.date()),
+    )
     info = registry.log_clv_model(spec, calibration)
     if cfg.tracking.register:
 

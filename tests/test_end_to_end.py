@@ -1,0 +1,177 @@
+"""train -> register -> score on generated data against a temporary MLflow store, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from customer_value.clv import PREDICTION_COLUMNS
+from customer_value.schema import register_configs
+from customer_value.score import score_customers, write_table_atomically
+from customer_value.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+pytestmark = pytest.mark.slow
+
+
+def _overrides(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> list[str]:
+    return [
+        "data=file",
+        f"data.path={orders_csv}",
+        f"tracking.uri={tracking_uri}",
+        f"tracking.artifact_root={tmp_path / 'artifacts'}",
+    ]
+
+
+def _compose(config: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config, overrides=overrides)
+
+
+def _cli(module: str, args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _runs(experiment: str) -> pd.DataFrame:
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+
+def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    metrics = train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
+
+    for name in ("r", "alpha", "a", "b", "p", "q", "v"):
+        assert metrics[f"fitted.{name}"] > 0 and metrics[f"refit.{name}"] > 0
+    for name in (
+        "aggregate_purchase_error_pct",
+        "purchases_mae",
+        "churn_auc",
+        "revenue_spearman",
+        "top_decile_revenue_capture",
+    ):
+        assert f"holdout.{name}" in metrics and f"baseline.{name}" in metrics
+    assert 0.5 < metrics["holdout.churn_auc"] <= 1 and 0 <= metrics["holdout.churn_brier"] < 0.25
+    assert metrics["segments.n_segments"] == 4
+    assert {"segments.silhouette", "segments.davies_bouldin", "segments.calinski_harabasz"} <= set(metrics)
+
+    client = MlflowClient()
+    for experiment, model in (("customer-clv", "customer-clv"), ("customer-segments", "customer-segments")):
+        run = _runs(experiment).iloc[-1]
+        assert run["status"] == "FINISHED"
+        assert run["tags.mlflow.source.git.commit"]
+        assert run["params.data.path"] == str(orders_csv)
+        artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+        assert {"config", "data", "plots"} <= artifacts
+        champion = client.get_model_version_by_alias(model, "champion")
+        assert champion.run_id == run["run_id"]
+    clv_run = _runs("customer-clv").iloc[-1]
+    assert clv_run["params.time_unit"] == "weeks"
+    assert clv_run["tags.data.content_hash"]
+    summary = mlflow.artifacts.load_dict(f"runs:/{clv_run['run_id']}/data/summary.json")
+    assert summary["customers"] == 800 and summary["dropped"] == {"negative_amount": 0, "zero_amount": 0}
+    profile = mlflow.artifacts.load_text(
+        f"runs:/{_runs('customer-segments').iloc[-1]['run_id']}/segments/profile.csv"
+    )
+    assert "c0" not in profile  # aggregates only, no customer ids
+
+    score_cfg = _compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}", "score.horizon_days=90"])
+    table = score_customers(score_cfg)
+    assert len(table) == 800 and table["customer_id"].is_unique
+    expected = [
+        "customer_id",
+        "segment",
+        "segment_name",
+        *PREDICTION_COLUMNS,
+        "horizon_days",
+        "as_of",
+        "clv_model_version",
+        "segments_model_version",
+    ]
+    assert list(table.columns) == expected
+    assert (table["horizon_days"] == 90).all()
+    assert table["churn_probability"].between(0, 1).all() and (table["clv"] >= 0).all()
+    assert (
+        table["as_of"].iloc[0]
+        == pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
+    )
+
+    # A second identical run ties the champion: it becomes the challenger, the champion stays.
+    train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
+    assert client.get_model_version_by_alias("customer-clv", "champion").version == 1
+    assert client.get_model_version_by_alias("customer-clv", "challenger").version == 2
+
+
+def test_cli_train_score_and_bad_input(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    trained = _cli("customer_value.train", overrides, tmp_path, tracking_uri)
+    assert trained.returncode == 0, trained.stderr
+
+    output = tmp_path / "out" / "scores.csv"
+    scored = _cli(
+        "customer_value.score",
+        [*overrides[:2], f"score.output={output}", "score.as_of=2024-06-01"],
+        tmp_path,
+        tracking_uri,
+    )
+    assert scored.returncode == 0, scored.stderr
+    table = pd.read_csv(output)
+    assert (table["as_of"] == "2024-06-01").all()
+    assert table["horizon_days"].eq(365.0).all()
+    assert [p.name for p in output.parent.iterdir()] == ["scores.csv"]  # no temporary leftovers
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer_id,timestamp,amount\na,2024-01-01,12\nb,yesterday,3\nc,2024-01-05,x\n")
+    versions_before = len(MlflowClient().search_model_versions("name='customer-clv'"))
+    failed = _cli(
+        "customer_value.train",
+        ["data=file", f"data.path={bad}", f"tracking.uri={tracking_uri}"],
+        tmp_path,
+        tracking_uri,
+    )
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    error_lines = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "bad.csv" in error_lines[0] and "'timestamp'" in error_lines[0] and "1 of 3 rows" in error_lines[0]
+    assert _runs("customer-clv").iloc[-1]["status"] == "FAILED"
+    assert len(MlflowClient().search_model_versions("name='customer-clv'")) == versions_before
+
+    failed_score = _cli(
+        "customer_value.score",
+        ["data=file", f"data.path={bad}", f"score.output={tmp_path / 'x.parquet'}"],
+        tmp_path,
+        tracking_uri,
+    )
+    assert failed_score.returncode == 1 and "Traceback" not in failed_score.stderr
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_score_without_a_champion_is_a_clear_error(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    result = _cli("customer_value.score", ["data=file", f"data.path={orders_csv}"], tmp_path, tracking_uri)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "customer-clv@champion" in result.stderr and "make train" in result.stderr
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    class Unwritable(pd.DataFrame):
+        def to_parquet(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_table_atomically(Unwritable({"a": [1]}), tmp_path / "scores.parquet")
+    assert list(tmp_path.iterdir()) == []

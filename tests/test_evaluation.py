@@ -1,0 +1,71 @@
+"""Holdout metrics on hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from customer_value.evaluation import (
+    evaluate_baseline,
+    evaluate_clv,
+    purchases_by_frequency,
+    top_decile_capture,
+)
+
+
+def test_top_decile_capture() -> None:
+    score = np.arange(20, dtype=float)  # top decile = the last two
+    actual = np.zeros(20)
+    actual[[18, 19, 0]] = [30.0, 30.0, 40.0]
+    assert top_decile_capture(score, actual) == pytest.approx(0.6)
+
+
+def test_evaluate_clv_on_a_perfect_and_a_wrong_model() -> None:
+    holdout = pd.DataFrame({"purchases": [0.0, 0.0, 2.0, 5.0], "revenue": [0.0, 0.0, 40.0, 100.0]})
+    perfect = pd.DataFrame(
+        {
+            "expected_purchases": holdout["purchases"],
+            "churn_probability": [1.0, 1.0, 0.0, 0.0],
+            "expected_revenue": holdout["revenue"],
+        }
+    )
+    metrics = evaluate_clv(perfect, holdout)
+    assert metrics["purchases_mae"] == 0
+    assert metrics["aggregate_purchase_error_pct"] == 0
+    assert metrics["churn_auc"] == 1.0
+    assert metrics["churn_brier"] == 0.0
+    assert metrics["revenue_spearman"] == pytest.approx(1.0)
+    wrong = perfect.assign(churn_probability=[0.0, 0.0, 1.0, 1.0], expected_purchases=[1.0, 1.0, 1.0, 1.0])
+    metrics = evaluate_clv(wrong, holdout)
+    assert metrics["churn_auc"] == 0.0
+    assert metrics["churn_brier"] == 1.0
+    assert metrics["purchases_mae"] == pytest.approx((1 + 1 + 1 + 4) / 4)
+    assert metrics["aggregate_purchase_error_pct"] == pytest.approx(100 * (4 - 7) / 7)
+
+
+def test_baseline_uses_recency_and_historic_spend() -> None:
+    features = pd.DataFrame(
+        {
+            "days_since_last": [300.0, 5.0, 10.0],
+            "n_orders": [1.0, 4.0, 2.0],
+            "T_days": [300.0, 100.0, 100.0],
+            "total_spend": [10.0, 200.0, 50.0],
+        }
+    )
+    holdout = pd.DataFrame({"purchases": [0.0, 3.0, 1.0], "revenue": [0.0, 90.0, 30.0]})
+    metrics = evaluate_baseline(features, holdout, holdout_days=50.0)
+    assert metrics["churn_auc"] == 1.0
+    assert "churn_brier" not in metrics  # recency is a ranking, not a probability
+    assert metrics["revenue_spearman"] == pytest.approx(1.0)
+    assert metrics["purchases_mae"] == pytest.approx(np.mean([50 / 300, 1.0, 0.0]))
+
+
+def test_purchases_by_frequency_groups_the_tail() -> None:
+    table = purchases_by_frequency(
+        np.array([0, 0, 1, 9, 12]), np.array([0.1, 0.3, 1.0, 5.0, 7.0]), np.array([0, 1, 1, 4, 6]), max_bin=7
+    )
+    assert list(table.index) == ["0", "1", "7+"]
+    assert table.loc["0", "predicted"] == pytest.approx(0.2)
+    assert table.loc["7+", "actual"] == 5
+    assert table.loc["7+", "customers"] == 2

@@ -1,0 +1,162 @@
+"""Registered pyfunc models: round trip through a real MLflow store, a fresh process, and the gate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from customer_value import registry
+from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS, CLVModel, CLVParams
+from customer_value.pyfunc_models import clv_spec
+from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+from test_segmentation import planted_customers
+
+PINNED = CLVParams(r=0.243, alpha=4.414, a=0.793, b=2.426, p=6.25, q=3.74, v=15.44, time_unit_days=7.0)
+LOAD_AND_PREDICT = """
+import sys, json, mlflow, pandas as pd
+uri, rows, out, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+model = mlflow.pyfunc.load_model(uri)
+model.predict(pd.read_parquet(rows), params=params or None).to_parquet(out)
+"""
+
+
+def _customers() -> pd.DataFrame:
+    features, _ = planted_customers(n_per_group=20)
+    features["frequency"] = features["n_orders"] - 1
+    features["recency_days"] = features["T_days"] - features["days_since_last"]
+    features["monetary_value"] = np.where(features["frequency"] > 0, features["mean_order_value"], 0.0)
+    return features
+
+
+def _clv_spec(horizon_days: float = 365.0) -> dict:
+    model = CLVModel.from_params(PINNED, discount_rate=0.1, discount_step_days=30.4375)
+    return clv_spec(
+        model, model, horizon_days=horizon_days, calibration_end="2024-01-01", trained_through="2024-06-30"
+    )
+
+
+def _predict_in_fresh_process(
+    uri: str, rows: pd.DataFrame, tmp_path: Path, params: dict | None = None
+) -> pd.DataFrame:
+    rows_path, out_path = tmp_path / "rows.parquet", tmp_path / "out.parquet"
+    rows.reset_index(drop=True).to_parquet(rows_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_AND_PREDICT,
+            uri,
+            str(rows_path),
+            str(out_path),
+            json.dumps(params or {}),
+        ],
+        check=True,
+        timeout=300,
+    )
+    return pd.read_parquet(out_path)
+
+
+def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Path) -> None:
+    customers = _customers()
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+    version = mlflow.register_model(info.model_uri, "customer-clv").version
+    uri = f"models:/customer-clv/{version}"
+
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert loaded.metadata.signature.inputs.input_names() == INPUT_COLUMNS
+    assert loaded.metadata.signature.outputs.input_names() == PREDICTION_COLUMNS
+    assert loaded.metadata.get_params_schema().params[0].name == "horizon_days"
+    assert loaded.metadata.get_params_schema().params[0].default == 365.0
+    assert loaded.metadata.saved_input_example_info is not None
+
+    expected = CLVModel.from_params(PINNED, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
+    fresh = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0})
+    pd.testing.assert_frame_equal(fresh, expected, check_dtype=False)
+    default_horizon = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path)
+    assert (default_horizon["expected_purchases"] >= fresh["expected_purchases"]).all()
+    assert (default_horizon["expected_purchases"] > fresh["expected_purchases"]).any()
+
+
+def test_segments_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Path) -> None:
+    customers = _customers()
+    model = SegmentModel(n_clusters=3, seed=0).fit(customers)
+    with mlflow.start_run():
+        info = registry.log_segments_model(model, customers)
+    version = mlflow.register_model(info.model_uri, "customer-segments").version
+    fresh = _predict_in_fresh_process(
+        f"models:/customer-segments/{version}", customers[SEGMENT_FEATURES], tmp_path
+    )
+    expected = model.predict(customers).reset_index(drop=True)
+    assert list(fresh.columns) == ["segment", "segment_name"]
+    assert (fresh["segment"].to_numpy() == expected["segment"].to_numpy()).all()
+    assert (fresh["segment_name"].to_numpy() == expected["segment_name"].to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(T_days=np.nan), "missing or non-numeric"),
+        (lambda f: f.assign(frequency=-1.0), "negative"),
+        (lambda f: f.assign(recency_days=f["T_days"] + 1), "recency_days > T_days"),
+        (lambda f: f.iloc[0:0], "no customer rows"),
+    ],
+    ids=["nan", "negative", "recency-after-T", "empty"],
+)
+def test_clv_model_rejects_what_schema_enforcement_lets_through(
+    tracking_uri: str, change, message: str
+) -> None:
+    customers = _customers()[INPUT_COLUMNS]
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    with pytest.raises(Exception, match=message):
+        loaded.predict(change(customers.reset_index(drop=True)))
+
+
+def test_gate_moves_champion_only_for_a_better_score(tracking_uri: str) -> None:
+    customers = _customers()
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+
+    def register(score: float) -> registry.GateDecision:
+        champion = registry.champion_version("customer-clv", "champion")
+        old = None if champion is None else float(champion.tags["gate.new_score"])
+        return registry.register_with_gate(
+            info.model_uri,
+            "customer-clv",
+            alias="champion",
+            metric="m",
+            new_score=score,
+            champion=champion,
+            champion_score=old,
+            higher_is_better=True,
+            tags={"test": "yes"},
+        )
+
+    first, tie, worse, better = register(0.5), register(0.5), register(0.4), register(0.6)
+    assert [d.alias for d in (first, tie, worse, better)] == [
+        "champion",
+        "challenger",
+        "challenger",
+        "champion",
+    ]
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("customer-clv", "champion").version) == better.version
+    assert str(client.get_model_version_by_alias("customer-clv", "challenger").version) == worse.version
+    tags = client.get_model_version("customer-clv", worse.version).tags
+    assert tags["gate.champion_version"] == first.version
+    assert tags["gate.champion_score"] == "0.5"
+
+
+def test_missing_champion_is_a_clear_registry_error(tracking_uri: str) -> None:
+    with pytest.raises(registry.RegistryError, match="customer-clv@champion"):
+        registry.require_champion("customer-clv", "champion")

@@ -1,0 +1,99 @@
+"""Segments: planted clusters are recovered, ids follow value, names are unique, metrics are sane."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from customer_value.errors import ModelFitError
+from customer_value.segmentation import (
+    SEGMENT_FEATURES,
+    SegmentModel,
+    evaluation_space,
+    quality_metrics,
+    value_order,
+)
+
+
+def planted_customers(n_per_group: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Three behaviour groups far apart in log space: champions, newcomers, lapsed."""
+    rng = np.random.default_rng(seed)
+    centres = {  # days_since_last, n_orders, mean_order_value, T_days
+        0: (10, 20, 80, 700),
+        1: (15, 1, 20, 30),
+        2: (500, 2, 25, 650),
+    }
+    rows, truth = [], []
+    for group, centre in centres.items():
+        noise = rng.lognormal(0.0, 0.12, (n_per_group, 4))
+        rows.append(np.asarray(centre) * noise)
+        truth.append(np.full(n_per_group, group))
+    values = np.vstack(rows)
+    frame = pd.DataFrame(values, columns=SEGMENT_FEATURES)
+    frame["n_orders"] = np.maximum(np.round(frame["n_orders"]), 1)
+    frame["days_since_last"] = np.minimum(frame["days_since_last"], frame["T_days"])
+    frame["total_spend"] = frame["n_orders"] * frame["mean_order_value"]
+    return frame, np.concatenate(truth)
+
+
+def test_default_pipeline_recovers_planted_clusters() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1).fit(features)
+    predicted = model.predict(features)["segment"].to_numpy()
+    assert adjusted_rand_score(truth, predicted) >= 0.9
+
+
+def test_ids_follow_value_and_names_describe_behaviour() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1).fit(features)
+    predicted = model.predict(features)
+    by_truth = pd.crosstab(truth, predicted["segment"]).idxmax(axis=1)
+    assert by_truth[0] == 0  # the big spenders are segment 0
+    assert model.names_[by_truth[0]] == "Champions"
+    assert model.names_[by_truth[1]] == "Promising newcomers"
+    assert model.names_[by_truth[2]] in {"Lost", "Hibernating big spenders"}
+    assert len(set(model.names_.values())) == 3
+    spend = model.profile_["mean_total_spend"].to_numpy()
+    assert (np.diff(spend) <= 0).all()
+    assert model.profile_["share"].sum() == pytest.approx(1.0)
+    assert model.profile_["spend_share"].sum() == pytest.approx(1.0)
+
+
+def test_duplicate_names_are_numbered() -> None:
+    features, _ = planted_customers()
+    model = SegmentModel(n_clusters=6, seed=1).fit(features)
+    names = list(model.names_.values())
+    assert len(set(names)) == len(names) == 6
+
+
+def test_predict_reproduces_training_assignments_and_is_row_order_invariant() -> None:
+    features, _ = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1).fit(features)
+    labels = model.predict(features)["segment"]
+    shuffled = features.sample(frac=1.0, random_state=3)
+    assert (model.predict(shuffled)["segment"] == labels.loc[shuffled.index]).all()
+
+
+def test_value_order_ranks_by_mean_spend() -> None:
+    labels = np.array([0, 0, 1, 1, 2])
+    spend = np.array([1.0, 1.0, 10.0, 10.0, 5.0])
+    assert list(value_order(labels, spend)) == [2, 0, 1]
+
+
+def test_quality_metrics_prefer_the_true_partition() -> None:
+    features, truth = planted_customers()
+    space = evaluation_space(features)
+    good = quality_metrics(space, truth, seed=0)
+    shuffled = quality_metrics(space, np.random.default_rng(0).permutation(truth), seed=0)
+    assert good["silhouette"] > 0.5 > shuffled["silhouette"]
+    assert good["davies_bouldin"] < shuffled["davies_bouldin"]
+    assert good["calinski_harabasz"] > shuffled["calinski_harabasz"]
+    assert good["smallest_segment_share"] == pytest.approx(1 / 3)
+
+
+def test_more_clusters_than_customers_is_a_clear_error() -> None:
+    features, _ = planted_customers(n_per_group=1)
+    with pytest.raises(ModelFitError, match="n_clusters=5 but only 3 customers"):
+        SegmentModel(n_clusters=5).fit(features)
