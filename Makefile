@@ -31,9 +31,9 @@ train: $(STAMP)
 score: $(STAMP)
 	$(BIN)/python -m customer_value.score $(ARGS)
 
-## ui: MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
+## ui: MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 ## test: the whole test suite, slow tests included (what CI runs)
 test: $(STAMP)

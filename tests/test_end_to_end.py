@@ -130,6 +130,9 @@ def test_cli_train_score_and_bad_input(orders_csv: Path, tracking_uri: str, tmp_
     assert (table["as_of"] == "2024-06-01").all()
     assert table["horizon_days"].eq(365.0).all()
     assert [p.name for p in output.parent.iterdir()] == ["scores.csv"]  # no temporary leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
 
     bad = tmp_path / "bad.csv"
     bad.write_text("customer_id,timestamp,amount\na,2024-01-01,12\nb,yesterday,3\nc,2024-01-05,x\n")

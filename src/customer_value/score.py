@@ -65,6 +65,9 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
     handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(handle)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the table should read like any other file
     try:
         if output.suffix.lower() == ".csv":
             table.to_csv(tmp, index=False)

@@ -11,6 +11,7 @@ the model so a later run can re-score this version on its own holdout (see ``reg
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
@@ -28,6 +29,8 @@ from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
 
+log = logging.getLogger(__name__)
+
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run both training stages; returns every logged metric (CLV and segments) by name."""
@@ -40,11 +43,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _log_config(cfg)
         orders, report = load_orders(cfg.data)
         _log_data_report(report)
+        log.info(
+            "data: %s orders of %s customers, %s to %s, dropped %s",
+            f"{report.orders:,}",
+            f"{report.customers:,}",
+            report.first_date,
+            report.last_date,
+            report.dropped,
+        )
         metrics |= train_clv(cfg, orders)
+        log.info(
+            "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
+            "(historic spend %.3f), revenue Spearman %.3f",
+            *(
+                metrics.get(k, float("nan"))
+                for k in (
+                    "holdout.churn_auc",
+                    "baseline.churn_auc",
+                    "holdout.churn_brier",
+                    "holdout.top_decile_revenue_capture",
+                    "baseline.top_decile_revenue_capture",
+                    "holdout.revenue_spearman",
+                )
+            ),
+        )
     with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, run_name, tags):
         _log_config(cfg)
         _log_data_report(report)
         metrics |= train_segments(cfg, orders)
+        log.info(
+            "segments: silhouette %.3f, Davies-Bouldin %.3f, sizes %s",
+            metrics.get("segments.silhouette", float("nan")),
+            metrics.get("segments.davies_bouldin", float("nan")),
+            [int(v) for k, v in sorted(metrics.items()) if k.startswith("segments.size.")],
+        )
     return metrics
 
 
@@ -199,6 +231,15 @@ def _register(
         champion_score=old,
         higher_is_better=True,
         tags={"run_id": run.info.run_id, "data.name": cfg.data.name},
+    )
+    log.info(
+        "%s version %s -> %s (%s %.4f vs champion %s)",
+        name,
+        decision.version,
+        decision.alias,
+        metric,
+        decision.new_score,
+        "none" if old is None else f"v{decision.champion_version} {old:.4f}",
     )
     mlflow.set_tags(
         {f"registered.{k}": v for k, v in decision.as_tags().items()}
