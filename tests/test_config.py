@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 
 from customer_value.errors import UserError
 from customer_value.jobs import load_orders
-from customer_value.schema import register_configs
+from customer_value.schema import register_configs, validate_score_config, validate_train_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -80,3 +81,42 @@ def test_file_data_requires_a_path() -> None:
     cfg = _compose("train", ["data=file"])
     with pytest.raises(UserError, match="data.path is required"):
         load_orders(cfg.data)
+
+
+BAD_TRAIN_VALUES = {
+    "split.calibration_end=not-a-date": "split.calibration_end='not-a-date' is not a date",
+    "clv.horizon_days=-30": "clv.horizon_days must be > 0",
+    "clv.discount_step_days=0": "clv.discount_step_days must be > 0",
+    "clv.penalizer=-1": "clv.penalizer must be >= 0",
+    "clv.primary_metric=holdout.revenue_spearmann": "clv.primary_metric must be one of",
+    "clv.model=pareto": "clv.model must be one of",
+    "segmentation.n_clusters=1": "segmentation.n_clusters must be >= 2",
+    "segmentation.algorithm=dbscan": "segmentation.algorithm must be one of",
+    "segmentation.primary_metric=segments.davies_bouldin": "segmentation.primary_metric must be one of",
+    "features.time_unit=months": "features.time_unit must be one of",
+    "optimized_metric=accuracy": "optimized_metric must be one of",
+}
+
+
+@pytest.mark.parametrize("override", BAD_TRAIN_VALUES, ids=list(BAD_TRAIN_VALUES))
+def test_bad_train_values_are_refused_before_anything_runs(override: str) -> None:
+    with pytest.raises(UserError, match=re.escape(BAD_TRAIN_VALUES[override])):
+        validate_train_config(_compose("train", [override]))
+
+
+BAD_SCORE_VALUES = {
+    "score.as_of=yesterday": "score.as_of='yesterday' is not a date",
+    "score.horizon_days=-5": "score.horizon_days must be > 0",
+    "score.output=scores.xlsx": "must end in .parquet or .csv",
+}
+
+
+@pytest.mark.parametrize("override", BAD_SCORE_VALUES, ids=list(BAD_SCORE_VALUES))
+def test_bad_score_values_are_refused(override: str) -> None:
+    with pytest.raises(UserError, match=re.escape(BAD_SCORE_VALUES[override])):
+        validate_score_config(_compose("score", [override]))
+
+
+def test_default_configs_are_valid() -> None:
+    validate_train_config(_compose("train", []))
+    validate_score_config(_compose("score", []))

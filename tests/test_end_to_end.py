@@ -13,7 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from customer_value.clv import PREDICTION_COLUMNS
+from customer_value import registry
+from customer_value.clv import PREDICTION_COLUMNS, CLVModel, CLVParams
+from customer_value.data import load_transactions
+from customer_value.features import customer_features
+from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
 from customer_value.score import score_customers, write_table_atomically
 from customer_value.train import train
@@ -51,6 +55,7 @@ def _runs(experiment: str) -> pd.DataFrame:
 def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
     overrides = _overrides(orders_csv, tracking_uri, tmp_path)
     metrics = train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
+    assert mlflow.active_run() is None
 
     for name in ("r", "alpha", "a", "b", "p", "q", "v"):
         assert metrics[f"fitted.{name}"] > 0 and metrics[f"refit.{name}"] > 0
@@ -76,6 +81,8 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         assert {"config", "data", "plots"} <= artifacts
         champion = client.get_model_version_by_alias(model, "champion")
         assert champion.run_id == run["run_id"]
+        assert run["tags.registered.gate.alias"] == "champion"
+        assert run["tags.registered.version"] == str(champion.version)
     clv_run = _runs("customer-clv").iloc[-1]
     assert clv_run["params.time_unit"] == "weeks"
     assert clv_run["tags.data.content_hash"]
@@ -178,3 +185,73 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="disk full"):
         write_table_atomically(Unwritable({"a": [1]}), tmp_path / "scores.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gate_rescoring_replaces_a_worse_champion_and_skips_an_unfair_comparison(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """A planted champion that predicts frequent buyers are gone loses to a real fit on the same holdout;
+    a champion whose calibration window is later than the new run's is not compared at all."""
+    orders, _ = load_transactions(orders_csv)
+    features = customer_features(orders, orders["date"].max())
+    backwards = CLVParams(r=0.25, alpha=4.0, a=50.0, b=0.5, p=6.0, q=4.0, v=15.0, time_unit_days=7.0)
+    model = CLVModel.from_params(backwards, 0.1, 30.4375)
+    spec = clv_spec(
+        model, model, horizon_days=365, calibration_end="2000-01-01", trained_through="2000-01-01"
+    )
+    with mlflow.start_run():
+        planted = registry.log_clv_model(spec, features)
+    registry.register_with_gate(
+        planted.model_uri, "customer-clv", alias="champion", metric="m", new_score=0.0, champion=None, tags={}
+    )
+
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    metrics = train(_compose("train", overrides))
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("customer-clv", "champion")
+    assert champion.version == 2
+    assert champion.tags["gate.reason"] == "beats champion v1"
+    assert float(champion.tags["gate.champion_score"]) < metrics["holdout.revenue_spearman"]
+
+    train(_compose("train", [*overrides, "split.calibration_share=0.3"]))
+    challenger = client.get_model_version_by_alias("customer-clv", "challenger")
+    assert challenger.version == 3
+    assert challenger.tags["gate.reason"].startswith("not compared: its calibration window ends")
+    assert client.get_model_version_by_alias("customer-clv", "champion").version == 2
+
+
+def test_a_job_that_fails_late_registers_nothing(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """The segments stage fails after the CLV stage succeeded: exit 1 and no version of either model."""
+    result = _cli(
+        "customer_value.train",
+        [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.n_clusters=5000"],
+        tmp_path,
+        tracking_uri,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "n_clusters=5000 but only 800 customers" in result.stderr
+    assert MlflowClient().search_registered_models() == []
+    assert _runs("customer-segments").iloc[-1]["status"] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("module", "override", "message"),
+    [
+        ("customer_value.train", "split.calibration_end=not-a-date", "is not a date"),
+        ("customer_value.train", "clv.horizon_days=-30", "clv.horizon_days must be > 0"),
+        ("customer_value.score", "score.horizon_days=-5", "score.horizon_days must be > 0"),
+        ("customer_value.score", "score.output=/proc/nope/x.csv", "cannot write there"),
+    ],
+    ids=["train-date", "train-horizon", "score-horizon", "score-output"],
+)
+def test_config_errors_are_one_line_without_traceback(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path, module: str, override: str, message: str
+) -> None:
+    if module == "customer_value.score":  # scoring needs champions to get as far as writing
+        train(_compose("train", _overrides(orders_csv, tracking_uri, tmp_path)))
+    result = _cli(module, ["data=file", f"data.path={orders_csv}", override], tmp_path, tracking_uri)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        next(line for line in result.stderr.splitlines() if message in line)
+    ]

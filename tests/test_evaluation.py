@@ -49,6 +49,7 @@ def test_baseline_uses_recency_and_historic_spend() -> None:
         {
             "days_since_last": [300.0, 5.0, 10.0],
             "n_orders": [1.0, 4.0, 2.0],
+            "frequency": [0.0, 3.0, 1.0],
             "T_days": [300.0, 100.0, 100.0],
             "total_spend": [10.0, 200.0, 50.0],
         }
@@ -58,7 +59,8 @@ def test_baseline_uses_recency_and_historic_spend() -> None:
     assert metrics["churn_auc"] == 1.0
     assert "churn_brier" not in metrics  # recency is a ranking, not a probability
     assert metrics["revenue_spearman"] == pytest.approx(1.0)
-    assert metrics["purchases_mae"] == pytest.approx(np.mean([50 / 300, 1.0, 0.0]))
+    # Repeat-purchase run rate: 0, 3/100 and 1/100 per day over 50 days.
+    assert metrics["purchases_mae"] == pytest.approx(np.mean([0.0, 1.5, 0.5]))
 
 
 def test_purchases_by_frequency_groups_the_tail() -> None:

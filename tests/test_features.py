@@ -95,3 +95,11 @@ def test_split_by_share_and_refusal_of_an_empty_window(synthetic_orders: pd.Data
         resolve_split(orders, str(last.date()), 0.5)
     with pytest.raises(DataError, match="calibration_share"):
         resolve_split(orders, None, 1.5)
+
+
+def test_row_order_does_not_change_the_features(sample_orders: pd.DataFrame) -> None:
+    as_of = pd.Timestamp("1997-09-30")
+    shuffled = sample_orders.sample(frac=1.0, random_state=1).set_index(
+        np.zeros(len(sample_orders), dtype=int)
+    )
+    pd.testing.assert_frame_equal(customer_features(shuffled, as_of), customer_features(sample_orders, as_of))

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from customer_value import registry
@@ -36,10 +37,19 @@ def _customers() -> pd.DataFrame:
     return features
 
 
+REFIT = CLVParams(r=0.3, alpha=5.0, a=0.6, b=2.0, p=5.0, q=4.0, v=20.0, time_unit_days=7.0)
+
+
 def _clv_spec(horizon_days: float = 365.0) -> dict:
-    model = CLVModel.from_params(PINNED, discount_rate=0.1, discount_step_days=30.4375)
+    """Calibration fit = the published CDNOW parameters; scoring (refit) = different ones."""
+    calibration = CLVModel.from_params(PINNED, discount_rate=0.1, discount_step_days=30.4375)
+    scoring = CLVModel.from_params(REFIT, discount_rate=0.1, discount_step_days=30.4375)
     return clv_spec(
-        model, model, horizon_days=horizon_days, calibration_end="2024-01-01", trained_through="2024-06-30"
+        calibration,
+        scoring,
+        horizon_days=horizon_days,
+        calibration_end="2024-01-01",
+        trained_through="2024-06-30",
     )
 
 
@@ -78,9 +88,14 @@ def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Pa
     assert loaded.metadata.get_params_schema().params[0].default == 365.0
     assert loaded.metadata.saved_input_example_info is not None
 
-    expected = CLVModel.from_params(PINNED, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
+    # Scoring uses the refit; the calibration fit is kept for judging the version on a later holdout.
+    expected = CLVModel.from_params(REFIT, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
     fresh = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0})
     pd.testing.assert_frame_equal(fresh, expected, check_dtype=False)
+    judged = loaded.unwrap_python_model().evaluation_model().predict(customers, 180.0).reset_index(drop=True)
+    calibration = CLVModel.from_params(PINNED, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
+    pd.testing.assert_frame_equal(judged, calibration)
+    assert not np.allclose(judged["clv"], expected["clv"])
     default_horizon = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path)
     assert (default_horizon["expected_purchases"] >= fresh["expected_purchases"]).all()
     assert (default_horizon["expected_purchases"] > fresh["expected_purchases"]).any()
@@ -118,43 +133,55 @@ def test_clv_model_rejects_what_schema_enforcement_lets_through(
     with mlflow.start_run():
         info = registry.log_clv_model(_clv_spec(), customers)
     loaded = mlflow.pyfunc.load_model(info.model_uri)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(MlflowException, match=message) as caught:
         loaded.predict(change(customers.reset_index(drop=True)))
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"  # a 400 from `mlflow models serve`
 
 
-def test_gate_moves_champion_only_for_a_better_score(tracking_uri: str) -> None:
+@pytest.mark.parametrize("horizon", [0.0, -5.0])
+def test_clv_model_rejects_a_non_positive_horizon(tracking_uri: str, horizon: float) -> None:
+    customers = _customers()[INPUT_COLUMNS].reset_index(drop=True)
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+    with pytest.raises(MlflowException, match="horizon_days must be positive"):
+        mlflow.pyfunc.load_model(info.model_uri).predict(customers, params={"horizon_days": horizon})
+
+
+def test_gate_moves_champion_only_for_a_better_comparable_score(tracking_uri: str) -> None:
     customers = _customers()
     with mlflow.start_run():
         info = registry.log_clv_model(_clv_spec(), customers)
 
-    def register(score: float) -> registry.GateDecision:
+    def register(score: float, comparable: bool = True) -> registry.GateDecision:
         champion = registry.champion_version("customer-clv", "champion")
-        old = None if champion is None else float(champion.tags["gate.new_score"])
+        judgement = None
+        if champion is not None:
+            old = float(champion.tags["gate.new_score"]) if comparable else None
+            judgement = registry.ChampionJudgement(str(champion.version), old, "test")
         return registry.register_with_gate(
             info.model_uri,
             "customer-clv",
             alias="champion",
             metric="m",
             new_score=score,
-            champion=champion,
-            champion_score=old,
-            higher_is_better=True,
+            champion=judgement,
             tags={"test": "yes"},
         )
 
-    first, tie, worse, better = register(0.5), register(0.5), register(0.4), register(0.6)
-    assert [d.alias for d in (first, tie, worse, better)] == [
-        "champion",
-        "challenger",
-        "challenger",
-        "champion",
-    ]
+    decisions = [register(0.5), register(0.5), register(0.4), register(0.9, comparable=False), register(0.6)]
+    first, _, worse, not_compared, better = decisions
+    assert [d.alias for d in decisions] == ["champion", "challenger", "challenger", "challenger", "champion"]
+    assert not_compared.reason == "not compared: test"
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("customer-clv", "champion").version) == better.version
-    assert str(client.get_model_version_by_alias("customer-clv", "challenger").version) == worse.version
+    assert (
+        str(client.get_model_version_by_alias("customer-clv", "challenger").version) == not_compared.version
+    )
     tags = client.get_model_version("customer-clv", worse.version).tags
     assert tags["gate.champion_version"] == first.version
     assert tags["gate.champion_score"] == "0.5"
+    assert tags["gate.reason"] == f"does not beat champion v{first.version}"
+    assert tags["test"] == "yes"
 
 
 def test_missing_champion_is_a_clear_registry_error(tracking_uri: str) -> None:

@@ -10,8 +10,11 @@ of each step of ``discount_step_days`` days (default 365.25 / 12, an average cal
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,21 +81,28 @@ def model_inputs(features: pd.DataFrame, time_unit_days: float) -> ModelInputs:
     )
 
 
+@contextlib.contextmanager
+def _quiet_lifetimes() -> Iterator[None]:
+    """lifetimes prints the optimiser result on failure and warns on overflow: keep job output clean."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def fit_purchase_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
     """BG/NBD fitted on the unique (x, t_x, T) patterns weighted by their counts (same optimum)."""
     patterns = pd.DataFrame({"x": inputs.frequency, "t_x": inputs.recency, "T": inputs.T})
     counts = patterns.value_counts(sort=False).reset_index(name="weight")
     fitter = BetaGeoFitter(penalizer_coef=penalizer)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with _quiet_lifetimes():
             fitter.fit(
                 counts["x"].to_numpy(),
                 counts["t_x"].to_numpy(),
                 counts["T"].to_numpy(),
                 weights=counts["weight"].to_numpy(),
             )
-    except ConvergenceError:
+    except (ConvergenceError, np.linalg.LinAlgError):
         raise ModelFitError(
             f"BG/NBD did not converge on {len(inputs.frequency):,} customers with clv.penalizer={penalizer}; "
             "try a larger clv.penalizer"
@@ -112,10 +122,9 @@ def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
         )
     fitter = GammaGammaFitter(penalizer_coef=penalizer)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with _quiet_lifetimes():
             fitter.fit(inputs.frequency[usable], inputs.monetary_value[usable])
-    except ConvergenceError:
+    except (ConvergenceError, np.linalg.LinAlgError):
         raise ModelFitError(
             f"Gamma-Gamma did not converge on {int(usable.sum()):,} repeat buyers with "
             f"clv.penalizer={penalizer}; try a larger clv.penalizer"

@@ -11,6 +11,11 @@ from scipy.stats import spearmanr
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 
+def churned(holdout: pd.DataFrame) -> np.ndarray:
+    """The churn label: 1 for customers with no purchase in the holdout window."""
+    return (holdout["purchases"].to_numpy() == 0).astype(int)
+
+
 def top_decile_capture(score: np.ndarray, actual: np.ndarray) -> float:
     """Share of actual revenue that the top 10% of customers by ``score`` brought (ties broken stably)."""
     order = np.argsort(-np.asarray(score, dtype="float64"), kind="stable")
@@ -19,13 +24,13 @@ def top_decile_capture(score: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum(np.asarray(actual)[top]) / total) if total > 0 else float("nan")
 
 
-def churn_metrics(churn_score: np.ndarray, churned: np.ndarray, *, probabilistic: bool) -> dict[str, float]:
-    """AUC for any score; Brier only for calibrated probabilities."""
+def churn_metrics(churn_score: np.ndarray, label: np.ndarray, *, probabilistic: bool) -> dict[str, float]:
+    """AUC for any score (when both classes occur); Brier only for calibrated probabilities."""
     metrics: dict[str, float] = {}
-    if 0 < churned.sum() < len(churned):
-        metrics["churn_auc"] = float(roc_auc_score(churned, churn_score))
+    if 0 < label.sum() < len(label):
+        metrics["churn_auc"] = float(roc_auc_score(label, churn_score))
     if probabilistic:
-        metrics["churn_brier"] = float(brier_score_loss(churned, churn_score))
+        metrics["churn_brier"] = float(brier_score_loss(label, churn_score))
     return metrics
 
 
@@ -48,10 +53,11 @@ def purchase_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, flo
 
 def evaluate_clv(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, float]:
     """Model metrics on the holdout; ``predictions`` made with horizon = holdout length."""
-    churned = (holdout["purchases"].to_numpy() == 0).astype(int)
     revenue = holdout["revenue"].to_numpy()
     metrics = purchase_metrics(predictions["expected_purchases"].to_numpy(), holdout["purchases"].to_numpy())
-    metrics |= churn_metrics(predictions["churn_probability"].to_numpy(), churned, probabilistic=True)
+    metrics |= churn_metrics(
+        predictions["churn_probability"].to_numpy(), churned(holdout), probabilistic=True
+    )
     metrics |= value_metrics(predictions["expected_revenue"].to_numpy(), revenue)
     total = float(revenue.sum())
     metrics["aggregate_revenue_error_pct"] = (
@@ -62,11 +68,10 @@ def evaluate_clv(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, 
 
 def evaluate_baseline(features: pd.DataFrame, holdout: pd.DataFrame, holdout_days: float) -> dict[str, float]:
     """Heuristics a reviewer would try first: recency for churn, historic spend and run rate for value."""
-    churned = (holdout["purchases"].to_numpy() == 0).astype(int)
-    # Run rate: purchase days per day of tenure so far, projected over the holdout.
-    rate = features["n_orders"].to_numpy() / np.maximum(features["T_days"].to_numpy(), 1.0)
+    # Run rate: repeat purchase days per day since the first purchase, projected over the holdout.
+    rate = features["frequency"].to_numpy() / np.maximum(features["T_days"].to_numpy(), 1.0)
     metrics = purchase_metrics(rate * holdout_days, holdout["purchases"].to_numpy())
-    metrics |= churn_metrics(features["days_since_last"].to_numpy(), churned, probabilistic=False)
+    metrics |= churn_metrics(features["days_since_last"].to_numpy(), churned(holdout), probabilistic=False)
     metrics |= value_metrics(features["total_spend"].to_numpy(), holdout["revenue"].to_numpy())
     return metrics
 

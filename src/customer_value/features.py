@@ -37,16 +37,18 @@ FEATURE_COLUMNS = [
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Customer table from orders on or before ``as_of`` (orders as returned by ``data``)."""
     as_of = pd.Timestamp(as_of).normalize()
-    seen = orders[orders["date"] <= as_of]
+    seen = orders[orders["date"] <= as_of].reset_index(drop=True)
     if seen.empty:
         raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
-    # Orders arrive sorted by customer then date, so first/last are positional and cheap.
     grouped = seen.groupby("customer_id", sort=True, observed=True)
     first = grouped["date"].min()
     last = grouped["date"].max()
     n_orders = grouped.size().astype("int64")
     total = grouped["amount"].sum()
-    first_amount = grouped["amount"].first()
+    # (customer, day) is unique after loading, so the first day's row is well defined in any row order.
+    first_amount = pd.Series(
+        seen["amount"].to_numpy()[grouped["date"].idxmin().to_numpy()], index=first.index
+    )
 
     frequency = n_orders - 1
     repeat_spend = total - first_amount

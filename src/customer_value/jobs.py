@@ -7,7 +7,6 @@ from omegaconf import DictConfig
 
 from customer_value.data import DataReport, load_bundled, load_transactions
 from customer_value.errors import UserError
-from customer_value.schema import TIME_UNITS_DAYS
 
 
 def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
@@ -24,9 +23,3 @@ def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
         timestamp_format=data.timestamp_format,
         keep_zero_amounts=data.keep_zero_amounts,
     )
-
-
-def time_unit_days(unit: str) -> float:
-    if unit not in TIME_UNITS_DAYS:
-        raise UserError(f"features.time_unit must be one of {sorted(TIME_UNITS_DAYS)}, got '{unit}'")
-    return TIME_UNITS_DAYS[unit]

@@ -15,6 +15,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from customer_value.clv import INPUT_COLUMNS, CLVModel, CLVParams
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
@@ -23,26 +25,31 @@ CLV_SPEC_ARTIFACT = "clv_spec"
 SEGMENT_ARTIFACT = "segment_model"
 
 
+def invalid_input(message: str) -> MlflowException:
+    """An input error: ``mlflow models serve`` answers it with status 400 and this message, no stack trace."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def validate_customer_rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Reject what schema enforcement lets through: no rows, missing/NaN/negative values, recency > T."""
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
     if frame.empty:
-        raise ValueError("no customer rows to score")
+        raise invalid_input("no customer rows to score")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"input lacks column(s) {missing}")
+        raise invalid_input(f"input lacks column(s) {missing}")
     values = frame[columns].apply(pd.to_numeric, errors="coerce").astype("float64")
     bad = ~np.isfinite(values.to_numpy())
     if bad.any():
-        raise ValueError(f"{int(bad.any(axis=1).sum())} input row(s) have missing or non-numeric values")
+        raise invalid_input(f"{int(bad.any(axis=1).sum())} input row(s) have missing or non-numeric values")
     negative = (values < 0).any(axis=1)
     if negative.any():
-        raise ValueError(f"{int(negative.sum())} input row(s) have negative values")
+        raise invalid_input(f"{int(negative.sum())} input row(s) have negative values")
     if {"recency_days", "T_days"} <= set(columns):
         inverted = values["recency_days"] > values["T_days"]
         if inverted.any():
-            raise ValueError(f"{int(inverted.sum())} input row(s) have recency_days > T_days")
+            raise invalid_input(f"{int(inverted.sum())} input row(s) have recency_days > T_days")
     return values
 
 
@@ -62,8 +69,11 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         features = validate_customer_rows(model_input, INPUT_COLUMNS)
-        horizon = (params or {}).get("horizon_days") or self.spec["horizon_days"]
-        return self.model.predict(features, float(horizon)).reset_index(drop=True)
+        horizon = (params or {}).get("horizon_days")
+        horizon = self.spec["horizon_days"] if horizon is None else float(horizon)
+        if not horizon > 0:
+            raise invalid_input(f"horizon_days must be positive, got {horizon}")
+        return self.model.predict(features, horizon).reset_index(drop=True)
 
 
 def clv_spec(

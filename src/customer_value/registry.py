@@ -2,7 +2,8 @@
 
 Gate: a new version takes ``champion`` when there is none yet, or when its primary metric beats the
 current champion's **on the same evaluation data** (the caller re-scores the champion on this run's
-holdout); otherwise it takes ``challenger``. Ties keep the champion.
+holdout); otherwise it takes ``challenger``. Ties keep the champion, and so does a champion that cannot be
+compared fairly (the caller says why, e.g. its fit has seen this holdout).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -87,7 +89,7 @@ def log_segments_model(model: SegmentModel, example: pd.DataFrame) -> ModelInfo:
         )
 
 
-def champion_version(name: str, alias: str, client: MlflowClient | None = None) -> Any | None:
+def champion_version(name: str, alias: str, client: MlflowClient | None = None) -> ModelVersion | None:
     """The model version behind ``name@alias``, or None when the model or alias does not exist yet."""
     client = client or MlflowClient()
     try:
@@ -98,7 +100,7 @@ def champion_version(name: str, alias: str, client: MlflowClient | None = None) 
         raise
 
 
-def require_champion(name: str, alias: str) -> Any:
+def require_champion(name: str, alias: str) -> ModelVersion:
     version = champion_version(name, alias)
     if version is None:
         raise RegistryError(
@@ -108,28 +110,44 @@ def require_champion(name: str, alias: str) -> Any:
 
 
 @dataclass(frozen=True)
+class ChampionJudgement:
+    """The current champion re-scored on this run's evaluation data; ``score`` None = not comparable."""
+
+    version: str
+    score: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class GateDecision:
     version: str
     alias: str
     metric: str
     new_score: float
-    champion_version: str | None
-    champion_score: float | None
+    reason: str
+    champion: ChampionJudgement | None
 
     def as_tags(self) -> dict[str, str]:
+        champion_score = None if self.champion is None else self.champion.score
         return {
             "gate.alias": self.alias,
             "gate.metric": self.metric,
             "gate.new_score": f"{self.new_score:.6g}",
-            "gate.champion_version": self.champion_version or "none",
-            "gate.champion_score": "none" if self.champion_score is None else f"{self.champion_score:.6g}",
+            "gate.reason": self.reason,
+            "gate.champion_version": "none" if self.champion is None else self.champion.version,
+            "gate.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
         }
 
 
-def beats(new: float, old: float | None, higher_is_better: bool) -> bool:
-    if old is None:
-        return True
-    return new > old if higher_is_better else new < old
+def decide(new_score: float, champion: ChampionJudgement | None) -> tuple[bool, str]:
+    """Whether the new version takes the alias (higher is better; ties keep the champion), and why."""
+    if champion is None:
+        return True, "no champion yet"
+    if champion.score is None:
+        return False, f"not compared: {champion.reason}"
+    if new_score > champion.score:
+        return True, f"beats champion v{champion.version}"
+    return False, f"does not beat champion v{champion.version}"
 
 
 def register_with_gate(
@@ -139,24 +157,22 @@ def register_with_gate(
     alias: str,
     metric: str,
     new_score: float,
-    champion: Any | None,
-    champion_score: float | None,
-    higher_is_better: bool,
+    champion: ChampionJudgement | None,
     tags: dict[str, str],
 ) -> GateDecision:
     """Register ``model_uri`` as a new version of ``name`` and give it ``alias`` or ``challenger``."""
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    wins = beats(new_score, champion_score, higher_is_better)
+    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    wins, reason = decide(new_score, champion)
     decision = GateDecision(
-        version=str(version),
+        version=version,
         alias=alias if wins else CHALLENGER,
         metric=metric,
         new_score=new_score,
-        champion_version=None if champion is None else str(champion.version),
-        champion_score=champion_score,
+        reason=reason,
+        champion=champion,
     )
     for key, value in decision.as_tags().items():
-        client.set_model_version_tag(name, str(version), key, value)
-    client.set_registered_model_alias(name, decision.alias, str(version))
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, decision.alias, version)
     return decision

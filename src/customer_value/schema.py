@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pandas as pd
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from customer_value.errors import UserError
 
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
 
@@ -104,3 +107,82 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="score_schema", node=ScoreConfig)
+
+
+# Gate metrics are "higher is better"; a sweep may optimise any metric listed here.
+CLV_GATE_METRICS = ("holdout.revenue_spearman", "holdout.churn_auc", "holdout.top_decile_revenue_capture")
+SEGMENT_GATE_METRICS = ("segments.silhouette", "segments.calinski_harabasz")
+OPTIMIZABLE_METRICS = (
+    *CLV_GATE_METRICS,
+    *SEGMENT_GATE_METRICS,
+    "holdout.purchases_mae",
+    "holdout.churn_brier",
+    "segments.davies_bouldin",
+)
+CLV_MODELS = ("bgnbd_gg",)
+SEGMENTATION_ALGORITHMS = ("kmeans",)
+
+
+def parse_day(value: str | None, key: str) -> pd.Timestamp | None:
+    """A YYYY-MM-DD config value as a day, or a one-line UserError naming the key."""
+    if value is None:
+        return None
+    try:
+        return pd.Timestamp(str(value)).normalize()
+    except (ValueError, TypeError):
+        raise UserError(f"{key}={value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Refuse values that would only fail half-way through a run (or, worse, register a broken model)."""
+    checks = [
+        (
+            cfg.features.time_unit in TIME_UNITS_DAYS,
+            f"features.time_unit must be one of {list(TIME_UNITS_DAYS)}",
+        ),
+        (cfg.clv.model in CLV_MODELS, f"clv.model must be one of {list(CLV_MODELS)}"),
+        (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
+        (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
+        (cfg.clv.discount_rate > -1, "clv.discount_rate (annual) must be > -1"),
+        (cfg.clv.discount_step_days > 0, "clv.discount_step_days must be > 0"),
+        (
+            cfg.clv.primary_metric in CLV_GATE_METRICS,
+            f"clv.primary_metric must be one of {list(CLV_GATE_METRICS)}",
+        ),
+        (
+            cfg.segmentation.algorithm in SEGMENTATION_ALGORITHMS,
+            f"segmentation.algorithm must be one of {list(SEGMENTATION_ALGORITHMS)}",
+        ),
+        (cfg.segmentation.n_clusters >= 2, "segmentation.n_clusters must be >= 2"),
+        (cfg.segmentation.silhouette_sample >= 100, "segmentation.silhouette_sample must be >= 100"),
+        (
+            cfg.segmentation.primary_metric in SEGMENT_GATE_METRICS,
+            f"segmentation.primary_metric must be one of {list(SEGMENT_GATE_METRICS)}",
+        ),
+        (
+            cfg.optimized_metric in OPTIMIZABLE_METRICS,
+            f"optimized_metric must be one of {list(OPTIMIZABLE_METRICS)}",
+        ),
+        (0 < cfg.split.calibration_share < 1, "split.calibration_share must be in (0, 1)"),
+    ]
+    _raise_first(checks)
+    parse_day(cfg.split.calibration_end, "split.calibration_end")
+
+
+def validate_score_config(cfg: DictConfig) -> None:
+    horizon = cfg.score.horizon_days
+    checks = [
+        (horizon is None or horizon > 0, "score.horizon_days must be > 0 (or null for the model's default)"),
+        (
+            str(cfg.score.output).lower().endswith((".parquet", ".csv")),
+            f"score.output '{cfg.score.output}' must end in .parquet or .csv",
+        ),
+    ]
+    _raise_first(checks)
+    parse_day(cfg.score.as_of, "score.as_of")
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

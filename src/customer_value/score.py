@@ -6,6 +6,7 @@ or failed job never leaves a partial table.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,30 +22,30 @@ from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
 from customer_value.features import customer_features
 from customer_value.jobs import load_orders
-from customer_value.schema import register_configs
+from customer_value.schema import parse_day, register_configs, validate_score_config
 from customer_value.segmentation import SEGMENT_FEATURES
 
-OUTPUT_FORMATS = {".parquet", ".csv"}
+log = logging.getLogger(__name__)
 
 
 def score_customers(cfg: DictConfig) -> pd.DataFrame:
     """One row per customer seen on or before ``score.as_of``, with segment and every CLV output."""
+    validate_score_config(cfg)
     tracking.configure(cfg.tracking.uri)
-    output = Path(cfg.score.output)
-    if output.suffix.lower() not in OUTPUT_FORMATS:
-        raise UserError(f"score.output '{output}' must end in .parquet or .csv")
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
 
     orders, report = load_orders(cfg.data)
-    as_of = pd.Timestamp(cfg.score.as_of or report.last_date).normalize()
+    as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
     features = customer_features(orders, as_of)
     rows = features.reset_index(drop=True)
 
     clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
     horizon = cfg.score.horizon_days
     if horizon is None:
-        horizon = clv_model.metadata.get_params_schema().params[0].default
+        horizon = next(
+            p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days"
+        )
     values = clv_model.predict(rows[INPUT_COLUMNS], params={"horizon_days": float(horizon)})
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
@@ -61,8 +62,11 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
 
 def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
     """Write to a temporary file in the target folder, then rename: readers see all or nothing."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise UserError(f"score.output {output}: cannot write there ({exc.strerror})") from None
     os.close(handle)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -82,7 +86,7 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
 def score(cfg: DictConfig) -> Path:
     table = score_customers(cfg)
     output = write_table_atomically(table, Path(cfg.score.output))
-    print(
+    log.info(
         f"scored {len(table):,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
         f"v{table['segments_model_version'].iloc[0]} -> {output}"

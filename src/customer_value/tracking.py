@@ -67,11 +67,26 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
 
 @contextmanager
 def run(experiment: str, artifact_root: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
-    """An MLflow run that ends FAILED when anything inside raises (including KeyboardInterrupt)."""
+    """A new MLflow run that ends FAILED when anything inside raises (including KeyboardInterrupt)."""
     experiment_id = ensure_experiment(experiment, artifact_root)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    with _finished_or_failed():
+        yield mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+
+
+@contextmanager
+def fail_run_on_error(run_id: str) -> Iterator[None]:
+    """Work on a finished run (e.g. registering its model) that marks it FAILED if anything raises."""
     try:
-        yield active
+        yield
+    except BaseException:
+        MlflowClient().set_terminated(run_id, status="FAILED")
+        raise
+
+
+@contextmanager
+def _finished_or_failed() -> Iterator[None]:
+    try:
+        yield
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
@@ -110,8 +125,8 @@ def log_json(payload: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(payload, indent=2, default=str), artifact_file)
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """Current commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside git."""
+def git_state(cwd: str | Path = Path(__file__).parent) -> dict[str, str]:
+    """Tags: the code's commit and whether tracked files had uncommitted changes (``unknown`` outside git)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
@@ -124,5 +139,5 @@ def git_commit(cwd: str | Path | None = None) -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+        return {"mlflow.source.git.commit": "unknown", "git_dirty": "unknown"}
+    return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(dirty)).lower()}

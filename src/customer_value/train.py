@@ -3,6 +3,10 @@
 ``train(cfg)`` is pure orchestration that tests call directly; ``main`` is the Hydra entry point and
 returns ``cfg.optimized_metric`` so a sweeper can optimise it.
 
+Order matters for the bad-input rule: the config is validated before any run starts, both stages are
+fitted, evaluated and logged first, and only when both succeeded are the models registered. A job that
+exits non-zero therefore never leaves a new registered version behind.
+
 The registered CLV model is **refit on the full history** (``clv.refit_full_history``) because scoring
 happens at the end of the data and the last months carry the most information about today's customers;
 the holdout metrics judge the calibration-window fit of the same configuration, and that fit travels with
@@ -12,10 +16,12 @@ the model so a later run can re-score this version on its own holdout (see ``reg
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import hydra
 import mlflow
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,60 +29,50 @@ from customer_value import evaluation, plots, registry, tracking
 from customer_value.clv import CLVModel
 from customer_value.data import DataReport
 from customer_value.entrypoint import run_job
-from customer_value.features import calibration_and_holdout, customer_features, resolve_split
-from customer_value.jobs import load_orders, time_unit_days
+from customer_value.errors import UserError
+from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
+from customer_value.jobs import load_orders
 from customer_value.pyfunc_models import clv_spec
-from customer_value.schema import register_configs
+from customer_value.schema import TIME_UNITS_DAYS, register_configs, validate_train_config
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Candidate:
+    """A logged model waiting for registration, with what the gate needs to judge it."""
+
+    run_id: str
+    model_uri: str
+    name: str
+    metric: str
+    score: float
+    judge: Callable[[str], registry.ChampionJudgement]  # champion version -> its judgement
+    tags: dict[str, str]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run both training stages; returns every logged metric (CLV and segments) by name."""
+    """Run both training stages, then register both models; returns every logged metric by name."""
+    validate_train_config(cfg)
     tracking.configure(cfg.tracking.uri)
-    commit = tracking.git_commit()
-    tags = {"mlflow.source.git.commit": commit, "git_commit": commit, "data.name": cfg.data.name}
-    run_name = cfg.run_name
+    tags = tracking.git_state() | {"data.name": cfg.data.name}
     metrics: dict[str, float] = {}
-    with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, run_name, tags):
+    with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
         _log_config(cfg)
         orders, report = load_orders(cfg.data)
         _log_data_report(report)
-        log.info(
-            "data: %s orders of %s customers, %s to %s, dropped %s",
-            f"{report.orders:,}",
-            f"{report.customers:,}",
-            report.first_date,
-            report.last_date,
-            report.dropped,
-        )
-        metrics |= train_clv(cfg, orders)
-        log.info(
-            "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
-            "(historic spend %.3f), revenue Spearman %.3f",
-            *(
-                metrics.get(k, float("nan"))
-                for k in (
-                    "holdout.churn_auc",
-                    "baseline.churn_auc",
-                    "holdout.churn_brier",
-                    "holdout.top_decile_revenue_capture",
-                    "baseline.top_decile_revenue_capture",
-                    "holdout.revenue_spearman",
-                )
-            ),
-        )
-    with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, run_name, tags):
+        clv_metrics, clv_candidate = train_clv(cfg, orders, report)
+        metrics |= clv_metrics
+    with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
         _log_config(cfg)
         _log_data_report(report)
-        metrics |= train_segments(cfg, orders)
-        log.info(
-            "segments: silhouette %.3f, Davies-Bouldin %.3f, sizes %s",
-            metrics.get("segments.silhouette", float("nan")),
-            metrics.get("segments.davies_bouldin", float("nan")),
-            [int(v) for k, v in sorted(metrics.items()) if k.startswith("segments.size.")],
-        )
+        segment_metrics, segments_candidate = train_segments(cfg, orders, report)
+        metrics |= segment_metrics
+    if cfg.tracking.register:
+        for candidate in (clv_candidate, segments_candidate):
+            with tracking.fail_run_on_error(candidate.run_id):
+                _register(cfg, candidate)
     return metrics
 
 
@@ -86,8 +82,7 @@ def _log_config(cfg: DictConfig) -> None:
 
 
 def _log_data_report(report: DataReport) -> None:
-    summary = report.as_dict()
-    tracking.log_json(summary, "data/summary.json")
+    tracking.log_json(report.as_dict(), "data/summary.json")
     mlflow.set_tags(
         {
             "data.content_hash": report.content_hash,
@@ -105,16 +100,25 @@ def _log_data_report(report: DataReport) -> None:
         }
         | {f"data.dropped.{reason}": count for reason, count in report.dropped.items()}
     )
+    log.info(
+        "data: %s orders of %s customers, %s to %s, dropped %s",
+        f"{report.orders:,}",
+        f"{report.customers:,}",
+        report.first_date,
+        report.last_date,
+        report.dropped,
+    )
 
 
-def train_clv(cfg: DictConfig, orders: pd.DataFrame) -> dict[str, float]:
-    """Calibration fit -> holdout metrics and baselines -> refit -> log and register the pyfunc model."""
-    unit_days = time_unit_days(cfg.features.time_unit)
+def train_clv(
+    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
+) -> tuple[dict[str, float], Candidate]:
+    """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model."""
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
     settings = {
         "penalizer": cfg.clv.penalizer,
-        "time_unit_days": unit_days,
+        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
         "discount_rate": cfg.clv.discount_rate,
         "discount_step_days": cfg.clv.discount_step_days,
     }
@@ -132,24 +136,30 @@ def train_clv(cfg: DictConfig, orders: pd.DataFrame) -> dict[str, float]:
     predictions = model.predict(calibration, split.holdout_days)
     metrics |= _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
     metrics |= _prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
-    by_frequency = evaluation.purchases_by_frequency(
-        calibration["frequency"].to_numpy(),
-        predictions["expected_purchases"].to_numpy(),
-        holdout["purchases"].to_numpy(),
-    )
-    tracking.log_table(by_frequency, "evaluation/purchases_by_frequency.csv")
-    tracking.log_figure(plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png")
-    churned = (holdout["purchases"].to_numpy() == 0).astype(float)
-    tracking.log_figure(
-        plots.churn_by_decile(predictions["churn_probability"].to_numpy(), churned),
-        "plots/churn_by_decile.png",
-    )
+    _log_clv_diagnostics(calibration, holdout, predictions)
 
     scoring_model = model
     if cfg.clv.refit_full_history:
         scoring_model = CLVModel(**settings).fit(customer_features(orders, split.holdout_end))
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     tracking.log_metrics(metrics)
+    _require_metrics(metrics, cfg.clv.primary_metric, "clv.primary_metric")
+    log.info(
+        "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
+        "(historic spend %.3f), revenue Spearman %.3f (historic spend %.3f)",
+        *(
+            metrics.get(key, np.nan)
+            for key in (
+                "holdout.churn_auc",
+                "baseline.churn_auc",
+                "holdout.churn_brier",
+                "holdout.top_decile_revenue_capture",
+                "baseline.top_decile_revenue_capture",
+                "holdout.revenue_spearman",
+                "baseline.revenue_spearman",
+            )
+        ),
+    )
 
     trained_through = split.holdout_end if cfg.clv.refit_full_history else split.calibration_end
     spec = clv_spec(
@@ -160,91 +170,152 @@ def train_clv(cfg: DictConfig, orders: pd.DataFrame) -> dict[str, float]:
         trained_through=str(trained_through.date()),
     )
     info = registry.log_clv_model(spec, calibration)
-    if cfg.tracking.register:
 
-        def champion_score(champion: Any) -> float:
-            loaded = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{champion.version}")
-            judged = loaded.unwrap_python_model().evaluation_model().predict(calibration, split.holdout_days)
-            return _prefixed("holdout.", evaluation.evaluate_clv(judged, holdout))[cfg.clv.primary_metric]
+    def judge(version: str) -> registry.ChampionJudgement:
+        return _judge_clv_champion(cfg, version, split, calibration, holdout)
 
-        _register(
-            cfg, info.model_uri, cfg.tracking.clv_model, cfg.clv.primary_metric, metrics, champion_score
+    candidate = Candidate(
+        run_id=mlflow.active_run().info.run_id,
+        model_uri=info.model_uri,
+        name=cfg.tracking.clv_model,
+        metric=cfg.clv.primary_metric,
+        score=metrics[cfg.clv.primary_metric],
+        judge=judge,
+        tags=_version_tags(cfg, report)
+        | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
+    )
+    return metrics, candidate
+
+
+def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    by_frequency = evaluation.purchases_by_frequency(
+        calibration["frequency"].to_numpy(),
+        predictions["expected_purchases"].to_numpy(),
+        holdout["purchases"].to_numpy(),
+    )
+    tracking.log_table(by_frequency, "evaluation/purchases_by_frequency.csv")
+    tracking.log_figure(plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png")
+    tracking.log_figure(
+        plots.churn_by_decile(predictions["churn_probability"].to_numpy(), evaluation.churned(holdout)),
+        "plots/churn_by_decile.png",
+    )
+
+
+def _judge_clv_champion(
+    cfg: DictConfig, version: str, split: Split, calibration: pd.DataFrame, holdout: pd.DataFrame
+) -> registry.ChampionJudgement:
+    """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it."""
+    champion = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{version}").unwrap_python_model()
+    champion_end = pd.Timestamp(champion.spec["calibration_end"])
+    if champion_end > split.calibration_end:
+        reason = (
+            f"its calibration window ends {champion_end.date()}, after this run's "
+            f"{split.calibration_end.date()}, so its fit may have seen this holdout"
         )
-    return metrics
+        return registry.ChampionJudgement(version, None, reason)
+    judged = champion.evaluation_model().predict(calibration, split.holdout_days)
+    scores = _prefixed("holdout.", evaluation.evaluate_clv(judged, holdout))
+    return registry.ChampionJudgement(
+        version, scores.get(cfg.clv.primary_metric), "re-scored on this holdout"
+    )
 
 
-def train_segments(cfg: DictConfig, orders: pd.DataFrame) -> dict[str, float]:
-    """Fit segments on every customer as of the last order; log quality, profile and plots; register."""
+def train_segments(
+    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
+) -> tuple[dict[str, float], Candidate]:
+    """Fit segments on every customer as of the last order; log quality, profile and plots."""
     features = customer_features(orders, orders["date"].max())
     model = SegmentModel(n_clusters=cfg.segmentation.n_clusters, seed=cfg.seed).fit(features)
     segments = model.predict(features)["segment"].to_numpy()
     space = evaluation_space(features)
 
-    def silhouette_like(labels: Any) -> dict[str, float]:
+    def quality(labels: np.ndarray) -> dict[str, float]:
         return _prefixed(
             "segments.", quality_metrics(space, labels, cfg.seed, cfg.segmentation.silhouette_sample)
         )
 
-    metrics = silhouette_like(segments)
+    metrics = quality(segments)
     sizes = model.profile_["customers"]
     metrics |= {f"segments.size.{segment}": float(size) for segment, size in sizes.items()}
     tracking.log_metrics(metrics)
+    _require_metrics(metrics, cfg.segmentation.primary_metric, "segmentation.primary_metric")
     mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
     tracking.log_table(model.profile_, "segments/profile.csv")
     tracking.log_figure(plots.segment_sizes(model.profile_), "plots/segment_sizes.png")
     tracking.log_figure(
         plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
     )
-
+    log.info(
+        "segments: silhouette %.3f, Davies-Bouldin %.3f, sizes %s",
+        metrics.get("segments.silhouette", np.nan),
+        metrics.get("segments.davies_bouldin", np.nan),
+        [int(size) for size in sizes],
+    )
     info = registry.log_segments_model(model, features)
-    if cfg.tracking.register:
 
-        def champion_score(champion: Any) -> float:
-            loaded = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.segments_model}/{champion.version}")
-            labels = loaded.predict(features[SEGMENT_FEATURES].reset_index(drop=True))["segment"].to_numpy()
-            return silhouette_like(labels)[cfg.segmentation.primary_metric]
+    def judge(version: str) -> registry.ChampionJudgement:
+        loaded = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.segments_model}/{version}")
+        champion_k = loaded.unwrap_python_model().model.n_clusters
+        if champion_k != model.n_clusters:
+            reason = f"it has {champion_k} segments and this run {model.n_clusters}; choosing k is a decision"
+            return registry.ChampionJudgement(version, None, reason)
+        labels = loaded.predict(features[SEGMENT_FEATURES].reset_index(drop=True))["segment"].to_numpy()
+        score = quality(labels).get(cfg.segmentation.primary_metric)
+        return registry.ChampionJudgement(version, score, "re-scored on this run's customers")
 
-        _register(
-            cfg,
-            info.model_uri,
-            cfg.tracking.segments_model,
-            cfg.segmentation.primary_metric,
-            metrics,
-            champion_score,
+    candidate = Candidate(
+        run_id=mlflow.active_run().info.run_id,
+        model_uri=info.model_uri,
+        name=cfg.tracking.segments_model,
+        metric=cfg.segmentation.primary_metric,
+        score=metrics[cfg.segmentation.primary_metric],
+        judge=judge,
+        tags=_version_tags(cfg, report) | {"n_segments": str(model.n_clusters)},
+    )
+    return metrics, candidate
+
+
+def _version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:
+    return {
+        "run_id": mlflow.active_run().info.run_id,
+        "data.name": cfg.data.name,
+        "data.content_hash": report.content_hash,
+        "data.last_date": report.last_date,
+    }
+
+
+def _require_metrics(metrics: dict[str, float], metric: str, key: str) -> None:
+    if metric not in metrics:
+        raise UserError(
+            f"{key}={metric} could not be computed on this data (e.g. nobody churned, revenue is constant); "
+            "choose another metric"
         )
-    return metrics
 
 
-def _register(
-    cfg: DictConfig, model_uri: str, name: str, metric: str, metrics: dict[str, float], champion_score: Any
-) -> registry.GateDecision:
-    champion = registry.champion_version(name, cfg.tracking.alias)
-    old = None if champion is None else float(champion_score(champion))
-    run = mlflow.active_run()
+def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
+    champion = registry.champion_version(candidate.name, cfg.tracking.alias)
+    judgement = None if champion is None else candidate.judge(str(champion.version))
     decision = registry.register_with_gate(
-        model_uri,
-        name,
+        candidate.model_uri,
+        candidate.name,
         alias=cfg.tracking.alias,
-        metric=metric,
-        new_score=metrics[metric],
-        champion=champion,
-        champion_score=old,
-        higher_is_better=True,
-        tags={"run_id": run.info.run_id, "data.name": cfg.data.name},
+        metric=candidate.metric,
+        new_score=candidate.score,
+        champion=judgement,
+        tags=candidate.tags,
     )
     log.info(
-        "%s version %s -> %s (%s %.4f vs champion %s)",
-        name,
+        "%s version %s -> %s (%s %.4f: %s)",
+        candidate.name,
         decision.version,
         decision.alias,
-        metric,
-        decision.new_score,
-        "none" if old is None else f"v{decision.champion_version} {old:.4f}",
+        candidate.metric,
+        candidate.score,
+        decision.reason,
     )
-    mlflow.set_tags(
-        {f"registered.{k}": v for k, v in decision.as_tags().items()}
-        | {"registered.version": decision.version}
-    )
+    client = mlflow.MlflowClient()  # the run has ended: tag it by id, never through the fluent API
+    for key, value in (decision.as_tags() | {"version": decision.version}).items():
+        client.set_tag(candidate.run_id, f"registered.{key}", value)
     return decision
 
 
@@ -253,9 +324,9 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     metrics = run_job(train, cfg)
-    return metrics.get(cfg.optimized_metric)
+    return metrics.get(cfg.optimized_metric, float("nan"))
 
 
 if __name__ == "__main__":
