@@ -24,3 +24,8 @@ def test_notebook_executes(notebook: pathlib.Path) -> None:
     )
     # Raises CellExecutionError (naming the cell and the exception) if any cell fails; nb stays in memory.
     client.execute()
+
+
+def test_the_exploration_notebook_is_collected() -> None:
+    """An empty parametrisation would pass silently; the CDNOW notebook must be among those executed."""
+    assert "01-explore-cdnow.ipynb" in [path.name for path in NOTEBOOKS]
