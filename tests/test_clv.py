@@ -10,6 +10,7 @@ from scipy import integrate, stats
 from scipy.special import gammaln
 
 from customer_value.clv import (
+    FAMILIES,
     PREDICTION_COLUMNS,
     CLVModel,
     CLVParams,
@@ -18,13 +19,13 @@ from customer_value.clv import (
     model_inputs,
 )
 from customer_value.data import load_bundled
-from customer_value.errors import ModelFitError
-from customer_value.features import calibration_and_holdout, resolve_split
+from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.features import calibration_and_holdout, customer_features, resolve_split
 
 # Fader, Hardie & Lee (2005), CDNOW 1/10 sample, weeks; Fader & Hardie's Gamma-Gamma note.
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 GAMMA_GAMMA_NOTE = {"p": 6.25, "q": 3.74, "v": 15.44}
-PINNED = CLVParams(**FHL_2005, **GAMMA_GAMMA_NOTE, time_unit_days=7.0)
+PINNED = CLVParams("bgnbd", FHL_2005, GAMMA_GAMMA_NOTE, time_unit_days=7.0)
 
 
 def _sample_calibration(keep_zero_amounts: bool) -> pd.DataFrame:
@@ -220,13 +221,132 @@ def test_no_repeat_buyers_is_a_clear_fit_error() -> None:
 
 def test_recovers_generated_parameters(synthetic_orders: pd.DataFrame) -> None:
     """Orders drawn from known parameters give estimates of the right size (800 customers: loose)."""
-    from customer_value.features import customer_features
     from customer_value.synthetic import TrueParams, generate_orders
 
     orders = generate_orders(6000, seed=3).assign(date=lambda f: f["timestamp"].dt.normalize())
     orders = orders.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
     fitted = CLVModel().fit(customer_features(orders, orders["date"].max())).params_
     true = TrueParams()
-    assert fitted.r == pytest.approx(true.r, rel=0.3)
-    assert fitted.alpha == pytest.approx(true.alpha, rel=0.35)
-    assert fitted.p * fitted.v / (fitted.q - 1) == pytest.approx(true.p * true.v / (true.q - 1), rel=0.15)
+    purchase, spend = fitted.purchase, fitted.spend
+    assert purchase["r"] == pytest.approx(true.r, rel=0.3)
+    assert purchase["alpha"] == pytest.approx(true.alpha, rel=0.35)
+    assert spend["p"] * spend["v"] / (spend["q"] - 1) == pytest.approx(
+        true.p * true.v / (true.q - 1), rel=0.15
+    )
+
+
+def test_reproduces_the_published_pareto_nbd_and_mbg_nbd_fits() -> None:
+    """Pareto/NBD: Fader, Hardie & Lee (2005) on the 1/10 sample; MBG/NBD: BTYDplus' estimates (Batislam
+    et al. 2007's model) on the same data, as lifetimes' own tests use."""
+    calibration = _sample_calibration(keep_zero_amounts=True)
+    pareto = CLVModel(family="pareto_nbd").fit(calibration).params_.purchase
+    assert {k: round(v, 3) for k, v in pareto.items()} == {
+        "r": 0.553,
+        "alpha": 10.578,
+        "s": 0.606,
+        "beta": 11.669,
+    }
+    mbg = CLVModel(family="mbgnbd").fit(calibration).params_.purchase
+    assert {k: round(v, 3) for k, v in mbg.items()} == {"r": 0.525, "alpha": 6.183, "a": 0.891, "b": 1.614}
+
+
+def _lockstep_customers() -> pd.DataFrame:
+    """100 customers buying on the same three days: Gamma-Gamma's optimiser fails without a penalty."""
+    dates = pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01"])
+    rows = [(f"c{i}", day, 10.0 + i % 7) for i in range(100) for day in dates]
+    orders = pd.DataFrame(rows, columns=["customer_id", "date", "amount"])
+    return customer_features(orders, pd.Timestamp("2024-04-01"))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_failed_fit_falls_back_to_a_larger_penalizer(family: str) -> None:
+    model = CLVModel(family=family).fit(_lockstep_customers())
+    assert model.fit_attempts_[0][0] == 0.0 and "did not converge" in model.fit_attempts_[0][1]
+    assert model.fit_attempts_[-1] == (0.001, "converged")
+    assert model.penalizer_used_ == 0.001
+
+
+def test_every_fallback_failing_is_one_clear_error() -> None:
+    with pytest.raises(ModelFitError, match="every fallback failed") as caught:
+        CLVModel(fallback_penalizers=()).fit(_lockstep_customers())
+    assert "\n" not in str(caught.value)
+
+
+def test_not_enough_data_is_not_retried() -> None:
+    features = _lockstep_customers().assign(frequency=0.0, recency_days=0.0, monetary_value=0.0)
+    with pytest.raises(NotEnoughDataError, match="found 0 of 100 customers"):
+        CLVModel().fit(features)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_gives_consistent_outputs(family: str) -> None:
+    calibration = _sample_calibration(keep_zero_amounts=True)
+    model = CLVModel(family=family).fit(calibration)
+    short, long = model.predict(calibration, 30.0), model.predict(calibration, 365.0)
+    assert np.allclose(short["purchase_probability"], 1 - short["churn_probability"])
+    assert (long["churn_probability"] <= short["churn_probability"] + 1e-12).all()
+    assert (short["churn_probability"] >= 1 - short["p_alive"] - 1e-9).all()
+    assert (long["expected_purchases"] >= short["expected_purchases"]).all()
+    assert (long["clv"] <= long["expected_revenue"] + 1e-9).all()
+    assert (short["next_purchase_days"] > 0).all()
+    # Frequent, recent buyers are expected back sooner than one-time buyers of the same age.
+    frequent = (calibration["frequency"] >= 3) & (calibration["days_since_last"] < 30)
+    assert (
+        short.loc[frequent, "next_purchase_days"].median()
+        < short.loc[calibration["frequency"] == 0, "next_purchase_days"].median()
+    )
+
+
+def test_spend_frequency_correlation_is_measured() -> None:
+    model = CLVModel().fit(_sample_calibration(keep_zero_amounts=True))
+    assert 0.0 < model.spend_frequency_correlation_ < 0.3  # Fader & Hardie report it is weak on CDNOW
+
+
+def test_next_purchase_median_matches_its_definition() -> None:
+    features = pd.DataFrame(
+        {"frequency": [2.0], "recency_days": [210.0], "T_days": [270.0], "monetary_value": [20.0]}
+    )
+    days = CLVModel.from_params(PINNED, 0.0, 7.0).predict(features, 30.0)["next_purchase_days"].iloc[0]
+    r, alpha = FHL_2005["r"], FHL_2005["alpha"]
+    weeks_t = days / 7
+    assert ((alpha + 270 / 7) / (alpha + 270 / 7 + weeks_t)) ** (r + 2) == pytest.approx(0.5)
+
+
+def _direct_pareto_no_purchase(x: float, t_x: float, T: float, h: float) -> float:
+    """Pareto/NBD P(no purchase in (T, T+h] | history) by integrating over lambda ~ Gamma(r, alpha) and
+    mu ~ Gamma(s, beta): alive at T, the next event is a purchase (rate lambda) or dropout (rate mu)."""
+    r, alpha, s, beta = PARETO_FHL.values()
+    prior_lam, prior_mu = stats.gamma(r, scale=1 / alpha).pdf, stats.gamma(s, scale=1 / beta).pdf
+
+    def likelihood(lam: float, mu: float, window: float | None) -> float:
+        k = lam + mu
+        none = 1.0 if window is None else mu / k + lam / k * np.exp(-k * window)
+        return lam**x * np.exp(-k * T) * none + lam**x * mu / k * (np.exp(-k * t_x) - np.exp(-k * T))
+
+    def integral(window: float | None) -> float:
+        return integrate.dblquad(
+            lambda lam, mu: likelihood(lam, mu, window) * prior_lam(lam) * prior_mu(mu),
+            0,
+            np.inf,
+            0,
+            np.inf,
+            epsabs=1e-12,
+            epsrel=1e-8,
+        )[0]
+
+    return integral(h) / integral(None)
+
+
+PARETO_FHL = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
+
+
+@pytest.mark.slow
+def test_pareto_churn_equals_a_direct_integration() -> None:
+    params = CLVParams("pareto_nbd", PARETO_FHL, GAMMA_GAMMA_NOTE, 7.0)
+    features = pd.DataFrame(
+        {"frequency": [5.0], "recency_days": [140.0], "T_days": [210.0], "monetary_value": [10.0]}
+    )
+    predicted = CLVModel.from_params(params, 0.0, 7.0).predict(features, horizon_days=39 * 7)
+    assert predicted["churn_probability"].iloc[0] == pytest.approx(
+        _direct_pareto_no_purchase(5, 20, 30, 39), abs=1e-8
+    )

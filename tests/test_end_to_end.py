@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -101,6 +102,7 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         "segment",
         "segment_name",
         *PREDICTION_COLUMNS,
+        "next_purchase_date",
         "horizon_days",
         "as_of",
         "clv_model_version",
@@ -109,10 +111,20 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     assert list(table.columns) == expected
     assert (table["horizon_days"] == 90).all()
     assert table["churn_probability"].between(0, 1).all() and (table["clv"] >= 0).all()
-    assert (
-        table["as_of"].iloc[0]
-        == pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
+    as_of = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
+    assert table["as_of"].iloc[0] == as_of
+    days_ahead = (table["next_purchase_date"] - as_of).dt.days
+    assert ((days_ahead - table["next_purchase_days"]).abs() <= 0.5).all()
+    # The champion scores with the full-history refit, not the calibration fit.
+    fitted = {k[len("refit.") :]: v for k, v in metrics.items() if k.startswith("refit.")}
+    purchase = {k: fitted[k] for k in ("r", "alpha", "a", "b")}
+    refit = CLVParams("bgnbd", purchase, {k: fitted[k] for k in ("p", "q", "v")}, 7.0)
+    orders, _ = load_transactions(orders_csv)
+    expected_values = CLVModel.from_params(refit, 0.10, 365.25 / 12).predict(
+        customer_features(orders, as_of), 90.0
     )
+    for column in PREDICTION_COLUMNS:
+        np.testing.assert_allclose(table[column].to_numpy(), expected_values[column].to_numpy(), rtol=1e-9)
 
     # A second identical run ties the champion: it becomes the challenger, the champion stays.
     train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
@@ -194,7 +206,9 @@ def test_gate_rescoring_replaces_a_worse_champion_and_skips_an_unfair_comparison
     a champion whose calibration window is later than the new run's is not compared at all."""
     orders, _ = load_transactions(orders_csv)
     features = customer_features(orders, orders["date"].max())
-    backwards = CLVParams(r=0.25, alpha=4.0, a=50.0, b=0.5, p=6.0, q=4.0, v=15.0, time_unit_days=7.0)
+    backwards = CLVParams(
+        "bgnbd", {"r": 0.25, "alpha": 4.0, "a": 50.0, "b": 0.5}, {"p": 6.0, "q": 4.0, "v": 15.0}, 7.0
+    )
     model = CLVModel.from_params(backwards, 0.1, 30.4375)
     spec = clv_spec(
         model, model, horizon_days=365, calibration_end="2000-01-01", trained_through="2000-01-01"

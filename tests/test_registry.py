@@ -20,7 +20,9 @@ from customer_value.pyfunc_models import clv_spec
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 from test_segmentation import planted_customers
 
-PINNED = CLVParams(r=0.243, alpha=4.414, a=0.793, b=2.426, p=6.25, q=3.74, v=15.44, time_unit_days=7.0)
+PINNED = CLVParams(
+    "bgnbd", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}, {"p": 6.25, "q": 3.74, "v": 15.44}, 7.0
+)
 LOAD_AND_PREDICT = """
 import sys, json, mlflow, pandas as pd
 uri, rows, out, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
@@ -37,7 +39,7 @@ def _customers() -> pd.DataFrame:
     return features
 
 
-REFIT = CLVParams(r=0.3, alpha=5.0, a=0.6, b=2.0, p=5.0, q=4.0, v=20.0, time_unit_days=7.0)
+REFIT = CLVParams("bgnbd", {"r": 0.3, "alpha": 5.0, "a": 0.6, "b": 2.0}, {"p": 5.0, "q": 4.0, "v": 20.0}, 7.0)
 
 
 def _clv_spec(horizon_days: float = 365.0) -> dict:

@@ -1,4 +1,4 @@
-"""BG/NBD purchases x Gamma-Gamma spend: lifetime value and churn propensity.
+"""BTYD purchases (BG/NBD, MBG/NBD, Pareto/NBD) x Gamma-Gamma spend: lifetime value and churn propensity.
 
 The only module that imports ``lifetimes``. lifetimes is fed aligned 1-D float64 numpy arrays built in
 one place (:func:`model_inputs`) because some of its helpers misbehave with pandas inputs on pandas 3.
@@ -19,42 +19,62 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
-from customer_value.errors import ModelFitError
+from customer_value.errors import ModelFitError, NotEnoughDataError
 
 PREDICTION_COLUMNS = [
     "p_alive",
     "churn_probability",
+    "purchase_probability",
     "expected_purchases",
     "expected_order_value",
     "expected_revenue",
     "clv",
+    "next_purchase_days",
 ]
 INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
 DAYS_PER_YEAR = 365.25
+DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A BTYD purchase model from lifetimes: its fitter and parameter names."""
+
+    label: str
+    fitter: type
+    params: tuple[str, ...]
+
+
+FAMILIES = {
+    "bgnbd": Family("BG/NBD", BetaGeoFitter, ("r", "alpha", "a", "b")),
+    "mbgnbd": Family("MBG/NBD", ModifiedBetaGeoFitter, ("r", "alpha", "a", "b")),
+    "pareto_nbd": Family("Pareto/NBD", ParetoNBDFitter, ("r", "alpha", "s", "beta")),
+}
+SPEND_PARAMS = ("p", "q", "v")
 
 
 @dataclass(frozen=True)
 class CLVParams:
-    """Fitted parameters: BG/NBD (r, alpha, a, b) in ``time_unit_days`` units, Gamma-Gamma (p, q, v)."""
+    """Fitted parameters: the purchase model's (rates per ``time_unit_days`` days) and Gamma-Gamma's."""
 
-    r: float
-    alpha: float
-    a: float
-    b: float
-    p: float
-    q: float
-    v: float
+    family: str
+    purchase: dict[str, float]
+    spend: dict[str, float]
     time_unit_days: float
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> CLVParams:
+        return cls(**values)
+
     def fitted(self) -> dict[str, float]:
-        """The seven model parameters (not the unit), as logged to MLflow."""
-        return {k: v for k, v in asdict(self).items() if k != "time_unit_days"}
+        """All model parameters by name (r, alpha, a, b or s, beta; p, q, v), as logged to MLflow."""
+        return self.purchase | self.spend
 
 
 @dataclass(frozen=True)
@@ -89,11 +109,12 @@ def _quiet_lifetimes() -> Iterator[None]:
         yield
 
 
-def fit_purchase_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
-    """BG/NBD fitted on the unique (x, t_x, T) patterns weighted by their counts (same optimum)."""
+def fit_purchase_model(inputs: ModelInputs, penalizer: float, family: str = "bgnbd") -> dict[str, float]:
+    """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster)."""
+    spec = FAMILIES[family]
     patterns = pd.DataFrame({"x": inputs.frequency, "t_x": inputs.recency, "T": inputs.T})
     counts = patterns.value_counts(sort=False).reset_index(name="weight")
-    fitter = BetaGeoFitter(penalizer_coef=penalizer)
+    fitter = spec.fitter(penalizer_coef=penalizer)
     try:
         with _quiet_lifetimes():
             fitter.fit(
@@ -101,22 +122,22 @@ def fit_purchase_model(inputs: ModelInputs, penalizer: float) -> dict[str, float
                 counts["t_x"].to_numpy(),
                 counts["T"].to_numpy(),
                 weights=counts["weight"].to_numpy(),
+                tol=1e-8,  # lifetimes' Pareto/NBD default (1e-4) stops ~1e-3 short of the optimum
             )
     except (ConvergenceError, np.linalg.LinAlgError):
         raise ModelFitError(
-            f"BG/NBD did not converge on {len(inputs.frequency):,} customers with clv.penalizer={penalizer}; "
-            "try a larger clv.penalizer"
+            f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
         ) from None
-    params = {k: float(fitter.params_[k]) for k in ("r", "alpha", "a", "b")}
-    _require_finite("BG/NBD", params)
+    params = {k: float(fitter.params_[k]) for k in spec.params}
+    _require_finite(spec.label, params)
     return params
 
 
 def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
     """Gamma-Gamma on repeat buyers with positive mean repeat spend (it refuses zero spend)."""
-    usable = (inputs.frequency > 0) & (inputs.monetary_value > 0)
+    usable = spend_sample(inputs)
     if usable.sum() < 2:
-        raise ModelFitError(
+        raise NotEnoughDataError(
             f"Gamma-Gamma needs repeat buyers with positive spend; found {int(usable.sum())} of "
             f"{len(usable):,} customers in the calibration window"
         )
@@ -126,14 +147,30 @@ def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
             fitter.fit(inputs.frequency[usable], inputs.monetary_value[usable])
     except (ConvergenceError, np.linalg.LinAlgError):
         raise ModelFitError(
-            f"Gamma-Gamma did not converge on {int(usable.sum()):,} repeat buyers with "
-            f"clv.penalizer={penalizer}; try a larger clv.penalizer"
+            f"Gamma-Gamma did not converge on {int(usable.sum()):,} repeat buyers with penalizer {penalizer}"
         ) from None
-    params = {k: float(fitter.params_[k]) for k in ("p", "q", "v")}
+    params = {k: float(fitter.params_[k]) for k in SPEND_PARAMS}
     _require_finite("Gamma-Gamma", params)
     if params["q"] <= 1:
         raise ModelFitError(f"Gamma-Gamma fitted q={params['q']:.3f} <= 1: expected spend is undefined")
     return params
+
+
+def spend_sample(inputs: ModelInputs) -> np.ndarray:
+    """Customers Gamma-Gamma learns from: repeat buyers with positive mean repeat spend."""
+    return (inputs.frequency > 0) & (inputs.monetary_value > 0)
+
+
+def spend_frequency_correlation(inputs: ModelInputs) -> float:
+    """Pearson correlation of frequency and mean spend among repeat buyers; Gamma-Gamma assumes ~0."""
+    usable = spend_sample(inputs)
+    if (
+        usable.sum() < 3
+        or np.ptp(inputs.frequency[usable]) == 0
+        or np.ptp(inputs.monetary_value[usable]) == 0
+    ):
+        return float("nan")
+    return float(np.corrcoef(inputs.frequency[usable], inputs.monetary_value[usable])[0, 1])
 
 
 def _require_finite(model: str, params: dict[str, float]) -> None:
@@ -143,32 +180,58 @@ def _require_finite(model: str, params: dict[str, float]) -> None:
 
 
 class CLVModel:
-    """BG/NBD + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in ``_``."""
+    """BTYD purchases + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in _.
+
+    Fallback: when a fit does not converge or gives non-finite estimates, it is retried with each larger
+    penalizer in ``fallback_penalizers``; ``fit_attempts_`` records every try. Only when all fail does
+    ``fit`` raise ModelFitError.
+    """
 
     def __init__(
         self,
+        family: str = "bgnbd",
         penalizer: float = 0.0,
         time_unit_days: float = 7.0,
         discount_rate: float = 0.10,
         discount_step_days: float = DAYS_PER_YEAR / 12,
+        fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
     ) -> None:
+        self.family = family
         self.penalizer = penalizer
         self.time_unit_days = time_unit_days
         self.discount_rate = discount_rate
         self.discount_step_days = discount_step_days
+        self.fallback_penalizers = fallback_penalizers
 
     def fit(self, features: pd.DataFrame) -> CLVModel:
+        if self.family not in FAMILIES:
+            raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
         inputs = model_inputs(features, self.time_unit_days)
-        purchase = fit_purchase_model(inputs, self.penalizer)
-        spend = fit_spend_model(inputs, self.penalizer)
-        self.params_ = CLVParams(**purchase, **spend, time_unit_days=self.time_unit_days)
-        self.n_customers_ = len(inputs.frequency)
-        return self
+        ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
+        self.fit_attempts_: list[tuple[float, str]] = []
+        for penalizer in ladder:
+            try:
+                purchase = fit_purchase_model(inputs, penalizer, self.family)
+                spend = fit_spend_model(inputs, penalizer)
+            except NotEnoughDataError:
+                raise
+            except ModelFitError as exc:
+                self.fit_attempts_.append((penalizer, str(exc)))
+                continue
+            self.fit_attempts_.append((penalizer, "converged"))
+            self.penalizer_used_ = penalizer
+            self.params_ = CLVParams(self.family, purchase, spend, self.time_unit_days)
+            self.n_customers_ = len(inputs.frequency)
+            self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
+            return self
+        tried = "; ".join(f"penalizer {p}: {message}" for p, message in self.fit_attempts_)
+        raise ModelFitError(f"every fallback failed ({tried})")
 
     @classmethod
     def from_params(cls, params: CLVParams, discount_rate: float, discount_step_days: float) -> CLVModel:
         """A fitted model from stored parameters (used by the registered pyfunc model)."""
         model = cls(
+            family=params.family,
             time_unit_days=params.time_unit_days,
             discount_rate=discount_rate,
             discount_step_days=discount_step_days,
@@ -183,32 +246,43 @@ class CLVModel:
         return pd.DataFrame(out, index=features.index, columns=PREDICTION_COLUMNS)
 
 
-def _purchase_fitter(params: CLVParams) -> BetaGeoFitter:
-    fitter = BetaGeoFitter()
-    fitter.params_ = pd.Series({k: getattr(params, k) for k in ("r", "alpha", "a", "b")})
-    return fitter
-
-
-def _spend_fitter(params: CLVParams) -> GammaGammaFitter:
-    fitter = GammaGammaFitter()
-    fitter.params_ = pd.Series({k: getattr(params, k) for k in ("p", "q", "v")})
+def _fitter(kind: type, params: dict[str, float]) -> object:
+    fitter = kind()
+    fitter.params_ = pd.Series(params)
     return fitter
 
 
 def churn_probability(
     params: CLVParams, inputs: ModelInputs, horizon: float, p_alive: np.ndarray
 ) -> np.ndarray:
-    """P(no purchase in (T, T + horizon] | x, t_x, T) under BG/NBD; ``horizon`` in model units.
+    """P(no purchase in (T, T + horizon] | x, t_x, T); ``horizon`` in model units.
 
-    A customer who is alive at T buys with rate lambda and can only drop out right after a purchase, so
-    no purchase in the window means exp(-lambda * h); lambda's posterior given alive is
+    BG/NBD and MBG/NBD: a customer alive at T buys with rate lambda and can only drop out right after a
+    purchase, so no purchase in the window means exp(-lambda * h); lambda's posterior given alive is
     Gamma(r + x, alpha + T). Hence P(none) = 1 - P(alive) * (1 - ((alpha + T) / (alpha + T + h))^(r + x)).
-    Unlike 1 - P(alive), this is not 0 for every one-time buyer.
+    Pareto/NBD: dropout can come at any time, so lifetimes' conditional P(X(T, T+h) = 0) (Fader & Hardie's
+    note 28) is used. Unlike 1 - P(alive), neither is 0 for every one-time buyer.
     """
-    no_purchase_if_alive = np.exp(
-        -(params.r + inputs.frequency) * np.log1p(horizon / (params.alpha + inputs.T))
-    )
+    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    if params.family == "pareto_nbd":
+        fitter = _fitter(ParetoNBDFitter, params.purchase)
+        with _quiet_lifetimes():
+            return np.clip(
+                fitter.conditional_probability_of_n_purchases_up_to_time(0, horizon, x, t_x, T), 0, 1
+            )
+    r, alpha = params.purchase["r"], params.purchase["alpha"]
+    no_purchase_if_alive = np.exp(-(r + x) * np.log1p(horizon / (alpha + T)))
     return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
+
+
+def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+    """Median wait from T to the next purchase for a customer who stays active, in days.
+
+    Given active, lambda ~ Gamma(r + x, alpha + T) in every family here, so
+    P(no purchase by t) = ((alpha + T) / (alpha + T + t))^(r + x) = 1/2 at t = (alpha + T)(2^(1/(r+x)) - 1).
+    """
+    r, alpha = params.purchase["r"], params.purchase["alpha"]
+    return (alpha + inputs.T) * np.expm1(np.log(2.0) / (r + inputs.frequency)) * params.time_unit_days
 
 
 def predict_arrays(
@@ -221,12 +295,13 @@ def predict_arrays(
     """Columns of PREDICTION_COLUMNS as one float64 matrix; asserts every value is finite."""
     if not horizon_days > 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
-    purchases = _purchase_fitter(params)
-    spend = _spend_fitter(params)
+    purchases = _fitter(FAMILIES[params.family].fitter, params.purchase)
+    spend = _fitter(GammaGammaFitter, params.spend)
     unit = params.time_unit_days
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
 
-    p_alive = purchases.conditional_probability_alive(x, t_x, T)
+    with _quiet_lifetimes():
+        p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
     churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
     expected_value = spend.conditional_expected_average_profit(x, inputs.monetary_value)
 
@@ -236,7 +311,8 @@ def predict_arrays(
     cumulative = np.zeros_like(x)
     discounted = np.zeros_like(x)
     for end_days in step_ends:  # a handful of vectorised steps, not a per-customer loop
-        now = purchases.conditional_expected_number_of_purchases_up_to_time(end_days / unit, x, t_x, T)
+        with _quiet_lifetimes():
+            now = purchases.conditional_expected_number_of_purchases_up_to_time(end_days / unit, x, t_x, T)
         discounted += (now - cumulative) / (1.0 + discount_rate) ** (end_days / DAYS_PER_YEAR)
         cumulative = now
     expected_purchases = cumulative
@@ -244,10 +320,12 @@ def predict_arrays(
         [
             p_alive,
             churn,
+            1.0 - churn,
             expected_purchases,
             expected_value,
             expected_purchases * expected_value,
             discounted * expected_value,
+            median_days_to_next_purchase(params, inputs),
         ]
     ).astype("float64")
     if not np.isfinite(out).all():

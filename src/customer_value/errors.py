@@ -15,3 +15,7 @@ class ModelFitError(UserError):
 
 class RegistryError(UserError):
     """The model registry does not hold what a job needs (e.g. no champion yet)."""
+
+
+class NotEnoughDataError(ModelFitError):
+    """The data cannot support the model at all (e.g. no repeat buyers): no fallback will help."""

@@ -97,7 +97,9 @@ def clv_spec(
 
 
 def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
-    return CLVModel.from_params(CLVParams(**spec[which]), spec["discount_rate"], spec["discount_step_days"])
+    return CLVModel.from_params(
+        CLVParams.from_dict(spec[which]), spec["discount_rate"], spec["discount_step_days"]
+    )
 
 
 class SegmentsPyfunc(mlflow.pyfunc.PythonModel):

@@ -46,8 +46,10 @@ class FeaturesConfig:
 
 @dataclass
 class CLVConfig:
-    model: str = "bgnbd_gg"  # BG/NBD purchases x Gamma-Gamma spend
+    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd (spend: Gamma-Gamma)
     penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
+    fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # tried in order
+    independence_threshold: float = 0.3  # |corr(frequency, spend)| above this: Gamma-Gamma warning
     horizon_days: float = 365.0  # default prediction horizon of the registered model
     discount_rate: float = 0.10  # ANNUAL discount rate
     discount_step_days: float = 365.25 / 12  # value is discounted at the end of each step
@@ -119,7 +121,7 @@ OPTIMIZABLE_METRICS = (
     "holdout.churn_brier",
     "segments.davies_bouldin",
 )
-CLV_MODELS = ("bgnbd_gg",)
+CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
 SEGMENTATION_ALGORITHMS = ("kmeans",)
 
 
@@ -140,7 +142,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             cfg.features.time_unit in TIME_UNITS_DAYS,
             f"features.time_unit must be one of {list(TIME_UNITS_DAYS)}",
         ),
-        (cfg.clv.model in CLV_MODELS, f"clv.model must be one of {list(CLV_MODELS)}"),
+        (cfg.clv.family in CLV_FAMILIES, f"clv.family must be one of {list(CLV_FAMILIES)}"),
+        (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
         (cfg.clv.discount_rate > -1, "clv.discount_rate (annual) must be > -1"),

@@ -117,7 +117,9 @@ def train_clv(
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
     settings = {
+        "family": cfg.clv.family,
         "penalizer": cfg.clv.penalizer,
+        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
         "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
         "discount_rate": cfg.clv.discount_rate,
         "discount_step_days": cfg.clv.discount_step_days,
@@ -131,6 +133,7 @@ def train_clv(
         }
     )
     metrics = {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
+    metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
 
     predictions = model.predict(calibration, split.holdout_days)
@@ -185,6 +188,32 @@ def train_clv(
         | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
     )
     return metrics, candidate
+
+
+def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
+    """Which fallback the fit needed, and Gamma-Gamma's independence check (warned above a threshold)."""
+    attempts = model.fit_attempts_
+    mlflow.set_tags(
+        {
+            "clv.family": model.family,
+            "clv.fallback": "none" if len(attempts) == 1 else f"penalizer {model.penalizer_used_}",
+            "clv.fit_attempts": "; ".join(f"{p}: {outcome}" for p, outcome in attempts)[:5000],
+        }
+    )
+    correlation = model.spend_frequency_correlation_
+    if abs(correlation) > cfg.clv.independence_threshold:
+        log.warning(
+            "Gamma-Gamma assumes spend is independent of frequency, but their correlation is %.3f "
+            "(threshold %.2f): expected order values may be biased",
+            correlation,
+            cfg.clv.independence_threshold,
+        )
+        mlflow.set_tag("clv.independence_warning", f"corr {correlation:.3f}")
+    return {
+        "fit.penalizer_used": model.penalizer_used_,
+        "fit.attempts": float(len(attempts)),
+        "fit.spend_frequency_correlation": correlation,
+    }
 
 
 def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predictions: pd.DataFrame) -> None:
