@@ -269,3 +269,18 @@ def test_config_errors_are_one_line_without_traceback(
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         next(line for line in result.stderr.splitlines() if message in line)
     ]
+
+
+def test_auto_family_keeps_the_best_on_the_holdout(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    metrics = train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto"]))
+    run = _runs("customer-clv").iloc[-1]
+    scores = {
+        family: metrics[f"family.{family}.holdout.revenue_spearman"]
+        for family in ("bgnbd", "mbgnbd", "pareto_nbd")
+    }
+    assert run["tags.clv.chosen_family"] == max(scores, key=scores.get)
+    assert metrics["holdout.revenue_spearman"] == max(scores.values())
+    assert {"backtest.churn_auc.mean", "backtest.churn_auc.std"} <= set(metrics)
+    assert "evaluation" in {a.path for a in MlflowClient().list_artifacts(run["run_id"])}

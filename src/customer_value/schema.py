@@ -45,8 +45,14 @@ class FeaturesConfig:
 
 
 @dataclass
+class BacktestConfig:
+    folds: int = 3  # rolling origins ending at the calibration end; 0 or 1 = no backtest
+    step_days: int = 30  # days between origins
+
+
+@dataclass
 class CLVConfig:
-    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd (spend: Gamma-Gamma)
+    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
     penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
     fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # tried in order
     independence_threshold: float = 0.3  # |corr(frequency, spend)| above this: Gamma-Gamma warning
@@ -55,6 +61,7 @@ class CLVConfig:
     discount_step_days: float = 365.25 / 12  # value is discounted at the end of each step
     refit_full_history: bool = True  # registered model refit on all data up to the last order
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
 
 
 @dataclass
@@ -142,7 +149,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             cfg.features.time_unit in TIME_UNITS_DAYS,
             f"features.time_unit must be one of {list(TIME_UNITS_DAYS)}",
         ),
-        (cfg.clv.family in CLV_FAMILIES, f"clv.family must be one of {list(CLV_FAMILIES)}"),
+        (cfg.clv.family in (*CLV_FAMILIES, "auto"), f"clv.family must be one of {[*CLV_FAMILIES, 'auto']}"),
+        (
+            cfg.clv.backtest.folds >= 0 and cfg.clv.backtest.step_days > 0,
+            "clv.backtest needs folds >= 0, step_days > 0",
+        ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),

@@ -26,6 +26,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import evaluation, plots, registry, tracking
+from customer_value.backtest import backtest, rolling_origins, summarise
 from customer_value.clv import CLVModel
 from customer_value.data import DataReport
 from customer_value.entrypoint import run_job
@@ -33,7 +34,7 @@ from customer_value.errors import UserError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.jobs import load_orders
 from customer_value.pyfunc_models import clv_spec
-from customer_value.schema import TIME_UNITS_DAYS, register_configs, validate_train_config
+from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, register_configs, validate_train_config
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,12 @@ def train_clv(
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
     settings = {
-        "family": cfg.clv.family,
         "penalizer": cfg.clv.penalizer,
         "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
         "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
         "discount_rate": cfg.clv.discount_rate,
         "discount_step_days": cfg.clv.discount_step_days,
     }
-    model = CLVModel(**settings).fit(calibration)
     mlflow.log_params(
         {
             "time_unit": cfg.features.time_unit,
@@ -132,12 +131,18 @@ def train_clv(
             "split.holdout_days": split.holdout_days,
         }
     )
-    metrics = {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
+    family, model, predictions, metrics = _choose_family(cfg, settings, calibration, holdout, split)
+    settings["family"] = family
+    metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
-
-    predictions = model.predict(calibration, split.holdout_days)
-    metrics |= _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
+    if cfg.clv.backtest.folds > 1:
+        origins = rolling_origins(
+            split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
+        )
+        folds = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
+        tracking.log_table(folds, "evaluation/backtest_folds.csv")
+        metrics |= _prefixed("backtest.", summarise(folds))
     metrics |= _prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
     _log_clv_diagnostics(calibration, holdout, predictions)
 
@@ -188,6 +193,36 @@ def train_clv(
         | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
     )
     return metrics, candidate
+
+
+def _choose_family(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    split: Split,
+) -> tuple[str, CLVModel, pd.DataFrame, dict[str, float]]:
+    """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
+
+    Each candidate's holdout metrics are logged as ``family.<name>.<metric>`` so the choice is visible.
+    """
+    families = CLV_FAMILIES if cfg.clv.family == "auto" else (cfg.clv.family,)
+    fitted = {}
+    for family in families:  # three fits at most
+        model = CLVModel(family=family, **settings).fit(calibration)
+        predictions = model.predict(calibration, split.holdout_days)
+        fitted[family] = (
+            model,
+            predictions,
+            _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout)),
+        )
+    best = max(fitted, key=lambda family: fitted[family][2].get(cfg.clv.primary_metric, -np.inf))
+    mlflow.set_tag("clv.chosen_family", best)
+    model, predictions, metrics = fitted[best]
+    if len(fitted) > 1:
+        for family, (_, _, scores) in fitted.items():
+            metrics = metrics | _prefixed(f"family.{family}.", scores)
+    return best, model, predictions, metrics
 
 
 def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:

@@ -1,0 +1,50 @@
+"""Rolling-origin backtests: origins, no look-ahead, and the summary across folds."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from customer_value.backtest import backtest, rolling_origins, summarise
+from customer_value.clv import CLVModel
+from customer_value.errors import UserError
+from customer_value.features import Split
+
+
+@pytest.fixture(scope="module")
+def orders(synthetic_orders: pd.DataFrame) -> pd.DataFrame:
+    frame = synthetic_orders.assign(date=synthetic_orders["timestamp"].dt.normalize())
+    return frame.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
+
+
+def test_origins_step_back_from_the_calibration_end() -> None:
+    split = Split(pd.Timestamp("2024-07-01"), pd.Timestamp("2024-12-31"))
+    origins = rolling_origins(split, folds=3, step_days=30, first_date=pd.Timestamp("2024-01-01"))
+    assert [o.calibration_end for o in origins] == list(
+        pd.to_datetime(["2024-05-02", "2024-06-01", "2024-07-01"])
+    )
+    assert all(o.holdout_days == split.holdout_days for o in origins)
+    assert origins[-1] == split
+    with pytest.raises(UserError, match="not after the first order"):
+        rolling_origins(split, folds=10, step_days=30, first_date=pd.Timestamp("2024-01-01"))
+
+
+def test_each_fold_fits_only_on_orders_up_to_its_origin(orders: pd.DataFrame) -> None:
+    last = orders["date"].max()
+    split = Split(last - pd.Timedelta(days=180), last)
+    origins = rolling_origins(split, folds=3, step_days=45, first_date=orders["date"].min())
+    seen: list[pd.Timestamp] = []
+
+    def fit(features: pd.DataFrame) -> CLVModel:
+        # T_days is measured to the origin: the oldest customer's tenure dates the data the fold was given.
+        seen.append(orders["date"].min() + pd.Timedelta(days=features["T_days"].max()))
+        return CLVModel().fit(features)
+
+    folds = backtest(orders, origins, fit)
+    assert seen == [o.calibration_end for o in origins]
+    assert list(folds.index) == [o.calibration_end.date().isoformat() for o in origins]
+    assert folds["churn_auc"].between(0.5, 1).all()
+    summary = summarise(folds)
+    assert summary["churn_auc.mean"] == pytest.approx(folds["churn_auc"].mean())
+    assert summary["churn_auc.std"] == pytest.approx(folds["churn_auc"].std(ddof=1))
+    assert summary["churn_auc.std"] > 0
