@@ -85,6 +85,14 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         assert run["tags.registered.gate.alias"] == "champion"
         assert run["tags.registered.version"] == str(champion.version)
     clv_run = _runs("customer-clv").iloc[-1]
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(clv_run["run_id"], "plots")}
+    assert {
+        "purchases_by_frequency.png",
+        "churn_by_decile.png",
+        "gains_chart.png",
+        "p_alive_matrix.png",
+        "expected_purchases_matrix.png",
+    } <= plots
     assert clv_run["params.time_unit"] == "weeks"
     assert clv_run["tags.data.content_hash"]
     summary = mlflow.artifacts.load_dict(f"runs:/{clv_run['run_id']}/data/summary.json")

@@ -71,3 +71,22 @@ def test_purchases_by_frequency_groups_the_tail() -> None:
     assert table.loc["0", "predicted"] == pytest.approx(0.2)
     assert table.loc["7+", "actual"] == 5
     assert table.loc["7+", "customers"] == 2
+
+
+def test_frequency_recency_grid_feeds_a_p_alive_matrix() -> None:
+    from customer_value.clv import CLVModel, CLVParams
+    from customer_value.evaluation import frequency_recency_grid, grid_matrix
+
+    grid = frequency_recency_grid(T_days=273.0, max_frequency=5, n_recency=10)
+    assert (grid.loc[grid["frequency"] == 0, "recency_days"] == 0).all()
+    assert (grid["recency_days"] <= grid["T_days"]).all()
+    params = CLVParams(
+        "bgnbd", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}, {"p": 6.25, "q": 3.74, "v": 15.44}, 7.0
+    )
+    p_alive = CLVModel.from_params(params, 0.0, 7.0).predict(grid, 30.0)["p_alive"]
+    matrix = grid_matrix(grid, p_alive)
+    assert matrix.shape == (6, 10)
+    assert matrix.loc[0.0].dropna().tolist() == [1.0]
+    repeaters = matrix.loc[1.0:].to_numpy()
+    assert (np.diff(repeaters, axis=1) >= 0).all()  # a more recent last purchase: more likely alive
+    assert (np.diff(repeaters[:, 0]) <= 0).all()  # many purchases long ago: more likely gone

@@ -89,3 +89,21 @@ def purchases_by_frequency(
     table.index = [f"{b}+" if b == max_bin else str(b) for b in table.index]
     table.index.name = "calibration_frequency"
     return table
+
+
+def frequency_recency_grid(T_days: float, max_frequency: int = 20, n_recency: int = 30) -> pd.DataFrame:
+    """Hypothetical customers of age ``T_days`` over a (frequency, recency) grid, as the model's input."""
+    frequency, recency = np.meshgrid(
+        np.arange(max_frequency + 1), np.linspace(0, T_days, n_recency), indexing="ij"
+    )
+    frequency, recency = frequency.ravel().astype(float), recency.ravel()
+    recency = np.where(frequency == 0, 0.0, recency)  # without repeats, recency is 0 by definition
+    return pd.DataFrame(
+        {"frequency": frequency, "recency_days": recency, "T_days": T_days, "monetary_value": 0.0}
+    )
+
+
+def grid_matrix(grid: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """Pivot model outputs on a frequency_recency_grid into a frequency x recency table."""
+    frame = grid.assign(value=values.to_numpy())
+    return frame.pivot_table(index="frequency", columns="recency_days", values="value", aggfunc="first")

@@ -81,3 +81,37 @@ def segment_scatter(features: pd.DataFrame, segments: np.ndarray, names: dict[in
     ax.legend(markerscale=3, fontsize=8)
     fig.set_layout_engine("tight")
     return fig
+
+
+def gains_chart(curves: dict[str, np.ndarray], actual: np.ndarray) -> Figure:
+    """Cumulative share of actual (holdout) revenue captured by customers ranked by each score."""
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    share = np.arange(1, len(actual) + 1) / len(actual)
+    total = max(float(np.sum(actual)), 1e-12)
+    for label, score in curves.items():
+        order = np.argsort(-np.asarray(score, dtype="float64"), kind="stable")
+        ax.plot(share, np.cumsum(np.asarray(actual)[order]) / total, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="random")
+    ax.set_xlabel("share of customers (ranked by score)")
+    ax.set_ylabel("share of holdout revenue")
+    ax.set_title("Gains chart")
+    ax.legend()
+    fig.set_layout_engine("tight")
+    return fig
+
+
+def matrix_heatmap(table: pd.DataFrame, title: str, colorbar_label: str) -> Figure:
+    """A frequency x recency matrix (rows: repeat purchases, columns: days of recency)."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    image = ax.imshow(table.to_numpy(), origin="lower", aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(table.index)), table.index)
+    step = max(1, len(table.columns) // 8)
+    ax.set_xticks(range(0, len(table.columns), step), [f"{c:.0f}" for c in table.columns[::step]])
+    ax.set_xlabel("recency: days from first to last purchase")
+    ax.set_ylabel("repeat purchases")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    fig.set_layout_engine("tight")
+    return fig

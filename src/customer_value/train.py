@@ -145,6 +145,7 @@ def train_clv(
         metrics |= _prefixed("backtest.", summarise(folds))
     metrics |= _prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
     _log_clv_diagnostics(calibration, holdout, predictions)
+    _log_model_matrices(model, calibration, split)
 
     scoring_model = model
     if cfg.clv.refit_full_history:
@@ -263,6 +264,24 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
         plots.churn_by_decile(predictions["churn_probability"].to_numpy(), evaluation.churned(holdout)),
         "plots/churn_by_decile.png",
     )
+    curves = {
+        "model": predictions["expected_revenue"].to_numpy(),
+        "historic spend": calibration["total_spend"].to_numpy(),
+    }
+    tracking.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
+
+
+def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split) -> None:
+    """P(alive) and expected holdout purchases over frequency x recency, for the oldest customers' age."""
+    grid = evaluation.frequency_recency_grid(float(calibration["T_days"].max()))
+    outputs = model.predict(grid, split.holdout_days)
+    for column, title in (
+        ("p_alive", "P(alive)"),
+        ("expected_purchases", "Expected purchases in the holdout"),
+    ):
+        matrix = evaluation.grid_matrix(grid, outputs[column])
+        tracking.log_table(matrix, f"evaluation/{column}_matrix.csv")
+        tracking.log_figure(plots.matrix_heatmap(matrix, title, column), f"plots/{column}_matrix.png")
 
 
 def _judge_clv_champion(
