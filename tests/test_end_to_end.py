@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from customer_value import registry
+from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import PREDICTION_COLUMNS, CLVModel, CLVParams
 from customer_value.data import load_transactions
 from customer_value.features import customer_features
@@ -128,7 +129,9 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     purchase = {k: fitted[k] for k in ("r", "alpha", "a", "b")}
     refit = CLVParams("bgnbd", purchase, {k: fitted[k] for k in ("p", "q", "v")}, 7.0)
     orders, _ = load_transactions(orders_csv)
-    expected_values = CLVModel.from_params(refit, 0.10, 365.25 / 12).predict(
+    champion_model = mlflow.pyfunc.load_model("models:/customer-clv@champion").unwrap_python_model()
+    layer = ChurnLayer.from_dict(champion_model.spec["churn_layer"])  # learned before the calibration end
+    expected_values = CLVModel.from_params(refit, 0.10, 365.25 / 12, layer).predict(
         customer_features(orders, as_of), 90.0
     )
     for column in PREDICTION_COLUMNS:

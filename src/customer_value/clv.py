@@ -22,6 +22,7 @@ import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
+from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.errors import ModelFitError, NotEnoughDataError
 
 PREDICTION_COLUMNS = [
@@ -33,7 +34,9 @@ PREDICTION_COLUMNS = [
     "expected_revenue",
     "clv",
     "next_purchase_days",
+    "btyd_churn_probability",
 ]
+BTYD_COLUMNS = PREDICTION_COLUMNS[:-1]
 INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
 DAYS_PER_YEAR = 365.25
 DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
@@ -213,6 +216,8 @@ class CLVModel:
             try:
                 purchase = fit_purchase_model(inputs, penalizer, self.family)
                 spend = fit_spend_model(inputs, penalizer)
+                params = CLVParams(self.family, purchase, spend, self.time_unit_days)
+                _require_finite_predictions(params, inputs)
             except NotEnoughDataError:
                 raise
             except ModelFitError as exc:
@@ -220,15 +225,23 @@ class CLVModel:
                 continue
             self.fit_attempts_.append((penalizer, "converged"))
             self.penalizer_used_ = penalizer
-            self.params_ = CLVParams(self.family, purchase, spend, self.time_unit_days)
+            self.params_ = params
             self.n_customers_ = len(inputs.frequency)
             self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
             return self
         tried = "; ".join(f"penalizer {p}: {message}" for p, message in self.fit_attempts_)
         raise ModelFitError(f"every fallback failed ({tried})")
 
+    churn_layer_: ChurnLayer | None = None
+
     @classmethod
-    def from_params(cls, params: CLVParams, discount_rate: float, discount_step_days: float) -> CLVModel:
+    def from_params(
+        cls,
+        params: CLVParams,
+        discount_rate: float,
+        discount_step_days: float,
+        churn_layer: ChurnLayer | None = None,
+    ) -> CLVModel:
         """A fitted model from stored parameters (used by the registered pyfunc model)."""
         model = cls(
             family=params.family,
@@ -237,13 +250,35 @@ class CLVModel:
             discount_step_days=discount_step_days,
         )
         model.params_ = params
+        model.churn_layer_ = churn_layer
         return model
 
     def predict(self, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-        """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``."""
+        """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
+
+        ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
+        layer's when one is attached (see ``churn_layer``), else the same number.
+        """
         inputs = model_inputs(features, self.params_.time_unit_days)
         out = predict_arrays(self.params_, inputs, horizon_days, self.discount_rate, self.discount_step_days)
-        return pd.DataFrame(out, index=features.index, columns=PREDICTION_COLUMNS)
+        table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
+        table["btyd_churn_probability"] = table["churn_probability"]
+        if self.churn_layer_ is not None:
+            churn = self.churn_layer_.predict(layer_inputs(features, table, horizon_days))
+            table["churn_probability"] = churn
+            table["purchase_probability"] = 1.0 - churn
+        return table
+
+
+def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
+    """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
+
+    Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
+    """
+    patterns = np.unique(np.column_stack([inputs.frequency, inputs.recency, inputs.T]), axis=0)
+    unique = ModelInputs(patterns[:, 0], patterns[:, 1], patterns[:, 2], np.zeros(len(patterns)))
+    for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
+        predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
 
 
 def _fitter(kind: type, params: dict[str, float]) -> object:
@@ -292,7 +327,7 @@ def predict_arrays(
     discount_rate: float,
     discount_step_days: float,
 ) -> np.ndarray:
-    """Columns of PREDICTION_COLUMNS as one float64 matrix; asserts every value is finite."""
+    """Columns of BTYD_COLUMNS as one float64 matrix; asserts every value is finite."""
     if not horizon_days > 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     purchases = _fitter(FAMILIES[params.family].fitter, params.purchase)

@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import INPUT_COLUMNS, CLVModel, CLVParams
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 
@@ -93,12 +94,17 @@ def clv_spec(
         "discount_step_days": float(scoring.discount_step_days),
         "calibration_end": calibration_end,
         "trained_through": trained_through,
+        "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
     }
 
 
 def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
+    layer = spec.get("churn_layer")
     return CLVModel.from_params(
-        CLVParams.from_dict(spec[which]), spec["discount_rate"], spec["discount_step_days"]
+        CLVParams.from_dict(spec[which]),
+        spec["discount_rate"],
+        spec["discount_step_days"],
+        None if layer is None else ChurnLayer.from_dict(layer),
     )
 
 

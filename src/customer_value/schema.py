@@ -51,6 +51,12 @@ class BacktestConfig:
 
 
 @dataclass
+class ChurnLayerConfig:
+    enabled: bool = True  # learned churn layer on RFM + BTYD outputs (see churn_layer.py)
+    inner_horizons_days: list[int] = field(default_factory=lambda: [91, 133, 182])  # before calibration end
+
+
+@dataclass
 class CLVConfig:
     family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
     penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
@@ -62,6 +68,7 @@ class CLVConfig:
     refit_full_history: bool = True  # registered model refit on all data up to the last order
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    churn_layer: ChurnLayerConfig = field(default_factory=ChurnLayerConfig)
 
 
 @dataclass
@@ -155,6 +162,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.backtest needs folds >= 0, step_days > 0",
         ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
+        (
+            len(cfg.clv.churn_layer.inner_horizons_days) > 0
+            and min(cfg.clv.churn_layer.inner_horizons_days) > 0,
+            "clv.churn_layer.inner_horizons_days must be a non-empty list of positive day counts",
+        ),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
         (cfg.clv.discount_rate > -1, "clv.discount_rate (annual) must be > -1"),

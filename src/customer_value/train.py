@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from customer_value import evaluation, plots, registry, tracking
 from customer_value.backtest import backtest, rolling_origins, summarise
+from customer_value.churn_layer import fit_churn_layer
 from customer_value.clv import CLVModel
 from customer_value.data import DataReport
 from customer_value.entrypoint import run_job
@@ -133,6 +134,20 @@ def train_clv(
     )
     family, model, predictions, metrics = _choose_family(cfg, settings, calibration, holdout, split)
     settings["family"] = family
+    if cfg.clv.churn_layer.enabled:
+        # Trained on inner windows that end at the calibration end: the holdout is never read.
+        model.churn_layer_ = fit_churn_layer(
+            orders,
+            split.calibration_end,
+            list(cfg.clv.churn_layer.inner_horizons_days),
+            lambda features: CLVModel(**settings).fit(features),
+            seed=cfg.seed,
+        )
+        btyd_scores = {k: v for k, v in metrics.items() if k.startswith("holdout.churn_")}
+        predictions = model.predict(calibration, split.holdout_days)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("holdout.")}
+        metrics |= _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
+        metrics |= {f"btyd.{k.removeprefix('holdout.')}": v for k, v in btyd_scores.items()}
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
@@ -150,6 +165,7 @@ def train_clv(
     scoring_model = model
     if cfg.clv.refit_full_history:
         scoring_model = CLVModel(**settings).fit(customer_features(orders, split.holdout_end))
+        scoring_model.churn_layer_ = model.churn_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     tracking.log_metrics(metrics)
     _require_metrics(metrics, cfg.clv.primary_metric, "clv.primary_metric")
