@@ -350,3 +350,9 @@ def test_pareto_churn_equals_a_direct_integration() -> None:
     assert predicted["churn_probability"].iloc[0] == pytest.approx(
         _direct_pareto_no_purchase(5, 20, 30, 39), abs=1e-8
     )
+
+
+def test_params_from_the_first_release_still_load() -> None:
+    legacy = {**FHL_2005, **GAMMA_GAMMA_NOTE, "time_unit_days": 7.0}
+    assert CLVParams.from_dict(legacy) == PINNED
+    assert CLVParams.from_dict(PINNED.as_dict()) == PINNED

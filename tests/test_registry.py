@@ -189,3 +189,16 @@ def test_gate_moves_champion_only_for_a_better_comparable_score(tracking_uri: st
 def test_missing_champion_is_a_clear_registry_error(tracking_uri: str) -> None:
     with pytest.raises(registry.RegistryError, match="customer-clv@champion"):
         registry.require_champion("customer-clv", "champion")
+
+
+def test_a_champion_that_cannot_be_rescored_is_not_compared() -> None:
+    from customer_value.train import Candidate, _judge_safely
+
+    def broken(version: str) -> registry.ChampionJudgement:
+        raise TypeError("unexpected keyword argument 'r'")
+
+    candidate = Candidate("run", "models:/m-1", "customer-clv", "m", 0.5, broken, {})
+    judgement = _judge_safely(candidate, "3")
+    assert judgement.score is None and judgement.version == "3"
+    assert "could not be re-scored (TypeError" in judgement.reason
+    assert registry.decide(0.9, judgement) == (False, f"not compared: {judgement.reason}")

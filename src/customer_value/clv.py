@@ -73,6 +73,14 @@ class CLVParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> CLVParams:
+        """Also reads the first release's flat BG/NBD form (r, alpha, a, b, p, q, v, time_unit_days)."""
+        if "family" not in values:
+            return cls(
+                "bgnbd",
+                {k: values[k] for k in FAMILIES["bgnbd"].params},
+                {k: values[k] for k in SPEND_PARAMS},
+                values["time_unit_days"],
+            )
         return cls(**values)
 
     def fitted(self) -> dict[str, float]:

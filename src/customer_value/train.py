@@ -391,9 +391,19 @@ def _require_metrics(metrics: dict[str, float], metric: str, key: str) -> None:
         )
 
 
+def _judge_safely(candidate: Candidate, version: str) -> registry.ChampionJudgement:
+    """A champion this code cannot load or re-score is not compared (and keeps its alias), never a crash."""
+    try:
+        return candidate.judge(version)
+    except Exception as exc:  # any failure of an older model's code or artifacts
+        reason = f"champion v{version} could not be re-scored ({type(exc).__name__}: {exc})"[:300]
+        log.warning("%s: %s", candidate.name, reason)
+        return registry.ChampionJudgement(version, None, reason)
+
+
 def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
     champion = registry.champion_version(candidate.name, cfg.tracking.alias)
-    judgement = None if champion is None else candidate.judge(str(champion.version))
+    judgement = None if champion is None else _judge_safely(candidate, str(champion.version))
     decision = registry.register_with_gate(
         candidate.model_uri,
         candidate.name,
