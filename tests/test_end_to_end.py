@@ -295,3 +295,27 @@ def test_auto_family_keeps_the_best_on_the_holdout(
     assert metrics["holdout.revenue_spearman"] == max(scores.values())
     assert {"backtest.churn_auc.mean", "backtest.churn_auc.std"} <= set(metrics)
     assert "evaluation" in {a.path for a in MlflowClient().list_artifacts(run["run_id"])}
+
+
+def test_auto_on_cdnow_skips_the_family_whose_refit_overflows(tracking_uri: str, tmp_path: Path) -> None:
+    """lifetimes' Pareto/NBD overflows on CDNOW's full history (one buyer with 170 repeat purchases):
+    clv=auto must skip it, record why, and register a model whose both fits are the chosen family."""
+    metrics = train(
+        _compose(
+            "train",
+            [
+                f"tracking.uri={tracking_uri}",
+                f"tracking.artifact_root={tmp_path / 'a'}",
+                "clv=auto",
+                "clv.backtest.folds=0",
+            ],
+        )
+    )
+    run = _runs("customer-clv").iloc[-1]
+    assert run["status"] == "FINISHED"
+    assert run["tags.clv.skipped_families"].startswith("pareto_nbd: every fallback failed")
+    chosen = run["tags.clv.chosen_family"]
+    assert chosen in {"bgnbd", "mbgnbd"}
+    spec = mlflow.pyfunc.load_model("models:/customer-clv@champion").unwrap_python_model().spec
+    assert spec["calibration_params"]["family"] == spec["scoring_params"]["family"] == chosen
+    assert metrics["holdout.churn_auc"] > 0.759 and metrics["holdout.churn_brier"] <= 0.165

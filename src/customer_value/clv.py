@@ -286,7 +286,10 @@ def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
     patterns = np.unique(np.column_stack([inputs.frequency, inputs.recency, inputs.T]), axis=0)
     unique = ModelInputs(patterns[:, 0], patterns[:, 1], patterns[:, 2], np.zeros(len(patterns)))
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
-        predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
+        try:
+            predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
+        except ModelFitError as exc:
+            raise ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns")) from None
 
 
 def _fitter(kind: type, params: dict[str, float]) -> object:

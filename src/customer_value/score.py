@@ -53,7 +53,9 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     segments = segments_model.predict(rows[SEGMENT_FEATURES])
 
     table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
-    table["next_purchase_date"] = as_of + pd.to_timedelta(table["next_purchase_days"], unit="D").dt.round("D")
+    # Beyond a century the wait means "not expected": no date rather than an out-of-range timestamp.
+    days = table["next_purchase_days"].where(table["next_purchase_days"] <= 36_525)
+    table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
     table["horizon_days"] = float(horizon)
     table["as_of"] = as_of
     table["clv_model_version"] = str(clv_version.version)

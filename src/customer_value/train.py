@@ -31,7 +31,7 @@ from customer_value.churn_layer import fit_churn_layer
 from customer_value.clv import CLVModel
 from customer_value.data import DataReport
 from customer_value.entrypoint import run_job
-from customer_value.errors import UserError
+from customer_value.errors import ModelFitError, UserError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.jobs import load_orders
 from customer_value.pyfunc_models import clv_spec
@@ -132,7 +132,10 @@ def train_clv(
             "split.holdout_days": split.holdout_days,
         }
     )
-    family, model, predictions, metrics = _choose_family(cfg, settings, calibration, holdout, split)
+    full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
+    family, model, scoring_model, predictions, metrics = _choose_family(
+        cfg, settings, calibration, holdout, split, full_history
+    )
     settings["family"] = family
     if cfg.clv.churn_layer.enabled:
         # Trained on inner windows that end at the calibration end: the holdout is never read.
@@ -162,9 +165,7 @@ def train_clv(
     _log_clv_diagnostics(calibration, holdout, predictions)
     _log_model_matrices(model, calibration, split)
 
-    scoring_model = model
     if cfg.clv.refit_full_history:
-        scoring_model = CLVModel(**settings).fit(customer_features(orders, split.holdout_end))
         scoring_model.churn_layer_ = model.churn_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     tracking.log_metrics(metrics)
@@ -218,28 +219,43 @@ def _choose_family(
     calibration: pd.DataFrame,
     holdout: pd.DataFrame,
     split: Split,
-) -> tuple[str, CLVModel, pd.DataFrame, dict[str, float]]:
+    full_history: pd.DataFrame | None,
+) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
     """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
 
-    Each candidate's holdout metrics are logged as ``family.<name>.<metric>`` so the choice is visible.
+    Returns the family, its calibration fit, its scoring fit (refit on ``full_history`` when given), the
+    holdout predictions and metrics. With ``auto``, a family whose calibration fit or refit fails is
+    skipped (tag ``clv.skipped_families``); each candidate's holdout metrics are logged as
+    ``family.<name>.<metric>``. Note the chosen family's holdout score is the best of several on the same
+    holdout, so it is slightly optimistic.
     """
-    families = CLV_FAMILIES if cfg.clv.family == "auto" else (cfg.clv.family,)
-    fitted = {}
-    for family in families:  # three fits at most
-        model = CLVModel(family=family, **settings).fit(calibration)
+    auto = cfg.clv.family == "auto"
+    families = CLV_FAMILIES if auto else (cfg.clv.family,)
+    fitted, skipped = {}, {}
+    for family in families:  # three families at most
+        try:
+            model = CLVModel(family=family, **settings).fit(calibration)
+            scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
+        except ModelFitError as exc:
+            if not auto:
+                raise
+            skipped[family] = str(exc)
+            continue
         predictions = model.predict(calibration, split.holdout_days)
-        fitted[family] = (
-            model,
-            predictions,
-            _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout)),
-        )
-    best = max(fitted, key=lambda family: fitted[family][2].get(cfg.clv.primary_metric, -np.inf))
+        scores = _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
+        fitted[family] = (model, scoring, predictions, scores)
+    if skipped:
+        mlflow.set_tag("clv.skipped_families", "; ".join(f"{f}: {m}" for f, m in skipped.items())[:5000])
+        log.warning("clv=auto skipped %s", skipped)
+    if not fitted:
+        raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
+    best = max(fitted, key=lambda family: fitted[family][3].get(cfg.clv.primary_metric, -np.inf))
     mlflow.set_tag("clv.chosen_family", best)
-    model, predictions, metrics = fitted[best]
+    model, scoring, predictions, metrics = fitted[best]
     if len(fitted) > 1:
-        for family, (_, _, scores) in fitted.items():
+        for family, (*_, scores) in fitted.items():
             metrics = metrics | _prefixed(f"family.{family}.", scores)
-    return best, model, predictions, metrics
+    return best, model, scoring, predictions, metrics
 
 
 def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
