@@ -26,7 +26,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import customer_value
 from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS
-from customer_value.errors import RegistryError  # noqa: F401  (re-exported for callers)
+from customer_value.errors import RegistryError
 from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 
