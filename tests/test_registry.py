@@ -192,7 +192,8 @@ def test_missing_champion_is_a_clear_registry_error(tracking_uri: str) -> None:
 
 
 def test_a_champion_that_cannot_be_rescored_is_not_compared() -> None:
-    from customer_value.train import Candidate, _judge_safely
+    from customer_value.stage import Candidate
+    from customer_value.train import _judge_safely
 
     def broken(version: str) -> registry.ChampionJudgement:
         raise TypeError("unexpected keyword argument 'r'")

@@ -1,57 +1,31 @@
 """Training job: fit CLV and segment models, evaluate on the holdout, log to MLflow, register with a gate.
 
 ``train(cfg)`` is pure orchestration that tests call directly; ``main`` is the Hydra entry point and
-returns ``cfg.optimized_metric`` so a sweeper can optimise it.
+returns ``cfg.optimized_metric`` so a sweeper can optimise it. The stages live in ``clv_stage`` and
+``segments_stage``.
 
 Order matters for the bad-input rule: the config is validated before any run starts, both stages are
 fitted, evaluated and logged first, and only when both succeeded are the models registered. A job that
 exits non-zero therefore never leaves a new registered version behind.
-
-The registered CLV model is **refit on the full history** (``clv.refit_full_history``) because scoring
-happens at the end of the data and the last months carry the most information about today's customers;
-the holdout metrics judge the calibration-window fit of the same configuration, and that fit travels with
-the model so a later run can re-score this version on its own holdout (see ``registry``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import hydra
 import mlflow
-import numpy as np
-import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from customer_value import evaluation, plots, registry, tracking
-from customer_value.backtest import backtest, rolling_origins, summarise
-from customer_value.churn_layer import fit_churn_layer
-from customer_value.clv import CLVModel
-from customer_value.data import DataReport
+from customer_value import registry, tracking
+from customer_value.clv_stage import train_clv
 from customer_value.entrypoint import run_job
-from customer_value.errors import ModelFitError, UserError
-from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.jobs import load_orders
-from customer_value.pyfunc_models import clv_spec
-from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, register_configs, validate_train_config
-from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
+from customer_value.schema import validate_train_config
+from customer_value.segments_stage import train_segments
+from customer_value.stage import Candidate, log_config, log_data_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Candidate:
-    """A logged model waiting for registration, with what the gate needs to judge it."""
-
-    run_id: str
-    model_uri: str
-    name: str
-    metric: str
-    score: float
-    judge: Callable[[str], registry.ChampionJudgement]  # champion version -> its judgement
-    tags: dict[str, str]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -61,14 +35,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tags = tracking.git_state() | {"data.name": cfg.data.name}
     metrics: dict[str, float] = {}
     with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
-        _log_config(cfg)
+        log_config(cfg)
         orders, report = load_orders(cfg.data)
-        _log_data_report(report)
+        log_data_report(report)
         clv_metrics, clv_candidate = train_clv(cfg, orders, report)
         metrics |= clv_metrics
     with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
-        _log_config(cfg)
-        _log_data_report(report)
+        log_config(cfg)
+        log_data_report(report)
         segment_metrics, segments_candidate = train_segments(cfg, orders, report)
         metrics |= segment_metrics
     if cfg.tracking.register:
@@ -76,335 +50,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with tracking.fail_run_on_error(candidate.run_id):
                 _register(cfg, candidate)
     return metrics
-
-
-def _log_config(cfg: DictConfig) -> None:
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved_config.yaml")
-    tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-
-
-def _log_data_report(report: DataReport) -> None:
-    tracking.log_json(report.as_dict(), "data/summary.json")
-    mlflow.set_tags(
-        {
-            "data.content_hash": report.content_hash,
-            "data.first_date": report.first_date,
-            "data.last_date": report.last_date,
-        }
-    )
-    tracking.log_metrics(
-        {
-            "data.rows_read": report.rows_read,
-            "data.rows_used": report.rows_used,
-            "data.orders": report.orders,
-            "data.customers": report.customers,
-            "data.merged_same_day": report.merged_same_day,
-        }
-        | {f"data.dropped.{reason}": count for reason, count in report.dropped.items()}
-    )
-    log.info(
-        "data: %s orders of %s customers, %s to %s, dropped %s",
-        f"{report.orders:,}",
-        f"{report.customers:,}",
-        report.first_date,
-        report.last_date,
-        report.dropped,
-    )
-
-
-def train_clv(
-    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
-) -> tuple[dict[str, float], Candidate]:
-    """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model."""
-    split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
-    calibration, holdout = calibration_and_holdout(orders, split)
-    settings = {
-        "penalizer": cfg.clv.penalizer,
-        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
-        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
-        "discount_rate": cfg.clv.discount_rate,
-        "discount_step_days": cfg.clv.discount_step_days,
-    }
-    mlflow.log_params(
-        {
-            "time_unit": cfg.features.time_unit,
-            "split.resolved_calibration_end": str(split.calibration_end.date()),
-            "split.holdout_days": split.holdout_days,
-        }
-    )
-    full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
-    family, model, scoring_model, predictions, metrics = _choose_family(
-        cfg, settings, calibration, holdout, split, full_history
-    )
-    settings["family"] = family
-    if cfg.clv.churn_layer.enabled:
-        # Trained on inner windows that end at the calibration end: the holdout is never read.
-        model.churn_layer_ = fit_churn_layer(
-            orders,
-            split.calibration_end,
-            list(cfg.clv.churn_layer.inner_horizons_days),
-            lambda features: CLVModel(**settings).fit(features),
-            seed=cfg.seed,
-        )
-        btyd_scores = {k: v for k, v in metrics.items() if k.startswith("holdout.churn_")}
-        predictions = model.predict(calibration, split.holdout_days)
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("holdout.")}
-        metrics |= _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
-        metrics |= {f"btyd.{k.removeprefix('holdout.')}": v for k, v in btyd_scores.items()}
-    metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
-    metrics |= _fit_diagnostics(cfg, model)
-    metrics["split.calibration_customers"] = float(len(calibration))
-    if cfg.clv.backtest.folds > 1:
-        origins = rolling_origins(
-            split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
-        )
-        folds = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
-        tracking.log_table(folds, "evaluation/backtest_folds.csv")
-        metrics |= _prefixed("backtest.", summarise(folds))
-    metrics |= _prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
-    _log_clv_diagnostics(calibration, holdout, predictions)
-    _log_model_matrices(model, calibration, split)
-
-    if cfg.clv.refit_full_history:
-        scoring_model.churn_layer_ = model.churn_layer_
-        metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
-    tracking.log_metrics(metrics)
-    _require_metrics(metrics, cfg.clv.primary_metric, "clv.primary_metric")
-    log.info(
-        "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
-        "(historic spend %.3f), revenue Spearman %.3f (historic spend %.3f)",
-        *(
-            metrics.get(key, np.nan)
-            for key in (
-                "holdout.churn_auc",
-                "baseline.churn_auc",
-                "holdout.churn_brier",
-                "holdout.top_decile_revenue_capture",
-                "baseline.top_decile_revenue_capture",
-                "holdout.revenue_spearman",
-                "baseline.revenue_spearman",
-            )
-        ),
-    )
-
-    trained_through = split.holdout_end if cfg.clv.refit_full_history else split.calibration_end
-    spec = clv_spec(
-        model,
-        scoring_model,
-        horizon_days=cfg.clv.horizon_days,
-        calibration_end=str(split.calibration_end.date()),
-        trained_through=str(trained_through.date()),
-    )
-    info = registry.log_clv_model(spec, calibration)
-
-    def judge(version: str) -> registry.ChampionJudgement:
-        return _judge_clv_champion(cfg, version, split, calibration, holdout)
-
-    candidate = Candidate(
-        run_id=mlflow.active_run().info.run_id,
-        model_uri=info.model_uri,
-        name=cfg.tracking.clv_model,
-        metric=cfg.clv.primary_metric,
-        score=metrics[cfg.clv.primary_metric],
-        judge=judge,
-        tags=_version_tags(cfg, report)
-        | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
-    )
-    return metrics, candidate
-
-
-def _choose_family(
-    cfg: DictConfig,
-    settings: dict[str, object],
-    calibration: pd.DataFrame,
-    holdout: pd.DataFrame,
-    split: Split,
-    full_history: pd.DataFrame | None,
-) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
-    """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
-
-    Returns the family, its calibration fit, its scoring fit (refit on ``full_history`` when given), the
-    holdout predictions and metrics. With ``auto``, a family whose calibration fit or refit fails is
-    skipped (tag ``clv.skipped_families``); each candidate's holdout metrics are logged as
-    ``family.<name>.<metric>``. Note the chosen family's holdout score is the best of several on the same
-    holdout, so it is slightly optimistic.
-    """
-    auto = cfg.clv.family == "auto"
-    families = CLV_FAMILIES if auto else (cfg.clv.family,)
-    fitted, skipped = {}, {}
-    for family in families:  # three families at most
-        try:
-            model = CLVModel(family=family, **settings).fit(calibration)
-            scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
-        except ModelFitError as exc:
-            if not auto:
-                raise
-            skipped[family] = str(exc)
-            continue
-        predictions = model.predict(calibration, split.holdout_days)
-        scores = _prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
-        fitted[family] = (model, scoring, predictions, scores)
-    if skipped:
-        mlflow.set_tag("clv.skipped_families", "; ".join(f"{f}: {m}" for f, m in skipped.items())[:5000])
-        log.warning("clv=auto skipped %s", skipped)
-    if not fitted:
-        raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
-    best = max(fitted, key=lambda family: fitted[family][3].get(cfg.clv.primary_metric, -np.inf))
-    mlflow.set_tag("clv.chosen_family", best)
-    model, scoring, predictions, metrics = fitted[best]
-    if len(fitted) > 1:
-        for family, (*_, scores) in fitted.items():
-            metrics = metrics | _prefixed(f"family.{family}.", scores)
-    return best, model, scoring, predictions, metrics
-
-
-def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
-    """Which fallback the fit needed, and Gamma-Gamma's independence check (warned above a threshold)."""
-    attempts = model.fit_attempts_
-    mlflow.set_tags(
-        {
-            "clv.family": model.family,
-            "clv.fallback": "none" if len(attempts) == 1 else f"penalizer {model.penalizer_used_}",
-            "clv.fit_attempts": "; ".join(f"{p}: {outcome}" for p, outcome in attempts)[:5000],
-        }
-    )
-    correlation = model.spend_frequency_correlation_
-    if abs(correlation) > cfg.clv.independence_threshold:
-        log.warning(
-            "Gamma-Gamma assumes spend is independent of frequency, but their correlation is %.3f "
-            "(threshold %.2f): expected order values may be biased",
-            correlation,
-            cfg.clv.independence_threshold,
-        )
-        mlflow.set_tag("clv.independence_warning", f"corr {correlation:.3f}")
-    return {
-        "fit.penalizer_used": model.penalizer_used_,
-        "fit.attempts": float(len(attempts)),
-        "fit.spend_frequency_correlation": correlation,
-    }
-
-
-def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predictions: pd.DataFrame) -> None:
-    by_frequency = evaluation.purchases_by_frequency(
-        calibration["frequency"].to_numpy(),
-        predictions["expected_purchases"].to_numpy(),
-        holdout["purchases"].to_numpy(),
-    )
-    tracking.log_table(by_frequency, "evaluation/purchases_by_frequency.csv")
-    tracking.log_figure(plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png")
-    tracking.log_figure(
-        plots.churn_by_decile(predictions["churn_probability"].to_numpy(), evaluation.churned(holdout)),
-        "plots/churn_by_decile.png",
-    )
-    curves = {
-        "model": predictions["expected_revenue"].to_numpy(),
-        "historic spend": calibration["total_spend"].to_numpy(),
-    }
-    tracking.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
-
-
-def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split) -> None:
-    """P(alive) and expected holdout purchases over frequency x recency, for the oldest customers' age."""
-    grid = evaluation.frequency_recency_grid(float(calibration["T_days"].max()))
-    outputs = model.predict(grid, split.holdout_days)
-    for column, title in (
-        ("p_alive", "P(alive)"),
-        ("expected_purchases", "Expected purchases in the holdout"),
-    ):
-        matrix = evaluation.grid_matrix(grid, outputs[column])
-        tracking.log_table(matrix, f"evaluation/{column}_matrix.csv")
-        tracking.log_figure(plots.matrix_heatmap(matrix, title, column), f"plots/{column}_matrix.png")
-
-
-def _judge_clv_champion(
-    cfg: DictConfig, version: str, split: Split, calibration: pd.DataFrame, holdout: pd.DataFrame
-) -> registry.ChampionJudgement:
-    """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it."""
-    champion = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{version}").unwrap_python_model()
-    champion_end = pd.Timestamp(champion.spec["calibration_end"])
-    if champion_end > split.calibration_end:
-        reason = (
-            f"its calibration window ends {champion_end.date()}, after this run's "
-            f"{split.calibration_end.date()}, so its fit may have seen this holdout"
-        )
-        return registry.ChampionJudgement(version, None, reason)
-    judged = champion.evaluation_model().predict(calibration, split.holdout_days)
-    scores = _prefixed("holdout.", evaluation.evaluate_clv(judged, holdout))
-    return registry.ChampionJudgement(
-        version, scores.get(cfg.clv.primary_metric), "re-scored on this holdout"
-    )
-
-
-def train_segments(
-    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
-) -> tuple[dict[str, float], Candidate]:
-    """Fit segments on every customer as of the last order; log quality, profile and plots."""
-    features = customer_features(orders, orders["date"].max())
-    model = SegmentModel(n_clusters=cfg.segmentation.n_clusters, seed=cfg.seed).fit(features)
-    segments = model.predict(features)["segment"].to_numpy()
-    space = evaluation_space(features)
-
-    def quality(labels: np.ndarray) -> dict[str, float]:
-        return _prefixed(
-            "segments.", quality_metrics(space, labels, cfg.seed, cfg.segmentation.silhouette_sample)
-        )
-
-    metrics = quality(segments)
-    sizes = model.profile_["customers"]
-    metrics |= {f"segments.size.{segment}": float(size) for segment, size in sizes.items()}
-    tracking.log_metrics(metrics)
-    _require_metrics(metrics, cfg.segmentation.primary_metric, "segmentation.primary_metric")
-    mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
-    tracking.log_table(model.profile_, "segments/profile.csv")
-    tracking.log_figure(plots.segment_sizes(model.profile_), "plots/segment_sizes.png")
-    tracking.log_figure(
-        plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
-    )
-    log.info(
-        "segments: silhouette %.3f, Davies-Bouldin %.3f, sizes %s",
-        metrics.get("segments.silhouette", np.nan),
-        metrics.get("segments.davies_bouldin", np.nan),
-        [int(size) for size in sizes],
-    )
-    info = registry.log_segments_model(model, features)
-
-    def judge(version: str) -> registry.ChampionJudgement:
-        loaded = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.segments_model}/{version}")
-        champion_k = loaded.unwrap_python_model().model.n_clusters
-        if champion_k != model.n_clusters:
-            reason = f"it has {champion_k} segments and this run {model.n_clusters}; choosing k is a decision"
-            return registry.ChampionJudgement(version, None, reason)
-        labels = loaded.predict(features[SEGMENT_FEATURES].reset_index(drop=True))["segment"].to_numpy()
-        score = quality(labels).get(cfg.segmentation.primary_metric)
-        return registry.ChampionJudgement(version, score, "re-scored on this run's customers")
-
-    candidate = Candidate(
-        run_id=mlflow.active_run().info.run_id,
-        model_uri=info.model_uri,
-        name=cfg.tracking.segments_model,
-        metric=cfg.segmentation.primary_metric,
-        score=metrics[cfg.segmentation.primary_metric],
-        judge=judge,
-        tags=_version_tags(cfg, report) | {"n_segments": str(model.n_clusters)},
-    )
-    return metrics, candidate
-
-
-def _version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:
-    return {
-        "run_id": mlflow.active_run().info.run_id,
-        "data.name": cfg.data.name,
-        "data.content_hash": report.content_hash,
-        "data.last_date": report.last_date,
-    }
-
-
-def _require_metrics(metrics: dict[str, float], metric: str, key: str) -> None:
-    if metric not in metrics:
-        raise UserError(
-            f"{key}={metric} could not be computed on this data (e.g. nobody churned, revenue is constant); "
-            "choose another metric"
-        )
 
 
 def _judge_safely(candidate: Candidate, version: str) -> registry.ChampionJudgement:
@@ -444,16 +89,7 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
     return decision
 
 
-def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}{k}": v for k, v in values.items()}
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     metrics = run_job(train, cfg)
     return metrics.get(cfg.optimized_metric, float("nan"))
-
-
-if __name__ == "__main__":
-    register_configs()
-    main()
