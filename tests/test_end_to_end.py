@@ -319,3 +319,10 @@ def test_auto_on_cdnow_skips_the_family_whose_refit_overflows(tracking_uri: str,
     spec = mlflow.pyfunc.load_model("models:/customer-clv@champion").unwrap_python_model().spec
     assert spec["calibration_params"]["family"] == spec["scoring_params"]["family"] == chosen
     assert metrics["holdout.churn_auc"] > 0.759 and metrics["holdout.churn_brier"] <= 0.165
+    # The anchors are logged beside the project's figures, with whether each is beaten.
+    anchors = pd.read_csv(
+        mlflow.artifacts.download_artifacts(f"runs:/{run['run_id']}/evaluation/anchors.csv")
+    )
+    assert len(anchors) == 6 and anchors["project_value"].notna().all()
+    assert metrics["anchor.recency_churn_auc"] == 0.759 and metrics["anchor.recency_churn_auc.beaten"] == 1.0
+    assert metrics["anchor.lifetimes_bgnbd_churn_brier.beaten"] == 1.0

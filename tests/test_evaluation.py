@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from customer_value.evaluation import (
+    compare_with_anchors,
     evaluate_baseline,
     evaluate_clv,
     purchases_by_frequency,
@@ -90,3 +91,31 @@ def test_frequency_recency_grid_feeds_a_p_alive_matrix() -> None:
     repeaters = matrix.loc[1.0:].to_numpy()
     assert (np.diff(repeaters, axis=1) >= 0).all()  # a more recent last purchase: more likely alive
     assert (np.diff(repeaters[:, 0]) <= 0).all()  # many purchases long ago: more likely gone
+
+
+def test_anchor_comparison_honours_each_direction_and_missing_metrics() -> None:
+    metrics = {
+        "holdout.churn_auc": 0.77,
+        "holdout.churn_brier": 0.16,
+        "holdout.aggregate_revenue_error_pct": 20.0,
+    }
+    anchors = {
+        "auc": {"metric": "holdout.churn_auc", "value": 0.759, "better": "higher"},
+        "auc_too_high": {"metric": "holdout.churn_auc", "value": 0.78, "better": "higher"},
+        "brier": {"metric": "holdout.churn_brier", "value": 0.165, "better": "lower"},
+        "aggregate": {
+            "metric": "holdout.aggregate_revenue_error_pct",
+            "value": -17.0,
+            "better": "closer_to_zero",
+        },
+        "absent": {"metric": "holdout.not_computed", "value": 0.5, "better": "higher"},
+    }
+    table = compare_with_anchors(metrics, anchors)
+    assert table["beaten"].to_dict() == {
+        "auc": True,
+        "auc_too_high": False,
+        "brier": True,
+        "aggregate": False,  # |20| is further from zero than |-17|
+        "absent": False,
+    }
+    assert table.loc["brier", "project_value"] == 0.16 and np.isnan(table.loc["absent", "project_value"])

@@ -13,7 +13,7 @@ import logging
 import mlflow
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from customer_value import evaluation, plots, registry, tracking
 from customer_value.backtest import backtest, rolling_origins, summarise
@@ -23,7 +23,7 @@ from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.pyfunc_models import clv_spec
-from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS
+from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, parse_day
 from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def train_clv(
     if cfg.clv.refit_full_history:
         scoring_model.churn_layer_ = model.churn_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
+    metrics |= _anchor_metrics(cfg, split, metrics)
     tracking.log_metrics(metrics)
     require_metrics(metrics, cfg.clv.primary_metric, "clv.primary_metric")
     log.info(
@@ -198,6 +199,29 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
         "fit.penalizer_used": model.penalizer_used_,
         "fit.attempts": float(len(attempts)),
         "fit.spend_frequency_correlation": correlation,
+    }
+
+
+def _anchor_metrics(cfg: DictConfig, split: Split, metrics: dict[str, float]) -> dict[str, float]:
+    """The data's reference figures beside this run's, when they were measured on this run's split."""
+    anchors = OmegaConf.to_container(cfg.data.anchors, resolve=True)
+    measured_on = parse_day(anchors["calibration_end"], "data.anchors.calibration_end")
+    if not anchors["figures"] or (measured_on is not None and measured_on != split.calibration_end):
+        return {}
+    table = evaluation.compare_with_anchors(metrics, anchors["figures"])
+    tracking.log_table(table, "evaluation/anchors.csv")
+    for name, row in table.iterrows():
+        log.info(
+            "anchor %s: %s %.3f vs anchor %.3f (%s is better) -> %s",
+            name,
+            row["metric"],
+            row["project_value"],
+            row["anchor_value"],
+            row["better"],
+            "beaten" if row["beaten"] else "NOT beaten",
+        )
+    return {f"anchor.{name}": row["anchor_value"] for name, row in table.iterrows()} | {
+        f"anchor.{name}.beaten": float(row["beaten"]) for name, row in table.iterrows()
     }
 
 

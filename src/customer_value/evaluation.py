@@ -107,3 +107,34 @@ def grid_matrix(grid: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
     """Pivot model outputs on a frequency_recency_grid into a frequency x recency table."""
     frame = grid.assign(value=values.to_numpy())
     return frame.pivot_table(index="frequency", columns="recency_days", values="value", aggfunc="first")
+
+
+def compare_with_anchors(metrics: dict[str, float], anchors: dict[str, dict[str, object]]) -> pd.DataFrame:
+    """One row per anchor: its figure, the project's figure for the same metric, and whether it beats it.
+
+    ``anchors`` maps a name to ``{"metric", "value", "better"}`` with ``better`` one of higher, lower or
+    closer_to_zero. A metric this run did not compute shows as NaN and does not beat its anchor.
+    """
+    rows = []
+    for name, anchor in anchors.items():
+        ours = float(metrics.get(str(anchor["metric"]), np.nan))
+        theirs = float(anchor["value"])
+        better = anchor.get("better", "higher")
+        if better == "higher":
+            beaten = ours > theirs
+        elif better == "lower":
+            beaten = ours < theirs
+        else:
+            beaten = abs(ours) < abs(theirs)
+        rows.append(
+            {
+                "anchor": name,
+                "metric": anchor["metric"],
+                "better": better,
+                "anchor_value": theirs,
+                "project_value": ours,
+                "beaten": bool(beaten),
+            }
+        )
+    columns = ["anchor", "metric", "better", "anchor_value", "project_value", "beaten"]
+    return pd.DataFrame(rows, columns=columns).set_index("anchor")

@@ -24,6 +24,21 @@ class ColumnsConfig:
 
 
 @dataclass
+class AnchorConfig:
+    """A reference figure measured elsewhere (e.g. plain lifetimes) that a project metric must beat."""
+
+    metric: str = MISSING  # the project's metric, e.g. holdout.churn_auc
+    value: float = MISSING
+    better: str = "higher"  # higher | lower | closer_to_zero
+
+
+@dataclass
+class AnchorsConfig:
+    calibration_end: str | None = None  # the split the anchors were measured on; other splits skip them
+    figures: dict[str, AnchorConfig] = field(default_factory=dict)  # anchor name -> figure
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     bundled: str | None = None  # a dataset shipped in a package (see data.BUNDLED), else read `path`
@@ -31,6 +46,7 @@ class DataConfig:
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     timestamp_format: str | None = None  # strptime format; null = ISO 8601 (date or date-time, any offset)
     keep_zero_amounts: bool = False  # zero-value orders count as purchases (negative ones never do)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)  # logged beside the project's figures
 
 
 @dataclass
@@ -136,6 +152,7 @@ OPTIMIZABLE_METRICS = (
     "segments.davies_bouldin",
 )
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+ANCHOR_DIRECTIONS = ("higher", "lower", "closer_to_zero")
 SEGMENTATION_ALGORITHMS = ("kmeans",)
 
 
@@ -190,9 +207,17 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"optimized_metric must be one of {list(OPTIMIZABLE_METRICS)}",
         ),
         (0 < cfg.split.calibration_share < 1, "split.calibration_share must be in (0, 1)"),
+        *(
+            (
+                figure.better in ANCHOR_DIRECTIONS,
+                f"data.anchors.figures.{name}.better must be one of {ANCHOR_DIRECTIONS}",
+            )
+            for name, figure in cfg.data.anchors.figures.items()
+        ),
     ]
     _raise_first(checks)
     parse_day(cfg.split.calibration_end, "split.calibration_end")
+    parse_day(cfg.data.anchors.calibration_end, "data.anchors.calibration_end")
 
 
 def validate_score_config(cfg: DictConfig) -> None:

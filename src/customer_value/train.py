@@ -21,7 +21,7 @@ from customer_value import registry, tracking
 from customer_value.clv_stage import train_clv
 from customer_value.entrypoint import run_job
 from customer_value.jobs import load_orders
-from customer_value.schema import validate_train_config
+from customer_value.schema import register_configs, validate_train_config
 from customer_value.segments_stage import train_segments
 from customer_value.stage import Candidate, log_config, log_data_report
 
@@ -93,3 +93,8 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
 def main(cfg: DictConfig) -> float:
     metrics = run_job(train, cfg)
     return metrics.get(cfg.optimized_metric, float("nan"))
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()
