@@ -7,17 +7,18 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from customer_value.churn_layer import ChurnLayer, fit_churn_layer, inner_origins
+from customer_value.churn_layer import ChurnLayer, fit_churn_layer
 from customer_value.clv import CLVModel, CLVParams
 from customer_value.errors import NotEnoughDataError
 from customer_value.features import Split, calibration_and_holdout
+from customer_value.inner_windows import inner_origins, inner_windows
 
 CALIBRATION_END = pd.Timestamp("1997-09-30")
 HORIZONS = [91, 133, 182]
 
 
 def _fit(orders: pd.DataFrame) -> ChurnLayer:
-    return fit_churn_layer(orders, CALIBRATION_END, HORIZONS, lambda features: CLVModel().fit(features))
+    return fit_churn_layer(inner_windows(orders, CALIBRATION_END, HORIZONS, lambda f: CLVModel().fit(f)))
 
 
 def test_the_layer_never_reads_the_holdout(cdnow_master) -> None:
@@ -67,4 +68,4 @@ def test_a_window_with_no_churners_is_a_clear_error() -> None:
         30.0,
     )
     with pytest.raises(NotEnoughDataError, match="no churners and buyers"):
-        fit_churn_layer(orders, CALIBRATION_END, [30], lambda features: pinned)
+        fit_churn_layer(inner_windows(orders, CALIBRATION_END, [30], lambda features: pinned))

@@ -92,7 +92,7 @@ BAD_TRAIN_VALUES = {
     "clv.family=pareto": "clv.family must be one of",
     "clv.fallback_penalizers=[-1]": "clv.fallback_penalizers must be >= 0",
     "clv.backtest.step_days=0": "clv.backtest needs folds >= 0, step_days > 0",
-    "clv.churn_layer.inner_horizons_days=[]": "clv.churn_layer.inner_horizons_days must be a non-empty list",
+    "clv.layers.inner_horizons_days=[]": "clv.layers.inner_horizons_days must be a non-empty list",
     "segmentation.n_clusters=1": "segmentation.n_clusters must be >= 2",
     "segmentation.algorithm=dbscan": "segmentation.algorithm must be one of",
     "segmentation.primary_metric=segments.davies_bouldin": "segmentation.primary_metric must be one of",

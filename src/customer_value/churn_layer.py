@@ -2,11 +2,8 @@
 
 BTYD churn ranks customers by a fixed functional form; recency and spend carry a little more signal
 (on CDNOW recency alone out-ranks BG/NBD). The layer is a logistic regression on RFM plus the BTYD
-model's own outputs. Its training rows come from *inner* origins inside the calibration window: at each
-origin ``c`` a BTYD model is fitted on orders up to ``c`` only, and the label is "no purchase in
-(c, calibration end]"; an origin with too little history for a purchase model is skipped. Nothing
-after the calibration end is read, so the holdout stays unseen. Pooling several inner horizons, with
-log(horizon) as a feature, lets the layer extrapolate to the scoring horizon.
+model's own outputs, trained on inner windows before the calibration end (see ``inner_windows``), so
+the holdout stays unseen.
 
 The fitted layer is a handful of numbers (scaler and coefficients), stored as JSON inside the registered
 model and applied row by row.
@@ -14,7 +11,6 @@ model and applied row by row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,8 +18,8 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from customer_value.errors import ModelFitError, NotEnoughDataError
-from customer_value.features import Split, calibration_and_holdout
+from customer_value.errors import NotEnoughDataError
+from customer_value.inner_windows import InnerWindow
 
 LAYER_FEATURES = [
     "log_days_since_last",
@@ -80,35 +76,15 @@ class ChurnLayer:
         return cls(**values)
 
 
-def inner_origins(calibration_end: pd.Timestamp, horizons_days: list[int]) -> list[Split]:
-    """Origins ``h`` days before the calibration end, each labelled over (origin, calibration end]."""
-    return [Split(calibration_end - pd.Timedelta(days=h), calibration_end) for h in sorted(horizons_days)]
-
-
-def fit_churn_layer(
-    orders: pd.DataFrame,
-    calibration_end: pd.Timestamp,
-    horizons_days: list[int],
-    fit_btyd: Callable[[pd.DataFrame], object],
-    seed: int = 0,
-) -> ChurnLayer:
-    """Train on inner origins before ``calibration_end``; orders after it are dropped first."""
-    known = orders[orders["date"] <= calibration_end]
-    inputs, labels = [], []
-    for split in inner_origins(calibration_end, horizons_days):  # a few origins, each vectorised
-        if split.calibration_end <= known["date"].min():
-            continue
-        features, window = calibration_and_holdout(known, split)
-        try:
-            btyd = fit_btyd(features).predict(features, split.holdout_days)
-        except ModelFitError:  # too little history before this origin for a purchase model: skip it
-            continue
-        inputs.append(layer_inputs(features, btyd, split.holdout_days))
-        labels.append((window["purchases"].to_numpy() == 0).astype(int))
-    if not labels or len(np.unique(np.concatenate(labels))) < 2:
+def fit_churn_layer(windows: list[InnerWindow], seed: int = 0) -> ChurnLayer:
+    """Logistic regression on the pooled inner windows (see ``inner_windows``); label: no purchase."""
+    inputs = [layer_inputs(w.features, w.btyd, w.horizon_days) for w in windows]
+    labels = [(w.outcome["purchases"].to_numpy() == 0).astype(int) for w in windows]
+    horizons = sorted(w.horizon_days for w in windows)
+    if len(np.unique(np.concatenate(labels))) < 2:
         raise NotEnoughDataError(
-            f"clv.churn_layer: inner windows of {horizons_days} days before {calibration_end.date()} hold no "
-            "churners and buyers to learn from; shorten them or set clv.churn_layer.enabled=false"
+            f"clv.layers: inner windows of {horizons} days hold no churners and buyers to learn from; "
+            "shorten them or set clv.layers.churn=false"
         )
     x, y = np.vstack(inputs), np.concatenate(labels)
     scaler = StandardScaler().fit(x)
@@ -119,5 +95,5 @@ def fit_churn_layer(
         scale=scale.tolist(),
         coef=model.coef_[0].tolist(),
         intercept=float(model.intercept_[0]),
-        inner_horizons_days=[float(h) for h in sorted(horizons_days)],
+        inner_horizons_days=horizons,
     )

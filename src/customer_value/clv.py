@@ -24,6 +24,7 @@ from lifetimes.utils import ConvergenceError
 
 from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.value_layer import ValueLayer, value_layer_inputs
 
 PREDICTION_COLUMNS = [
     "p_alive",
@@ -35,9 +36,11 @@ PREDICTION_COLUMNS = [
     "clv",
     "next_purchase_days",
     "btyd_churn_probability",
+    "btyd_expected_revenue",
 ]
-BTYD_COLUMNS = PREDICTION_COLUMNS[:-1]
-INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
+BTYD_COLUMNS = PREDICTION_COLUMNS[:-2]
+BTYD_INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
+INPUT_COLUMNS = [*BTYD_INPUT_COLUMNS, "mean_order_value"]  # the registered model's input (value layer)
 DAYS_PER_YEAR = 365.25
 DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
 
@@ -100,10 +103,10 @@ class ModelInputs:
 
 def model_inputs(features: pd.DataFrame, time_unit_days: float) -> ModelInputs:
     """Convert the day-based customer table to lifetimes' (x, t_x, T, m) in model units."""
-    missing = [c for c in INPUT_COLUMNS if c not in features.columns]
+    missing = [c for c in BTYD_INPUT_COLUMNS if c not in features.columns]
     if missing:
         raise ValueError(f"customer table lacks column(s) {missing}")
-    as_array = {c: np.ascontiguousarray(features[c].to_numpy(dtype="float64")) for c in INPUT_COLUMNS}
+    as_array = {c: np.ascontiguousarray(features[c].to_numpy(dtype="float64")) for c in BTYD_INPUT_COLUMNS}
     return ModelInputs(
         frequency=as_array["frequency"],
         recency=as_array["recency_days"] / time_unit_days,
@@ -241,6 +244,7 @@ class CLVModel:
         raise ModelFitError(f"every fallback failed ({tried})")
 
     churn_layer_: ChurnLayer | None = None
+    value_layer_: ValueLayer | None = None
 
     @classmethod
     def from_params(
@@ -249,6 +253,7 @@ class CLVModel:
         discount_rate: float,
         discount_step_days: float,
         churn_layer: ChurnLayer | None = None,
+        value_layer: ValueLayer | None = None,
     ) -> CLVModel:
         """A fitted model from stored parameters (used by the registered pyfunc model)."""
         model = cls(
@@ -259,22 +264,35 @@ class CLVModel:
         )
         model.params_ = params
         model.churn_layer_ = churn_layer
+        model.value_layer_ = value_layer
         return model
 
     def predict(self, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
         """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
 
         ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
-        layer's when one is attached (see ``churn_layer``), else the same number.
+        layer's when one is attached (see ``churn_layer``), else the same number. Likewise
+        ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
+        applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         """
         inputs = model_inputs(features, self.params_.time_unit_days)
         out = predict_arrays(self.params_, inputs, horizon_days, self.discount_rate, self.discount_step_days)
         table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
         table["btyd_churn_probability"] = table["churn_probability"]
+        table["btyd_expected_revenue"] = table["expected_revenue"]
+        btyd = table.copy()
         if self.churn_layer_ is not None:
-            churn = self.churn_layer_.predict(layer_inputs(features, table, horizon_days))
+            churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
             table["churn_probability"] = churn
             table["purchase_probability"] = 1.0 - churn
+        if self.value_layer_ is not None:
+            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd, horizon_days))
+            btyd_revenue = btyd["expected_revenue"].to_numpy()
+            discount = np.divide(
+                btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
+            )
+            table["expected_revenue"] = revenue
+            table["clv"] = revenue * discount
         return table
 
 

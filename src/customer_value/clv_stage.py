@@ -22,9 +22,11 @@ from customer_value.clv import CLVModel
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
+from customer_value.inner_windows import inner_windows
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, parse_day
 from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
+from customer_value.value_layer import fit_value_layer
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +56,10 @@ def train_clv(
         cfg, settings, calibration, holdout, split, full_history
     )
     settings["family"] = family
-    if cfg.clv.churn_layer.enabled:
-        # Trained on inner windows that end at the calibration end: the holdout is never read.
-        model.churn_layer_ = fit_churn_layer(
-            orders,
-            split.calibration_end,
-            list(cfg.clv.churn_layer.inner_horizons_days),
-            lambda features: CLVModel(**settings).fit(features),
-            seed=cfg.seed,
-        )
-        btyd_scores = {k: v for k, v in metrics.items() if k.startswith("holdout.churn_")}
+    if cfg.clv.layers.churn or cfg.clv.layers.value:
+        metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
         predictions = model.predict(calibration, split.holdout_days)
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("holdout.")}
         metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
-        metrics |= {f"btyd.{k.removeprefix('holdout.')}": v for k, v in btyd_scores.items()}
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
@@ -84,6 +76,7 @@ def train_clv(
 
     if cfg.clv.refit_full_history:
         scoring_model.churn_layer_ = model.churn_layer_
+        scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     metrics |= _anchor_metrics(cfg, split, metrics)
     tracking.log_metrics(metrics)
@@ -129,6 +122,34 @@ def train_clv(
         | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
     )
     return metrics, candidate
+
+
+def _attach_layers(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    model: CLVModel,
+    orders: pd.DataFrame,
+    split: Split,
+    metrics: dict[str, float],
+) -> dict[str, float]:
+    """Fit the configured layers on inner windows before the calibration end (the holdout is never read).
+
+    Returns ``metrics`` with the plain BTYD model's holdout figures renamed ``btyd.*``, so each run shows
+    what the layers added; the caller re-scores the holdout with the layers attached.
+    """
+    windows = inner_windows(
+        orders,
+        split.calibration_end,
+        list(cfg.clv.layers.inner_horizons_days),
+        lambda features: CLVModel(**settings).fit(features),
+    )
+    if cfg.clv.layers.churn:
+        model.churn_layer_ = fit_churn_layer(windows, seed=cfg.seed)
+    if cfg.clv.layers.value:
+        model.value_layer_ = fit_value_layer(windows)
+    mlflow.set_tag("clv.layers", ",".join(k for k in ("churn", "value") if cfg.clv.layers[k]))
+    btyd = {f"btyd.{k.removeprefix('holdout.')}": v for k, v in metrics.items() if k.startswith("holdout.")}
+    return {k: v for k, v in metrics.items() if not k.startswith("holdout.")} | btyd
 
 
 def _choose_family(

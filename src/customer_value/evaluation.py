@@ -99,7 +99,13 @@ def frequency_recency_grid(T_days: float, max_frequency: int = 20, n_recency: in
     frequency, recency = frequency.ravel().astype(float), recency.ravel()
     recency = np.where(frequency == 0, 0.0, recency)  # without repeats, recency is 0 by definition
     return pd.DataFrame(
-        {"frequency": frequency, "recency_days": recency, "T_days": T_days, "monetary_value": 0.0}
+        {
+            "frequency": frequency,
+            "recency_days": recency,
+            "T_days": T_days,
+            "monetary_value": 0.0,
+            "mean_order_value": 0.0,
+        }
     )
 
 

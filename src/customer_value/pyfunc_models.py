@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import INPUT_COLUMNS, CLVModel, CLVParams
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+from customer_value.value_layer import ValueLayer
 
 CLV_SPEC_ARTIFACT = "clv_spec"
 SEGMENT_ARTIFACT = "segment_model"
@@ -95,16 +96,19 @@ def clv_spec(
         "calibration_end": calibration_end,
         "trained_through": trained_through,
         "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
+        "value_layer": None if calibration.value_layer_ is None else calibration.value_layer_.as_dict(),
     }
 
 
 def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
-    layer = spec.get("churn_layer")
+    """A CLVModel from a stored spec; layers are optional (first-release specs have none)."""
+    churn, value = spec.get("churn_layer"), spec.get("value_layer")
     return CLVModel.from_params(
         CLVParams.from_dict(spec[which]),
         spec["discount_rate"],
         spec["discount_step_days"],
-        None if layer is None else ChurnLayer.from_dict(layer),
+        None if churn is None else ChurnLayer.from_dict(churn),
+        None if value is None else ValueLayer.from_dict(value),
     )
 
 

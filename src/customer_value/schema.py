@@ -67,8 +67,9 @@ class BacktestConfig:
 
 
 @dataclass
-class ChurnLayerConfig:
-    enabled: bool = True  # learned churn layer on RFM + BTYD outputs (see churn_layer.py)
+class LayersConfig:
+    churn: bool = True  # learned churn layer on RFM + BTYD outputs (see churn_layer.py)
+    value: bool = True  # learned value layer on RFM + BTYD outputs (see value_layer.py)
     inner_horizons_days: list[int] = field(default_factory=lambda: [91, 133, 182])  # before calibration end
 
 
@@ -84,7 +85,7 @@ class CLVConfig:
     refit_full_history: bool = True  # registered model refit on all data up to the last order
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
-    churn_layer: ChurnLayerConfig = field(default_factory=ChurnLayerConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
 
 
 @dataclass
@@ -180,9 +181,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
         (
-            len(cfg.clv.churn_layer.inner_horizons_days) > 0
-            and min(cfg.clv.churn_layer.inner_horizons_days) > 0,
-            "clv.churn_layer.inner_horizons_days must be a non-empty list of positive day counts",
+            len(cfg.clv.layers.inner_horizons_days) > 0 and min(cfg.clv.layers.inner_horizons_days) > 0,
+            "clv.layers.inner_horizons_days must be a non-empty list of positive day counts",
         ),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
