@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from customer_value.backtest import backtest, rolling_origins, summarise
-from customer_value.clv import CLVModel
+from customer_value.clv_model import CLVModel
 from customer_value.errors import UserError
 from customer_value.features import Split
 

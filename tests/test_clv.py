@@ -12,12 +12,12 @@ from scipy.special import gammaln
 from customer_value.clv import (
     FAMILIES,
     PREDICTION_COLUMNS,
-    CLVModel,
     CLVParams,
     ModelInputs,
     fit_purchase_model,
     model_inputs,
 )
+from customer_value.clv_model import CLVModel
 from customer_value.data import load_bundled
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.features import calibration_and_holdout, customer_features, resolve_split

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from customer_value import registry
 from customer_value.churn_layer import ChurnLayer
-from customer_value.clv import PREDICTION_COLUMNS, CLVModel, CLVParams
+from customer_value.clv import PREDICTION_COLUMNS, CLVParams
+from customer_value.clv_model import CLVModel
 from customer_value.data import load_transactions
 from customer_value.features import customer_features
 from customer_value.pyfunc_models import clv_spec

@@ -75,7 +75,8 @@ def test_purchases_by_frequency_groups_the_tail() -> None:
 
 
 def test_frequency_recency_grid_feeds_a_p_alive_matrix() -> None:
-    from customer_value.clv import CLVModel, CLVParams
+    from customer_value.clv import CLVParams
+    from customer_value.clv_model import CLVModel
     from customer_value.evaluation import frequency_recency_grid, grid_matrix
 
     grid = frequency_recency_grid(T_days=273.0, max_frequency=5, n_recency=10)

@@ -15,7 +15,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from customer_value import registry
-from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS, CLVModel, CLVParams
+from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS, CLVParams
+from customer_value.clv_model import CLVModel
 from customer_value.pyfunc_models import clv_spec
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 from test_segmentation import planted_customers

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_value.clv import CLVModel
+from customer_value.clv_model import CLVModel
 from customer_value.errors import NotEnoughDataError
 from customer_value.evaluation import evaluate_clv
 from customer_value.features import Split, calibration_and_holdout

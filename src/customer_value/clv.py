@@ -22,9 +22,7 @@ import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
-from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.errors import ModelFitError, NotEnoughDataError
-from customer_value.value_layer import ValueLayer, value_layer_inputs
 
 PREDICTION_COLUMNS = [
     "p_alive",
@@ -187,127 +185,29 @@ def spend_frequency_correlation(inputs: ModelInputs) -> float:
     return float(np.corrcoef(inputs.frequency[usable], inputs.monetary_value[usable])[0, 1])
 
 
+def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, weights) -> float:
+    """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised."""
+    spec = FAMILIES[family]
+    values = np.array([params[k] for k in spec.params], dtype="float64")
+    with _quiet_lifetimes():
+        if family == "pareto_nbd":  # lifetimes' Pareto/NBD likelihood takes natural parameters
+            return float(np.sum(weights * ParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T)))
+        mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
+    return float(-mean_nll * np.sum(weights))
+
+
+def spend_log_likelihood(params: dict[str, float], x, m, weights) -> float:
+    """Total (weighted) Gamma-Gamma log-likelihood of repeat buyers' mean spend, unpenalised."""
+    values = np.log([params[k] for k in SPEND_PARAMS])
+    with _quiet_lifetimes():
+        mean_nll = GammaGammaFitter._negative_log_likelihood(values, x, m, weights, 0.0)
+    return float(-mean_nll * np.sum(weights))
+
+
 def _require_finite(model: str, params: dict[str, float]) -> None:
     bad = {k: v for k, v in params.items() if not (math.isfinite(v) and v > 0)}
     if bad:
         raise ModelFitError(f"{model} produced non-finite or non-positive parameters {bad}")
-
-
-class CLVModel:
-    """BTYD purchases + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in _.
-
-    Fallback: when a fit does not converge or gives non-finite estimates, it is retried with each larger
-    penalizer in ``fallback_penalizers``; ``fit_attempts_`` records every try. Only when all fail does
-    ``fit`` raise ModelFitError.
-    """
-
-    def __init__(
-        self,
-        family: str = "bgnbd",
-        penalizer: float = 0.0,
-        time_unit_days: float = 7.0,
-        discount_rate: float = 0.10,
-        discount_step_days: float = DAYS_PER_YEAR / 12,
-        fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
-    ) -> None:
-        self.family = family
-        self.penalizer = penalizer
-        self.time_unit_days = time_unit_days
-        self.discount_rate = discount_rate
-        self.discount_step_days = discount_step_days
-        self.fallback_penalizers = fallback_penalizers
-
-    def fit(self, features: pd.DataFrame) -> CLVModel:
-        if self.family not in FAMILIES:
-            raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
-        inputs = model_inputs(features, self.time_unit_days)
-        ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
-        self.fit_attempts_: list[tuple[float, str]] = []
-        for penalizer in ladder:
-            try:
-                purchase = fit_purchase_model(inputs, penalizer, self.family)
-                spend = fit_spend_model(inputs, penalizer)
-                params = CLVParams(self.family, purchase, spend, self.time_unit_days)
-                _require_finite_predictions(params, inputs)
-            except NotEnoughDataError:
-                raise
-            except ModelFitError as exc:
-                self.fit_attempts_.append((penalizer, str(exc)))
-                continue
-            self.fit_attempts_.append((penalizer, "converged"))
-            self.penalizer_used_ = penalizer
-            self.params_ = params
-            self.n_customers_ = len(inputs.frequency)
-            self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
-            return self
-        tried = "; ".join(f"penalizer {p}: {message}" for p, message in self.fit_attempts_)
-        raise ModelFitError(f"every fallback failed ({tried})")
-
-    churn_layer_: ChurnLayer | None = None
-    value_layer_: ValueLayer | None = None
-
-    @classmethod
-    def from_params(
-        cls,
-        params: CLVParams,
-        discount_rate: float,
-        discount_step_days: float,
-        churn_layer: ChurnLayer | None = None,
-        value_layer: ValueLayer | None = None,
-    ) -> CLVModel:
-        """A fitted model from stored parameters (used by the registered pyfunc model)."""
-        model = cls(
-            family=params.family,
-            time_unit_days=params.time_unit_days,
-            discount_rate=discount_rate,
-            discount_step_days=discount_step_days,
-        )
-        model.params_ = params
-        model.churn_layer_ = churn_layer
-        model.value_layer_ = value_layer
-        return model
-
-    def predict(self, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-        """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
-
-        ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
-        layer's when one is attached (see ``churn_layer``), else the same number. Likewise
-        ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
-        applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
-        """
-        inputs = model_inputs(features, self.params_.time_unit_days)
-        out = predict_arrays(self.params_, inputs, horizon_days, self.discount_rate, self.discount_step_days)
-        table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
-        table["btyd_churn_probability"] = table["churn_probability"]
-        table["btyd_expected_revenue"] = table["expected_revenue"]
-        btyd = table.copy()
-        if self.churn_layer_ is not None:
-            churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
-            table["churn_probability"] = churn
-            table["purchase_probability"] = 1.0 - churn
-        if self.value_layer_ is not None:
-            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd, horizon_days))
-            btyd_revenue = btyd["expected_revenue"].to_numpy()
-            discount = np.divide(
-                btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
-            )
-            table["expected_revenue"] = revenue
-            table["clv"] = revenue * discount
-        return table
-
-
-def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
-    """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
-
-    Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
-    """
-    patterns = np.unique(np.column_stack([inputs.frequency, inputs.recency, inputs.T]), axis=0)
-    unique = ModelInputs(patterns[:, 0], patterns[:, 1], patterns[:, 2], np.zeros(len(patterns)))
-    for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
-        try:
-            predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
-        except ModelFitError as exc:
-            raise ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns")) from None
 
 
 def _fitter(kind: type, params: dict[str, float]) -> object:

@@ -19,7 +19,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from customer_value.churn_layer import ChurnLayer
-from customer_value.clv import INPUT_COLUMNS, CLVModel, CLVParams
+from customer_value.clv import INPUT_COLUMNS, CLVParams
+from customer_value.clv_model import CLVModel
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 from customer_value.value_layer import ValueLayer
 

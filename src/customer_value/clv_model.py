@@ -1,0 +1,144 @@
+"""The CLV estimator: a BTYD purchase model x Gamma-Gamma, optional learned layers, prediction intervals.
+
+scikit-learn style: ``__init__`` stores settings, ``fit`` validates and returns self, fitted state ends
+in ``_``. The lifetimes calls themselves live in ``clv``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from customer_value.churn_layer import ChurnLayer, layer_inputs
+from customer_value.clv import (
+    BTYD_COLUMNS,
+    DAYS_PER_YEAR,
+    DEFAULT_FALLBACK_PENALIZERS,
+    FAMILIES,
+    CLVParams,
+    ModelInputs,
+    fit_purchase_model,
+    fit_spend_model,
+    model_inputs,
+    predict_arrays,
+    spend_frequency_correlation,
+)
+from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.value_layer import ValueLayer, value_layer_inputs
+
+
+class CLVModel:
+    """BTYD purchases + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in _.
+
+    Fallback: when a fit does not converge or gives non-finite estimates, it is retried with each larger
+    penalizer in ``fallback_penalizers``; ``fit_attempts_`` records every try. Only when all fail does
+    ``fit`` raise ModelFitError.
+    """
+
+    def __init__(
+        self,
+        family: str = "bgnbd",
+        penalizer: float = 0.0,
+        time_unit_days: float = 7.0,
+        discount_rate: float = 0.10,
+        discount_step_days: float = DAYS_PER_YEAR / 12,
+        fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
+    ) -> None:
+        self.family = family
+        self.penalizer = penalizer
+        self.time_unit_days = time_unit_days
+        self.discount_rate = discount_rate
+        self.discount_step_days = discount_step_days
+        self.fallback_penalizers = fallback_penalizers
+
+    def fit(self, features: pd.DataFrame) -> CLVModel:
+        if self.family not in FAMILIES:
+            raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
+        inputs = model_inputs(features, self.time_unit_days)
+        ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
+        self.fit_attempts_: list[tuple[float, str]] = []
+        for penalizer in ladder:
+            try:
+                purchase = fit_purchase_model(inputs, penalizer, self.family)
+                spend = fit_spend_model(inputs, penalizer)
+                params = CLVParams(self.family, purchase, spend, self.time_unit_days)
+                _require_finite_predictions(params, inputs)
+            except NotEnoughDataError:
+                raise
+            except ModelFitError as exc:
+                self.fit_attempts_.append((penalizer, str(exc)))
+                continue
+            self.fit_attempts_.append((penalizer, "converged"))
+            self.penalizer_used_ = penalizer
+            self.params_ = params
+            self.n_customers_ = len(inputs.frequency)
+            self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
+            return self
+        tried = "; ".join(f"penalizer {p}: {message}" for p, message in self.fit_attempts_)
+        raise ModelFitError(f"every fallback failed ({tried})")
+
+    churn_layer_: ChurnLayer | None = None
+    value_layer_: ValueLayer | None = None
+
+    @classmethod
+    def from_params(
+        cls,
+        params: CLVParams,
+        discount_rate: float,
+        discount_step_days: float,
+        churn_layer: ChurnLayer | None = None,
+        value_layer: ValueLayer | None = None,
+    ) -> CLVModel:
+        """A fitted model from stored parameters (used by the registered pyfunc model)."""
+        model = cls(
+            family=params.family,
+            time_unit_days=params.time_unit_days,
+            discount_rate=discount_rate,
+            discount_step_days=discount_step_days,
+        )
+        model.params_ = params
+        model.churn_layer_ = churn_layer
+        model.value_layer_ = value_layer
+        return model
+
+    def predict(self, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+        """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
+
+        ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
+        layer's when one is attached (see ``churn_layer``), else the same number. Likewise
+        ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
+        applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
+        """
+        inputs = model_inputs(features, self.params_.time_unit_days)
+        out = predict_arrays(self.params_, inputs, horizon_days, self.discount_rate, self.discount_step_days)
+        table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
+        table["btyd_churn_probability"] = table["churn_probability"]
+        table["btyd_expected_revenue"] = table["expected_revenue"]
+        btyd = table.copy()
+        if self.churn_layer_ is not None:
+            churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
+            table["churn_probability"] = churn
+            table["purchase_probability"] = 1.0 - churn
+        if self.value_layer_ is not None:
+            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd, horizon_days))
+            btyd_revenue = btyd["expected_revenue"].to_numpy()
+            discount = np.divide(
+                btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
+            )
+            table["expected_revenue"] = revenue
+            table["clv"] = revenue * discount
+        return table
+
+
+def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
+    """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
+
+    Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
+    """
+    patterns = np.unique(np.column_stack([inputs.frequency, inputs.recency, inputs.T]), axis=0)
+    unique = ModelInputs(patterns[:, 0], patterns[:, 1], patterns[:, 2], np.zeros(len(patterns)))
+    for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
+        try:
+            predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
+        except ModelFitError as exc:
+            raise ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns")) from None
