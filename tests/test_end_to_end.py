@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from customer_value import registry
 from customer_value.churn_layer import ChurnLayer
-from customer_value.clv import PREDICTION_COLUMNS, CLVParams
+from customer_value.clv import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
 from customer_value.data import load_transactions
 from customer_value.features import customer_features
@@ -113,6 +113,7 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         "segment",
         "segment_name",
         *PREDICTION_COLUMNS,
+        *INTERVAL_COLUMNS,
         "next_purchase_date",
         "horizon_days",
         "as_of",
@@ -141,6 +142,12 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     )
     for column in PREDICTION_COLUMNS:
         np.testing.assert_allclose(table[column].to_numpy(), expected_values[column].to_numpy(), rtol=1e-9)
+    # Intervals: logged coverage on the holdout, and ordered around the point in the scoring table.
+    assert 0.85 <= metrics["holdout.purchases_interval_coverage"] <= 1.0
+    assert metrics["holdout.clv_interval_relative_width"] > 0
+    assert (table["clv_low"] <= table["clv"]).all() and (table["clv"] <= table["clv_high"]).all()
+    assert (table["clv_high"] > table["clv_low"]).any()
+    assert (table["purchases_low"] <= table["purchases_high"]).all()
 
     # A second identical run ties the champion: it becomes the challenger, the champion stays.
     train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from customer_value import registry
-from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS, CLVParams
+from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
 from customer_value.pyfunc_models import clv_spec
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
@@ -40,7 +40,13 @@ def _customers() -> pd.DataFrame:
     return features
 
 
-REFIT = CLVParams("bgnbd", {"r": 0.3, "alpha": 5.0, "a": 0.6, "b": 2.0}, {"p": 5.0, "q": 4.0, "v": 20.0}, 7.0)
+REFIT = CLVParams(
+    "bgnbd",
+    {"r": 0.3, "alpha": 5.0, "a": 0.6, "b": 2.0},
+    {"p": 5.0, "q": 4.0, "v": 20.0},
+    7.0,
+    log_covariance=(np.eye(7) * 0.01).tolist(),  # so the registered model draws real intervals
+)
 
 
 def _clv_spec(horizon_days: float = 365.0) -> dict:
@@ -86,15 +92,20 @@ def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Pa
 
     loaded = mlflow.pyfunc.load_model(uri)
     assert loaded.metadata.signature.inputs.input_names() == INPUT_COLUMNS
-    assert loaded.metadata.signature.outputs.input_names() == PREDICTION_COLUMNS
-    assert loaded.metadata.get_params_schema().params[0].name == "horizon_days"
-    assert loaded.metadata.get_params_schema().params[0].default == 365.0
+    assert loaded.metadata.signature.outputs.input_names() == [*PREDICTION_COLUMNS, *INTERVAL_COLUMNS]
+    params = {p.name: p.default for p in loaded.metadata.get_params_schema().params}
+    assert params == {"horizon_days": 365.0, "intervals": True}
     assert loaded.metadata.saved_input_example_info is not None
 
     # Scoring uses the refit; the calibration fit is kept for judging the version on a later holdout.
-    expected = CLVModel.from_params(REFIT, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
+    expected = CLVModel.from_params(REFIT, 0.1, 30.4375).predict(customers, 180.0, intervals=True)
     fresh = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0})
-    pd.testing.assert_frame_equal(fresh, expected, check_dtype=False)
+    pd.testing.assert_frame_equal(fresh, expected.reset_index(drop=True), check_dtype=False)
+    assert (fresh["clv_high"] > fresh["clv_low"]).any()  # bootstrap draws, not a collapsed interval
+    without = _predict_in_fresh_process(
+        uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0, "intervals": False}
+    )
+    assert list(without.columns) == PREDICTION_COLUMNS
     judged = loaded.unwrap_python_model().evaluation_model().predict(customers, 180.0).reset_index(drop=True)
     calibration = CLVModel.from_params(PINNED, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
     pd.testing.assert_frame_equal(judged, calibration)

@@ -37,6 +37,15 @@ PREDICTION_COLUMNS = [
     "btyd_expected_revenue",
 ]
 BTYD_COLUMNS = PREDICTION_COLUMNS[:-2]
+# Added by CLVModel.predict(..., intervals=True) and by the registered model (see ``uncertainty``).
+INTERVAL_COLUMNS = [
+    "expected_purchases_low",
+    "expected_purchases_high",
+    "clv_low",
+    "clv_high",
+    "purchases_low",
+    "purchases_high",
+]
 BTYD_INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
 INPUT_COLUMNS = [*BTYD_INPUT_COLUMNS, "mean_order_value"]  # the registered model's input (value layer)
 DAYS_PER_YEAR = 365.25
@@ -68,6 +77,8 @@ class CLVParams:
     purchase: dict[str, float]
     spend: dict[str, float]
     time_unit_days: float
+    # Covariance of the log-parameters (purchase then spend, in FAMILIES/SPEND_PARAMS order); None = unknown
+    log_covariance: list[list[float]] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -6,6 +6,8 @@ in ``_``. The lifetimes calls themselves live in ``clv``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -15,6 +17,7 @@ from customer_value.clv import (
     DAYS_PER_YEAR,
     DEFAULT_FALLBACK_PENALIZERS,
     FAMILIES,
+    INTERVAL_COLUMNS,
     CLVParams,
     ModelInputs,
     fit_purchase_model,
@@ -24,7 +27,16 @@ from customer_value.clv import (
     spend_frequency_correlation,
 )
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.uncertainty import (
+    expectation_interval,
+    log_parameter_covariance,
+    parameter_draws,
+    purchase_count_interval,
+)
 from customer_value.value_layer import ValueLayer, value_layer_inputs
+
+INTERVAL_SEED = 20_050_101  # fixed: a customer's interval depends on its own row only
+INTERVAL_CHUNK = 50_000  # customers per chunk when drawing intervals
 
 
 class CLVModel:
@@ -43,6 +55,8 @@ class CLVModel:
         discount_rate: float = 0.10,
         discount_step_days: float = DAYS_PER_YEAR / 12,
         fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
+        interval_level: float = 0.9,
+        interval_draws: int = 100,
     ) -> None:
         self.family = family
         self.penalizer = penalizer
@@ -50,6 +64,8 @@ class CLVModel:
         self.discount_rate = discount_rate
         self.discount_step_days = discount_step_days
         self.fallback_penalizers = fallback_penalizers
+        self.interval_level = interval_level
+        self.interval_draws = interval_draws
 
     def fit(self, features: pd.DataFrame) -> CLVModel:
         if self.family not in FAMILIES:
@@ -70,7 +86,7 @@ class CLVModel:
                 continue
             self.fit_attempts_.append((penalizer, "converged"))
             self.penalizer_used_ = penalizer
-            self.params_ = params
+            self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs))
             self.n_customers_ = len(inputs.frequency)
             self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
             return self
@@ -88,6 +104,8 @@ class CLVModel:
         discount_step_days: float,
         churn_layer: ChurnLayer | None = None,
         value_layer: ValueLayer | None = None,
+        interval_level: float = 0.9,
+        interval_draws: int = 100,
     ) -> CLVModel:
         """A fitted model from stored parameters (used by the registered pyfunc model)."""
         model = cls(
@@ -95,22 +113,31 @@ class CLVModel:
             time_unit_days=params.time_unit_days,
             discount_rate=discount_rate,
             discount_step_days=discount_step_days,
+            interval_level=interval_level,
+            interval_draws=interval_draws,
         )
         model.params_ = params
         model.churn_layer_ = churn_layer
         model.value_layer_ = value_layer
         return model
 
-    def predict(self, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+    def predict(self, features: pd.DataFrame, horizon_days: float, intervals: bool = False) -> pd.DataFrame:
         """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
 
         ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
         layer's when one is attached (see ``churn_layer``), else the same number. Likewise
         ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
+        With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
         """
-        inputs = model_inputs(features, self.params_.time_unit_days)
-        out = predict_arrays(self.params_, inputs, horizon_days, self.discount_rate, self.discount_step_days)
+        table = self._predict_with(self.params_, features, horizon_days)
+        if intervals:
+            table = table.join(self._intervals(features, horizon_days, table))
+        return table
+
+    def _predict_with(self, params: CLVParams, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+        inputs = model_inputs(features, params.time_unit_days)
+        out = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
         table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
         table["btyd_churn_probability"] = table["churn_probability"]
         table["btyd_expected_revenue"] = table["expected_revenue"]
@@ -128,6 +155,40 @@ class CLVModel:
             table["expected_revenue"] = revenue
             table["clv"] = revenue * discount
         return table
+
+    def _intervals(self, features: pd.DataFrame, horizon_days: float, point: pd.DataFrame) -> pd.DataFrame:
+        """Bootstrap intervals of the expectations and the predictive interval of the purchase count.
+
+        Customers are processed in chunks so memory stays bounded (draws x chunk per column).
+        """
+        draws = parameter_draws(self.params_, self.interval_draws, seed=INTERVAL_SEED)
+        parts = []
+        for start in range(0, len(features), INTERVAL_CHUNK):  # bounded memory, vectorised within a chunk
+            rows = features.iloc[start : start + INTERVAL_CHUNK]
+            here = point.iloc[start : start + INTERVAL_CHUNK]
+            samples: dict[str, list[np.ndarray]] = {"expected_purchases": [], "clv": []}
+            for params in draws:
+                try:
+                    drawn = self._predict_with(params, rows, horizon_days)
+                except ModelFitError:  # a draw far in the tail can overflow a formula: leave it out
+                    continue
+                for column, values in samples.items():
+                    values.append(drawn[column].to_numpy())
+            columns = {}
+            for column, values in samples.items():
+                low, high = expectation_interval(values, here[column].to_numpy(), self.interval_level)
+                columns[f"{column}_low"], columns[f"{column}_high"] = low, high
+            inputs = model_inputs(rows, self.params_.time_unit_days)
+            low, high = purchase_count_interval(
+                self.params_,
+                inputs,
+                horizon_days / self.params_.time_unit_days,
+                here["p_alive"].to_numpy(),
+                self.interval_level,
+            )
+            columns["purchases_low"], columns["purchases_high"] = low, high
+            parts.append(pd.DataFrame(columns, index=rows.index))
+        return pd.concat(parts)[INTERVAL_COLUMNS]
 
 
 def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:

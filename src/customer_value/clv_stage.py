@@ -43,6 +43,8 @@ def train_clv(
         "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
         "discount_rate": cfg.clv.discount_rate,
         "discount_step_days": cfg.clv.discount_step_days,
+        "interval_level": cfg.clv.intervals.level,
+        "interval_draws": cfg.clv.intervals.draws,
     }
     mlflow.log_params(
         {
@@ -58,8 +60,9 @@ def train_clv(
     settings["family"] = family
     if cfg.clv.layers.churn or cfg.clv.layers.value:
         metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
-        predictions = model.predict(calibration, split.holdout_days)
-        metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
+    predictions = model.predict(calibration, split.holdout_days, intervals=True)
+    metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
+    metrics |= prefixed("holdout.", evaluation.interval_metrics(predictions, holdout))
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))

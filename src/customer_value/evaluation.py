@@ -66,6 +66,27 @@ def evaluate_clv(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, 
     return metrics
 
 
+def interval_metrics(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, float]:
+    """How the prediction intervals did: coverage of actual purchases, and how wide each interval is.
+
+    Only ``purchases_low/high`` predicts an outcome, so only it has a coverage; the expectation intervals
+    (parameter uncertainty) are reported by their median width relative to the point estimate.
+    """
+    actual = holdout["purchases"].to_numpy()
+    low, high = predictions["purchases_low"].to_numpy(), predictions["purchases_high"].to_numpy()
+    metrics = {
+        "purchases_interval_coverage": float(np.mean((actual >= low) & (actual <= high))),
+        "purchases_interval_mean_width": float(np.mean(high - low)),
+    }
+    for column in ("expected_purchases", "clv"):
+        point = predictions[column].to_numpy()
+        width = predictions[f"{column}_high"].to_numpy() - predictions[f"{column}_low"].to_numpy()
+        positive = point > 0
+        if positive.any():
+            metrics[f"{column}_interval_relative_width"] = float(np.median(width[positive] / point[positive]))
+    return metrics
+
+
 def evaluate_baseline(features: pd.DataFrame, holdout: pd.DataFrame, holdout_days: float) -> dict[str, float]:
     """Heuristics a reviewer would try first: recency for churn, historic spend and run rate for value."""
     # Run rate: repeat purchase days per day since the first purchase, projected over the holdout.

@@ -76,7 +76,9 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
         horizon = self.spec["horizon_days"] if horizon is None else float(horizon)
         if not horizon > 0:
             raise invalid_input(f"horizon_days must be positive, got {horizon}")
-        return self.model.predict(features, horizon).reset_index(drop=True)
+        intervals = (params or {}).get("intervals")
+        intervals = True if intervals is None else bool(intervals)
+        return self.model.predict(features, horizon, intervals=intervals).reset_index(drop=True)
 
 
 def clv_spec(
@@ -96,6 +98,8 @@ def clv_spec(
         "discount_step_days": float(scoring.discount_step_days),
         "calibration_end": calibration_end,
         "trained_through": trained_through,
+        "interval_level": float(scoring.interval_level),
+        "interval_draws": int(scoring.interval_draws),
         "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
         "value_layer": None if calibration.value_layer_ is None else calibration.value_layer_.as_dict(),
     }
@@ -110,6 +114,8 @@ def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
         spec["discount_step_days"],
         None if churn is None else ChurnLayer.from_dict(churn),
         None if value is None else ValueLayer.from_dict(value),
+        interval_level=spec.get("interval_level", 0.9),
+        interval_draws=spec.get("interval_draws", 100),
     )
 
 

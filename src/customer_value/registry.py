@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import customer_value
-from customer_value.clv import INPUT_COLUMNS, PREDICTION_COLUMNS
+from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from customer_value.errors import RegistryError
 from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
@@ -46,8 +46,13 @@ def _requirements() -> list[str]:
 def clv_signature(horizon_days: float) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("double", c) for c in INPUT_COLUMNS]),
-        outputs=Schema([ColSpec("double", c) for c in PREDICTION_COLUMNS]),
-        params=ParamSchema([ParamSpec("horizon_days", "double", float(horizon_days))]),
+        outputs=Schema([ColSpec("double", c) for c in [*PREDICTION_COLUMNS, *INTERVAL_COLUMNS]]),
+        params=ParamSchema(
+            [
+                ParamSpec("horizon_days", "double", float(horizon_days)),
+                ParamSpec("intervals", "boolean", True),  # false: skip the interval columns (faster)
+            ]
+        ),
     )
 
 

@@ -74,6 +74,12 @@ class LayersConfig:
 
 
 @dataclass
+class IntervalsConfig:
+    level: float = 0.9  # central probability of every interval
+    draws: int = 100  # parametric-bootstrap draws for the expectation intervals; 0 = parameter-free
+
+
+@dataclass
 class CLVConfig:
     family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
     penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
@@ -86,6 +92,7 @@ class CLVConfig:
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
+    intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
 
 
 @dataclass
@@ -126,6 +133,7 @@ class ScoreOptions:
     as_of: str | None = None  # YYYY-MM-DD; null = the last order date in the data
     output: str = "scores/customer_scores.parquet"  # .parquet or .csv
     horizon_days: float | None = None  # null = the registered model's default
+    intervals: bool = True  # add the prediction-interval columns (see uncertainty.py)
 
 
 @dataclass
@@ -185,6 +193,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.layers.inner_horizons_days must be a non-empty list of positive day counts",
         ),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
+        (0 < cfg.clv.intervals.level < 1, "clv.intervals.level must be in (0, 1)"),
+        (cfg.clv.intervals.draws >= 0, "clv.intervals.draws must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
         (cfg.clv.discount_rate > -1, "clv.discount_rate (annual) must be > -1"),
         (cfg.clv.discount_step_days > 0, "clv.discount_step_days must be > 0"),

@@ -46,7 +46,8 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
         horizon = next(
             p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days"
         )
-    values = clv_model.predict(rows[INPUT_COLUMNS], params={"horizon_days": float(horizon)})
+    params = {"horizon_days": float(horizon), "intervals": bool(cfg.score.intervals)}
+    values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
