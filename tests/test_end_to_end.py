@@ -95,6 +95,7 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         "gains_chart.png",
         "p_alive_matrix.png",
         "expected_purchases_matrix.png",
+        "cumulative_repeat_purchases.png",
     } <= plots
     assert clv_run["params.time_unit"] == "weeks"
     assert clv_run["tags.data.content_hash"]

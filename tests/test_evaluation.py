@@ -120,3 +120,39 @@ def test_anchor_comparison_honours_each_direction_and_missing_metrics() -> None:
         "absent": False,
     }
     assert table.loc["brier", "project_value"] == 0.16 and np.isnan(table.loc["absent", "project_value"])
+
+
+def test_tracking_curve_equals_lifetimes_expected_cumulative_transactions() -> None:
+    """The model curve is lifetimes' expected_cumulative_transactions (weekly, CDNOW sample, FHL 2005)."""
+    import warnings
+
+    from lifetimes import BetaGeoFitter
+    from lifetimes.utils import expected_cumulative_transactions
+
+    from customer_value.clv import CLVParams, expected_repeat_purchases
+    from customer_value.data import load_bundled
+    from customer_value.evaluation import cumulative_repeat_tracking
+
+    orders, _ = load_bundled("cdnow_sample")
+    purchase = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    params = CLVParams("bgnbd", purchase, {"p": 6.25, "q": 3.74, "v": 15.44}, 7.0)
+    end = orders["date"].max()
+    ours = cumulative_repeat_tracking(
+        orders, pd.Timestamp("1997-09-30"), end, lambda ages: expected_repeat_purchases(params, ages)
+    )
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(purchase)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = expected_cumulative_transactions(
+            fitter, orders, "date", "customer_id", 78 * 7, freq="D", freq_multiplier=7
+        )
+    weekly = ours.iloc[:-1]  # the last row is the holdout end itself (1998-06-30, a partial week)
+    np.testing.assert_allclose(
+        weekly["expected"].to_numpy(), theirs["predicted"].to_numpy()[: len(weekly)], rtol=1e-9
+    )
+    repeats = (
+        len(orders) - orders["customer_id"].nunique()
+    )  # every customer's first day is in the calibration
+    assert ours["actual"].iloc[-1] == repeats == theirs["actual"].iloc[-1]
+    assert ours["actual"].is_monotonic_increasing and ours["holdout"].iloc[-1] and not ours["holdout"].iloc[0]

@@ -250,6 +250,17 @@ def churn_probability(
     return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
 
 
+def expected_repeat_purchases(params: CLVParams, age_days: np.ndarray) -> np.ndarray:
+    """Unconditional expected repeat purchases of a new customer by each age (days): the tracking curve."""
+    fitter = _fitter(FAMILIES[params.family].fitter, params.purchase)
+    ages = np.asarray(age_days, dtype="float64") / params.time_unit_days
+    with _quiet_lifetimes():
+        values = np.asarray(
+            fitter.expected_number_of_purchases_up_to_time(np.maximum(ages, 0.0)), dtype="float64"
+        )
+    return np.where(ages > 0, values, 0.0)
+
+
 def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
     """Median wait from T to the next purchase for a customer who stays active, in days.
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from customer_value import evaluation, plots, registry, tracking
 from customer_value.backtest import backtest, rolling_origins, summarise
 from customer_value.churn_layer import fit_churn_layer
+from customer_value.clv import expected_repeat_purchases
 from customer_value.clv_model import CLVModel
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
@@ -75,6 +76,7 @@ def train_clv(
         metrics |= prefixed("backtest.", summarise(folds))
     metrics |= prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
     _log_clv_diagnostics(calibration, holdout, predictions)
+    _log_tracking(model, orders, split)
     _log_model_matrices(model, calibration, split)
 
     if cfg.clv.refit_full_history:
@@ -266,6 +268,18 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
         "historic spend": calibration["total_spend"].to_numpy(),
     }
     tracking.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
+
+
+def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split) -> None:
+    table = evaluation.cumulative_repeat_tracking(
+        orders,
+        split.calibration_end,
+        split.holdout_end,
+        lambda ages: expected_repeat_purchases(model.params_, ages),
+    )
+    tracking.log_table(table, "evaluation/cumulative_repeat_purchases.csv")
+    figure = plots.cumulative_tracking(table, split.calibration_end)
+    tracking.log_figure(figure, "plots/cumulative_repeat_purchases.png")
 
 
 def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split) -> None:

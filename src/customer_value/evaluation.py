@@ -5,6 +5,8 @@ Churn label: no purchase in the holdout window. Value target: holdout revenue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
@@ -110,6 +112,39 @@ def purchases_by_frequency(
     table.index = [f"{b}+" if b == max_bin else str(b) for b in table.index]
     table.index.name = "calibration_frequency"
     return table
+
+
+def cumulative_repeat_tracking(
+    orders: pd.DataFrame,
+    calibration_end: pd.Timestamp,
+    holdout_end: pd.Timestamp,
+    expected_by_age: Callable[[np.ndarray], np.ndarray],
+    step_days: int = 7,
+) -> pd.DataFrame:
+    """Cumulative repeat purchases of the calibration cohort, actual vs the model's, week by week.
+
+    The BTYD walkthrough's tracking plot: customers first seen by ``calibration_end``; a repeat purchase is
+    any purchase day after a customer's first. The model's curve sums each customer's unconditional
+    expected repeat purchases at their age on each date (``expected_by_age``: ages in days -> counts),
+    grouped by first-purchase day so it costs cohorts x dates, not customers x dates.
+    """
+    first = orders.groupby("customer_id", observed=True)["date"].min()
+    cohort = first[first <= calibration_end]
+    seen = orders[orders["customer_id"].isin(cohort.index) & (orders["date"] <= holdout_end)]
+    repeats = seen[seen["date"] > seen["customer_id"].map(cohort)]
+    start = cohort.min()
+    dates = pd.date_range(start + pd.Timedelta(days=step_days), holdout_end, freq=f"{step_days}D")
+    if len(dates) == 0 or dates[-1] != holdout_end:
+        dates = dates.append(pd.DatetimeIndex([holdout_end]))
+    daily = repeats.groupby("date").size().sort_index().cumsum()
+    actual = daily.reindex(dates, method="ffill").fillna(0.0).to_numpy()
+    births = cohort.value_counts()
+    ages = (dates.to_numpy()[None, :] - births.index.to_numpy()[:, None]) / np.timedelta64(1, "D")
+    expected = (births.to_numpy()[:, None] * expected_by_age(ages.ravel()).reshape(ages.shape)).sum(axis=0)
+    return pd.DataFrame(
+        {"actual": actual, "expected": expected, "holdout": dates > calibration_end},
+        index=pd.Index(dates, name="date"),
+    )
 
 
 def frequency_recency_grid(T_days: float, max_frequency: int = 20, n_recency: int = 30) -> pd.DataFrame:

@@ -41,6 +41,22 @@ def churn_by_decile(churn_probability: np.ndarray, churned: np.ndarray) -> Figur
     return fig
 
 
+def cumulative_tracking(table: pd.DataFrame, calibration_end: pd.Timestamp) -> Figure:
+    """Cumulative repeat purchases, actual vs model, with the calibration end marked."""
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    ax.plot(table.index, table["actual"], label="actual")
+    ax.plot(table.index, table["expected"], linestyle="--", label="model")
+    ax.axvline(calibration_end, color="grey", linestyle=":", linewidth=1)
+    ax.text(calibration_end, ax.get_ylim()[1] * 0.95, " holdout", color="grey", va="top")
+    ax.set_ylabel("cumulative repeat purchases")
+    ax.set_title("Tracking: cumulative repeat purchases of the calibration cohort")
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.set_layout_engine("tight")
+    return fig
+
+
 def segment_sizes(profile: pd.DataFrame) -> Figure:
     """Share of customers and share of spend per segment."""
     labels = [f"{i}: {n}" for i, n in zip(profile.index, profile["segment_name"], strict=True)]
