@@ -356,3 +356,26 @@ def test_params_from_the_first_release_still_load() -> None:
     legacy = {**FHL_2005, **GAMMA_GAMMA_NOTE, "time_unit_days": 7.0}
     assert CLVParams.from_dict(legacy) == PINNED
     assert CLVParams.from_dict(PINNED.as_dict()) == PINNED
+
+
+def test_stable_pareto_likelihood_equals_lifetimes_and_stays_finite_when_t_x_equals_T() -> None:
+    """lifetimes gives NaN for a customer whose last purchase is on the last day (A_0 = 0 exactly)."""
+    from lifetimes import ParetoNBDFitter
+
+    from customer_value.clv import StableParetoNBDFitter
+
+    params = (0.553, 10.578, 0.606, 11.669)
+    x = np.array([0.0, 2.0, 5.0, 170.0, 3.0, 40.0])
+    t_x = np.array([0.0, 30.43, 35.0, 70.857, 10.0, 39.0])
+    T = np.array([38.0, 38.86, 39.0, 70.857, 39.0, 39.0])
+    with np.errstate(all="ignore"):
+        theirs = ParetoNBDFitter._conditional_log_likelihood(params, x, t_x, T)
+    ours = StableParetoNBDFitter._conditional_log_likelihood(params, x, t_x, T)
+    finite = np.isfinite(theirs)
+    assert not finite[3] and np.isfinite(ours).all()
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-10)
+    # At t_x = T the likelihood is exactly its first term (A_0 = 0).
+    r, alpha, s, beta = params
+    first = gammaln(r + 170) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+    first += -(r + 170) * np.log(alpha + 70.857) - s * np.log(beta + 70.857)
+    assert ours[3] == pytest.approx(first, rel=1e-12)

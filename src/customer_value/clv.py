@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
+from scipy.special import gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError, NotEnoughDataError
 
@@ -52,6 +53,53 @@ DAYS_PER_YEAR = 365.25
 DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
 
 
+class StableParetoNBDFitter(ParetoNBDFitter):
+    """lifetimes' Pareto/NBD with log(A_0) evaluated without cancellation.
+
+    lifetimes computes log(A_0) = log(F1 / q1^k - F2 / q2^k) (Fader & Hardie's note 9, eq. 19-20) with a
+    signed logsumexp, which returns NaN when the two terms are equal: a customer whose last purchase is on
+    the last day (t_x = T, A_0 = 0 exactly). On CDNOW's full history that is customer 14048 (170 repeat
+    purchases), whose NaN likelihood broke both the refit and every prediction. Here
+    log(A_0) = log(F1) - k log(q1) + log1p(-(F2 / F1)(q1 / q2)^k), whose last term is -inf when t_x = T;
+    the likelihood then reduces to its first term, as it should. Everything else is lifetimes' code.
+    """
+
+    @staticmethod
+    def _log_A_0(params, freq, recency, age):  # noqa: ANN001, ANN205 (lifetimes' signature)
+        r, alpha, s, beta = params
+        if alpha < beta:
+            low, high, t = alpha, beta, r + freq
+        else:
+            low, high, t = beta, alpha, s + 1
+        k = r + s + freq
+        q_1, q_2 = high + recency, high + age
+        log_f1 = np.log(hyp2f1(k, t, k + 1.0, (high - low) / q_1))
+        log_f2 = np.log(hyp2f1(k, t, k + 1.0, (high - low) / q_2))
+        ratio = np.exp(np.minimum(log_f2 - log_f1 + k * (np.log(q_1) - np.log(q_2)), 0.0))
+        with np.errstate(divide="ignore"):
+            return log_f1 - k * np.log(q_1) + np.log1p(-ratio)
+
+    @staticmethod
+    def _conditional_log_likelihood(params, freq, rec, T):  # noqa: ANN001, ANN205
+        r, alpha, s, beta = params
+        x = freq
+        r_s_x = r + s + x
+        a_1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+        log_a_0 = StableParetoNBDFitter._log_A_0(params, x, rec, T)
+        a_2 = np.logaddexp(
+            -(r + x) * np.log(alpha + T) - s * np.log(beta + T), np.log(s) + log_a_0 - np.log(r_s_x)
+        )
+        return a_1 + a_2
+
+    @staticmethod
+    def _negative_log_likelihood(params, freq, rec, T, weights, penalizer_coef):  # noqa: ANN001, ANN205
+        if np.any(np.asarray(params) <= 0.0):
+            return np.inf
+        log_likelihood = StableParetoNBDFitter._conditional_log_likelihood(params, freq, rec, T)
+        penalizer_term = penalizer_coef * sum(np.asarray(params) ** 2)
+        return -(weights * log_likelihood).sum() / weights.mean() + penalizer_term
+
+
 @dataclass(frozen=True)
 class Family:
     """A BTYD purchase model from lifetimes: its fitter and parameter names."""
@@ -64,7 +112,7 @@ class Family:
 FAMILIES = {
     "bgnbd": Family("BG/NBD", BetaGeoFitter, ("r", "alpha", "a", "b")),
     "mbgnbd": Family("MBG/NBD", ModifiedBetaGeoFitter, ("r", "alpha", "a", "b")),
-    "pareto_nbd": Family("Pareto/NBD", ParetoNBDFitter, ("r", "alpha", "s", "beta")),
+    "pareto_nbd": Family("Pareto/NBD", StableParetoNBDFitter, ("r", "alpha", "s", "beta")),
 }
 SPEND_PARAMS = ("p", "q", "v")
 
@@ -202,7 +250,9 @@ def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, we
     values = np.array([params[k] for k in spec.params], dtype="float64")
     with _quiet_lifetimes():
         if family == "pareto_nbd":  # lifetimes' Pareto/NBD likelihood takes natural parameters
-            return float(np.sum(weights * ParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T)))
+            return float(
+                np.sum(weights * StableParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T))
+            )
         mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
     return float(-mean_nll * np.sum(weights))
 
@@ -240,7 +290,7 @@ def churn_probability(
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     if params.family == "pareto_nbd":
-        fitter = _fitter(ParetoNBDFitter, params.purchase)
+        fitter = _fitter(StableParetoNBDFitter, params.purchase)
         with _quiet_lifetimes():
             return np.clip(
                 fitter.conditional_probability_of_n_purchases_up_to_time(0, horizon, x, t_x, T), 0, 1

@@ -147,8 +147,8 @@ class CLVModel:
             table["churn_probability"] = churn
             table["purchase_probability"] = 1.0 - churn
         if self.value_layer_ is not None:
-            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd, horizon_days))
             btyd_revenue = btyd["expected_revenue"].to_numpy()
+            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd), btyd_revenue)
             discount = np.divide(
                 btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
             )
