@@ -360,3 +360,37 @@ def test_auto_skips_a_family_that_cannot_be_fitted(
     assert run["status"] == "FINISHED"
     assert run["tags.clv.skipped_families"] == "pareto_nbd: every fallback failed (forced by the test)"
     assert run["tags.clv.chosen_family"] in {"bgnbd", "mbgnbd"}
+
+
+def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
+    synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Through the whole job: tamper with every holdout order (drop half, change every amount) and the
+    registered model's calibration fit and learned layers come out identical; only the refit may move."""
+    orders = synthetic_orders.copy()
+    stamps = pd.to_datetime(orders["timestamp"])
+    first, last = stamps.min().normalize(), stamps.max().normalize()
+    calibration_end = first + (last - first) * 0.5  # data=file's default split: half the observed range
+    after = stamps.dt.normalize() > calibration_end.normalize()
+    on_last_day = stamps.dt.normalize() == last  # kept, so the holdout keeps its end date
+    tampered = pd.concat(
+        [
+            orders[~after],
+            orders[after & on_last_day],
+            orders[after & ~on_last_day]
+            .sample(frac=0.5, random_state=0)
+            .assign(amount=lambda f: f["amount"] * 3),
+        ]
+    )
+    specs = []
+    for name, frame in (("clean", orders), ("tampered", tampered)):
+        path = tmp_path / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        train(_compose("train", [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0"]))
+        latest = max(int(v.version) for v in MlflowClient().search_model_versions("name='customer-clv'"))
+        specs.append(mlflow.pyfunc.load_model(f"models:/customer-clv/{latest}").unwrap_python_model().spec)
+    clean, changed = specs
+    assert clean["calibration_end"] == changed["calibration_end"] == str(calibration_end.normalize().date())
+    for key in ("calibration_params", "churn_layer", "value_layer"):
+        assert clean[key] == changed[key], key
+    assert clean["scoring_params"] != changed["scoring_params"]  # the refit does see the later orders

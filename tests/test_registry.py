@@ -215,3 +215,15 @@ def test_a_champion_that_cannot_be_rescored_is_not_compared() -> None:
     assert judgement.score is None and judgement.version == "3"
     assert "could not be re-scored (TypeError" in judgement.reason
     assert registry.decide(0.9, judgement) == (False, f"not compared: {judgement.reason}")
+
+
+def test_a_failure_that_is_not_about_the_old_champion_still_stops_the_job() -> None:
+    from customer_value.stage import Candidate
+    from customer_value.train import _judge_safely
+
+    def out_of_memory(version: str) -> registry.ChampionJudgement:
+        raise MemoryError
+
+    candidate = Candidate("run", "models:/m-1", "customer-clv", "m", 0.5, out_of_memory, {})
+    with pytest.raises(MemoryError):
+        _judge_safely(candidate, "3")

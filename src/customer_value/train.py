@@ -15,11 +15,13 @@ import logging
 
 import hydra
 import mlflow
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from customer_value import registry, tracking
 from customer_value.clv_stage import train_clv
 from customer_value.entrypoint import run_job
+from customer_value.errors import UserError
 from customer_value.jobs import load_orders
 from customer_value.schema import register_configs, validate_train_config
 from customer_value.segments_stage import train_segments
@@ -52,11 +54,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+# What an older version's artifacts or code can raise when today's code loads and re-scores it (missing
+# artifact, changed parameter layout, shape mismatch, a model that no longer fits this data). Anything
+# else (MemoryError, a bug in this run's own code) still stops the job.
+CHAMPION_LOAD_ERRORS = (
+    MlflowException,
+    OSError,
+    ImportError,
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    UserError,
+)
+
+
 def _judge_safely(candidate: Candidate, version: str) -> registry.ChampionJudgement:
     """A champion this code cannot load or re-score is not compared (and keeps its alias), never a crash."""
     try:
         return candidate.judge(version)
-    except Exception as exc:  # any failure of an older model's code or artifacts
+    except CHAMPION_LOAD_ERRORS as exc:
         reason = f"champion v{version} could not be re-scored ({type(exc).__name__}: {exc})"[:300]
         log.warning("%s: %s", candidate.name, reason)
         return registry.ChampionJudgement(version, None, reason)
