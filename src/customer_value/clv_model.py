@@ -6,6 +6,7 @@ in ``_``. The lifetimes calls themselves live in ``clv``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -35,6 +36,9 @@ from customer_value.uncertainty import (
 )
 from customer_value.value_layer import ValueLayer, value_layer_inputs
 
+# _require_finite_predictions checks the purchase formulas; spend only scales them, so any valid
+# Gamma-Gamma parameters serve while the spend model is not fitted yet.
+NEUTRAL_SPEND = {"p": 1.0, "q": 2.0, "v": 1.0}
 INTERVAL_SEED = 20_050_101  # fixed: a customer's interval depends on its own row only
 INTERVAL_CHUNK = 50_000  # customers per chunk when drawing intervals
 
@@ -42,9 +46,10 @@ INTERVAL_CHUNK = 50_000  # customers per chunk when drawing intervals
 class CLVModel:
     """BTYD purchases + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in _.
 
-    Fallback: when a fit does not converge or gives non-finite estimates, it is retried with each larger
-    penalizer in ``fallback_penalizers``; ``fit_attempts_`` records every try. Only when all fail does
-    ``fit`` raise ModelFitError.
+    Fallback: when the purchase or the spend fit does not converge or gives non-finite estimates, that fit
+    is retried with each larger penalizer in ``fallback_penalizers`` (each model climbs its own ladder);
+    ``fit_attempts_`` records every try as (model, penalizer, outcome). Only when a model's whole ladder
+    fails does ``fit`` raise ModelFitError.
     """
 
     def __init__(
@@ -72,25 +77,45 @@ class CLVModel:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
         inputs = model_inputs(features, self.time_unit_days)
         ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
-        self.fit_attempts_: list[tuple[float, str]] = []
+        self.fit_attempts_: list[tuple[str, float, str]] = []
+
+        def purchase_model(penalizer: float) -> dict[str, float]:
+            purchase = fit_purchase_model(inputs, penalizer, self.family)
+            _require_finite_predictions(
+                CLVParams(self.family, purchase, NEUTRAL_SPEND, self.time_unit_days), inputs
+            )
+            return purchase
+
+        # Separate ladders: a purchase model that needs a penalty must not force one on Gamma-Gamma (on
+        # CDNOW a Gamma-Gamma penalty of 0.01 already pushes q below 1, where expected spend is undefined).
+        # Spend first: no repeat buyers is a NotEnoughDataError that no penalty on either model can fix.
+        spend, self.spend_penalizer_used_ = self._first_success(
+            "spend", ladder, lambda penalizer: fit_spend_model(inputs, penalizer)
+        )
+        purchase, self.purchase_penalizer_used_ = self._first_success("purchase", ladder, purchase_model)
+        params = CLVParams(self.family, purchase, spend, self.time_unit_days)
+        self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs))
+        self.n_customers_ = len(inputs.frequency)
+        self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
+        return self
+
+    def _first_success(
+        self, part: str, ladder: list[float], fit: Callable[[float], dict[str, float]]
+    ) -> tuple[dict[str, float], float]:
+        """The first penalizer on the ladder whose fit succeeds; every try is kept in ``fit_attempts_``."""
         for penalizer in ladder:
             try:
-                purchase = fit_purchase_model(inputs, penalizer, self.family)
-                spend = fit_spend_model(inputs, penalizer)
-                params = CLVParams(self.family, purchase, spend, self.time_unit_days)
-                _require_finite_predictions(params, inputs)
-            except NotEnoughDataError:
+                params = fit(penalizer)
+            except NotEnoughDataError:  # no penalty can fix missing data
                 raise
             except ModelFitError as exc:
-                self.fit_attempts_.append((penalizer, str(exc)))
+                self.fit_attempts_.append((part, penalizer, str(exc)))
                 continue
-            self.fit_attempts_.append((penalizer, "converged"))
-            self.penalizer_used_ = penalizer
-            self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs))
-            self.n_customers_ = len(inputs.frequency)
-            self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
-            return self
-        tried = "; ".join(f"penalizer {p}: {message}" for p, message in self.fit_attempts_)
+            self.fit_attempts_.append((part, penalizer, "converged"))
+            return params, penalizer
+        tried = "; ".join(
+            f"{p} penalizer {pen}: {message}" for p, pen, message in self.fit_attempts_ if p == part
+        )
         raise ModelFitError(f"every fallback failed ({tried})")
 
     churn_layer_: ChurnLayer | None = None

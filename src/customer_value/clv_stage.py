@@ -208,8 +208,11 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
     mlflow.set_tags(
         {
             "clv.family": model.family,
-            "clv.fallback": "none" if len(attempts) == 1 else f"penalizer {model.penalizer_used_}",
-            "clv.fit_attempts": "; ".join(f"{p}: {outcome}" for p, outcome in attempts)[:5000],
+            "clv.fallback": "none"
+            if len(attempts) == 2
+            else f"purchase penalizer {model.purchase_penalizer_used_}, "
+            f"spend penalizer {model.spend_penalizer_used_}",
+            "clv.fit_attempts": "; ".join(f"{part} {p}: {outcome}" for part, p, outcome in attempts)[:5000],
         }
     )
     correlation = model.spend_frequency_correlation_
@@ -222,7 +225,8 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
         )
         mlflow.set_tag("clv.independence_warning", f"corr {correlation:.3f}")
     return {
-        "fit.penalizer_used": model.penalizer_used_,
+        "fit.purchase_penalizer_used": model.purchase_penalizer_used_,
+        "fit.spend_penalizer_used": model.spend_penalizer_used_,
         "fit.attempts": float(len(attempts)),
         "fit.spend_frequency_correlation": correlation,
     }
