@@ -96,6 +96,12 @@ BAD_TRAIN_VALUES = {
     "segmentation.n_clusters=1": "segmentation.n_clusters must be >= 2",
     "segmentation.algorithm=dbscan": "segmentation.algorithm must be one of",
     "segmentation.primary_metric=segments.davies_bouldin": "segmentation.primary_metric must be one of",
+    "segmentation.k_values=[1,3]": "segmentation.k_values must all be >= 2",
+    "segmentation.k_rule=bic": "segmentation.k_rule=bic needs segmentation.algorithm=gmm",
+    "segmentation.k_rule=elbow": "segmentation.k_rule must be one of",
+    "segmentation.preprocessing=robust": "segmentation.preprocessing must be log or quantile",
+    "segmentation.min_share=1.5": "segmentation.min_share must be in [0, 1)",
+    "clv.intervals.level=1.2": "clv.intervals.level must be in (0, 1)",
     "features.time_unit=months": "features.time_unit must be one of",
     "optimized_metric=accuracy": "optimized_metric must be one of",
 }

@@ -394,3 +394,33 @@ def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
     for key in ("calibration_params", "churn_layer", "value_layer"):
         assert clean[key] == changed[key], key
     assert clean["scoring_params"] != changed["scoring_params"]  # the refit does see the later orders
+
+
+def test_a_segmentation_that_is_not_substantial_fails_the_run_and_registers_nothing(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    cfg = _compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.min_share=0.45"])
+    with pytest.raises(ModelFitError, match="no segmentation is substantial"):
+        train(cfg)
+    run = _runs("customer-segments").iloc[-1]
+    assert run["status"] == "FAILED"
+    assert run["tags.segments.rejected"].startswith("no segmentation is substantial")
+    assert MlflowClient().search_registered_models() == []  # neither model: registration comes last
+
+
+def test_segments_run_logs_k_selection_and_stability(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    metrics = train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation=gmm"]))
+    run = _runs("customer-segments").iloc[-1]
+    curves = pd.read_csv(
+        mlflow.artifacts.download_artifacts(f"runs:/{run['run_id']}/segments/k_selection.csv")
+    )
+    assert list(curves["k"]) == [3, 4, 5, 6, 7, 8] and "bic" in curves.columns
+    chosen = int(run["tags.segments.chosen_k"])
+    assert chosen == int(curves.loc[curves["substantial"], :].set_index("k")["bic"].idxmin())
+    assert metrics["segments.n_segments"] == chosen
+    assert 0 < metrics["segments.stability.bootstrap_ari_mean"] <= 1
+    assert -1 <= metrics["segments.stability.window_ari"] <= 1
+    logged = run[f"metrics.k_selection.bic.k{chosen}"]
+    assert logged == pytest.approx(curves.set_index("k").loc[chosen, "bic"])

@@ -97,3 +97,51 @@ def test_more_clusters_than_customers_is_a_clear_error() -> None:
     features, _ = planted_customers(n_per_group=1)
     with pytest.raises(ModelFitError, match="n_clusters=5 but only 3 customers"):
         SegmentModel(n_clusters=5).fit(features)
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "minibatch_kmeans", "gmm", "ward"])
+def test_every_k_algorithm_recovers_planted_clusters(algorithm: str) -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1, algorithm=algorithm).fit(features)
+    assert adjusted_rand_score(truth, model.predict(features)["segment"]) >= 0.9
+
+
+def test_quantile_preprocessing_recovers_planted_clusters() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1, preprocessing="quantile").fit(features)
+    assert adjusted_rand_score(truth, model.predict(features)["segment"]) >= 0.9
+
+
+def test_hdbscan_finds_the_planted_groups_without_being_told_k() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(algorithm="hdbscan", min_cluster_size=50, seed=1)
+    labels = model.fit(features).predict(features)["segment"]
+    assert labels.nunique() == 3 and adjusted_rand_score(truth, labels) >= 0.9
+    assert 0 <= model.pipeline_.named_steps["cluster"].noise_share_ < 0.2
+
+
+def test_ward_and_hdbscan_fit_on_a_sample_and_still_assign_everyone() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(n_clusters=3, seed=1, algorithm="ward", fit_sample=200).fit(features)
+    labels = model.predict(features)["segment"]
+    assert len(labels) == len(features) and adjusted_rand_score(truth, labels) >= 0.9
+
+
+def test_rfm_quintiles_baseline_uses_the_classic_grid() -> None:
+    features, truth = planted_customers()
+    model = SegmentModel(algorithm="rfm_quintiles").fit(features)
+    predicted = model.predict(features)
+    champions = predicted.loc[truth == 0, "segment_name"].value_counts()
+    lapsed = predicted.loc[truth == 2, "segment_name"].value_counts()
+    assert champions.index[0] in {"Champions", "Loyal"} and lapsed.index[0] in {"At risk", "Hibernating"}
+    assert set(predicted["segment_name"]) <= {
+        "Champions",
+        "Loyal",
+        "At risk",
+        "Promising newcomers",
+        "Needs attention",
+        "Hibernating",
+    }
+    # Quintile scores survive the monotone preprocessing: both give the same groups.
+    quantile = SegmentModel(algorithm="rfm_quintiles", preprocessing="quantile").fit(features)
+    assert (quantile.predict(features)["segment_name"] == predicted["segment_name"]).all()

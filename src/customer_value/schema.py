@@ -96,9 +96,22 @@ class CLVConfig:
 
 
 @dataclass
+class StabilityConfig:
+    bootstrap_resamples: int = 5  # refits on bootstrap resamples; 0 = skip
+    window_days: int = 90  # compare with a fit this many days earlier; 0 = skip
+
+
+@dataclass
 class SegmentationConfig:
-    algorithm: str = "kmeans"
-    n_clusters: int = 5
+    algorithm: str = "kmeans"  # see clusterers.ALGORITHMS
+    preprocessing: str = "log"  # log (log1p) | quantile (normal scores); then standardised
+    n_clusters: int = 5  # used when k_values is empty (and by no k-free algorithm)
+    k_values: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])  # candidate k; [] = n_clusters
+    k_rule: str = "silhouette"  # silhouette | calinski_harabasz | davies_bouldin | bic (gmm)
+    min_share: float = 0.05  # every segment must hold at least this share of customers
+    fit_sample: int = 20_000  # ward and hdbscan fit on at most this many customers (O(n^2) memory)
+    min_cluster_size: int = 50  # hdbscan
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
     silhouette_sample: int = 10_000
     primary_metric: str = "segments.silhouette"  # gate metric, higher is better
 
@@ -162,7 +175,8 @@ OPTIMIZABLE_METRICS = (
 )
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
 ANCHOR_DIRECTIONS = ("higher", "lower", "closer_to_zero")
-SEGMENTATION_ALGORITHMS = ("kmeans",)
+SEGMENTATION_ALGORITHMS = ("kmeans", "minibatch_kmeans", "gmm", "ward", "hdbscan", "rfm_quintiles")
+K_RULES = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
 
 
 def parse_day(value: str | None, key: str) -> pd.Timestamp | None:
@@ -207,6 +221,24 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"segmentation.algorithm must be one of {list(SEGMENTATION_ALGORITHMS)}",
         ),
         (cfg.segmentation.n_clusters >= 2, "segmentation.n_clusters must be >= 2"),
+        (all(k >= 2 for k in cfg.segmentation.k_values), "segmentation.k_values must all be >= 2"),
+        (cfg.segmentation.k_rule in K_RULES, f"segmentation.k_rule must be one of {list(K_RULES)}"),
+        (
+            cfg.segmentation.k_rule != "bic" or cfg.segmentation.algorithm == "gmm",
+            "segmentation.k_rule=bic needs segmentation.algorithm=gmm",
+        ),
+        (
+            cfg.segmentation.preprocessing in ("log", "quantile"),
+            "segmentation.preprocessing must be log or quantile",
+        ),
+        (0 <= cfg.segmentation.min_share < 1, "segmentation.min_share must be in [0, 1)"),
+        (cfg.segmentation.fit_sample >= 100, "segmentation.fit_sample must be >= 100"),
+        (cfg.segmentation.min_cluster_size >= 2, "segmentation.min_cluster_size must be >= 2"),
+        (
+            cfg.segmentation.stability.bootstrap_resamples >= 0
+            and cfg.segmentation.stability.window_days >= 0,
+            "segmentation.stability values must be >= 0",
+        ),
         (cfg.segmentation.silhouette_sample >= 100, "segmentation.silhouette_sample must be >= 100"),
         (
             cfg.segmentation.primary_metric in SEGMENT_GATE_METRICS,

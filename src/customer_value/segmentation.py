@@ -9,25 +9,43 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, StandardScaler
 
+from customer_value.clusterers import RFMQuintiles, fitted_labels, make_clusterer
 from customer_value.errors import ModelFitError
 
 SEGMENT_FEATURES = ["days_since_last", "n_orders", "mean_order_value", "T_days"]
 PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spend", "T_days"]
 
 
-def build_pipeline(n_clusters: int, seed: int) -> Pipeline:
-    """log1p + standardise the RFM-and-tenure columns, then KMeans."""
-    scale = Pipeline([("log1p", FunctionTransformer(np.log1p)), ("scale", StandardScaler())])
+PREPROCESSING = ("log", "quantile")
+
+
+def build_pipeline(
+    n_clusters: int,
+    seed: int,
+    algorithm: str = "kmeans",
+    preprocessing: str = "log",
+    fit_sample: int = 20_000,
+    min_cluster_size: int = 50,
+) -> Pipeline:
+    """Preprocess the RFM-and-tenure columns (log1p or normal-quantile, then standardise), then cluster."""
+    if preprocessing == "log":
+        transform = FunctionTransformer(np.log1p)
+    elif preprocessing == "quantile":
+        transform = QuantileTransformer(output_distribution="normal", n_quantiles=1000, random_state=seed)
+    else:
+        raise ModelFitError(
+            f"unknown segmentation.preprocessing '{preprocessing}'; choose one of {PREPROCESSING}"
+        )
+    scale = Pipeline([("transform", transform), ("scale", StandardScaler())])
     return Pipeline(
         [
             ("features", ColumnTransformer([("rfm", scale, SEGMENT_FEATURES)], remainder="drop")),
-            ("cluster", KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)),
+            ("cluster", make_clusterer(algorithm, n_clusters, seed, fit_sample, min_cluster_size)),
         ]
     )
 
@@ -117,26 +135,56 @@ def _deduplicate(names: dict[int, str]) -> dict[int, str]:
 class SegmentModel:
     """Fitted pipeline + value-ordered ids + names: the object behind the registered segments model."""
 
-    def __init__(self, n_clusters: int = 5, seed: int = 42) -> None:
+    def __init__(
+        self,
+        n_clusters: int = 5,
+        seed: int = 42,
+        algorithm: str = "kmeans",
+        preprocessing: str = "log",
+        fit_sample: int = 20_000,
+        min_cluster_size: int = 50,
+    ) -> None:
         self.n_clusters = n_clusters
         self.seed = seed
+        self.algorithm = algorithm
+        self.preprocessing = preprocessing
+        self.fit_sample = fit_sample
+        self.min_cluster_size = min_cluster_size
 
     def fit(self, features: pd.DataFrame) -> SegmentModel:
         if len(features) < self.n_clusters:
             raise ModelFitError(
                 f"segmentation.n_clusters={self.n_clusters} but only {len(features)} customers to cluster"
             )
-        self.pipeline_ = build_pipeline(self.n_clusters, self.seed).fit(features)
-        raw = self.pipeline_.named_steps["cluster"].labels_
+        pipeline = build_pipeline(
+            self.n_clusters,
+            self.seed,
+            self.algorithm,
+            self.preprocessing,
+            self.fit_sample,
+            self.min_cluster_size,
+        )
+        if self.preprocessing == "quantile":  # no more quantiles than customers
+            pipeline.set_params(features__rfm__transform__n_quantiles=min(1000, len(features)))
+        self.pipeline_ = pipeline.fit(features)
+        clusterer = self.pipeline_.named_steps["cluster"]
+        transformed = self.pipeline_.named_steps["features"].transform(features)
+        raw = fitted_labels(clusterer, transformed)
         self.label_map_ = value_order(raw, features["total_spend"].to_numpy())
-        self.profile_ = profile(features, self.label_map_[raw])
-        self.names_ = name_segments(features, self.label_map_[raw])
+        segments = self.label_map_[raw]
+        self.profile_ = profile(features, segments)
+        if isinstance(clusterer, RFMQuintiles):  # the rule's own group names
+            self.names_ = {int(self.label_map_[g]): clusterer.group_names_[g] for g in np.unique(raw)}
+        else:
+            self.names_ = name_segments(features, segments)
         self.profile_.insert(0, "segment_name", [self.names_[s] for s in self.profile_.index])
         return self
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         segments = self.label_map_[self.pipeline_.predict(features)]
-        names = np.array([self.names_[s] for s in range(len(self.names_))], dtype=object)
+        names = np.array(
+            [self.names_.get(s, f"Segment {s}") for s in range(len(self.label_map_))], dtype=object
+        )
         return pd.DataFrame(
             {"segment": segments.astype("int64"), "segment_name": names[segments]}, index=features.index
         )

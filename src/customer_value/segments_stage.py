@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import mlflow
 import numpy as np
@@ -10,8 +11,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from customer_value import plots, registry, tracking
+from customer_value.clusterers import TAKES_K
 from customer_value.data import DataReport
+from customer_value.errors import ModelFitError
 from customer_value.features import customer_features
+from customer_value.segment_selection import choose_k, criterion_curves, require_substantial, substantial
+from customer_value.segment_stability import bootstrap_ari, window_ari
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
 from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
 
@@ -21,9 +26,23 @@ log = logging.getLogger(__name__)
 def train_segments(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport
 ) -> tuple[dict[str, float], Candidate]:
-    """Fit segments on every customer as of the last order; log quality, profile and plots."""
-    features = customer_features(orders, orders["date"].max())
-    model = SegmentModel(n_clusters=cfg.segmentation.n_clusters, seed=cfg.seed).fit(features)
+    """Fit segments on every customer as of the last order (choosing k when asked); log quality, stability,
+    profile and plots. A solution with a segment below ``segmentation.min_share`` is rejected."""
+    seg = cfg.segmentation
+    as_of = orders["date"].max()
+    features = customer_features(orders, as_of)
+
+    def make_model(k: int = seg.n_clusters) -> SegmentModel:
+        return SegmentModel(
+            n_clusters=k,
+            seed=cfg.seed,
+            algorithm=seg.algorithm,
+            preprocessing=seg.preprocessing,
+            fit_sample=seg.fit_sample,
+            min_cluster_size=seg.min_cluster_size,
+        )
+
+    model = _fit_substantial(cfg, features, make_model)
     segments = model.predict(features)["segment"].to_numpy()
     space = evaluation_space(features)
 
@@ -33,6 +52,10 @@ def train_segments(
         )
 
     metrics = quality(segments)
+    metrics |= _stability(cfg, orders, as_of, features, segments, make_model)
+    clusterer = model.pipeline_.named_steps["cluster"]
+    if hasattr(clusterer, "noise_share_"):
+        metrics["segments.noise_share"] = clusterer.noise_share_
     sizes = model.profile_["customers"]
     metrics |= {f"segments.size.{segment}": float(size) for segment, size in sizes.items()}
     tracking.log_metrics(metrics)
@@ -44,18 +67,26 @@ def train_segments(
         plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
     )
     log.info(
-        "segments: silhouette %.3f, Davies-Bouldin %.3f, sizes %s",
+        "segments (%s, k=%d): silhouette %.3f, Davies-Bouldin %.3f, bootstrap ARI %.3f, sizes %s",
+        seg.algorithm,
+        len(sizes),
         metrics.get("segments.silhouette", np.nan),
         metrics.get("segments.davies_bouldin", np.nan),
+        metrics.get("segments.stability.bootstrap_ari_mean", np.nan),
         [int(size) for size in sizes],
     )
     info = registry.log_segments_model(model, features)
 
     def judge(version: str) -> registry.ChampionJudgement:
         loaded = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.segments_model}/{version}")
-        champion_k = loaded.unwrap_python_model().model.n_clusters
-        if champion_k != model.n_clusters:
-            reason = f"it has {champion_k} segments and this run {model.n_clusters}; choosing k is a decision"
+        champion = loaded.unwrap_python_model().model
+        theirs = (getattr(champion, "algorithm", "kmeans"), len(champion.names_))
+        ours = (model.algorithm, len(model.names_))
+        if theirs != ours:
+            reason = (
+                f"it is {theirs[0]} with {theirs[1]} segments and this run {ours[0]} with {ours[1]}; "
+                "choosing the algorithm and k is a decision"
+            )
             return registry.ChampionJudgement(version, None, reason)
         labels = loaded.predict(features[SEGMENT_FEATURES].reset_index(drop=True))["segment"].to_numpy()
         score = quality(labels).get(cfg.segmentation.primary_metric)
@@ -68,6 +99,66 @@ def train_segments(
         metric=cfg.segmentation.primary_metric,
         score=metrics[cfg.segmentation.primary_metric],
         judge=judge,
-        tags=version_tags(cfg, report) | {"n_segments": str(model.n_clusters)},
+        tags=version_tags(cfg, report) | {"n_segments": str(len(model.names_)), "algorithm": model.algorithm},
     )
     return metrics, candidate
+
+
+def _fit_substantial(
+    cfg: DictConfig, features: pd.DataFrame, make_model: Callable[..., SegmentModel]
+) -> SegmentModel:
+    """Fit the configured k, or every k of ``k_values`` and keep the rule's best substantial one."""
+    seg = cfg.segmentation
+    try:
+        if seg.algorithm in TAKES_K and len(seg.k_values) > 0:
+            curves, models = criterion_curves(
+                features, sorted(seg.k_values), make_model, cfg.seed, seg.silhouette_sample
+            )
+            curves["substantial"] = substantial(curves, seg.min_share)
+            tracking.log_table(curves, "segments/k_selection.csv")
+            tracking.log_figure(plots.k_selection(curves, seg.k_rule), "plots/k_selection.png")
+            tracking.log_metrics(
+                {
+                    f"k_selection.{column}.k{k}": float(value)
+                    for column in curves.columns
+                    for k, value in curves[column].items()
+                    if column != "substantial"
+                }
+            )
+            k = choose_k(curves, seg.k_rule, seg.min_share)
+            mlflow.set_tags({"segments.chosen_k": str(k), "segments.k_rule": seg.k_rule})
+            return models[k]
+        model = make_model().fit(features)
+        require_substantial(model.profile_["share"], seg.min_share)
+        return model
+    except ModelFitError as exc:
+        mlflow.set_tag("segments.rejected", str(exc)[:5000])
+        raise
+
+
+def _stability(
+    cfg: DictConfig,
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+    features: pd.DataFrame,
+    segments: np.ndarray,
+    make_model: Callable[..., SegmentModel],
+) -> dict[str, float]:
+    """Bootstrap and adjacent-window adjusted Rand indices of the chosen configuration."""
+    stability = cfg.segmentation.stability
+    k = int(segments.max()) + 1
+    metrics: dict[str, float] = {}
+    if stability.bootstrap_resamples > 0:
+        mean, sd = bootstrap_ari(
+            features, segments, lambda: make_model(k), stability.bootstrap_resamples, cfg.seed
+        )
+        metrics |= {"segments.stability.bootstrap_ari_mean": mean, "segments.stability.bootstrap_ari_sd": sd}
+    earlier = as_of - pd.Timedelta(days=stability.window_days)
+    if stability.window_days > 0 and (orders["date"] <= earlier).sum() > 0:
+        try:
+            metrics["segments.stability.window_ari"] = window_ari(
+                orders, as_of, stability.window_days, lambda: make_model(k)
+            )
+        except ModelFitError as exc:  # too few customers in the earlier window: say so, not a failure
+            log.warning("segments: no window stability (%s)", exc)
+    return metrics
