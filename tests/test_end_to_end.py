@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -106,6 +107,13 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         f"runs:/{_runs('customer-segments').iloc[-1]['run_id']}/segments/profile.csv"
     )
     assert "c0" not in profile  # aggregates only, no customer ids
+    table = pd.read_csv(io.StringIO(profile))
+    assert {"segment_name", "recommended_action", "mean_clv", "mean_churn_probability", "value_share"} <= set(
+        table.columns
+    )
+    assert (
+        table["value_share"].sum() == pytest.approx(1.0) and table["recommended_action"].str.len().min() > 0
+    )
 
     score_cfg = _compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}", "score.horizon_days=90"])
     table = score_customers(score_cfg)

@@ -53,7 +53,7 @@ def test_ids_follow_value_and_names_describe_behaviour() -> None:
     assert by_truth[0] == 0  # the big spenders are segment 0
     assert model.names_[by_truth[0]] == "Champions"
     assert model.names_[by_truth[1]] == "Promising newcomers"
-    assert model.names_[by_truth[2]] in {"Lost", "Hibernating big spenders"}
+    assert model.names_[by_truth[2]] in {"Lost", "Hibernating"}
     assert len(set(model.names_.values())) == 3
     spend = model.profile_["mean_total_spend"].to_numpy()
     assert (np.diff(spend) <= 0).all()
@@ -61,11 +61,31 @@ def test_ids_follow_value_and_names_describe_behaviour() -> None:
     assert model.profile_["spend_share"].sum() == pytest.approx(1.0)
 
 
-def test_duplicate_names_are_numbered() -> None:
+def test_duplicate_names_are_told_apart_by_how_the_segments_differ() -> None:
     features, _ = planted_customers()
     model = SegmentModel(n_clusters=6, seed=1).fit(features)
     names = list(model.names_.values())
     assert len(set(names)) == len(names) == 6
+    qualified = [n for n in names if "(" in n]
+    assert qualified and not any(n[-1].isdigit() for n in names)  # "Lost (longer tenure)", never "Lost 2"
+
+
+def test_qualifiers_follow_the_dimension_with_the_largest_difference() -> None:
+    from customer_value.segment_names import action_for, distinguish
+
+    centres = pd.DataFrame(  # two lapsed, infrequent segments that differ mostly in tenure
+        {
+            "days_since_last": [1.0, 1.1],
+            "n_orders": [-0.5, -0.6],
+            "mean_order_value": [0.0, 0.1],
+            "T_days": [1.5, -1.0],
+        },
+        index=[3, 4],
+    )
+    named = distinguish({3: "Lost", 4: "Lost"}, centres)
+    assert named == {3: "Lost (longer tenure)", 4: "Lost (shorter tenure)"}
+    assert action_for(named[3], {"Lost": "suppress"}) == "suppress"
+    assert action_for("Unheard of", {"Lost": "suppress"}).startswith("Review manually")
 
 
 def test_predict_reproduces_training_assignments_and_is_row_order_invariant() -> None:

@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 def train_clv(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport
-) -> tuple[dict[str, float], Candidate]:
-    """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model."""
+) -> tuple[dict[str, float], Candidate, pd.DataFrame]:
+    """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model.
+
+    Also returns the scoring model's outputs for every customer as of the last order (``clv.horizon_days``),
+    which the segments stage profiles and may cluster on.
+    """
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
     settings = {
@@ -126,7 +130,8 @@ def train_clv(
         tags=version_tags(cfg, report)
         | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
     )
-    return metrics, candidate
+    today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
+    return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
 
 
 def _attach_layers(

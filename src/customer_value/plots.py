@@ -76,6 +76,37 @@ def k_selection(curves: pd.DataFrame, rule: str) -> Figure:
     return fig
 
 
+def profile_heatmap(profile: pd.DataFrame) -> Figure:
+    """Each segment's mean features as z-scores across segments (colour) with the raw means written in."""
+    columns = [c for c in profile.columns if c.startswith("mean_")] + [
+        c for c in ("spend_share", "value_share") if c in profile.columns
+    ]
+    values = profile[columns].astype("float64")
+    spread = values.std(axis=0).replace(0, 1.0)
+    z = ((values - values.mean(axis=0)) / spread).fillna(0.0).to_numpy()
+    fig = Figure(figsize=(1.3 * len(columns) + 2, 0.6 * len(profile) + 1.8))
+    ax = fig.subplots()
+    image = ax.imshow(z, cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
+    for (i, j), value in np.ndenumerate(values.to_numpy()):
+        ax.text(
+            j,
+            i,
+            f"{value:,.2f}" if abs(value) < 10 else f"{value:,.0f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(columns)), [c.removeprefix("mean_") for c in columns], rotation=30, ha="right")
+    ax.set_yticks(
+        range(len(profile)),
+        [f"{i}: {n}" for i, n in zip(profile.index, profile["segment_name"], strict=True)],
+    )
+    fig.colorbar(image, ax=ax, label="z-score across segments")
+    ax.set_title("Segment profiles")
+    fig.set_layout_engine("tight")
+    return fig
+
+
 def segment_sizes(profile: pd.DataFrame) -> Figure:
     """Share of customers and share of spend per segment."""
     labels = [f"{i}: {n}" for i, n in zip(profile.index, profile["segment_name"], strict=True)]

@@ -112,6 +112,7 @@ class SegmentationConfig:
     fit_sample: int = 20_000  # ward and hdbscan fit on at most this many customers (O(n^2) memory)
     min_cluster_size: int = 50  # hdbscan
     stability: StabilityConfig = field(default_factory=StabilityConfig)
+    actions: dict[str, str] = field(default_factory=dict)  # segment base name -> recommended action
     silhouette_sample: int = 10_000
     primary_metric: str = "segments.silhouette"  # gate metric, higher is better
 

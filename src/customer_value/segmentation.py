@@ -16,6 +16,7 @@ from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, Stan
 
 from customer_value.clusterers import RFMQuintiles, fitted_labels, make_clusterer
 from customer_value.errors import ModelFitError
+from customer_value.segment_names import name_segments
 
 SEGMENT_FEATURES = ["days_since_last", "n_orders", "mean_order_value", "T_days"]
 PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spend", "T_days"]
@@ -87,49 +88,26 @@ def quality_metrics(
     return metrics
 
 
-def profile(features: pd.DataFrame, segments: np.ndarray) -> pd.DataFrame:
-    """Per segment: size, share, mean and median of each RFM/tenure column, share of total spend."""
-    frame = features[PROFILE_COLUMNS].assign(segment=segments)
+def profile(
+    features: pd.DataFrame, segments: np.ndarray, predicted: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Per segment: size, share, mean and median of each RFM/tenure column, share of total spend.
+
+    With ``predicted`` (the CLV model's ``clv`` and ``churn_probability`` for the same customers), also
+    their means and medians and each segment's share of total predicted value.
+    """
+    columns = features[PROFILE_COLUMNS]
+    if predicted is not None:
+        columns = columns.join(predicted[["clv", "churn_probability"]])
+    frame = columns.assign(segment=segments)
     grouped = frame.groupby("segment")
     table = pd.concat([grouped.mean().add_prefix("mean_"), grouped.median().add_prefix("median_")], axis=1)
     table.insert(0, "customers", grouped.size())
     table.insert(1, "share", table["customers"] / len(frame))
     table["spend_share"] = grouped["total_spend"].sum() / frame["total_spend"].sum()
+    if predicted is not None:
+        table["value_share"] = grouped["clv"].sum() / frame["clv"].sum()
     return table
-
-
-def name_segments(features: pd.DataFrame, segments: np.ndarray) -> dict[int, str]:
-    """Human-readable names from each segment's centre in the standardised log-RFM space.
-
-    R = how recent (minus z of days since last purchase), F = z of purchase days, M = z of mean order
-    value, T = z of tenure; 0 is the customer base's average. Duplicate names are numbered in value order
-    (segment 0 = most valuable) so every segment stays distinguishable.
-    """
-    centres = pd.DataFrame(evaluation_space(features), columns=SEGMENT_FEATURES).groupby(segments).mean()
-    names: dict[int, str] = {}
-    for segment, centre in centres.iterrows():  # one row per segment, never per customer
-        recent = -centre["days_since_last"]
-        frequent = centre["n_orders"]
-        if recent > 0 and frequent > 0:
-            name = "Champions" if segment == centres.index.min() else "Loyal"
-        elif recent > 0:
-            name = "Promising newcomers" if centre["T_days"] < 0 else "Needs attention"
-        elif frequent > 0:
-            name = "At risk"
-        else:
-            name = "Hibernating big spenders" if centre["mean_order_value"] > 0 else "Lost"
-        names[int(segment)] = name
-    return _deduplicate(names)
-
-
-def _deduplicate(names: dict[int, str]) -> dict[int, str]:
-    seen: dict[str, int] = {}
-    unique = {}
-    for segment in sorted(names):
-        base = names[segment]
-        seen[base] = seen.get(base, 0) + 1
-        unique[segment] = base if seen[base] == 1 else f"{base} {seen[base]}"
-    return unique
 
 
 class SegmentModel:
@@ -176,7 +154,7 @@ class SegmentModel:
         if isinstance(clusterer, RFMQuintiles):  # the rule's own group names
             self.names_ = {int(self.label_map_[g]): clusterer.group_names_[g] for g in np.unique(raw)}
         else:
-            self.names_ = name_segments(features, segments)
+            self.names_ = name_segments(evaluation_space(features), SEGMENT_FEATURES, segments)
         self.profile_.insert(0, "segment_name", [self.names_[s] for s in self.profile_.index])
         return self
 

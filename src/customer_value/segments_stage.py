@@ -15,19 +15,29 @@ from customer_value.clusterers import TAKES_K
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import customer_features
+from customer_value.segment_names import action_for
 from customer_value.segment_selection import choose_k, criterion_curves, require_substantial, substantial
 from customer_value.segment_stability import bootstrap_ari, window_ari
-from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel, evaluation_space, quality_metrics
+from customer_value.segmentation import (
+    SEGMENT_FEATURES,
+    SegmentModel,
+    evaluation_space,
+    profile,
+    quality_metrics,
+)
 from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
 
 log = logging.getLogger(__name__)
 
 
 def train_segments(
-    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
+    cfg: DictConfig, orders: pd.DataFrame, report: DataReport, clv_outputs: pd.DataFrame | None = None
 ) -> tuple[dict[str, float], Candidate]:
     """Fit segments on every customer as of the last order (choosing k when asked); log quality, stability,
-    profile and plots. A solution with a segment below ``segmentation.min_share`` is rejected."""
+    profile and plots. A solution with a segment below ``segmentation.min_share`` is rejected.
+
+    ``clv_outputs`` (the CLV model's predictions for the same customers) add predicted value and churn
+    to the profile."""
     seg = cfg.segmentation
     as_of = orders["date"].max()
     features = customer_features(orders, as_of)
@@ -61,8 +71,10 @@ def train_segments(
     tracking.log_metrics(metrics)
     require_metrics(metrics, cfg.segmentation.primary_metric, "segmentation.primary_metric")
     mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
-    tracking.log_table(model.profile_, "segments/profile.csv")
-    tracking.log_figure(plots.segment_sizes(model.profile_), "plots/segment_sizes.png")
+    table = segment_profile(features, segments, model.names_, dict(seg.actions), clv_outputs)
+    tracking.log_table(table, "segments/profile.csv")
+    tracking.log_figure(plots.segment_sizes(table), "plots/segment_sizes.png")
+    tracking.log_figure(plots.profile_heatmap(table), "plots/segment_profile_heatmap.png")
     tracking.log_figure(
         plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
     )
@@ -162,3 +174,18 @@ def _stability(
         except ModelFitError as exc:  # too few customers in the earlier window: say so, not a failure
             log.warning("segments: no window stability (%s)", exc)
     return metrics
+
+
+def segment_profile(
+    features: pd.DataFrame,
+    segments: np.ndarray,
+    names: dict[int, str],
+    actions: dict[str, str],
+    clv_outputs: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """The profile reviewers read: name, recommended action, size, RFM/tenure, predicted value and churn."""
+    predicted = None if clv_outputs is None else clv_outputs.reindex(features.index)
+    table = profile(features, segments, predicted)
+    table.insert(0, "segment_name", [names[s] for s in table.index])
+    table.insert(1, "recommended_action", [action_for(names[s], actions) for s in table.index])
+    return table

@@ -40,12 +40,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_config(cfg)
         orders, report = load_orders(cfg.data)
         log_data_report(report)
-        clv_metrics, clv_candidate = train_clv(cfg, orders, report)
+        clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
         metrics |= clv_metrics
     with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
         log_config(cfg)
         log_data_report(report)
-        segment_metrics, segments_candidate = train_segments(cfg, orders, report)
+        segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
         metrics |= segment_metrics
     if cfg.tracking.register:
         for candidate in (clv_candidate, segments_candidate):
