@@ -24,7 +24,7 @@ from customer_value.errors import ModelFitError
 from customer_value.features import customer_features
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
-from customer_value.score import score_customers, write_table_atomically
+from customer_value.score import score, score_customers, write_table_atomically
 from customer_value.train import train
 from customer_value.value_layer import ValueLayer
 
@@ -432,3 +432,28 @@ def test_segments_run_logs_k_selection_and_stability(
     assert -1 <= metrics["segments.stability.window_ari"] <= 1
     logged = run[f"metrics.k_selection.bic.k{chosen}"]
     assert logged == pytest.approx(curves.set_index("k").loc[chosen, "bic"])
+
+
+def test_scoring_with_a_previous_output_writes_and_logs_the_migration(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    train(_compose("train", [*overrides, "clv.intervals.draws=0"]))
+    earlier, later = tmp_path / "earlier.parquet", tmp_path / "later.parquet"
+    as_of = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
+    base = [
+        *overrides[:2],
+        f"tracking.uri={tracking_uri}",
+        f"tracking.artifact_root={tmp_path / 'artifacts'}",
+    ]
+    day = (as_of - pd.Timedelta(days=90)).date()
+    score(_compose("score", [*base, f"score.as_of={day}", f"score.output={earlier}"]))
+    score(_compose("score", [*base, f"score.output={later}", f"score.previous={earlier}"]))
+
+    migration = pd.read_csv(tmp_path / "later.migration.csv")
+    before, after = pd.read_parquet(earlier), pd.read_parquet(later)
+    assert migration["customers"].sum() == len(set(before["customer_id"]) & set(after["customer_id"]))
+    run = _runs("customer-scoring").iloc[-1]
+    assert run["status"] == "FINISHED" and run["metrics.migration.customers_matched"] == len(before)
+    logged = mlflow.artifacts.load_text(f"runs:/{run['run_id']}/migration/transitions.csv")
+    assert not any(customer in logged for customer in after["customer_id"].head(50))  # aggregates only

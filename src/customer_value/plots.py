@@ -167,6 +167,23 @@ def gains_chart(curves: dict[str, np.ndarray], actual: np.ndarray) -> Figure:
     return fig
 
 
+def migration_heatmap(shares: pd.DataFrame) -> Figure:
+    """Share of each earlier segment (rows) now in each segment (columns), with the shares written in."""
+    fig = Figure(figsize=(1.4 * len(shares.columns) + 3, 0.6 * len(shares.index) + 2))
+    ax = fig.subplots()
+    image = ax.imshow(shares.to_numpy(dtype="float64"), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(shares.to_numpy(dtype="float64")):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(shares.columns)), list(shares.columns), rotation=30, ha="right")
+    ax.set_yticks(range(len(shares.index)), list(shares.index))
+    ax.set_xlabel("segment now")
+    ax.set_ylabel("segment before")
+    ax.set_title("Segment migration (share of each earlier segment)")
+    fig.colorbar(image, ax=ax, label="share")
+    fig.set_layout_engine("tight")
+    return fig
+
+
 def matrix_heatmap(table: pd.DataFrame, title: str, colorbar_label: str) -> Figure:
     """A frequency x recency matrix (rows: repeat purchases, columns: days of recency)."""
     fig = Figure(figsize=(8, 5))

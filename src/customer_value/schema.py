@@ -123,6 +123,7 @@ class TrackingConfig:
     artifact_root: str = "mlruns/artifacts"  # used for a local (SQLite) store only
     clv_experiment: str = "customer-clv"
     segments_experiment: str = "customer-segments"
+    scoring_experiment: str = "customer-scoring"  # scoring runs that log a segment migration
     clv_model: str = "customer-clv"
     segments_model: str = "customer-segments"
     alias: str = "champion"
@@ -148,6 +149,7 @@ class ScoreOptions:
     output: str = "scores/customer_scores.parquet"  # .parquet or .csv
     horizon_days: float | None = None  # null = the registered model's default
     intervals: bool = True  # add the prediction-interval columns (see uncertainty.py)
+    previous: str | None = None  # an earlier scoring output: write and log the segment migration
 
 
 @dataclass

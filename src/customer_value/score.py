@@ -16,12 +16,18 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig
 
-from customer_value import registry, tracking
+from customer_value import plots, registry, tracking
 from customer_value.clv import INPUT_COLUMNS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
 from customer_value.features import customer_features
 from customer_value.jobs import load_orders
+from customer_value.migration import (
+    load_previous_scores,
+    migration_summary,
+    transition_matrix,
+    transition_table,
+)
 from customer_value.schema import parse_day, register_configs, validate_score_config
 from customer_value.segmentation import SEGMENT_FEATURES
 
@@ -88,14 +94,47 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
 
 
 def score(cfg: DictConfig) -> Path:
+    """Score, then write the table (and, given ``score.previous``, the segment migration) atomically."""
+    previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
     table = score_customers(cfg)
+    migration = None if previous is None else transition_table(previous, table)
     output = write_table_atomically(table, Path(cfg.score.output))
+    if migration is not None:
+        _write_and_log_migration(cfg, migration, output, table)
     log.info(
         f"scored {len(table):,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
         f"v{table['segments_model_version'].iloc[0]} -> {output}"
     )
     return output
+
+
+def _write_and_log_migration(
+    cfg: DictConfig, migration: pd.DataFrame, output: Path, table: pd.DataFrame
+) -> None:
+    """Beside the scores as ``<name>.migration.csv``, and as a run in the scoring experiment (aggregates)."""
+    path = write_table_atomically(migration, output.with_name(f"{output.stem}.migration.csv"))
+    summary = migration_summary(migration)
+    tags = tracking.git_state() | {"data.name": cfg.data.name}
+    with tracking.run(cfg.tracking.scoring_experiment, cfg.tracking.artifact_root, None, tags):
+        mlflow.log_params(
+            {
+                "as_of": str(table["as_of"].iloc[0].date()),
+                "previous": str(cfg.score.previous),
+                "clv_model_version": table["clv_model_version"].iloc[0],
+                "segments_model_version": table["segments_model_version"].iloc[0],
+            }
+        )
+        tracking.log_metrics(summary)
+        tracking.log_table(migration, "migration/transitions.csv")
+        shares = transition_matrix(migration, "share_of_from")
+        tracking.log_figure(plots.migration_heatmap(shares), "plots/migration.png")
+    log.info(
+        "migration: %s customers followed, %.1f%% changed segment -> %s",
+        f"{summary['migration.customers_matched']:,.0f}",
+        100 * summary["migration.share_changed_segment"],
+        path,
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="score")
