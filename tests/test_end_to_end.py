@@ -20,7 +20,7 @@ from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
 from customer_value.data import load_transactions
-from customer_value.errors import ModelFitError
+from customer_value.errors import ModelFitError, UserError
 from customer_value.features import customer_features
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
@@ -457,3 +457,50 @@ def test_scoring_with_a_previous_output_writes_and_logs_the_migration(
     assert run["status"] == "FINISHED" and run["metrics.migration.customers_matched"] == len(before)
     logged = mlflow.artifacts.load_text(f"runs:/{run['run_id']}/migration/transitions.csv")
     assert not any(customer in logged for customer in after["customer_id"].head(50))  # aggregates only
+
+
+def test_value_based_segments_on_attributes_train_audit_and_score(
+    orders_csv: Path, synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Attributes and CLV outputs as features; a protected column in the file is audited, never used."""
+    customers = sorted(synthetic_orders["customer_id"].astype(str).unique())
+    rng = np.random.default_rng(0)
+    attributes_path = tmp_path / "attributes.csv"
+    pd.DataFrame(
+        {
+            "customer_id": customers,
+            "region": rng.choice(["north", "south", "east"], len(customers)),
+            "employees": rng.integers(1, 500, len(customers)),
+            "gender": rng.choice(["f", "m", "x"], len(customers)),
+        }
+    ).to_csv(attributes_path, index=False)
+    overrides = [
+        *_overrides(orders_csv, tracking_uri, tmp_path),
+        "clv.intervals.draws=0",
+        f"segmentation.attributes.path={attributes_path}",
+        "segmentation.attributes.numeric=[employees]",
+        "segmentation.attributes.categorical=[region]",
+        "segmentation.extra_features=[clv,churn_probability]",
+    ]
+    train(_compose("train", overrides))
+    run = _runs("customer-segments").iloc[-1]
+    assert run["tags.segments.protected_audit"] == "gender"
+    audit = pd.read_csv(
+        mlflow.artifacts.download_artifacts(f"runs:/{run['run_id']}/segments/protected_audit.csv")
+    )
+    assert set(audit["group"]) == {"f", "m", "x"} and audit["customers"].sum() == len(customers)
+    loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
+    inputs = loaded.metadata.signature.inputs.input_names()
+    assert inputs[-4:] == ["clv", "churn_probability", "employees", "region"] and "gender" not in inputs
+
+    base = [*overrides[:2], f"tracking.uri={tracking_uri}"]
+    with pytest.raises(UserError, match="set score.attributes_path"):
+        score_customers(_compose("score", base))
+    table = score_customers(_compose("score", [*base, f"score.attributes_path={attributes_path}"]))
+    assert len(table) == len(customers) and table["segment_name"].notna().all()
+
+    # Asking for a protected attribute as a feature is refused before any run starts.
+    runs_before = len(_runs("customer-clv"))
+    with pytest.raises(UserError, match="protected attribute"):
+        train(_compose("train", [*overrides, "segmentation.attributes.categorical=[region,gender]"]))
+    assert len(_runs("customer-clv")) == runs_before

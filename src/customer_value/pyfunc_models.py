@@ -21,7 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import INPUT_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
-from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+from customer_value.segmentation import FeatureSet, SegmentModel
 from customer_value.value_layer import ValueLayer
 
 CLV_SPEC_ARTIFACT = "clv_spec"
@@ -129,5 +129,12 @@ class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        features = validate_customer_rows(model_input, SEGMENT_FEATURES)
-        return self.model.predict(features).reset_index(drop=True)
+        features_in = getattr(self.model, "feature_set", FeatureSet())
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        behaviour = validate_customer_rows(frame, features_in.behaviour)
+        attributes = [*features_in.numeric, *features_in.categorical]
+        missing = [c for c in attributes if c not in frame.columns]
+        if missing:
+            raise invalid_input(f"input lacks attribute column(s) {missing}")
+        rows = behaviour.join(frame[attributes]) if attributes else behaviour
+        return self.model.predict(rows).reset_index(drop=True)

@@ -28,7 +28,7 @@ import customer_value
 from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from customer_value.errors import RegistryError
 from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
-from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+from customer_value.segmentation import SegmentModel
 
 PACKAGE_DIR = Path(customer_value.__file__).parent
 MODEL_CODE_DIR = PACKAGE_DIR / "model_code"
@@ -56,9 +56,14 @@ def clv_signature(horizon_days: float) -> ModelSignature:
     )
 
 
-def segments_signature() -> ModelSignature:
+def segments_signature(model: SegmentModel) -> ModelSignature:
+    """Behaviour and numeric attributes as doubles, categorical attributes as strings."""
+    features = model.feature_set
+    numeric = [*features.behaviour, *features.numeric]
     return ModelSignature(
-        inputs=Schema([ColSpec("double", c) for c in SEGMENT_FEATURES]),
+        inputs=Schema(
+            [ColSpec("double", c) for c in numeric] + [ColSpec("string", c) for c in features.categorical]
+        ),
         outputs=Schema([ColSpec("long", "segment"), ColSpec("string", "segment_name")]),
     )
 
@@ -88,8 +93,8 @@ def log_segments_model(model: SegmentModel, example: pd.DataFrame) -> ModelInfo:
             python_model=str(MODEL_CODE_DIR / "segments_model.py"),
             artifacts={SEGMENT_ARTIFACT: str(model_path)},
             code_paths=[str(PACKAGE_DIR)],
-            signature=segments_signature(),
-            input_example=example[SEGMENT_FEATURES].head(5).reset_index(drop=True),
+            signature=segments_signature(model),
+            input_example=example[model.input_columns].head(5).reset_index(drop=True),
             pip_requirements=_requirements(),
         )
 

@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from customer_value.errors import UserError
+from customer_value.segment_attributes import refuse_protected_features
 
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
 
@@ -101,6 +102,18 @@ class StabilityConfig:
     window_days: int = 90  # compare with a fit this many days earlier; 0 = skip
 
 
+PROTECTED_DEFAULT = ["age", "gender", "sex", "race", "ethnicity", "religion", "disability", "marital_status"]
+
+
+@dataclass
+class AttributesConfig:
+    path: str | None = None  # CSV or Parquet, one row per customer; null = behaviour only
+    customer_id: str = "customer_id"
+    numeric: list[str] = field(default_factory=list)  # clustering features: median-imputed, standardised
+    categorical: list[str] = field(default_factory=list)  # clustering features: one-hot
+    protected: list[str] = field(default_factory=lambda: list(PROTECTED_DEFAULT))  # never features; audited
+
+
 @dataclass
 class SegmentationConfig:
     algorithm: str = "kmeans"  # see clusterers.ALGORITHMS
@@ -113,6 +126,8 @@ class SegmentationConfig:
     min_cluster_size: int = 50  # hdbscan
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     actions: dict[str, str] = field(default_factory=dict)  # segment base name -> recommended action
+    extra_features: list[str] = field(default_factory=list)  # clv, churn_probability: value-based segments
+    attributes: AttributesConfig = field(default_factory=AttributesConfig)
     silhouette_sample: int = 10_000
     primary_metric: str = "segments.silhouette"  # gate metric, higher is better
 
@@ -149,6 +164,7 @@ class ScoreOptions:
     output: str = "scores/customer_scores.parquet"  # .parquet or .csv
     horizon_days: float | None = None  # null = the registered model's default
     intervals: bool = True  # add the prediction-interval columns (see uncertainty.py)
+    attributes_path: str | None = None  # the attributes file, when the segments model clusters on attributes
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
 
 
@@ -238,6 +254,15 @@ def validate_train_config(cfg: DictConfig) -> None:
         (cfg.segmentation.fit_sample >= 100, "segmentation.fit_sample must be >= 100"),
         (cfg.segmentation.min_cluster_size >= 2, "segmentation.min_cluster_size must be >= 2"),
         (
+            set(cfg.segmentation.extra_features) <= {"clv", "churn_probability"},
+            "segmentation.extra_features may hold clv and churn_probability only",
+        ),
+        (
+            cfg.segmentation.attributes.path is not None
+            or not (cfg.segmentation.attributes.numeric or cfg.segmentation.attributes.categorical),
+            "segmentation.attributes.numeric / categorical need segmentation.attributes.path",
+        ),
+        (
             cfg.segmentation.stability.bootstrap_resamples >= 0
             and cfg.segmentation.stability.window_days >= 0,
             "segmentation.stability values must be >= 0",
@@ -261,6 +286,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
     ]
     _raise_first(checks)
+    refuse_protected_features(cfg.segmentation.attributes, list(cfg.segmentation.extra_features))
     parse_day(cfg.split.calibration_end, "split.calibration_end")
     parse_day(cfg.data.anchors.calibration_end, "data.anchors.calibration_end")
 

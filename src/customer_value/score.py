@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 import mlflow
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from customer_value import plots, registry, tracking
 from customer_value.clv import INPUT_COLUMNS
@@ -29,7 +29,8 @@ from customer_value.migration import (
     transition_table,
 )
 from customer_value.schema import parse_day, register_configs, validate_score_config
-from customer_value.segmentation import SEGMENT_FEATURES
+from customer_value.segment_attributes import join_attributes, load_attributes
+from customer_value.segmentation import SEGMENT_FEATURES, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,14 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
     horizon = cfg.score.horizon_days
     if horizon is None:
-        horizon = next(
-            p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days"
-        )
+        horizon = default_horizon(clv_model)
     params = {"horizon_days": float(horizon), "intervals": bool(cfg.score.intervals)}
     values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
-    segments = segments_model.predict(rows[SEGMENT_FEATURES])
+    segment_inputs = _segment_inputs(cfg, segments_model, features, clv_model, horizon, values)
+    segments = segments_model.predict(segment_inputs)
 
     table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
     # Beyond a century the wait means "not expected": no date rather than an out-of-range timestamp.
@@ -68,6 +68,53 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     table["clv_model_version"] = str(clv_version.version)
     table["segments_model_version"] = str(segments_version.version)
     return table
+
+
+def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
+    """The registered CLV model's default horizon (its ``horizon_days`` parameter)."""
+    return next(p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days")
+
+
+def _segment_inputs(
+    cfg: DictConfig,
+    segments_model: mlflow.pyfunc.PyFuncModel,
+    features: pd.DataFrame,
+    clv_model: mlflow.pyfunc.PyFuncModel,
+    horizon: float,
+    values: pd.DataFrame,
+) -> pd.DataFrame:
+    """What the segments champion clusters on: RFM, and when it was trained so, CLV outputs (at the CLV
+    model's own default horizon, as in training) and customer attributes (``score.attributes_path``)."""
+    model = segments_model.unwrap_python_model().model
+    feature_set = getattr(model, "feature_set", FeatureSet())
+    rows = features.reset_index(drop=True)[SEGMENT_FEATURES]
+    if feature_set.extra:
+        default = default_horizon(clv_model)
+        if float(default) != float(horizon):
+            values = clv_model.predict(
+                features.reset_index(drop=True)[INPUT_COLUMNS],
+                params={"horizon_days": float(default), "intervals": False},
+            )
+        rows = rows.join(values[list(feature_set.extra)])
+    attributes = [*feature_set.numeric, *feature_set.categorical]
+    if attributes:
+        if cfg.score.attributes_path is None:
+            raise UserError(
+                f"the segments champion clusters on attribute columns {attributes}: set score.attributes_path"
+            )
+        spec = OmegaConf.create(
+            {
+                "path": cfg.score.attributes_path,
+                "customer_id": "customer_id",
+                "numeric": list(feature_set.numeric),
+                "categorical": list(feature_set.categorical),
+                "protected": [],
+            }
+        )
+        table, _ = load_attributes(spec)
+        joined = join_attributes(features[[]], table, attributes).reset_index(drop=True)
+        rows = rows.join(joined)
+    return rows
 
 
 def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:

@@ -37,11 +37,17 @@ def bootstrap_ari(
 
 
 def window_ari(
-    orders: pd.DataFrame, as_of: pd.Timestamp, window_days: int, make_model: Callable[[], SegmentModel]
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+    window_days: int,
+    make_model: Callable[[], SegmentModel],
+    complete: Callable[[pd.DataFrame], pd.DataFrame] = lambda table: table,
 ) -> float:
-    """ARI between fits as of ``as_of - window_days`` and ``as_of``, both assigning today's customers."""
-    now = customer_features(orders, as_of)
-    before = customer_features(orders, as_of - pd.Timedelta(days=window_days))
+    """ARI between fits as of ``as_of - window_days`` and ``as_of``, both assigning today's customers.
+
+    ``complete`` adds what the model needs beyond the customer table (e.g. attribute columns)."""
+    now = complete(customer_features(orders, as_of))
+    before = complete(customer_features(orders, as_of - pd.Timedelta(days=window_days)))
     earlier, current = make_model().fit(before), make_model().fit(now)
     return float(
         adjusted_rand_score(

@@ -7,12 +7,15 @@ behaviour keeps the same id across refits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, QuantileTransformer, StandardScaler
 
 from customer_value.clusterers import RFMQuintiles, fitted_labels, make_clusterer
 from customer_value.errors import ModelFitError
@@ -23,6 +26,25 @@ PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spe
 
 
 PREPROCESSING = ("log", "quantile")
+EXTRA_BEHAVIOUR = ("clv", "churn_probability")  # the CLV model's outputs, usable as clustering features
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a segmentation clusters on: RFM + tenure, optional CLV outputs, optional customer attributes."""
+
+    extra: tuple[str, ...] = ()  # from EXTRA_BEHAVIOUR: transformed like the RFM columns
+    numeric: tuple[str, ...] = ()  # numeric attributes: median-imputed, standardised
+    categorical: tuple[str, ...] = ()  # categorical attributes: one-hot, unseen values ignored
+
+    @property
+    def behaviour(self) -> list[str]:
+        return [*SEGMENT_FEATURES, *self.extra]
+
+    @property
+    def columns(self) -> list[str]:
+        """The model's input columns, in order."""
+        return [*self.behaviour, *self.numeric, *self.categorical]
 
 
 def build_pipeline(
@@ -32,8 +54,10 @@ def build_pipeline(
     preprocessing: str = "log",
     fit_sample: int = 20_000,
     min_cluster_size: int = 50,
+    feature_set: FeatureSet = FeatureSet(),
 ) -> Pipeline:
-    """Preprocess the RFM-and-tenure columns (log1p or normal-quantile, then standardise), then cluster."""
+    """Preprocess (behaviour: log1p or normal-quantile then standardise; numeric attributes: impute and
+    standardise; categorical: one-hot), then cluster. The RFM columns come first (RFMQuintiles reads them)."""
     if preprocessing == "log":
         transform = FunctionTransformer(np.log1p)
     elif preprocessing == "quantile":
@@ -43,9 +67,16 @@ def build_pipeline(
             f"unknown segmentation.preprocessing '{preprocessing}'; choose one of {PREPROCESSING}"
         )
     scale = Pipeline([("transform", transform), ("scale", StandardScaler())])
+    parts = [("rfm", scale, feature_set.behaviour)]
+    if feature_set.numeric:
+        numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        parts.append(("numeric", numeric, list(feature_set.numeric)))
+    if feature_set.categorical:
+        one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        parts.append(("categorical", one_hot, list(feature_set.categorical)))
     return Pipeline(
         [
-            ("features", ColumnTransformer([("rfm", scale, SEGMENT_FEATURES)], remainder="drop")),
+            ("features", ColumnTransformer(parts, remainder="drop")),
             ("cluster", make_clusterer(algorithm, n_clusters, seed, fit_sample, min_cluster_size)),
         ]
     )
@@ -121,6 +152,7 @@ class SegmentModel:
         preprocessing: str = "log",
         fit_sample: int = 20_000,
         min_cluster_size: int = 50,
+        feature_set: FeatureSet = FeatureSet(),
     ) -> None:
         self.n_clusters = n_clusters
         self.seed = seed
@@ -128,6 +160,12 @@ class SegmentModel:
         self.preprocessing = preprocessing
         self.fit_sample = fit_sample
         self.min_cluster_size = min_cluster_size
+        self.feature_set = feature_set
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns ``predict`` needs (models pickled before feature sets existed used the RFM four)."""
+        return getattr(self, "feature_set", FeatureSet()).columns
 
     def fit(self, features: pd.DataFrame) -> SegmentModel:
         if len(features) < self.n_clusters:
@@ -141,6 +179,7 @@ class SegmentModel:
             self.preprocessing,
             self.fit_sample,
             self.min_cluster_size,
+            self.feature_set,
         )
         if self.preprocessing == "quantile":  # no more quantiles than customers
             pipeline.set_params(features__rfm__transform__n_quantiles=min(1000, len(features)))

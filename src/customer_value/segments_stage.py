@@ -15,11 +15,13 @@ from customer_value.clusterers import TAKES_K
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import customer_features
+from customer_value.segment_attributes import join_attributes, load_attributes, protected_audit
 from customer_value.segment_names import action_for
 from customer_value.segment_selection import choose_k, criterion_curves, require_substantial, substantial
 from customer_value.segment_stability import bootstrap_ari, window_ari
 from customer_value.segmentation import (
     SEGMENT_FEATURES,
+    FeatureSet,
     SegmentModel,
     evaluation_space,
     profile,
@@ -40,7 +42,18 @@ def train_segments(
     to the profile."""
     seg = cfg.segmentation
     as_of = orders["date"].max()
-    features = customer_features(orders, as_of)
+    feature_set = FeatureSet(
+        tuple(seg.extra_features), tuple(seg.attributes.numeric), tuple(seg.attributes.categorical)
+    )
+    attributes, protected = load_attributes(seg.attributes) if seg.attributes.path is not None else (None, [])
+    attribute_columns = [*feature_set.numeric, *feature_set.categorical]
+
+    def with_attributes(table: pd.DataFrame) -> pd.DataFrame:
+        return table if attributes is None else join_attributes(table, attributes, attribute_columns)
+
+    features = with_attributes(customer_features(orders, as_of))
+    if feature_set.extra:
+        features = features.join(clv_outputs[list(feature_set.extra)])
 
     def make_model(k: int = seg.n_clusters) -> SegmentModel:
         return SegmentModel(
@@ -50,6 +63,7 @@ def train_segments(
             preprocessing=seg.preprocessing,
             fit_sample=seg.fit_sample,
             min_cluster_size=seg.min_cluster_size,
+            feature_set=feature_set,
         )
 
     model = _fit_substantial(cfg, features, make_model)
@@ -62,7 +76,12 @@ def train_segments(
         )
 
     metrics = quality(segments)
-    metrics |= _stability(cfg, orders, as_of, features, segments, make_model)
+    window = None if feature_set.extra else with_attributes  # CLV outputs exist for today only
+    metrics |= _stability(cfg, orders, as_of, features, segments, make_model, window)
+    if protected:
+        audit = protected_audit(pd.Series(segments, index=features.index), attributes[protected])
+        tracking.log_table(audit, "segments/protected_audit.csv")
+        mlflow.set_tag("segments.protected_audit", ",".join(protected))
     clusterer = model.pipeline_.named_steps["cluster"]
     if hasattr(clusterer, "noise_share_"):
         metrics["segments.noise_share"] = clusterer.noise_share_
@@ -100,7 +119,11 @@ def train_segments(
                 "choosing the algorithm and k is a decision"
             )
             return registry.ChampionJudgement(version, None, reason)
-        labels = loaded.predict(features[SEGMENT_FEATURES].reset_index(drop=True))["segment"].to_numpy()
+        columns = champion.input_columns if hasattr(champion, "feature_set") else SEGMENT_FEATURES
+        if [c for c in columns if c not in features.columns]:
+            reason = f"it needs input columns {columns} that this run's features lack"
+            return registry.ChampionJudgement(version, None, reason)
+        labels = loaded.predict(features[columns].reset_index(drop=True))["segment"].to_numpy()
         score = quality(labels).get(cfg.segmentation.primary_metric)
         return registry.ChampionJudgement(version, score, "re-scored on this run's customers")
 
@@ -155,8 +178,11 @@ def _stability(
     features: pd.DataFrame,
     segments: np.ndarray,
     make_model: Callable[..., SegmentModel],
+    window: Callable[[pd.DataFrame], pd.DataFrame] | None,
 ) -> dict[str, float]:
-    """Bootstrap and adjacent-window adjusted Rand indices of the chosen configuration."""
+    """Bootstrap and adjacent-window adjusted Rand indices of the chosen configuration.
+
+    ``window`` completes an earlier window's customer table (attributes); None skips the window check."""
     stability = cfg.segmentation.stability
     k = int(segments.max()) + 1
     metrics: dict[str, float] = {}
@@ -166,10 +192,10 @@ def _stability(
         )
         metrics |= {"segments.stability.bootstrap_ari_mean": mean, "segments.stability.bootstrap_ari_sd": sd}
     earlier = as_of - pd.Timedelta(days=stability.window_days)
-    if stability.window_days > 0 and (orders["date"] <= earlier).sum() > 0:
+    if window is not None and stability.window_days > 0 and (orders["date"] <= earlier).sum() > 0:
         try:
             metrics["segments.stability.window_ari"] = window_ari(
-                orders, as_of, stability.window_days, lambda: make_model(k)
+                orders, as_of, stability.window_days, lambda: make_model(k), window
             )
         except ModelFitError as exc:  # too few customers in the earlier window: say so, not a failure
             log.warning("segments: no window stability (%s)", exc)
