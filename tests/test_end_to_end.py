@@ -271,7 +271,11 @@ def test_a_job_that_fails_late_registers_nothing(orders_csv: Path, tracking_uri:
     """The segments stage fails after the CLV stage succeeded: exit 1 and no version of either model."""
     result = _cli(
         "customer_value.train",
-        [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.n_clusters=5000"],
+        [
+            *_overrides(orders_csv, tracking_uri, tmp_path),
+            "segmentation.k_values=[]",
+            "segmentation.n_clusters=5000",
+        ],
         tmp_path,
         tracking_uri,
     )
@@ -504,3 +508,19 @@ def test_value_based_segments_on_attributes_train_audit_and_score(
     with pytest.raises(UserError, match="protected attribute"):
         train(_compose("train", [*overrides, "segmentation.attributes.categorical=[region,gender]"]))
     assert len(_runs("customer-clv")) == runs_before
+
+
+def test_segments_on_purchase_regularity_train_and_score(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    overrides = [
+        *_overrides(orders_csv, tracking_uri, tmp_path),
+        "clv.intervals.draws=0",
+        "segmentation.extra_features=[regularity]",
+    ]
+    metrics = train(_compose("train", overrides))
+    assert -1 <= metrics["segments.stability.window_ari"] <= 1  # the earlier window gets its own regularity
+    loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
+    assert loaded.metadata.signature.inputs.input_names()[-1] == "regularity"
+    table = score_customers(_compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}"]))
+    assert table["segment_name"].notna().all()

@@ -103,3 +103,28 @@ def test_row_order_does_not_change_the_features(sample_orders: pd.DataFrame) -> 
         np.zeros(len(sample_orders), dtype=int)
     )
     pd.testing.assert_frame_equal(customer_features(shuffled, as_of), customer_features(sample_orders, as_of))
+
+
+def test_purchase_regularity_is_the_coefficient_of_variation_of_gaps() -> None:
+    from customer_value.features import purchase_regularity
+
+    days = pd.to_datetime
+    orders = pd.DataFrame(
+        {
+            "customer_id": ["clock"] * 4 + ["bursty"] * 4 + ["two"] * 2,
+            "date": days(
+                ["2024-01-01", "2024-01-11", "2024-01-21", "2024-01-31"]
+                + ["2024-01-01", "2024-01-02", "2024-01-03", "2024-03-01"]
+                + ["2024-01-01", "2024-02-01"]
+            ),
+            "amount": 1.0,
+        }
+    )
+    regularity = purchase_regularity(orders, days("2024-12-31"))
+    assert regularity["clock"] == 0.0
+    gaps = np.array([1.0, 1.0, 58.0])
+    assert regularity["bursty"] == pytest.approx(gaps.std(ddof=1) / gaps.mean())
+    assert np.isnan(regularity["two"])  # one gap: no regularity to measure
+    # Orders after as_of are ignored: by 2024-01-15 "clock" had one gap, by 2024-01-21 two equal ones.
+    assert np.isnan(purchase_regularity(orders, days("2024-01-15"))["clock"])
+    assert purchase_regularity(orders, days("2024-01-21"))["clock"] == 0.0

@@ -131,7 +131,12 @@ class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         features_in = getattr(self.model, "feature_set", FeatureSet())
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        behaviour = validate_customer_rows(frame, features_in.behaviour)
+        checked = [c for c in features_in.behaviour if c != "regularity"]  # regularity may be NaN
+        behaviour = validate_customer_rows(frame, checked)
+        if "regularity" in features_in.behaviour:
+            if "regularity" not in frame.columns:
+                raise invalid_input("input lacks column(s) ['regularity']")
+            behaviour["regularity"] = pd.to_numeric(frame["regularity"], errors="coerce").to_numpy()
         attributes = [*features_in.numeric, *features_in.categorical]
         missing = [c for c in attributes if c not in frame.columns]
         if missing:

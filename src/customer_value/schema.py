@@ -254,8 +254,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         (cfg.segmentation.fit_sample >= 100, "segmentation.fit_sample must be >= 100"),
         (cfg.segmentation.min_cluster_size >= 2, "segmentation.min_cluster_size must be >= 2"),
         (
-            set(cfg.segmentation.extra_features) <= {"clv", "churn_probability"},
-            "segmentation.extra_features may hold clv and churn_probability only",
+            set(cfg.segmentation.extra_features) <= {"clv", "churn_probability", "regularity"},
+            "segmentation.extra_features may hold clv, churn_probability and regularity only",
         ),
         (
             cfg.segmentation.attributes.path is not None

@@ -20,7 +20,7 @@ from customer_value import plots, registry, tracking
 from customer_value.clv import INPUT_COLUMNS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
-from customer_value.features import customer_features
+from customer_value.features import customer_features, purchase_regularity
 from customer_value.jobs import load_orders
 from customer_value.migration import (
     load_previous_scores,
@@ -56,7 +56,7 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
-    segment_inputs = _segment_inputs(cfg, segments_model, features, clv_model, horizon, values)
+    segment_inputs = _segment_inputs(cfg, segments_model, features, clv_model, horizon, values, orders, as_of)
     segments = segments_model.predict(segment_inputs)
 
     table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
@@ -82,20 +82,26 @@ def _segment_inputs(
     clv_model: mlflow.pyfunc.PyFuncModel,
     horizon: float,
     values: pd.DataFrame,
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
 ) -> pd.DataFrame:
     """What the segments champion clusters on: RFM, and when it was trained so, CLV outputs (at the CLV
-    model's own default horizon, as in training) and customer attributes (``score.attributes_path``)."""
+    model's own default horizon, as in training), purchase regularity and customer attributes
+    (``score.attributes_path``)."""
     model = segments_model.unwrap_python_model().model
     feature_set = getattr(model, "feature_set", FeatureSet())
     rows = features.reset_index(drop=True)[SEGMENT_FEATURES]
-    if feature_set.extra:
+    if "regularity" in feature_set.extra:
+        rows["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
+    clv_columns = [c for c in feature_set.extra if c != "regularity"]
+    if clv_columns:
         default = default_horizon(clv_model)
         if float(default) != float(horizon):
             values = clv_model.predict(
                 features.reset_index(drop=True)[INPUT_COLUMNS],
                 params={"horizon_days": float(default), "intervals": False},
             )
-        rows = rows.join(values[list(feature_set.extra)])
+        rows = rows.join(values[clv_columns])
     attributes = [*feature_set.numeric, *feature_set.categorical]
     if attributes:
         if cfg.score.attributes_path is None:

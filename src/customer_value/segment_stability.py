@@ -41,13 +41,15 @@ def window_ari(
     as_of: pd.Timestamp,
     window_days: int,
     make_model: Callable[[], SegmentModel],
-    complete: Callable[[pd.DataFrame], pd.DataFrame] = lambda table: table,
+    complete: Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame] = lambda table, day: table,
 ) -> float:
     """ARI between fits as of ``as_of - window_days`` and ``as_of``, both assigning today's customers.
 
-    ``complete`` adds what the model needs beyond the customer table (e.g. attribute columns)."""
-    now = complete(customer_features(orders, as_of))
-    before = complete(customer_features(orders, as_of - pd.Timedelta(days=window_days)))
+    ``complete(table, day)`` adds what the model needs beyond the customer table (attributes, regularity
+    as of ``day``)."""
+    earlier = as_of - pd.Timedelta(days=window_days)
+    now = complete(customer_features(orders, as_of), as_of)
+    before = complete(customer_features(orders, earlier), earlier)
     earlier, current = make_model().fit(before), make_model().fit(now)
     return float(
         adjusted_rand_score(

@@ -26,7 +26,8 @@ PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spe
 
 
 PREPROCESSING = ("log", "quantile")
-EXTRA_BEHAVIOUR = ("clv", "churn_probability")  # the CLV model's outputs, usable as clustering features
+# Optional behaviour features: the CLV model's outputs, purchase regularity (features.purchase_regularity).
+EXTRA_BEHAVIOUR = ("clv", "churn_probability", "regularity")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ def build_pipeline(
         raise ModelFitError(
             f"unknown segmentation.preprocessing '{preprocessing}'; choose one of {PREPROCESSING}"
         )
-    scale = Pipeline([("transform", transform), ("scale", StandardScaler())])
-    parts = [("rfm", scale, feature_set.behaviour)]
+    steps = [("transform", transform), ("scale", StandardScaler())]
+    if "regularity" in feature_set.extra:  # NaN for customers with under three purchase days
+        steps.insert(0, ("impute", SimpleImputer(strategy="median")))
+    parts = [("rfm", Pipeline(steps), feature_set.behaviour)]
     if feature_set.numeric:
         numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         parts.append(("numeric", numeric, list(feature_set.numeric)))

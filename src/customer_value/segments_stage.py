@@ -14,7 +14,7 @@ from customer_value import plots, registry, tracking
 from customer_value.clusterers import TAKES_K
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
-from customer_value.features import customer_features
+from customer_value.features import customer_features, purchase_regularity
 from customer_value.segment_attributes import join_attributes, load_attributes, protected_audit
 from customer_value.segment_names import action_for
 from customer_value.segment_selection import choose_k, criterion_curves, require_substantial, substantial
@@ -52,8 +52,7 @@ def train_segments(
         return table if attributes is None else join_attributes(table, attributes, attribute_columns)
 
     features = with_attributes(customer_features(orders, as_of))
-    if feature_set.extra:
-        features = features.join(clv_outputs[list(feature_set.extra)])
+    features = with_extra_features(features, feature_set, orders, as_of, clv_outputs)
 
     def make_model(k: int = seg.n_clusters) -> SegmentModel:
         return SegmentModel(
@@ -76,7 +75,12 @@ def train_segments(
         )
 
     metrics = quality(segments)
-    window = None if feature_set.extra else with_attributes  # CLV outputs exist for today only
+
+    def window(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
+        return with_extra_features(with_attributes(table), feature_set, orders, day, None)
+
+    clv_based = {"clv", "churn_probability"} & set(feature_set.extra)
+    window = None if clv_based else window  # CLV outputs exist for today only
     metrics |= _stability(cfg, orders, as_of, features, segments, make_model, window)
     if protected:
         audit = protected_audit(pd.Series(segments, index=features.index), attributes[protected])
@@ -178,7 +182,7 @@ def _stability(
     features: pd.DataFrame,
     segments: np.ndarray,
     make_model: Callable[..., SegmentModel],
-    window: Callable[[pd.DataFrame], pd.DataFrame] | None,
+    window: Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame] | None,
 ) -> dict[str, float]:
     """Bootstrap and adjacent-window adjusted Rand indices of the chosen configuration.
 
@@ -200,6 +204,22 @@ def _stability(
         except ModelFitError as exc:  # too few customers in the earlier window: say so, not a failure
             log.warning("segments: no window stability (%s)", exc)
     return metrics
+
+
+def with_extra_features(
+    features: pd.DataFrame,
+    feature_set: FeatureSet,
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+    clv_outputs: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """Join the optional behaviour features a segmentation asked for (CLV outputs, purchase regularity)."""
+    clv_columns = [c for c in feature_set.extra if c in ("clv", "churn_probability")]
+    if clv_columns:
+        features = features.join(clv_outputs[clv_columns])
+    if "regularity" in feature_set.extra:
+        features = features.join(purchase_regularity(orders, as_of))
+    return features
 
 
 def segment_profile(
