@@ -47,6 +47,24 @@ def test_every_experiment_composes(experiment: str) -> None:
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+def test_the_segments_sweep_covers_algorithm_by_k() -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=["hparams_search=segments_grid"], return_hydra_config=True
+        )
+    params = cfg.hydra.sweeper.params
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric == "segments.silhouette"
+    assert params["segmentation"].split(",") == ["kmeans", "minibatch_kmeans", "gmm", "ward"]
+    assert params["segmentation.n_clusters"].split(",") == ["3", "4", "5", "6", "7", "8"]
+    # Every cell composes and validates as a run would.
+    for algorithm in params["segmentation"].split(","):
+        cell = _compose(
+            "train", [f"segmentation={algorithm}", "segmentation.k_values=[]", "segmentation.n_clusters=8"]
+        )
+        validate_train_config(cell)
+
+
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _compose("train", [])

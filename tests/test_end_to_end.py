@@ -524,3 +524,63 @@ def test_segments_on_purchase_regularity_train_and_score(
     assert loaded.metadata.signature.inputs.input_names()[-1] == "regularity"
     table = score_customers(_compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}"]))
     assert table["segment_name"].notna().all()
+
+
+def test_no_customer_id_reaches_mlflow_and_algorithms_share_metric_columns(
+    synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Every text artifact of every run and logged model is free of customer ids; a KMeans run and the
+    RFM-quintile baseline are comparable side by side on the same segment metric columns."""
+    orders = synthetic_orders.assign(customer_id="cust-secret-" + synthetic_orders["customer_id"].astype(str))
+    path = tmp_path / "orders.csv"
+    orders.to_csv(path, index=False)
+    overrides = [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0"]
+    train(_compose("train", overrides))
+    train(_compose("train", [*overrides, "segmentation=rfm_quintiles", "segmentation.min_share=0.01"]))
+
+    client = MlflowClient()
+    roots = []
+    for experiment in ("customer-clv", "customer-segments"):
+        for run_id in _runs(experiment)["run_id"]:
+            roots.append(
+                Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=run_id, artifact_path="", dst_path=str(tmp_path / run_id)
+                    )
+                )
+            )
+    for version in client.search_model_versions():
+        roots.append(
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    version.source, dst_path=str(tmp_path / f"m{version.name}{version.version}")
+                )
+            )
+        )
+    scanned = 0
+    for root in roots:
+        for file in root.rglob("*"):
+            if file.is_file() and file.suffix in {".csv", ".json", ".yaml", ".txt", ".md", ""}:
+                assert "cust-secret-" not in file.read_text(errors="ignore"), file
+                scanned += 1
+    assert scanned > 20
+
+    runs = _runs("customer-segments")
+
+    def columns(row: pd.Series) -> set[str]:
+        return {
+            c
+            for c in runs.columns
+            if c.startswith("metrics.segments.") and ".size." not in c and pd.notna(row[c])
+        }
+
+    kmeans, baseline = runs.iloc[0], runs.iloc[1]
+    assert baseline["params.segmentation.algorithm"] == "rfm_quintiles"
+    shared = {
+        "metrics.segments.silhouette",
+        "metrics.segments.davies_bouldin",
+        "metrics.segments.calinski_harabasz",
+        "metrics.segments.stability.bootstrap_ari_mean",
+        "metrics.segments.stability.window_ari",
+    }
+    assert shared <= columns(kmeans) and shared <= columns(baseline)

@@ -124,6 +124,23 @@ def segment_sizes(profile: pd.DataFrame) -> Figure:
     return fig
 
 
+def segment_projection(
+    points: np.ndarray, segments: np.ndarray, names: dict[int, str], explained: np.ndarray
+) -> Figure:
+    """Customers in the first two principal components of the model's preprocessed inputs."""
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    for segment in sorted(names):
+        mask = segments == segment
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.5, label=f"{segment}: {names[segment]}")
+    ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
+    ax.set_title("Segments in a 2-D projection of the clustering space")
+    ax.legend(markerscale=3, fontsize=8)
+    fig.set_layout_engine("tight")
+    return fig
+
+
 def segment_scatter(features: pd.DataFrame, segments: np.ndarray, names: dict[int, str], seed: int) -> Figure:
     """Recency vs frequency, coloured by segment (a sample of at most 5,000 customers)."""
     rng = np.random.default_rng(seed)

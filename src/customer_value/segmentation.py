@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
@@ -90,6 +91,18 @@ def evaluation_space(features: pd.DataFrame) -> np.ndarray:
     values = np.log1p(features[SEGMENT_FEATURES].to_numpy(dtype="float64"))
     spread = values.std(axis=0)
     return (values - values.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def projection_2d(
+    model: SegmentModel, features: pd.DataFrame, seed: int, sample: int = 5_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the model's own preprocessed inputs for a sample: (2-D points, segments, explained ratio)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(features), size=min(sample, len(features)), replace=False)
+    chosen = features.iloc[np.sort(rows)]
+    space = model.pipeline_.named_steps["features"].transform(chosen)
+    pca = PCA(n_components=2, random_state=seed).fit(space)
+    return pca.transform(space), model.predict(chosen)["segment"].to_numpy(), pca.explained_variance_ratio_
 
 
 def value_order(labels: np.ndarray, spend: np.ndarray) -> np.ndarray:

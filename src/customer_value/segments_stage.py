@@ -25,6 +25,7 @@ from customer_value.segmentation import (
     SegmentModel,
     evaluation_space,
     profile,
+    projection_2d,
     quality_metrics,
 )
 from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
@@ -98,6 +99,10 @@ def train_segments(
     tracking.log_table(table, "segments/profile.csv")
     tracking.log_figure(plots.segment_sizes(table), "plots/segment_sizes.png")
     tracking.log_figure(plots.profile_heatmap(table), "plots/segment_profile_heatmap.png")
+    points, sampled, explained = projection_2d(model, features, cfg.seed)
+    tracking.log_figure(
+        plots.segment_projection(points, sampled, model.names_, explained), "plots/segment_projection.png"
+    )
     tracking.log_figure(
         plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
     )
