@@ -108,13 +108,16 @@ def profile_heatmap(profile: pd.DataFrame) -> Figure:
 
 
 def segment_sizes(profile: pd.DataFrame) -> Figure:
-    """Share of customers and share of spend per segment."""
+    """Share of customers, of past spend and (when profiled) of predicted value per segment."""
     labels = [f"{i}: {n}" for i, n in zip(profile.index, profile["segment_name"], strict=True)]
+    bars = [("share", "customers"), ("spend_share", "past spend"), ("value_share", "predicted value")]
+    bars = [(column, label) for column, label in bars if column in profile.columns]
     positions = np.arange(len(profile))
+    height = 0.8 / len(bars)
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
-    ax.barh(positions + 0.2, profile["share"], height=0.4, label="customers")
-    ax.barh(positions - 0.2, profile["spend_share"], height=0.4, label="spend")
+    for offset, (column, label) in enumerate(bars):
+        ax.barh(positions - 0.4 + height * (offset + 0.5), profile[column], height=height, label=label)
     ax.set_yticks(positions, labels)
     ax.invert_yaxis()
     ax.set_xlabel("share")
