@@ -112,8 +112,3 @@ def make_clusterer(
     if algorithm == "rfm_quintiles":
         return RFMQuintiles()
     raise ModelFitError(f"unknown segmentation.algorithm '{algorithm}'; choose one of {list(ALGORITHMS)}")
-
-
-def fitted_labels(clusterer: BaseEstimator, X: np.ndarray) -> np.ndarray:
-    """Training labels of a fitted clusterer (GaussianMixture has no ``labels_``)."""
-    return clusterer.labels_ if hasattr(clusterer, "labels_") else clusterer.predict(X)

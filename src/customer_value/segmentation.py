@@ -18,7 +18,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, QuantileTransformer, StandardScaler
 
-from customer_value.clusterers import RFMQuintiles, fitted_labels, make_clusterer
+from customer_value.clusterers import RFMQuintiles, make_clusterer
 from customer_value.errors import ModelFitError
 from customer_value.segment_names import name_segments
 
@@ -201,8 +201,8 @@ class SegmentModel:
             pipeline.set_params(features__rfm__transform__n_quantiles=min(1000, len(features)))
         self.pipeline_ = pipeline.fit(features)
         clusterer = self.pipeline_.named_steps["cluster"]
-        transformed = self.pipeline_.named_steps["features"].transform(features)
-        raw = fitted_labels(clusterer, transformed)
+        # Training labels; GaussianMixture keeps none, so only it pays a second pass through the pipeline.
+        raw = clusterer.labels_ if hasattr(clusterer, "labels_") else self.pipeline_.predict(features)
         self.label_map_ = value_order(raw, features["total_spend"].to_numpy())
         segments = self.label_map_[raw]
         self.profile_ = profile(features, segments)

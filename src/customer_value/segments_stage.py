@@ -77,12 +77,13 @@ def train_segments(
 
     metrics = quality(segments)
 
-    def window(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
+    def complete_window(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
         return with_extra_features(with_attributes(table), feature_set, orders, day, None)
 
-    clv_based = {"clv", "churn_probability"} & set(feature_set.extra)
-    window = None if clv_based else window  # CLV outputs exist for today only
-    metrics |= _stability(cfg, orders, as_of, features, segments, make_model, window)
+    clv_based = {"clv", "churn_probability"} & set(feature_set.extra)  # CLV outputs exist for today only
+    metrics |= _stability(
+        cfg, orders, as_of, features, segments, make_model, None if clv_based else complete_window
+    )
     if protected:
         audit = protected_audit(pd.Series(segments, index=features.index), attributes[protected])
         tracking.log_table(audit, "segments/protected_audit.csv")
