@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -584,3 +585,43 @@ def test_no_customer_id_reaches_mlflow_and_algorithms_share_metric_columns(
         "metrics.segments.stability.window_ari",
     }
     assert shared <= columns(kmeans) and shared <= columns(baseline)
+
+
+def test_every_registered_version_carries_a_model_card(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Description and card.* tags: data window, row counts, metrics beside the champion's, config, commit
+    and the producing run; the second version's card shows the first (champion) re-scored on its data."""
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    train(_compose("train", overrides))
+    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001", "segmentation.n_clusters=4"]))
+    client = MlflowClient()
+    for name, metric in (
+        ("customer-clv", "holdout.revenue_spearman"),
+        ("customer-segments", "segments.silhouette"),
+    ):
+        first, second = (client.get_model_version(name, str(v)) for v in (1, 2))
+        for version in (first, second):
+            tags = version.tags
+            assert tags["card.run_id"] == version.run_id
+            assert (
+                tags["card.git_commit"]
+                == client.get_run(version.run_id).data.tags["mlflow.source.git.commit"]
+            )
+            assert tags["card.data.first_date"] <= tags["card.data.last_date"]
+            assert int(tags["card.data.customers"].replace(",", "")) == 800
+            assert json.loads(tags["card.config"])
+            assert f"Run `{version.run_id}`" in version.description
+            assert "| data.customers | 800 |" in version.description
+        assert float(second.tags[f"card.metric.{metric}"]) == pytest.approx(metrics[metric], rel=1e-3)
+        assert "champion (same data)" in first.description  # nothing to compare with yet
+        assert "| champion v1 (same data) |" in second.description
+    clv = client.get_model_version("customer-clv", "2")
+    assert json.loads(clv.tags["card.config"])["clv"]["penalizer"] == 0.001
+    assert clv.tags["card.calibration_end"] < clv.tags["card.trained_through"]
+    champion_row = next(
+        line for line in clv.description.splitlines() if line.startswith("| holdout.revenue_spearman |")
+    )
+    assert float(champion_row.split("|")[3]) == pytest.approx(
+        float(clv.tags["gate.champion_score"]), abs=1e-4
+    )

@@ -26,7 +26,7 @@ from customer_value.features import Split, calibration_and_holdout, customer_fea
 from customer_value.inner_windows import inner_windows
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, parse_day
-from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
+from customer_value.stage import Candidate, card_facts, prefixed, require_metrics, version_tags
 from customer_value.value_layer import fit_value_layer
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ def train_clv(
     def judge(version: str) -> registry.ChampionJudgement:
         return _judge_clv_champion(cfg, version, split, calibration, holdout)
 
+    window = {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]}
+
     candidate = Candidate(
         run_id=mlflow.active_run().info.run_id,
         model_uri=info.model_uri,
@@ -127,8 +129,14 @@ def train_clv(
         metric=cfg.clv.primary_metric,
         score=metrics[cfg.clv.primary_metric],
         judge=judge,
-        tags=version_tags(cfg, report)
-        | {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]},
+        tags=version_tags(cfg, report) | window,
+        card=card_facts(
+            cfg,
+            report,
+            {k: v for k, v in metrics.items() if k.startswith("holdout.")},
+            ["clv", "features", "split"],
+            window | {"data.calibration_customers": f"{len(calibration):,}"},
+        ),
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
     return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
@@ -319,5 +327,5 @@ def _judge_clv_champion(
     judged = champion.evaluation_model().predict(calibration, split.holdout_days)
     scores = prefixed("holdout.", evaluation.evaluate_clv(judged, holdout))
     return registry.ChampionJudgement(
-        version, scores.get(cfg.clv.primary_metric), "re-scored on this holdout"
+        version, scores.get(cfg.clv.primary_metric), "re-scored on this holdout", scores
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 import customer_value
 from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from customer_value.errors import RegistryError
+from customer_value.model_card import CardFacts, card_tags, describe
 from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
 from customer_value.segmentation import SegmentModel
 
@@ -121,11 +123,14 @@ def require_champion(name: str, alias: str) -> ModelVersion:
 
 @dataclass(frozen=True)
 class ChampionJudgement:
-    """The current champion re-scored on this run's evaluation data; ``score`` None = not comparable."""
+    """The current champion re-scored on this run's evaluation data; ``score`` None = not comparable.
+
+    ``metrics`` holds every figure the re-scoring produced, for the model card."""
 
     version: str
     score: float | None
     reason: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,10 +174,14 @@ def register_with_gate(
     new_score: float,
     champion: ChampionJudgement | None,
     tags: dict[str, str],
+    card: CardFacts | None = None,
 ) -> GateDecision:
-    """Register ``model_uri`` as a new version of ``name`` and give it ``alias`` or ``challenger``."""
+    """Register ``model_uri`` as a new version of ``name`` and give it ``alias`` or ``challenger``.
+
+    With ``card``, the version also gets the model card: a description and ``card.*`` tags."""
     client = MlflowClient()
-    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    all_tags = tags if card is None else tags | card_tags(card)
+    version = str(mlflow.register_model(model_uri, name, tags=all_tags).version)
     wins, reason = decide(new_score, champion)
     decision = GateDecision(
         version=version,
@@ -184,5 +193,17 @@ def register_with_gate(
     )
     for key, value in decision.as_tags().items():
         client.set_model_version_tag(name, version, key, value)
+    if card is not None:
+        champion_metrics = {} if champion is None else champion.metrics
+        text = describe(
+            name,
+            version,
+            decision.alias,
+            reason,
+            card,
+            None if champion is None else champion.version,
+            champion_metrics,
+        )
+        client.update_model_version(name, version, description=text)
     client.set_registered_model_alias(name, decision.alias, version)
     return decision

@@ -28,7 +28,7 @@ from customer_value.segmentation import (
     projection_2d,
     quality_metrics,
 )
-from customer_value.stage import Candidate, prefixed, require_metrics, version_tags
+from customer_value.stage import Candidate, card_facts, prefixed, require_metrics, version_tags
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,9 @@ def train_segments(
             reason = f"it needs input columns {columns} that this run's features lack"
             return registry.ChampionJudgement(version, None, reason)
         labels = loaded.predict(features[columns].reset_index(drop=True))["segment"].to_numpy()
-        score = quality(labels).get(cfg.segmentation.primary_metric)
-        return registry.ChampionJudgement(version, score, "re-scored on this run's customers")
+        scores = quality(labels)
+        score = scores.get(cfg.segmentation.primary_metric)
+        return registry.ChampionJudgement(version, score, "re-scored on this run's customers", scores)
 
     candidate = Candidate(
         run_id=mlflow.active_run().info.run_id,
@@ -145,6 +146,13 @@ def train_segments(
         score=metrics[cfg.segmentation.primary_metric],
         judge=judge,
         tags=version_tags(cfg, report) | {"n_segments": str(len(model.names_)), "algorithm": model.algorithm},
+        card=card_facts(
+            cfg,
+            report,
+            {k: v for k, v in metrics.items() if k.startswith("segments.") and ".size." not in k},
+            ["segmentation"],
+            {"data.as_of": str(as_of.date())},
+        ),
     )
     return metrics, candidate
 

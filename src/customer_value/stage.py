@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from customer_value import registry, tracking
 from customer_value.data import DataReport
 from customer_value.errors import UserError
+from customer_value.model_card import CardFacts
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Candidate:
     score: float
     judge: Callable[[str], registry.ChampionJudgement]  # champion version -> its judgement
     tags: dict[str, str]
+    card: CardFacts | None = None
 
 
 def version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:
@@ -36,6 +38,34 @@ def version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:
         "data.content_hash": report.content_hash,
         "data.last_date": report.last_date,
     }
+
+
+def card_facts(
+    cfg: DictConfig,
+    report: DataReport,
+    metrics: dict[str, float],
+    config_sections: list[str],
+    window: dict[str, str],
+) -> CardFacts:
+    """Model-card facts of the active run: ``window`` names the dates this model saw."""
+    data = {"data.name": cfg.data.name, "data.source": report.source}
+    data |= {"data.first_date": report.first_date, "data.last_date": report.last_date, **window}
+    data |= {
+        f"data.{key}": f"{value:,}"
+        for key, value in {
+            "rows_read": report.rows_read,
+            "rows_used": report.rows_used,
+            "orders": report.orders,
+            "customers": report.customers,
+        }.items()
+    }
+    return CardFacts(
+        run_id=mlflow.active_run().info.run_id,
+        commit=tracking.git_state()["mlflow.source.git.commit"],
+        data=data,
+        metrics=metrics,
+        config={section: OmegaConf.to_container(cfg[section], resolve=True) for section in config_sections},
+    )
 
 
 def require_metrics(metrics: dict[str, float], metric: str, key: str) -> None:

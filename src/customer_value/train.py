@@ -91,6 +91,7 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
         new_score=candidate.score,
         champion=judgement,
         tags=candidate.tags,
+        card=candidate.card,
     )
     log.info(
         "%s version %s -> %s (%s %.4f: %s)",
