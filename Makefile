@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 # Hydra overrides for train/score, e.g. make train ARGS="clv.penalizer=0.01 segmentation.n_clusters=6"
 ARGS ?=
 UI_PORT ?= 5000
+SEARCH ?= clv_grid
+WORKERS ?= 2
 
 ## help: list the targets (default)
 help:
@@ -17,7 +19,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
 	@touch $(STAMP)
 
 ## venv: create .venv and install the project (every other target does this when needed)
@@ -26,6 +28,11 @@ venv: $(STAMP)
 ## train: fit, evaluate, log and register the CLV and segment models on the bundled CDNOW log
 train: $(STAMP)
 	$(BIN)/python -m customer_value.train $(ARGS)
+
+## sweep: a Hydra search (SEARCH=clv_grid | segments_grid | clv_optuna) on WORKERS parallel jobs; registers the best
+sweep: $(STAMP)
+	$(BIN)/python -m customer_value.train hparams_search=$(SEARCH) hydra/launcher=joblib \
+		hydra.launcher.n_jobs=$(WORKERS) $(ARGS)
 
 ## score: score every customer with the champion models into scores/customer_scores.parquet
 score: $(STAMP)
@@ -52,4 +59,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train score ui test test-fast lint clean
+.PHONY: help venv train sweep score ui test test-fast lint clean

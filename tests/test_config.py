@@ -65,6 +65,25 @@ def test_the_segments_sweep_covers_algorithm_by_k() -> None:
         validate_train_config(cell)
 
 
+@pytest.mark.parametrize("search", _options("hparams_search"))
+def test_every_search_composes_with_the_parallel_launcher_and_its_cells_validate(search: str) -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"hparams_search={search}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert cfg.hydra.callbacks.sweep_tracking._target_ == "customer_value.sweep.SweepTracking"
+    assert cfg.optimized_metric in {cfg.clv.primary_metric, cfg.segmentation.primary_metric}
+    for key, values in cfg.hydra.sweeper.params.items():
+        choices = re.findall(r"[\w.]+", values.removeprefix("choice")) if "(" in values else values.split(",")
+        for value in choices:
+            validate_train_config(_compose("train", [f"{key}={value}"]))
+
+
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _compose("train", [])

@@ -14,18 +14,17 @@ from customer_value.errors import UserError
 T = TypeVar("T")
 
 
-def run_job(job: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run ``job``; a user error prints ``error: <message>`` and exits 1 with no traceback."""
+def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool = True) -> T | None:
+    """Run ``job``; a user error prints ``error: <message>`` with no traceback and exits 1, or returns
+    None when ``exit_on_error`` is false (one job of a sweep must not stop the others)."""
     try:
         return job(cfg)
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or "a required config value"
-        _fail(f"{key} is required but not set (pass it on the command line, e.g. {key}=...)")
+        message = f"{key} is required but not set (pass it on the command line, e.g. {key}=...)"
     except UserError as exc:
-        _fail(str(exc))
-    raise AssertionError("unreachable")
-
-
-def _fail(message: str) -> None:
+        message = str(exc)
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    if exit_on_error:
+        sys.exit(1)
+    return None

@@ -15,6 +15,8 @@ import logging
 
 import hydra
 import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
@@ -26,6 +28,7 @@ from customer_value.jobs import load_orders
 from customer_value.schema import register_configs, validate_train_config
 from customer_value.segments_stage import train_segments
 from customer_value.stage import Candidate, log_config, log_data_report
+from customer_value.sweep import Sweep, record_candidate
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +38,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_train_config(cfg)
     tracking.configure(cfg.tracking.uri)
     tags = tracking.git_state() | {"data.name": cfg.data.name}
+    sweep = Sweep.from_env()
+
+    def run_tags(experiment: str) -> dict[str, str]:
+        return tags if sweep is None else tags | sweep.child_tags(experiment)
+
     metrics: dict[str, float] = {}
-    with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
+    clv_tags = run_tags(cfg.tracking.clv_experiment)
+    with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
         log_config(cfg)
         orders, report = load_orders(cfg.data)
         log_data_report(report)
         clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
         metrics |= clv_metrics
-    with tracking.run(cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, tags):
+    segments_tags = run_tags(cfg.tracking.segments_experiment)
+    with tracking.run(
+        cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, segments_tags
+    ):
         log_config(cfg)
         log_data_report(report)
         segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
         metrics |= segment_metrics
-    if cfg.tracking.register:
-        for candidate in (clv_candidate, segments_candidate):
-            with tracking.fail_run_on_error(candidate.run_id):
+    for candidate in (clv_candidate, segments_candidate):
+        with tracking.fail_run_on_error(candidate.run_id):
+            if sweep is not None:  # the sweep registers its best run when every job has finished
+                record_candidate(candidate, _judge_champion(cfg, candidate))
+            elif cfg.tracking.register:
                 _register(cfg, candidate)
     return metrics
 
@@ -80,9 +94,14 @@ def _judge_safely(candidate: Candidate, version: str) -> registry.ChampionJudgem
         return registry.ChampionJudgement(version, None, reason)
 
 
-def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
+def _judge_champion(cfg: DictConfig, candidate: Candidate) -> registry.ChampionJudgement | None:
+    """The current champion re-scored on this run's data; None when there is no champion yet."""
     champion = registry.champion_version(candidate.name, cfg.tracking.alias)
-    judgement = None if champion is None else _judge_safely(candidate, str(champion.version))
+    return None if champion is None else _judge_safely(candidate, str(champion.version))
+
+
+def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
+    judgement = _judge_champion(cfg, candidate)
     decision = registry.register_with_gate(
         candidate.model_uri,
         candidate.name,
@@ -110,8 +129,10 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    metrics = run_job(train, cfg)
-    return metrics.get(cfg.optimized_metric, float("nan"))
+    """Train; a sweep job that fails on bad input reports its one line and lets the other jobs go on."""
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    metrics = run_job(train, cfg, exit_on_error=not in_sweep)
+    return float("nan") if metrics is None else metrics.get(cfg.optimized_metric, float("nan"))
 
 
 if __name__ == "__main__":
