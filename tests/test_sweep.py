@@ -106,3 +106,31 @@ def test_a_second_sweep_goes_through_the_gate_against_the_champion(orders_csv: P
     expected = "champion" if new_score > champion_score else "challenger"
     assert str(client.get_model_version_by_alias("customer-clv", expected).version) == "2"
     assert "| champion v1 (same data) |" in version.description
+
+
+def test_optuna_search_runs_trials_as_child_runs_and_registers_the_best(
+    orders_csv: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    result = _sweep(
+        [
+            "hparams_search=clv_optuna",
+            "hydra.sweeper.n_trials=2",
+            "data=file",
+            f"data.path={orders_csv}",
+            "segmentation.k_values=[]",
+            "segmentation.n_clusters=3",
+        ],
+        tmp_path,
+        uri,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["customer-clv"], output_format="list")
+    children = [r for r in runs if r.data.tags.get("sweep.role") == "child"]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    best = max(r.data.metrics["holdout.revenue_spearman"] for r in children)
+    # Optuna optimised what `main` returned: the run metric named by optimized_metric.
+    assert f"Best value: {best}" in result.stdout + result.stderr
+    version = MlflowClient(registry_uri=uri).get_model_version_by_alias("customer-clv", "champion")
+    assert version.run_id in {r.info.run_id for r in children}
