@@ -161,10 +161,10 @@ class SweepTracking(Callback):
         searched = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)
         tags = tracking.git_state() | {"sweep.id": sweep_id, "sweep.role": "parent"}
         parents = {}
+        client = MlflowClient()
         for experiment in (config.tracking.clv_experiment, config.tracking.segments_experiment):
             experiment_id = tracking.ensure_experiment(experiment, config.tracking.artifact_root)
-            run = MlflowClient().create_run(experiment_id, tags=tags, run_name=f"sweep {sweep_id}")
-            client = MlflowClient()
+            run = client.create_run(experiment_id, tags=tags, run_name=f"sweep {sweep_id}")
             client.log_param(run.info.run_id, "sweep.params", json.dumps(searched)[:6000])
             client.log_param(run.info.run_id, "sweep.overrides", " ".join(overrides)[:6000] or "none")
             parents[experiment] = run.info.run_id
