@@ -13,7 +13,8 @@ UI_PORT ?= 5000
 SERVER_DIR ?= .server
 SERVER_PORT ?= 5050
 PG_PORT ?= 55432
-# make serve: REST endpoint for models:/customer-clv@champion of the configured tracking store
+# make serve: REST endpoint for models:/customer-clv@champion of the configured tracking store (mlflow
+# starts `uvicorn` by name, so the recipe puts .venv/bin on PATH)
 SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/customer-clv@champion
 
@@ -52,6 +53,7 @@ server-stop: $(STAMP)
 
 ## serve: REST scoring of models:/customer-clv@champion on http://127.0.0.1:5001 (SERVE_PORT=... to change)
 serve: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" \
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
 	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
 	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
