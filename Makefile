@@ -11,6 +11,14 @@ ARGS ?=
 UI_PORT ?= 5000
 SEARCH ?= clv_grid
 WORKERS ?= 2
+# make server: the team tracking server (MLflow on PostgreSQL) on 127.0.0.1; DATABASE_URL = use that database
+SERVER_DIR ?= .server
+SERVER_PORT ?= 5050
+PG_PORT ?= 55432
+# make serve: REST endpoint for models:/customer-clv@champion of the configured tracking store (mlflow
+# starts `uvicorn` by name, so the recipe puts .venv/bin on PATH)
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/customer-clv@champion
 
 ## help: list the targets (default)
 help:
@@ -19,7 +27,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,server]"
 	@touch $(STAMP)
 
 ## venv: create .venv and install the project (every other target does this when needed)
@@ -42,6 +50,21 @@ score: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
+## server: start the team tracking server (MLflow + PostgreSQL, artifacts served) in the background on :5050
+server: $(STAMP)
+	$(BIN)/python -m customer_value.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT)
+
+## server-stop: stop the team tracking server and the PostgreSQL cluster it started
+server-stop: $(STAMP)
+	$(BIN)/python -m customer_value.server stop --folder $(SERVER_DIR)
+
+## serve: REST scoring of models:/customer-clv@champion on http://127.0.0.1:5001 (SERVE_PORT=... to change)
+serve: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
+	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
+	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
 ## test: the whole test suite, slow tests included (what CI runs)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"
@@ -59,4 +82,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep score ui test test-fast lint clean
+.PHONY: help venv train sweep score ui server server-stop serve test test-fast lint clean

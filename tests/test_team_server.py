@@ -1,0 +1,216 @@
+"""The team tracking server (`make server`): PostgreSQL backend, served artifacts, train -> register -> score.
+
+Starts the server through the same entry point as the Makefile (`python -m customer_value.server`), on
+free ports in a temporary folder, and checks in teardown that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import psycopg2
+import pytest
+from mlflow.tracking import MlflowClient
+
+from customer_value import server
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _server(command: str, folder: Path, *args: str, database_url: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "customer_value.server", command, "--folder", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def _cli(module: str, args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def _assert_stopped(state: dict) -> None:
+    assert not server._alive(state["mlflow_pid"]), "mlflow server still running"
+    assert not server._group_alive(state["mlflow_pid"]), "an mlflow worker is still running"
+    assert not _port_open(state["port"])
+    if state["pgdata"]:
+        assert not (Path(state["pgdata"]) / "postmaster.pid").exists(), "PostgreSQL still running"
+        assert not _port_open(state["pg_port"])
+
+
+@pytest.fixture()
+def team_server(tmp_path: Path) -> Iterator[dict]:
+    """A running team server (own PostgreSQL cluster); stopped in teardown, even when the test failed."""
+    folder = tmp_path / "server"
+    port, pg_port = _free_ports(2)
+    started = _server("start", folder, "--port", str(port), "--pg-port", str(pg_port))
+    state = json.loads((folder / "server.json").read_text()) if (folder / "server.json").exists() else None
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
+        yield state
+    finally:
+        stopped = _server("stop", folder)
+        cluster = (
+            Path((folder / "postgres.path").read_text().strip())
+            if (folder / "postgres.path").exists()
+            else None
+        )
+        try:
+            assert stopped.returncode == 0, stopped.stderr
+            if state is not None:
+                _assert_stopped(state)
+        finally:
+            if cluster is not None and not cluster.is_relative_to(tmp_path):
+                shutil.rmtree(cluster, ignore_errors=True)  # the fallback location outside tmp_path
+
+
+def _postgres_rows(backend_store_uri: str, query: str) -> list[tuple]:
+    connection = psycopg2.connect(backend_store_uri.replace("postgresql+psycopg2://", "postgresql://"))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_train_register_score_against_the_team_server(
+    team_server: dict, orders_csv: Path, tmp_path: Path
+) -> None:
+    uri = team_server["tracking_uri"]
+    assert team_server["backend_store_uri"].startswith("postgresql+psycopg2://postgres:")
+    assert _postgres_rows(team_server["backend_store_uri"], "SELECT version()")[0][0].startswith("PostgreSQL")
+    if os.geteuid() == 0:  # PostgreSQL refuses root: the cluster belongs to user postgres
+        assert Path(team_server["pgdata"]).stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    local_artifacts = tmp_path / "local-artifacts"  # only a local store may use tracking.artifact_root
+    data = ["data=file", f"data.path={orders_csv}"]
+    trained = _cli(
+        "customer_value.train",
+        [*data, f"tracking.artifact_root={local_artifacts}", "segmentation.n_clusters=4"],
+        tmp_path,
+        uri,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    served = Path(team_server["artifacts"])
+    for name in ("customer-clv", "customer-segments"):
+        experiment = client.get_experiment_by_name(name)
+        assert experiment.artifact_location.startswith("mlflow-artifacts:/")  # proxied through the server
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.status == "FINISHED"
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.run_id == run.info.run_id and champion.version == "1"
+        assert run.data.tags["registered.gate.alias"] == "champion"
+        assert len(list(served.rglob(f"{run.info.run_id}/artifacts/config/resolved_config.yaml"))) == 1
+    assert len(list(served.rglob("MLmodel"))) >= 2  # both models' files were uploaded to the server
+    assert not local_artifacts.exists()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+    # Runs and registry live in PostgreSQL.
+    assert _postgres_rows(team_server["backend_store_uri"], "SELECT count(*) FROM runs") == [(2,)]
+    assert sorted(_postgres_rows(team_server["backend_store_uri"], "SELECT name FROM registered_models")) == [
+        ("customer-clv",),
+        ("customer-segments",),
+    ]
+
+    output = tmp_path / "scores.csv"
+    scored = _cli(
+        "customer_value.score", [*data, f"score.output={output}", "score.intervals=false"], tmp_path, uri
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    table = pd.read_csv(output)
+    assert len(table) == 800 and table["customer_id"].is_unique
+    assert (table["clv_model_version"] == 1).all() and (table["segments_model_version"] == 1).all()
+    assert table["clv"].ge(0).all() and table["churn_probability"].between(0, 1).all()
+    assert table["segment"].nunique() == 4
+
+
+@pytest.mark.slow
+def test_database_url_uses_that_database_and_creates_no_cluster(team_server: dict, tmp_path: Path) -> None:
+    """A second server on the first one's database: same runs, no cluster of its own, and stopping it
+    leaves the database alone."""
+    folder = tmp_path / "external"
+    (port,) = _free_ports(1)
+    database_url = team_server["backend_store_uri"].replace("postgresql+psycopg2://", "postgres://")
+    started = _server("start", folder, "--port", str(port), database_url=database_url)
+    state = json.loads((folder / "server.json").read_text()) if (folder / "server.json").exists() else None
+    try:
+        assert started.returncode == 0, started.stderr
+        assert state["pgdata"] is None and state["backend_store_uri"].startswith("postgresql+psycopg2://")
+        assert not (folder / "postgres").exists() and not (folder / "postgres.path").exists()
+        assert "***@" in started.stdout and database_url not in started.stdout  # password not printed
+        uri = f"http://127.0.0.1:{port}"
+        MlflowClient(tracking_uri=uri).create_experiment("shared")
+        shared = MlflowClient(tracking_uri=team_server["tracking_uri"]).get_experiment_by_name("shared")
+        assert shared is not None
+    finally:
+        stopped = _server("stop", folder)
+    assert stopped.returncode == 0, stopped.stderr
+    _assert_stopped(state)
+    assert _postgres_rows(team_server["backend_store_uri"], "SELECT 1") == [(1,)]  # still running
+
+
+def test_start_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _server(
+            "start", tmp_path / "s", "--port", str(port), database_url="postgresql://x@127.0.0.1:1/x"
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        == f"error: port {port} on 127.0.0.1 is already in use; choose another port for the MLflow server"
+    )
+
+
+def test_missing_postgres_binaries_are_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(server.ServerError, match="initdb is neither on PATH nor in /nowhere/\\*/bin"):
+        server.find_pg_binary("initdb", search_glob="/nowhere/*/bin")
+    if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):  # Debian/Ubuntu keep it off PATH
+        assert server.find_pg_binary("initdb").parent.match("/usr/lib/postgresql/*/bin")
+
+
+def test_database_urls_name_the_installed_driver() -> None:
+    assert server.sqlalchemy_url("postgres://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
+    assert server.sqlalchemy_url("postgresql://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
+    assert server.sqlalchemy_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert server._redact("postgresql+psycopg2://u:secret@h:1/d") == "postgresql+psycopg2://u:***@h:1/d"
