@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from customer_value import server
+from customer_value import postgres_cluster, server
 
 
 def _free_ports(count: int) -> list[int]:
@@ -204,13 +204,15 @@ def test_missing_postgres_binaries_are_one_clear_error(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(server.ServerError, match="initdb is neither on PATH nor in /nowhere/\\*/bin"):
-        server.find_pg_binary("initdb", search_glob="/nowhere/*/bin")
+        postgres_cluster.find_pg_binary("initdb", search_glob="/nowhere/*/bin")
     if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):  # Debian/Ubuntu keep it off PATH
-        assert server.find_pg_binary("initdb").parent.match("/usr/lib/postgresql/*/bin")
+        assert postgres_cluster.find_pg_binary("initdb").parent.match("/usr/lib/postgresql/*/bin")
 
 
 def test_database_urls_name_the_installed_driver() -> None:
-    assert server.sqlalchemy_url("postgres://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
-    assert server.sqlalchemy_url("postgresql://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
-    assert server.sqlalchemy_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
-    assert server._redact("postgresql+psycopg2://u:secret@h:1/d") == "postgresql+psycopg2://u:***@h:1/d"
+    assert postgres_cluster.sqlalchemy_url("postgres://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
+    assert postgres_cluster.sqlalchemy_url("postgresql://u:p@h:1/d") == "postgresql+psycopg2://u:p@h:1/d"
+    assert postgres_cluster.sqlalchemy_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert (
+        postgres_cluster.redact("postgresql+psycopg2://u:secret@h:1/d") == "postgresql+psycopg2://u:***@h:1/d"
+    )

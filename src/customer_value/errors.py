@@ -19,3 +19,7 @@ class RegistryError(UserError):
 
 class NotEnoughDataError(ModelFitError):
     """The data cannot support the model at all (e.g. no repeat buyers): no fallback will help."""
+
+
+class ServerError(UserError):
+    """The tracking server or its database cannot be started or stopped; the message says what to fix."""
