@@ -171,14 +171,14 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
         available = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    _require_columns(path, columns, available)
+    require_columns(path, columns, available)
     return pd.read_parquet(path, columns=columns)
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         header = pd.read_csv(path, nrows=0)
-        _require_columns(path, columns, list(header.columns))
+        require_columns(path, columns, list(header.columns))
         return pd.read_csv(path, usecols=columns, dtype={columns[0]: str})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (0 rows, no header)") from None
@@ -189,7 +189,8 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be parsed as CSV ({first_line})") from None
 
 
-def _require_columns(path: Path, wanted: list[str], available: list[str]) -> None:
+def require_columns(path: Path | str, wanted: list[str], available: list[str]) -> None:
+    """A one-line DataError naming the missing columns and what the file has."""
     missing = [name for name in wanted if name not in available]
     if missing:
         raise DataError(
