@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from customer_value import spark_scoring
-from customer_value.data import load_transactions
+from customer_value.data import load_bundled, load_transactions
 from customer_value.errors import DataError, UserError
 from customer_value.features import FEATURE_COLUMNS, customer_features, purchase_regularity
 from customer_value.schema import register_configs
@@ -183,6 +183,12 @@ def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
     frame.to_parquet(parquet)
     expected, _ = load_transactions(parquet)
     pd.testing.assert_frame_equal(_spark_orders(spark, _data(parquet)), expected, check_dtype=False)
+
+    # A bundled dataset goes through pandas on the driver, then Spark.
+    bundled = _compose("score", ["data=cdnow_sample"]).data
+    expected_bundled, report = load_bundled("cdnow_sample")
+    pd.testing.assert_frame_equal(_spark_orders(spark, bundled), expected_bundled, check_dtype=False)
+    assert spark_scoring.read_orders(spark, bundled)[1] == pd.Timestamp(report.last_date)
 
     # Features and regularity, compared column by column with the pandas functions.
     orders, _ = spark_scoring.read_orders(spark, _data(parquet))

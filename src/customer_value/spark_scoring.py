@@ -152,12 +152,13 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     tracking.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
+    clv_uri = f"models:/{cfg.tracking.clv_model}/{clv_version.version}"
+    segments_uri = f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
+    feature_set = _segments_feature_set(segments_uri)  # refuses what this engine cannot feed, before any work
     orders, last_day = read_orders(spark, cfg.data)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or last_day
     features = customer_features(orders, as_of)
 
-    clv_uri = f"models:/{cfg.tracking.clv_model}/{clv_version.version}"
-    segments_uri = f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     default = default_horizon(clv_uri)
     horizon = default if cfg.score.horizon_days is None else float(cfg.score.horizon_days)
     clv_columns = [*PREDICTION_COLUMNS, *(INTERVAL_COLUMNS if cfg.score.intervals else [])]
@@ -166,7 +167,6 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     )
     scored = features.withColumn("_clv", clv_udf(F.struct(*INPUT_COLUMNS)))
 
-    feature_set = _segments_feature_set(segments_uri)
     inputs: list[Column] = [F.col(c) for c in SEGMENT_FEATURES]
     if "regularity" in feature_set.extra:
         scored = scored.join(purchase_regularity(orders, as_of), "customer_id", "left")
