@@ -149,6 +149,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     """The scoring table as a (lazy) Spark DataFrame: same columns and values as the pandas engine."""
     from pyspark.sql import functions as F
 
+    validate_score_config(cfg)
     tracking.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
