@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 # Hydra overrides for train/score, e.g. make train ARGS="clv.penalizer=0.01 segmentation.n_clusters=6"
 ARGS ?=
 UI_PORT ?= 5000
@@ -29,6 +30,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,server]"
 	@touch $(STAMP)
+
+# The [spark] extra (pyspark, about 500 MB) only for the targets that need it: the tests.
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,server,spark]"
+	@touch $(SPARK_STAMP)
 
 ## venv: create .venv and install the project (every other target does this when needed)
 venv: $(STAMP)
@@ -65,8 +71,8 @@ serve: $(STAMP)
 	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
 	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
-## test: the whole test suite, slow tests included (what CI runs)
-test: $(STAMP)
+## test: the whole test suite, slow tests included (what CI runs; installs the [spark] extra too)
+test: $(SPARK_STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 ## test-fast: the fast tests only (pytest's default selection)

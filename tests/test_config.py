@@ -27,18 +27,40 @@ def _compose(config: str, overrides: list[str]):
         return compose(config_name=config, overrides=overrides)
 
 
+GROUPS = {
+    "train": ("data", "features", "clv", "segmentation", "tracking"),
+    "score": ("data", "tracking", "engine"),
+}
 GROUP_OPTIONS = [
-    (group, option)
-    for group in ("data", "features", "clv", "segmentation", "tracking")
+    (config, group, option)
+    for config, groups in GROUPS.items()
+    for group in groups
     for option in _options(group)
 ]
 
 
-@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
-def test_every_group_option_composes(group: str, option: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "group", "option"), GROUP_OPTIONS, ids=[f"{c}:{g}={o}" for c, g, o in GROUP_OPTIONS]
+)
+def test_every_group_option_composes(config: str, group: str, option: str) -> None:
     overrides = [f"{group}={option}"] + (["data.path=orders.csv"] if option == "file" else [])
-    cfg = _compose("train", overrides)
+    cfg = _compose(config, overrides)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_every_group_folder_is_covered() -> None:
+    folders = {path.name for path in CONF.iterdir() if path.is_dir()} - {"experiment", "hparams_search"}
+    assert folders == {group for groups in GROUPS.values() for group in groups}
+
+
+def test_spark_settings_compose_from_the_command_line() -> None:
+    cfg = _compose(
+        "score",
+        ["engine=spark", "engine.master=spark://host:7077", "+engine.conf.spark.executor.memory=4g"],
+    )
+    assert cfg.engine.name == "spark" and cfg.engine.master == "spark://host:7077"
+    assert cfg.engine.conf == {"spark": {"executor": {"memory": "4g"}}}  # joined with dots by the engine
+    assert _compose("score", []).engine.name == "pandas"
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -114,6 +136,12 @@ def test_typos_fail_at_composition(override: str) -> None:
         _compose("train", [override])
 
 
+@pytest.mark.parametrize("override", ["engine=sparkk", "engine.mastr=yarn", "engine.conf=4g"])
+def test_score_typos_fail_at_composition(override: str) -> None:
+    with pytest.raises(ConfigCompositionException):
+        _compose("score", [override])
+
+
 def test_file_data_requires_a_path() -> None:
     cfg = _compose("train", ["data=file"])
     with pytest.raises(UserError, match="data.path is required"):
@@ -154,6 +182,7 @@ BAD_SCORE_VALUES = {
     "score.as_of=yesterday": "score.as_of='yesterday' is not a date",
     "score.horizon_days=-5": "score.horizon_days must be > 0",
     "score.output=scores.xlsx": "must end in .parquet or .csv",
+    "engine.name=dask": "engine.name must be one of",
 }
 
 

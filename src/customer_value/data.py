@@ -171,14 +171,14 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
         available = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    _require_columns(path, columns, available)
+    require_columns(path, columns, available)
     return pd.read_parquet(path, columns=columns)
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         header = pd.read_csv(path, nrows=0)
-        _require_columns(path, columns, list(header.columns))
+        require_columns(path, columns, list(header.columns))
         return pd.read_csv(path, usecols=columns, dtype={columns[0]: str})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (0 rows, no header)") from None
@@ -189,7 +189,8 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be parsed as CSV ({first_line})") from None
 
 
-def _require_columns(path: Path, wanted: list[str], available: list[str]) -> None:
+def require_columns(path: Path | str, wanted: list[str], available: list[str]) -> None:
+    """A one-line DataError naming the missing columns and what the file has."""
     missing = [name for name in wanted if name not in available]
     if missing:
         raise DataError(
@@ -248,9 +249,32 @@ def _example(values: pd.Series, bad: np.ndarray) -> str:
     return f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
 
 
-def _parse_customer_ids(values: pd.Series, source: str, column: str) -> np.ndarray:
+def coerce_customer_ids(values: pd.Series) -> pd.Series:
+    """Customer ids as stripped text; blank or missing ids become <NA> (shared with the Spark engine)."""
     text = values.astype("string").str.strip()
-    blank = (text.isna() | (text == "")).to_numpy()
+    return text.mask(text == "")
+
+
+def coerce_timestamps(values: pd.Series, fmt: str | None) -> pd.Series:
+    """Naive UTC timestamps; unparsable values become NaT. May raise ValueError/TypeError on a bad format."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        return parsed
+    text = values.astype("string") if fmt else values
+    return pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
+
+
+def coerce_amounts(values: pd.Series) -> np.ndarray:
+    """Amounts as float64; anything that is not a finite number becomes NaN."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+    return np.where(np.isfinite(numbers), numbers, np.nan)
+
+
+def _parse_customer_ids(values: pd.Series, source: str, column: str) -> np.ndarray:
+    text = coerce_customer_ids(values)
+    blank = text.isna().to_numpy()
     if blank.any():
         raise DataError(
             f"{source}: column '{column}' is blank in {int(blank.sum()):,} of {len(values):,} rows "
@@ -260,18 +284,10 @@ def _parse_customer_ids(values: pd.Series, source: str, column: str) -> np.ndarr
 
 
 def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | None) -> np.ndarray:
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    else:
-        text = values.astype("string") if fmt else values
-        try:
-            parsed = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True).dt.tz_localize(
-                None
-            )
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
+    try:
+        parsed = coerce_timestamps(values, fmt)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()
     if bad.any():
         raise DataError(
@@ -282,8 +298,8 @@ def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | No
 
 
 def _parse_amounts(values: pd.Series, source: str, column: str) -> np.ndarray:
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-    bad = ~np.isfinite(numbers)
+    numbers = coerce_amounts(values)
+    bad = np.isnan(numbers)
     if bad.any():
         raise DataError(
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "

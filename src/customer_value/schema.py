@@ -6,6 +6,7 @@ Call :func:`register_configs` before Hydra composes (the entry points do); nothi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from hydra.core.config_store import ConfigStore
@@ -169,11 +170,20 @@ class ScoreOptions:
 
 
 @dataclass
+class EngineConfig:
+    name: str = "pandas"  # pandas | spark (see spark_scoring.py)
+    master: str | None = "local[*]"  # spark only; null = whatever spark-submit / spark-defaults.conf set
+    app_name: str = "customer-value-scoring"  # spark only
+    conf: dict[str, Any] = field(default_factory=dict)  # spark only: spark.* settings (nested keys join)
+
+
+@dataclass
 class ScoreConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused when scoring
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     score: ScoreOptions = field(default_factory=ScoreOptions)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def register_configs() -> None:
@@ -196,6 +206,7 @@ CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
 ANCHOR_DIRECTIONS = ("higher", "lower", "closer_to_zero")
 SEGMENTATION_ALGORITHMS = ("kmeans", "minibatch_kmeans", "gmm", "ward", "hdbscan", "rfm_quintiles")
 K_RULES = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
+SCORE_ENGINES = ("pandas", "spark")
 
 
 def parse_day(value: str | None, key: str) -> pd.Timestamp | None:
@@ -299,6 +310,7 @@ def validate_score_config(cfg: DictConfig) -> None:
             str(cfg.score.output).lower().endswith((".parquet", ".csv")),
             f"score.output '{cfg.score.output}' must end in .parquet or .csv",
         ),
+        (cfg.engine.name in SCORE_ENGINES, f"engine.name must be one of {list(SCORE_ENGINES)}"),
     ]
     _raise_first(checks)
     parse_day(cfg.score.as_of, "score.as_of")

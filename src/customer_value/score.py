@@ -16,7 +16,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from customer_value import plots, registry, tracking
+from customer_value import plots, registry, spark_scoring, tracking
 from customer_value.clv import INPUT_COLUMNS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
@@ -146,8 +146,12 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
     return output
 
 
-def score(cfg: DictConfig) -> Path:
-    """Score, then write the table (and, given ``score.previous``, the segment migration) atomically."""
+def score(cfg: DictConfig) -> Path | str:
+    """Score, then write the table (and, given ``score.previous``, the segment migration) atomically.
+
+    ``engine=spark`` hands the whole job to ``spark_scoring`` (its output may be a remote URI: a str)."""
+    if cfg.engine.name == "spark":
+        return spark_scoring.score(cfg)
     previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
     table = score_customers(cfg)
     migration = None if previous is None else transition_table(previous, table)

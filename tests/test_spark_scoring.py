@@ -1,0 +1,250 @@
+"""engine=spark against engine=pandas on generated data: same orders, same features, same scores.
+
+One local SparkSession (local[2]) serves the slow tests of this module; real MLflow and real Spark, no
+mocks. The fast tests need no pyspark.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from customer_value import spark_scoring
+from customer_value.data import load_bundled, load_transactions
+from customer_value.errors import DataError, UserError
+from customer_value.features import FEATURE_COLUMNS, customer_features, purchase_regularity
+from customer_value.schema import register_configs
+from customer_value.score import score, score_customers
+from customer_value.train import train
+from test_data import BAD_FILES
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark", reason="engine=spark needs the [spark] extra (make test installs it)")
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("customer-value-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+def _compose(config: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config, overrides=overrides)
+
+
+def _data(path: Path, *extra: str):
+    return _compose("score", ["data=file", f"data.path={path}", *extra]).data
+
+
+def _spark_orders(spark, data) -> pd.DataFrame:
+    orders, _ = spark_scoring.read_orders(spark, data)
+    table = orders.toPandas().sort_values(["customer_id", "date"], ignore_index=True)
+    table["date"] = pd.to_datetime(table["date"])
+    return table
+
+
+@pytest.mark.slow
+def test_spark_scores_equal_pandas_scores(spark, orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """A champion that segments on CLV outputs and regularity, scored at a horizon other than its default,
+    exercises every input path: features, both CLV calls, regularity, segments, dates."""
+    data = ["data=file", f"data.path={orders_csv}", f"tracking.uri={tracking_uri}"]
+    train(
+        _compose(
+            "train",
+            [
+                *data,
+                f"tracking.artifact_root={tmp_path / 'artifacts'}",
+                "segmentation.extra_features=[clv,churn_probability,regularity]",
+                "segmentation.k_values=[]",
+                "segmentation.n_clusters=4",
+                "segmentation.stability.bootstrap_resamples=0",
+                "clv.backtest.folds=0",
+            ],
+        )
+    )
+    scoring = [*data, "score.horizon_days=90"]
+    expected = score_customers(_compose("score", scoring))
+    output = tmp_path / "out" / "scores.parquet"
+    written = score(_compose("score", [*scoring, "engine=spark", f"score.output={output}"]))
+    assert written == output.as_uri()
+    assert [p.name for p in output.parent.iterdir()] == ["scores.parquet"]  # no staging leftovers
+    actual = pd.read_parquet(output).sort_values("customer_id", ignore_index=True)
+
+    assert list(actual.columns) == list(expected.columns)
+    assert len(actual) == len(expected) == 800
+    assert actual["customer_id"].tolist() == expected["customer_id"].tolist()
+    for column in expected.columns:
+        want, got = expected[column], actual[column]
+        if pd.api.types.is_float_dtype(want):
+            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column)
+        elif pd.api.types.is_datetime64_any_dtype(want):
+            assert (pd.to_datetime(got).astype("datetime64[s]") == want.astype("datetime64[s]")).all(), column
+        else:
+            assert got.astype(str).tolist() == want.astype(str).tolist(), column
+    assert actual["next_purchase_date"].notna().any() and actual["segment"].nunique() > 1
+
+    # The command a user runs: its own local session (started and stopped by the job), same table.
+    cli_output = tmp_path / "cli" / "scores.parquet"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "customer_value.score",
+            *scoring,
+            "engine=spark",
+            "engine.master='local[2]'",
+            "+engine.conf.spark.sql.shuffle.partitions=2",
+            f"score.output={cli_output}",
+        ],
+        cwd=tmp_path,
+        env=os.environ | {"MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_cli = pd.read_parquet(cli_output).sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(from_cli, actual)
+
+    # An earlier as_of, without intervals: orders after it are ignored the same way.
+    earlier = [*data, "score.as_of=2024-03-01", "score.intervals=false"]
+    expected = score_customers(_compose("score", earlier)).sort_values("customer_id", ignore_index=True)
+    actual = spark_scoring.score_customers(spark, _compose("score", [*earlier, "engine=spark"])).toPandas()
+    actual = actual.sort_values("customer_id", ignore_index=True)
+    assert list(actual.columns) == list(expected.columns) and len(actual) == len(expected) < 800
+    numeric = expected.select_dtypes("float").columns
+    np.testing.assert_allclose(
+        actual[numeric].to_numpy(), expected[numeric].to_numpy(), rtol=1e-9, atol=1e-12
+    )
+    assert (actual["segment"].to_numpy() == expected["segment"].to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
+    """Same-day merging, dropped refunds and zero amounts, offsets in UTC, pandas' NA strings, Parquet."""
+    text = (
+        "cust,when,total\n"
+        "a,2024-01-01T09:00:00,10\n"
+        "a,2024-01-01T17:30:00,5\n"
+        "a,2024-01-03T23:30:00-05:00,7.5\n"
+        "b,2024-01-02,3\n"
+        "b,2024-01-04,-2\n"
+        "b,2024-01-05,0\n"
+        "c,2024-01-06, 4.25\n"
+    )
+    path = tmp_path / "orders.csv"
+    path.write_text(text)
+    columns = ["data.columns.customer_id=cust", "data.columns.timestamp=when", "data.columns.amount=total"]
+    for keep_zero in (False, True):
+        data = _data(path, *columns, f"data.keep_zero_amounts={keep_zero}")
+        expected, report = load_transactions(
+            path, customer_id="cust", timestamp="when", amount="total", keep_zero_amounts=keep_zero
+        )
+        pd.testing.assert_frame_equal(_spark_orders(spark, data), expected, check_dtype=False)
+        assert spark_scoring.read_orders(spark, data)[1] == pd.Timestamp(report.last_date)
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["x", "x", "y", "y", "y"],
+            "timestamp": pd.to_datetime(
+                [
+                    "2024-03-01 23:30",
+                    "2024-03-05 01:00",
+                    "2024-03-02 08:00",
+                    "2024-03-09 08:00",
+                    "2024-03-10 08:00",
+                ]
+            ).tz_localize("America/New_York"),
+            "amount": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    parquet = tmp_path / "orders.parquet"
+    frame.to_parquet(parquet)
+    expected, _ = load_transactions(parquet)
+    pd.testing.assert_frame_equal(_spark_orders(spark, _data(parquet)), expected, check_dtype=False)
+
+    # A bundled dataset goes through pandas on the driver, then Spark.
+    bundled = _compose("score", ["data=cdnow_sample"]).data
+    expected_bundled, report = load_bundled("cdnow_sample")
+    pd.testing.assert_frame_equal(_spark_orders(spark, bundled), expected_bundled, check_dtype=False)
+    assert spark_scoring.read_orders(spark, bundled)[1] == pd.Timestamp(report.last_date)
+
+    # Features and regularity, compared column by column with the pandas functions.
+    orders, _ = spark_scoring.read_orders(spark, _data(parquet))
+    as_of = pd.Timestamp("2024-03-09")
+    got = spark_scoring.customer_features(orders, as_of).toPandas().set_index("customer_id").sort_index()
+    pd.testing.assert_frame_equal(got[FEATURE_COLUMNS], customer_features(expected, as_of), check_names=False)
+    regularity = spark_scoring.purchase_regularity(orders, pd.Timestamp("2024-03-10")).toPandas()
+    want = purchase_regularity(expected, pd.Timestamp("2024-03-10"))
+    assert regularity.set_index("customer_id")["regularity"].sort_index().to_dict() == pytest.approx(
+        want.sort_index().to_dict(), nan_ok=True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_bad_files_fail_as_they_do_with_pandas(spark, tmp_path: Path, case: str) -> None:
+    name, text, expected = BAD_FILES[case]
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError) as pandas_error:
+        load_transactions(path)
+    with pytest.raises(DataError) as spark_error:
+        spark_scoring.read_orders(spark, _data(path))
+    message = str(spark_error.value)
+    assert "\n" not in message
+    for fragment in expected:
+        assert fragment in message
+    # Up to the example value (pandas also gives a row number), the messages are the same.
+    assert message.split(" (e.g.")[0] == str(pandas_error.value).split(" (e.g.")[0] or case in {
+        "csv named parquet",
+        "missing column",
+    }
+
+
+def test_na_strings_follow_pandas() -> None:
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    assert spark_scoring.PANDAS_CSV_NA_VALUES == STR_NA_VALUES
+
+
+def test_engine_conf_is_flattened_to_spark_settings() -> None:
+    conf = OmegaConf.create({"spark": {"executor": {"memory": "4g"}}, "spark.ui.enabled": False})
+    assert spark_scoring.spark_settings(conf) == {"spark.executor.memory": "4g", "spark.ui.enabled": "false"}
+
+
+def test_pandas_only_options_are_refused_before_spark_starts(tmp_path: Path) -> None:
+    base = ["engine=spark", "data=file", f"data.path={tmp_path / 'o.csv'}"]
+    with pytest.raises(UserError, match="Parquet directory"):
+        score(_compose("score", [*base, f"score.output={tmp_path / 's.csv'}"]))
+    with pytest.raises(UserError, match="pandas-engine only"):
+        score(_compose("score", [*base, f"score.previous={tmp_path / 'old.parquet'}"]))
+
+
+def test_a_missing_spark_extra_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # what `import pyspark` meets without the extra
+    cfg = _compose("score", ["engine=spark", "data=file", f"data.path={tmp_path / 'o.csv'}"])
+    with pytest.raises(UserError) as caught:
+        score(cfg)
+    assert str(caught.value) == "engine=spark needs the [spark] extra: pip install -e '.[spark]'"
