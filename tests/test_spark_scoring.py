@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from customer_value import spark_scoring
+from customer_value import spark_features, spark_scoring
 from customer_value.data import load_bundled, load_transactions
 from customer_value.errors import DataError, UserError
 from customer_value.features import FEATURE_COLUMNS, customer_features, purchase_regularity
@@ -58,7 +58,7 @@ def _data(path: Path, *extra: str):
 
 
 def _spark_orders(spark, data) -> pd.DataFrame:
-    orders, _ = spark_scoring.read_orders(spark, data)
+    orders, _ = spark_features.read_orders(spark, data)
     table = orders.toPandas().sort_values(["customer_id", "date"], ignore_index=True)
     table["date"] = pd.to_datetime(table["date"])
     return table
@@ -162,7 +162,7 @@ def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
             path, customer_id="cust", timestamp="when", amount="total", keep_zero_amounts=keep_zero
         )
         pd.testing.assert_frame_equal(_spark_orders(spark, data), expected, check_dtype=False)
-        assert spark_scoring.read_orders(spark, data)[1] == pd.Timestamp(report.last_date)
+        assert spark_features.read_orders(spark, data)[1] == pd.Timestamp(report.last_date)
 
     frame = pd.DataFrame(
         {
@@ -188,14 +188,14 @@ def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
     bundled = _compose("score", ["data=cdnow_sample"]).data
     expected_bundled, report = load_bundled("cdnow_sample")
     pd.testing.assert_frame_equal(_spark_orders(spark, bundled), expected_bundled, check_dtype=False)
-    assert spark_scoring.read_orders(spark, bundled)[1] == pd.Timestamp(report.last_date)
+    assert spark_features.read_orders(spark, bundled)[1] == pd.Timestamp(report.last_date)
 
     # Features and regularity, compared column by column with the pandas functions.
-    orders, _ = spark_scoring.read_orders(spark, _data(parquet))
+    orders, _ = spark_features.read_orders(spark, _data(parquet))
     as_of = pd.Timestamp("2024-03-09")
-    got = spark_scoring.customer_features(orders, as_of).toPandas().set_index("customer_id").sort_index()
+    got = spark_features.customer_features(orders, as_of).toPandas().set_index("customer_id").sort_index()
     pd.testing.assert_frame_equal(got[FEATURE_COLUMNS], customer_features(expected, as_of), check_names=False)
-    regularity = spark_scoring.purchase_regularity(orders, pd.Timestamp("2024-03-10")).toPandas()
+    regularity = spark_features.purchase_regularity(orders, pd.Timestamp("2024-03-10")).toPandas()
     want = purchase_regularity(expected, pd.Timestamp("2024-03-10"))
     assert regularity.set_index("customer_id")["regularity"].sort_index().to_dict() == pytest.approx(
         want.sort_index().to_dict(), nan_ok=True
@@ -211,7 +211,7 @@ def test_bad_files_fail_as_they_do_with_pandas(spark, tmp_path: Path, case: str)
     with pytest.raises(DataError) as pandas_error:
         load_transactions(path)
     with pytest.raises(DataError) as spark_error:
-        spark_scoring.read_orders(spark, _data(path))
+        spark_features.read_orders(spark, _data(path))
     message = str(spark_error.value)
     assert "\n" not in message
     for fragment in expected:
@@ -226,7 +226,7 @@ def test_bad_files_fail_as_they_do_with_pandas(spark, tmp_path: Path, case: str)
 def test_na_strings_follow_pandas() -> None:
     from pandas._libs.parsers import STR_NA_VALUES
 
-    assert spark_scoring.PANDAS_CSV_NA_VALUES == STR_NA_VALUES
+    assert spark_features.PANDAS_CSV_NA_VALUES == STR_NA_VALUES
 
 
 def test_engine_conf_is_flattened_to_spark_settings() -> None:
