@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from customer_value.errors import DataError
+from customer_value.grouping import customer_codes, days_to_timestamps, epoch_days, run_sums, sorted_runs
 
 ORDER_COLUMNS = ["customer_id", "date", "amount"]
 
@@ -215,7 +216,7 @@ def clean_transactions(
     if rows_read == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
 
-    ids = _parse_customer_ids(raw[customer_id], source, customer_id)
+    codes, ids = _parse_customer_ids(raw[customer_id], source, customer_id)
     dates = _parse_timestamps(raw[timestamp], source, timestamp, timestamp_format)
     amounts = _parse_amounts(raw[amount], source, amount)
 
@@ -228,14 +229,23 @@ def clean_transactions(
     if not keep.any():
         raise DataError(f"{source}: column '{amount}' has no positive amount in {rows_read:,} rows")
 
-    frame = pd.DataFrame({"customer_id": ids[keep], "date": dates[keep], "amount": amounts[keep]})
-    orders = frame.groupby(["customer_id", "date"], sort=True, as_index=False, observed=True)["amount"].sum()
+    # Same-day orders merged: one row per (customer, day), sorted by customer id then day.
+    kept_codes, days = codes[keep], epoch_days(dates[keep])
+    runs = sorted_runs(kept_codes, days, by_day=True)
+    order_codes = runs.take(kept_codes)[runs.starts]
+    orders = pd.DataFrame(
+        {
+            "customer_id": ids[order_codes],
+            "date": days_to_timestamps(runs.take(days)[runs.starts]),
+            "amount": run_sums(amounts[keep], runs),
+        }
+    )
     report = DataReport(
         source=source,
         rows_read=rows_read,
         rows_used=int(keep.sum()),
         orders=len(orders),
-        customers=int(orders["customer_id"].nunique()),
+        customers=int(np.count_nonzero(np.diff(order_codes))) + 1,
         first_date=str(orders["date"].min().date()),
         last_date=str(orders["date"].max().date()),
         content_hash=content_hash,
@@ -272,15 +282,20 @@ def coerce_amounts(values: pd.Series) -> np.ndarray:
     return np.where(np.isfinite(numbers), numbers, np.nan)
 
 
-def _parse_customer_ids(values: pd.Series, source: str, column: str) -> np.ndarray:
-    text = coerce_customer_ids(values)
-    blank = text.isna().to_numpy()
+def _parse_customer_ids(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row codes into the sorted unique ids. Ids are cleaned once per distinct value, not per row:
+    a million customers' ids instead of twelve million orders' (ids equal after stripping merge)."""
+    raw_codes, raw_ids = pd.factorize(values)
+    text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
+    blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
+    blank = blank_id[raw_codes]
     if blank.any():
         raise DataError(
             f"{source}: column '{column}' is blank in {int(blank.sum()):,} of {len(values):,} rows "
             f"({_example(values, blank)})"
         )
-    return text.to_numpy(dtype=object)
+    codes, ids = customer_codes(text)
+    return codes[raw_codes], ids
 
 
 def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | None) -> np.ndarray:

@@ -21,6 +21,14 @@ import numpy as np
 import pandas as pd
 
 from customer_value.errors import DataError
+from customer_value.grouping import (
+    customer_codes,
+    days_to_timestamps,
+    epoch_days,
+    run_lengths,
+    run_sums,
+    sorted_runs,
+)
 
 FEATURE_COLUMNS = [
     "frequency",
@@ -37,18 +45,22 @@ FEATURE_COLUMNS = [
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Customer table from orders on or before ``as_of`` (orders as returned by ``data``)."""
     as_of = pd.Timestamp(as_of).normalize()
-    seen = orders[orders["date"] <= as_of].reset_index(drop=True)
+    seen = orders[orders["date"] <= as_of]
     if seen.empty:
         raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
-    grouped = seen.groupby("customer_id", sort=True, observed=True)
-    first = grouped["date"].min()
-    last = grouped["date"].max()
-    n_orders = grouped.size().astype("int64")
-    total = grouped["amount"].sum()
-    # (customer, day) is unique after loading, so the first day's row is well defined in any row order.
-    first_amount = pd.Series(
-        seen["amount"].to_numpy()[grouped["date"].idxmin().to_numpy()], index=first.index
-    )
+    codes, ids = customer_codes(seen["customer_id"])
+    days = epoch_days(seen["date"])
+    # (customer, day) is unique after loading, so each customer's first row is its first purchase day.
+    runs = sorted_runs(codes, days, by_day=False)
+    sorted_days = runs.take(days)
+    index = pd.Index(ids[runs.take(codes)[runs.starts]], name="customer_id")
+    last_rows = np.append(runs.starts[1:], len(sorted_days)) - 1
+    first = pd.Series(days_to_timestamps(sorted_days[runs.starts]), index=index)
+    last = pd.Series(days_to_timestamps(sorted_days[last_rows]), index=index)
+    n_orders = pd.Series(run_lengths(runs, len(sorted_days)), index=index)
+    amounts = seen["amount"].to_numpy(dtype="float64")
+    total = pd.Series(run_sums(amounts, runs), index=index)
+    first_amount = pd.Series(runs.take(amounts)[runs.starts], index=index)
 
     frequency = n_orders - 1
     repeat_spend = total - first_amount
