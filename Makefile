@@ -11,6 +11,8 @@ SPARK_STAMP := $(VENV)/.installed-spark
 ARGS ?=
 UI_PORT ?= 5000
 SEARCH ?= clv_grid
+BENCH_CUSTOMERS ?= 1000000
+BENCH_ARGS ?=
 WORKERS ?= 2
 # make server: the team tracking server (MLflow on PostgreSQL) on 127.0.0.1; DATABASE_URL = use that database
 SERVER_DIR ?= .server
@@ -71,6 +73,10 @@ serve: $(STAMP)
 	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
 	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
+## bench: the project's path vs plain lifetimes/scikit-learn at BENCH_CUSTOMERS (1M: ~12M orders) as ratios
+bench: $(STAMP)
+	$(BIN)/python -m customer_value.bench --customers $(BENCH_CUSTOMERS) $(BENCH_ARGS)
+
 ## test: the whole test suite, slow tests included (what CI runs; installs the [spark] extra too)
 test: $(SPARK_STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"
@@ -88,4 +94,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep score ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep bench score ui server server-stop serve test test-fast lint clean

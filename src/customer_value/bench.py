@@ -1,0 +1,402 @@
+"""``make bench``: the project's path and the plain lifetimes / scikit-learn way of doing the same work, side
+by side in one run, on generated orders, as ratios (baseline time / project time; above 1 = we are faster).
+
+Every comparison also checks that both ways agree (same features, same parameters, same predictions), so
+a speed-up can never come from computing something else. Timings are wall-clock ``perf_counter`` on
+whatever else the machine is doing: run it on a quiet machine and read ratios, not absolute seconds.
+``run_benchmarks`` returns the rows (the test suite runs it at a small size and checks agreement only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from customer_value import registry, tracking
+from customer_value.clv_model import CLVModel
+from customer_value.data import clean_transactions
+from customer_value.features import customer_features
+from customer_value.pyfunc_models import clv_spec
+from customer_value.segmentation import SegmentModel, evaluation_space, quality_metrics
+from customer_value.synthetic import TrueParams, generate_orders
+
+T = TypeVar("T")
+# About 11.6 orders per customer: 1M customers give the issue's ~12M orders.
+BENCH_PARAMS = TrueParams(r=1.0, alpha=4.0, a=0.5, b=6.0)
+HORIZON_DAYS = 365.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One side-by-side comparison."""
+
+    task: str
+    project: str
+    project_s: float
+    baseline: str
+    baseline_s: float
+    agreement: str  # what was compared and the largest difference
+    agrees: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_s / self.project_s if self.project_s > 0 else float("nan")
+
+
+def timed(work: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - start
+
+
+def max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
+    scale = np.maximum(np.abs(a), np.abs(b))
+    return float(
+        np.max(np.where(scale > 0, np.abs(a - b) / np.where(scale > 0, scale, 1.0), 0.0), initial=0.0)
+    )
+
+
+def bench_features(raw: pd.DataFrame) -> tuple[list[Row], pd.DataFrame]:
+    """Transaction log -> one row per customer: loading's validation and same-day merge plus
+    ``customer_features``, against lifetimes' ``summary_data_from_transaction_data`` (which also merges
+    same-day orders) and a plain pandas groupby (first, last, count, sum: less work than either)."""
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    (orders, _), load_s = timed(
+        lambda: clean_transactions(
+            raw,
+            source="generated",
+            customer_id="customer_id",
+            timestamp="timestamp",
+            amount="amount",
+            timestamp_format=None,
+            keep_zero_amounts=False,
+            content_hash="",
+        )
+    )
+    as_of = orders["date"].max()
+    features, features_s = timed(lambda: customer_features(orders, as_of))
+    summary, lifetimes_s = timed(
+        lambda: summary_data_from_transaction_data(
+            raw,
+            "customer_id",
+            "timestamp",
+            monetary_value_col="amount",
+            observation_period_end=as_of,
+            freq="D",
+        )
+    )
+    _, groupby_s = timed(
+        lambda: raw.groupby("customer_id").agg(
+            first=("timestamp", "min"),
+            last=("timestamp", "max"),
+            n=("amount", "size"),
+            total=("amount", "sum"),
+        )
+    )
+    theirs = summary.reindex(features.index)
+    pairs = {
+        "frequency": ("frequency", "frequency"),
+        "recency": ("recency_days", "recency"),
+        "T": ("T_days", "T"),
+        "monetary_value": ("monetary_value", "monetary_value"),
+    }
+    worst = max(max_relative_difference(features[ours], theirs[col]) for ours, col in pairs.values())
+    agreement = f"frequency, recency, T, monetary of {len(features):,} customers: max rel. diff {worst:.1e}"
+    same = bool(theirs.notna().all().all()) and len(summary) == len(features) and worst <= 1e-9
+    rows = [
+        Row(
+            "features (log -> customer table)",
+            "load+features",
+            load_s + features_s,
+            "lifetimes summary",
+            lifetimes_s,
+            agreement,
+            same,
+        ),
+        Row(
+            "features only (clean orders -> table)",
+            "customer_features",
+            features_s,
+            "lifetimes summary",
+            lifetimes_s,
+            "as above",
+            same,
+        ),
+        Row(
+            "features vs plain pandas",
+            "load+features",
+            load_s + features_s,
+            "pandas groupby (4 aggregates)",
+            groupby_s,
+            "reference only: the groupby computes less",
+            True,
+        ),
+    ]
+    return rows, features
+
+
+def bench_fit(features: pd.DataFrame) -> tuple[Row, CLVModel]:
+    """BG/NBD + Gamma-Gamma: the project's fit (unique patterns with weights, covariance for the
+    intervals included) against lifetimes' plain fit on every customer."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    model, project_s = timed(lambda: CLVModel(family="bgnbd").fit(features))
+    x = features["frequency"].to_numpy()
+    t_x = features["recency_days"].to_numpy() / 7.0
+    big_t = features["T_days"].to_numpy() / 7.0
+    m = features["monetary_value"].to_numpy()
+    repeat = (x > 0) & (m > 0)
+
+    def plain() -> tuple[Any, Any]:
+        purchase = BetaGeoFitter(penalizer_coef=0.0).fit(x, t_x, big_t)
+        spend = GammaGammaFitter(penalizer_coef=0.0).fit(x[repeat], m[repeat])
+        return purchase, spend
+
+    (purchase, spend), lifetimes_s = timed(plain)
+    ours = model.params_.purchase | model.params_.spend
+    theirs = {k: float(purchase.params_[k]) for k in ("r", "alpha", "a", "b")}
+    theirs |= {k: float(spend.params_[k]) for k in ("p", "q", "v")}
+    worst = max_relative_difference(np.array([ours[k] for k in theirs]), np.array(list(theirs.values())))
+    agreement = f"7 parameters: max rel. diff {worst:.1e}"
+    row = Row(
+        "BG/NBD + Gamma-Gamma fit",
+        "CLVModel.fit",
+        project_s,
+        "lifetimes fit",
+        lifetimes_s,
+        agreement,
+        worst <= 1e-4,
+    )
+    return row, model
+
+
+def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> Row:
+    """Every customer through the registered pyfunc (loaded from the registry, intervals off) against the
+    raw vectorised lifetimes calls for the same numbers: expected purchases, P(alive), expected spend."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    tracking.configure(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = tracking.ensure_experiment("bench", str(store / "artifacts"))
+    spec = clv_spec(model, model, horizon_days=HORIZON_DAYS, calibration_end="", trained_through="")
+    with mlflow.start_run(experiment_id=experiment):
+        info = registry.log_clv_model(spec, features)
+    version = mlflow.register_model(info.model_uri, "bench-clv").version
+    loaded = mlflow.pyfunc.load_model(f"models:/bench-clv/{version}")
+    inputs = features[registry.INPUT_COLUMNS].reset_index(drop=True)
+    params = {"horizon_days": HORIZON_DAYS, "intervals": False}
+    ours, project_s = timed(lambda: loaded.predict(inputs, params=params))
+
+    purchase = BetaGeoFitter()
+    purchase.params_ = pd.Series(model.params_.purchase)
+    spend = GammaGammaFitter()
+    spend.params_ = pd.Series(model.params_.spend)
+    x = features["frequency"].to_numpy()
+    t_x = features["recency_days"].to_numpy() / 7.0
+    big_t = features["T_days"].to_numpy() / 7.0
+    m = features["monetary_value"].to_numpy()
+
+    def plain() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        expected = purchase.conditional_expected_number_of_purchases_up_to_time(
+            HORIZON_DAYS / 7.0, x, t_x, big_t
+        )
+        alive = purchase.conditional_probability_alive(x, t_x, big_t)
+        spend_per_order = spend.conditional_expected_average_profit(x, m)
+        return expected, alive, spend_per_order
+
+    (expected, alive, _), lifetimes_s = timed(plain)
+    worst = max(
+        max_relative_difference(ours["expected_purchases"], expected),
+        max_relative_difference(ours["p_alive"], alive),
+    )
+    agreement = f"expected purchases and P(alive) of {len(inputs):,} customers: max rel. diff {worst:.1e}"
+    return Row(
+        "scoring (registered pyfunc)",
+        "pyfunc predict",
+        project_s,
+        "lifetimes vectorised",
+        lifetimes_s,
+        agreement,
+        worst <= 1e-9,
+    )
+
+
+def bench_segmentation(features: pd.DataFrame, seed: int, subsample: int) -> Row:
+    """MiniBatchKMeans on every customer (the project's pipeline) against full KMeans on a subsample
+    (plain scikit-learn on the same standardised log features), judged on one common silhouette sample."""
+    model, project_s = timed(
+        lambda: SegmentModel(n_clusters=4, seed=seed, algorithm="minibatch_kmeans").fit(features)
+    )
+    ours = model.predict(features)["segment"].to_numpy()
+    space = evaluation_space(features)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(features), size=min(subsample, len(features)), replace=False)
+    kmeans, kmeans_s = timed(lambda: KMeans(n_clusters=4, n_init=1, random_state=seed).fit(space[sample]))
+    theirs = kmeans.predict(space)
+    ours_quality = quality_metrics(space, ours, seed)["silhouette"]
+    theirs_quality = quality_metrics(space, theirs, seed)["silhouette"]
+    agreement = (
+        f"silhouette {ours_quality:.3f} (all {len(features):,}) vs {theirs_quality:.3f} (KMeans on "
+        f"{len(sample):,}); ARI between them {adjusted_rand_score(theirs, ours):.3f}"
+    )
+    return Row(
+        "segmentation fit",
+        "MiniBatchKMeans, all customers",
+        project_s,
+        f"KMeans on {len(sample):,}",
+        kmeans_s,
+        agreement,
+        ours_quality >= theirs_quality - 0.05,
+    )
+
+
+# The train job runs in a child process that reports its own peak RSS (VmHWM) when it ends: the kernel's
+# ru_maxrss of a forked child also counts the parent's pages from before exec, which would be the
+# benchmark's own multi-GiB footprint.
+TRAIN_WITH_PEAK = """
+import runpy, sys
+from pathlib import Path
+report = Path(sys.argv.pop(1))
+try:
+    runpy.run_module("customer_value.train", run_name="__main__", alter_sys=True)
+finally:
+    status = Path("/proc/self/status").read_text().splitlines()
+    report.write_text(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+"""
+
+
+def bench_train(orders_path: Path, store: Path) -> dict[str, float]:
+    """``python -m customer_value.train`` end to end on the file: wall time and its peak RSS."""
+    peak_file = store / "train-peak-kib"
+    command = [
+        sys.executable,
+        "-c",
+        TRAIN_WITH_PEAK,
+        str(peak_file),
+        "data=file",
+        f"data.path={orders_path}",
+        f"tracking.uri=sqlite:///{store / 'train.db'}",
+        f"tracking.artifact_root={store / 'train-artifacts'}",
+        f"hydra.run.dir={store / 'outputs'}",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuntimeError("train failed: " + " | ".join(tail))
+    return {"train_seconds": seconds, "train_peak_rss_gib": int(peak_file.read_text()) / 2**20}
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    from importlib.metadata import version
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gib": f"{memory:.0f}",
+        "python": platform.python_version(),
+        "packages": ", ".join(
+            f"{name} {version(name)}" for name in ("lifetimes", "scikit-learn", "pandas", "numpy", "mlflow")
+        ),
+    }
+
+
+def run_benchmarks(
+    n_customers: int, seed: int = 1, workdir: Path | None = None, train: bool = True, subsample: int = 100_000
+) -> dict[str, Any]:
+    """Generate orders, run every comparison, return rows, sizes and (with ``train``) the end-to-end run."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        folder = Path(tmp)
+        raw, generate_s = timed(
+            lambda: generate_orders(n_customers, seed=seed, params=BENCH_PARAMS, max_repeats=100)
+        )
+        orders_path = folder / "orders.parquet"
+        raw.to_parquet(orders_path, index=False)
+        rows, features = bench_features(raw)
+        del raw
+        fit_row, model = bench_fit(features)
+        rows.append(fit_row)
+        rows.append(bench_scoring(model, features, folder))
+        rows.append(bench_segmentation(features, seed, subsample))
+        result: dict[str, Any] = {
+            "customers": len(features),
+            "orders_file": int(pd.read_parquet(orders_path, columns=["amount"]).shape[0]),
+            "generate_seconds": generate_s,
+            "rows": [asdict(row) | {"speedup": row.speedup} for row in rows],
+        }
+        if train:
+            result |= bench_train(orders_path, folder)
+        result["bench_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return result
+
+
+def _print(result: dict[str, Any], info: dict[str, str]) -> None:
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Python {info['python']}")
+    print(f"packages: {info['packages']}")
+    print(
+        f"data: {result['customers']:,} customers, {result['orders_file']:,} orders (generated in "
+        f"{result['generate_seconds']:.1f} s)"
+    )
+    print(f"{'task':<40}{'project':>10}{'baseline':>10}{'ratio':>8}  agrees  detail")
+    for row in result["rows"]:
+        print(
+            f"{row['task']:<40}{row['project_s']:>9.2f}s{row['baseline_s']:>9.2f}s{row['speedup']:>7.1f}x  "
+            f"{'yes' if row['agrees'] else 'NO':<6}  {row['project']} vs {row['baseline']}: "
+            f"{row['agreement']}"
+        )
+    if "train_seconds" in result:
+        print(
+            f"train end to end: {result['train_seconds']:.1f} s, "
+            f"peak RSS {result['train_peak_rss_gib']:.2f} GiB"
+        )
+    print(f"benchmark process peak RSS: {result['bench_peak_rss_gib']:.2f} GiB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m customer_value.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-train", action="store_true", help="skip the end-to-end train run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    info = machine()
+    result = run_benchmarks(args.customers, args.seed, train=not args.no_train)
+    _print(result, info)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info} | result, indent=2))
+    if not all(row["agrees"] for row in result["rows"]):
+        sys.exit("error: a comparison disagrees (see the agrees column)")
+
+
+if __name__ == "__main__":
+    main()

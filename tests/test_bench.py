@@ -1,0 +1,31 @@
+"""The benchmark at a small size: every side-by-side comparison computes the same thing both ways.
+
+Timings are never asserted here; `make bench` measures them (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from customer_value.bench import run_benchmarks
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_benchmarks(3_000, seed=3, workdir=tmp_path, train=False, subsample=2_000)
+    rows = {row["task"]: row for row in result["rows"]}
+    assert set(rows) == {
+        "features (log -> customer table)",
+        "features only (clean orders -> table)",
+        "features vs plain pandas",
+        "BG/NBD + Gamma-Gamma fit",
+        "scoring (registered pyfunc)",
+        "segmentation fit",
+    }
+    assert all(row["agrees"] for row in rows.values()), [r["agreement"] for r in rows.values()]
+    assert result["customers"] == 3_000
+    assert result["orders_file"] > 10 * result["customers"]  # about 12 orders per customer, as at 1M
+    assert all(row["project_s"] > 0 and row["baseline_s"] > 0 for row in rows.values())
