@@ -385,3 +385,33 @@ def test_stable_pareto_likelihood_equals_lifetimes_and_stays_finite_when_t_x_equ
     first = gammaln(r + 170) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
     first += -(r + 170) * np.log(alpha + 70.857) - s * np.log(beta + 70.857)
     assert ours[3] == pytest.approx(first, rel=1e-12)
+
+
+@pytest.mark.parametrize("family", ["bgnbd", "mbgnbd", "pareto_nbd"])
+def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) -> None:
+    """The BG/NBD shortcut (hypergeometric term once per distinct (x, T)) gives lifetimes' own numbers."""
+    from customer_value.clv import FAMILIES, _fitter, expected_purchases_by_time, model_inputs
+
+    rng = np.random.default_rng(5)
+    n = 2_000
+    T_days = rng.integers(1, 500, n).astype(float)
+    recency_days = np.floor(T_days * rng.uniform(0, 1, n))
+    frequency = np.where(recency_days > 0, rng.integers(1, 30, n), 0).astype(float)
+    features = pd.DataFrame(
+        {"frequency": frequency, "recency_days": recency_days, "T_days": T_days, "monetary_value": 10.0}
+    )
+    purchase = {
+        "bgnbd": {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
+        "mbgnbd": {"r": 0.525, "alpha": 6.183, "a": 0.891, "b": 1.614},
+        "pareto_nbd": {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669},
+    }[family]
+    params = CLVParams(family, purchase, {"p": 6.25, "q": 3.74, "v": 15.44}, 7.0)
+    inputs = model_inputs(features, 7.0)
+    times = np.array([4.3, 13.0, 52.0])
+    got = expected_purchases_by_time(params, inputs, times)
+    fitter = _fitter(FAMILIES[family].fitter, purchase)
+    for t, values in zip(times, got, strict=True):
+        expected = fitter.conditional_expected_number_of_purchases_up_to_time(
+            t, inputs.frequency, inputs.recency, inputs.T
+        )
+        np.testing.assert_allclose(values, expected, rtol=1e-12)
