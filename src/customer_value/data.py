@@ -1,7 +1,8 @@
 """Load and validate a transaction log: one row per order (customer, timestamp, amount).
 
 Everything downstream trusts the frame returned here: one row per customer and day (same-day orders
-merged), timestamps at day resolution, positive float amounts, sorted by customer then date.
+merged), customer ids as a categorical (sorted categories), timestamps at day resolution, positive float
+amounts, sorted by customer then date.
 Bad input raises :class:`DataError` with a message naming the file, the column and how many rows.
 """
 
@@ -230,14 +231,17 @@ def clean_transactions(
         raise DataError(f"{source}: column '{amount}' has no positive amount in {rows_read:,} rows")
 
     # Same-day orders merged: one row per (customer, day), sorted by customer id then day.
-    kept_codes, days = codes[keep], epoch_days(dates[keep])
-    runs = sorted_runs(kept_codes, days, by_day=True)
-    order_codes = runs.take(kept_codes)[runs.starts]
+    if not keep.all():  # copies of every column only when something is dropped
+        codes, dates, amounts = codes[keep], dates[keep], amounts[keep]
+    days = epoch_days(dates)
+    runs = sorted_runs(codes, days, by_day=True)
+    order_codes = runs.take(codes)[runs.starts]
     orders = pd.DataFrame(
         {
-            "customer_id": ids[order_codes],
+            # Categorical: every later per-customer step reuses these codes instead of re-hashing strings.
+            "customer_id": pd.Categorical.from_codes(order_codes, categories=pd.Index(ids)),
             "date": days_to_timestamps(runs.take(days)[runs.starts]),
-            "amount": run_sums(amounts[keep], runs),
+            "amount": run_sums(amounts, runs),
         }
     )
     report = DataReport(

@@ -59,9 +59,12 @@ def customer_codes(ids: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return codes, np.asarray(uniques, dtype=object)
 
 
+NS_PER_DAY = 86_400 * 10**9
+
+
 def epoch_days(dates: pd.Series | np.ndarray) -> np.ndarray:
-    """Whole days since 1970-01-01 of day-resolution timestamps."""
-    return np.asarray(dates, dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
+    """Whole days since 1970-01-01 (floor) of timestamps; integer division, no calendar conversion."""
+    return np.asarray(dates, dtype="datetime64[ns]").view(np.int64) // NS_PER_DAY
 
 
 def days_to_timestamps(days: np.ndarray) -> np.ndarray:
