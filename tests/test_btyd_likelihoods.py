@@ -112,3 +112,10 @@ def test_hessian_from_gradients_matches_the_function_hessian() -> None:
         return -(matrix @ np.log(params)) / params
 
     np.testing.assert_allclose(log_space_hessian(gradient, np.array([0.3, -0.2]), 1e-4), -matrix, atol=1e-8)
+
+
+def test_invalid_histories_are_refused_as_lifetimes_refuses_them() -> None:
+    with pytest.raises(ValueError, match="larger than T"):
+        fit_bgnbd(unique_patterns(np.array([1.0, 0.0]), np.array([5.0, 0.0]), np.array([4.0, 3.0])), 0.0)
+    with pytest.raises(ValueError, match="non-positive"):
+        fit_gamma_gamma(np.array([1.0, 2.0]), np.array([3.0, 0.0]), 0.0)

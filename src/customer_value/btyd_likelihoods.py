@@ -17,6 +17,7 @@ This module must not import lifetimes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,7 +186,7 @@ class GammaGammaLikelihood:
         return float(value), grad
 
 
-def _minimise(objective, n_params: int) -> np.ndarray:  # noqa: ANN001 (a value-and-gradient callable)
+def _minimise(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], n_params: int) -> np.ndarray:
     """BFGS from lifetimes' start; the log-parameters at the optimum, or FitFailed."""
     with np.errstate(all="ignore"):  # trial steps may overflow; a non-finite value makes BFGS back off
         result = minimize(
@@ -196,8 +197,24 @@ def _minimise(objective, n_params: int) -> np.ndarray:  # noqa: ANN001 (a value-
     return result.x
 
 
+def _check_histories(patterns: Patterns) -> None:
+    """lifetimes' input checks (``utils._check_inputs``), with its messages."""
+    x, t_x, big_t = patterns.frequency, patterns.recency, patterns.T
+    if len(x) == 0:
+        raise ValueError("There exists a zero length vector in one of frequency, recency or T.")
+    if np.any(t_x > big_t):
+        raise ValueError("Some values in recency vector are larger than T vector.")
+    if np.any(t_x[x == 0] != 0):
+        raise ValueError("There exist non-zero recency values when frequency is zero.")
+    if np.any(t_x < 0):
+        raise ValueError("There exist negative recency (ex: last order set before first order)")
+    if np.any(x != np.floor(x)):
+        raise ValueError("There exist non-integer values in the frequency vector.")
+
+
 def fit_bgnbd(patterns: Patterns, penalizer: float) -> dict[str, float]:
     """lifetimes' ``BetaGeoFitter(penalizer).fit`` estimates (r, alpha in the input's time unit, a, b)."""
+    _check_histories(patterns)
     likelihood = BGNBDLikelihood(patterns.frequency, patterns.recency, patterns.T, patterns.weights)
     scale = 1.0 / float(np.max(patterns.T))  # lifetimes' _scale_time: the oldest customer's age becomes 1
 
@@ -214,6 +231,8 @@ def fit_bgnbd(patterns: Patterns, penalizer: float) -> dict[str, float]:
 
 def fit_gamma_gamma(frequency: np.ndarray, monetary_value: np.ndarray, penalizer: float) -> dict[str, float]:
     """lifetimes' ``GammaGammaFitter(penalizer).fit`` estimates (p, q, v), one row per repeat buyer."""
+    if np.any(np.asarray(monetary_value) <= 0):
+        raise ValueError("There exist non-positive (<= 0) values in the monetary_value vector.")
     likelihood = GammaGammaLikelihood(frequency, monetary_value, np.ones(len(frequency)))
 
     def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
@@ -228,18 +247,17 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary_value: np.ndarray, penalizer
 
 
 def log_space_hessian(
-    gradient,
-    log_params: np.ndarray,
-    step: float,  # noqa: ANN001 (natural params -> gradient)
+    gradient: Callable[[np.ndarray], np.ndarray], log_params: np.ndarray, step: float
 ) -> np.ndarray:
-    """Hessian of a log-likelihood in log-parameters by central differences of its analytic gradient."""
+    """Hessian of a log-likelihood in log-parameters by central differences of its analytic gradient
+    (``gradient``: natural parameters -> d ll / d params); exact to O(step^2) in 2k gradient calls."""
 
     def log_gradient(theta: np.ndarray) -> np.ndarray:
         params = np.exp(theta)
         return gradient(params) * params  # chain rule: d/d ln(theta) = theta d/d theta
 
     shifts = np.eye(len(log_params)) * step
-    hessian = np.column_stack(  # 2k gradient calls
+    hessian = np.column_stack(
         [(log_gradient(log_params + h) - log_gradient(log_params - h)) / (2 * step) for h in shifts]
     )
     return (hessian + hessian.T) / 2.0
