@@ -74,6 +74,31 @@ def test_covariance_matches_lifetimes_standard_errors() -> None:
     np.testing.assert_allclose(ours, theirs, rtol=0.02)
 
 
+def test_covariance_is_the_inverse_of_lifetimes_autograd_hessian() -> None:
+    """From differences of our analytic gradients: lifetimes' exact (autograd) information matrices of
+    both likelihoods, at our estimates, inverted (CDNOW sample)."""
+    from autograd import hessian
+    from lifetimes import GammaGammaFitter
+
+    orders, _ = load_bundled("cdnow_sample", keep_zero_amounts=True)
+    calibration, _ = calibration_and_holdout(orders, Split(pd.Timestamp("1997-09-30"), orders["date"].max()))
+    params = CLVModel().fit(calibration).params_
+    inputs = model_inputs(calibration, 7.0)
+    x, t_x, T, m = inputs.frequency, inputs.recency, inputs.T, inputs.monetary_value
+    repeat = (x > 0) & (m > 0)
+    purchase = np.log([params.purchase[k] for k in ("r", "alpha", "a", "b")])
+    spend = np.log([params.spend[k] for k in ("p", "q", "v")])
+    ones = np.ones(len(x))
+    information = [
+        hessian(BetaGeoFitter._negative_log_likelihood)(purchase, x, t_x, T, ones, 0.0) * len(x),
+        hessian(GammaGammaFitter._negative_log_likelihood)(spend, x[repeat], m[repeat], ones[repeat], 0.0)
+        * repeat.sum(),
+    ]
+    covariance = np.asarray(params.log_covariance)
+    np.testing.assert_allclose(covariance[:4, :4], np.linalg.inv(information[0]), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(covariance[4:, 4:], np.linalg.inv(information[1]), rtol=1e-5, atol=1e-12)
+
+
 def test_draws_are_reproducible_and_centred_on_the_fit() -> None:
     covariance = (np.eye(7) * 0.01).tolist()
     params = CLVParams("bgnbd", PUBLISHED["bgnbd"], SPEND, 7.0, log_covariance=covariance)

@@ -23,6 +23,7 @@ from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, Pa
 from lifetimes.utils import ConvergenceError
 from scipy.special import gammaln, hyp2f1
 
+from customer_value.btyd_likelihoods import FitFailed, Patterns, fit_bgnbd, fit_gamma_gamma, unique_patterns
 from customer_value.errors import ModelFitError, NotEnoughDataError
 
 PREDICTION_COLUMNS = [
@@ -180,47 +181,64 @@ def _quiet_lifetimes() -> Iterator[None]:
         yield
 
 
-def fit_purchase_model(inputs: ModelInputs, penalizer: float, family: str = "bgnbd") -> dict[str, float]:
-    """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster)."""
+def purchase_patterns(inputs: ModelInputs) -> Patterns:
+    """Distinct (x, t_x, T) histories with their counts: purchase fits, checks and covariance run on these."""
+    return unique_patterns(inputs.frequency, inputs.recency, inputs.T)
+
+
+def fit_purchase_model(
+    inputs: ModelInputs, penalizer: float, family: str = "bgnbd", patterns: Patterns | None = None
+) -> dict[str, float]:
+    """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster).
+
+    BG/NBD uses our analytic-gradient likelihood (``btyd_likelihoods``: lifetimes' objective, optimiser and
+    start, several times faster); MBG/NBD and Pareto/NBD use lifetimes' fitters.
+    """
     spec = FAMILIES[family]
-    patterns = pd.DataFrame({"x": inputs.frequency, "t_x": inputs.recency, "T": inputs.T})
-    counts = patterns.value_counts(sort=False).reset_index(name="weight")
-    fitter = spec.fitter(penalizer_coef=penalizer)
-    try:
-        with _quiet_lifetimes():
-            fitter.fit(
-                counts["x"].to_numpy(),
-                counts["t_x"].to_numpy(),
-                counts["T"].to_numpy(),
-                weights=counts["weight"].to_numpy(),
-                tol=1e-8,  # lifetimes' Pareto/NBD default (1e-4) stops ~1e-3 short of the optimum
-            )
-    except (ConvergenceError, np.linalg.LinAlgError):
-        raise ModelFitError(
-            f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
-        ) from None
-    params = {k: float(fitter.params_[k]) for k in spec.params}
+    patterns = purchase_patterns(inputs) if patterns is None else patterns
+    failed = ModelFitError(
+        f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
+    )
+    if family == "bgnbd":
+        try:
+            params = fit_bgnbd(patterns, penalizer)
+        except FitFailed:
+            raise failed from None
+    else:
+        fitter = spec.fitter(penalizer_coef=penalizer)
+        try:
+            with _quiet_lifetimes():
+                fitter.fit(
+                    patterns.frequency,
+                    patterns.recency,
+                    patterns.T,
+                    weights=patterns.weights,
+                    tol=1e-8,  # lifetimes' Pareto/NBD default (1e-4) stops ~1e-3 short of the optimum
+                )
+        except (ConvergenceError, np.linalg.LinAlgError):
+            raise failed from None
+        params = {k: float(fitter.params_[k]) for k in spec.params}
     _require_finite(spec.label, params)
     return params
 
 
 def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
-    """Gamma-Gamma on repeat buyers with positive mean repeat spend (it refuses zero spend)."""
+    """Gamma-Gamma on repeat buyers with positive mean repeat spend (it refuses zero spend).
+
+    Our analytic-gradient likelihood (``btyd_likelihoods``), which reproduces lifetimes' GammaGammaFitter.
+    """
     usable = spend_sample(inputs)
     if usable.sum() < 2:
         raise NotEnoughDataError(
             f"Gamma-Gamma needs repeat buyers with positive spend; found {int(usable.sum())} of "
             f"{len(usable):,} customers in the calibration window"
         )
-    fitter = GammaGammaFitter(penalizer_coef=penalizer)
     try:
-        with _quiet_lifetimes():
-            fitter.fit(inputs.frequency[usable], inputs.monetary_value[usable])
-    except (ConvergenceError, np.linalg.LinAlgError):
+        params = fit_gamma_gamma(inputs.frequency[usable], inputs.monetary_value[usable], penalizer)
+    except FitFailed:
         raise ModelFitError(
             f"Gamma-Gamma did not converge on {int(usable.sum()):,} repeat buyers with penalizer {penalizer}"
         ) from None
-    params = {k: float(fitter.params_[k]) for k in SPEND_PARAMS}
     _require_finite("Gamma-Gamma", params)
     if params["q"] <= 1:
         raise ModelFitError(f"Gamma-Gamma fitted q={params['q']:.3f} <= 1: expected spend is undefined")
@@ -254,14 +272,6 @@ def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, we
                 np.sum(weights * StableParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T))
             )
         mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
-    return float(-mean_nll * np.sum(weights))
-
-
-def spend_log_likelihood(params: dict[str, float], x, m, weights) -> float:
-    """Total (weighted) Gamma-Gamma log-likelihood of repeat buyers' mean spend, unpenalised."""
-    values = np.log([params[k] for k in SPEND_PARAMS])
-    with _quiet_lifetimes():
-        mean_nll = GammaGammaFitter._negative_log_likelihood(values, x, m, weights, 0.0)
     return float(-mean_nll * np.sum(weights))
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from customer_value.btyd_likelihoods import Patterns
 from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.clv import (
     BTYD_COLUMNS,
@@ -25,6 +26,7 @@ from customer_value.clv import (
     fit_spend_model,
     model_inputs,
     predict_arrays,
+    purchase_patterns,
     spend_frequency_correlation,
 )
 from customer_value.errors import ModelFitError, NotEnoughDataError
@@ -76,13 +78,14 @@ class CLVModel:
         if self.family not in FAMILIES:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
         inputs = model_inputs(features, self.time_unit_days)
+        patterns = purchase_patterns(inputs)
         ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
         self.fit_attempts_: list[tuple[str, float, str]] = []
 
         def purchase_model(penalizer: float) -> dict[str, float]:
-            purchase = fit_purchase_model(inputs, penalizer, self.family)
+            purchase = fit_purchase_model(inputs, penalizer, self.family, patterns)
             _require_finite_predictions(
-                CLVParams(self.family, purchase, NEUTRAL_SPEND, self.time_unit_days), inputs
+                CLVParams(self.family, purchase, NEUTRAL_SPEND, self.time_unit_days), patterns
             )
             return purchase
 
@@ -94,7 +97,7 @@ class CLVModel:
         )
         purchase, self.purchase_penalizer_used_ = self._first_success("purchase", ladder, purchase_model)
         params = CLVParams(self.family, purchase, spend, self.time_unit_days)
-        self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs))
+        self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs, patterns))
         self.n_customers_ = len(inputs.frequency)
         self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
         return self
@@ -216,13 +219,12 @@ class CLVModel:
         return pd.concat(parts)[INTERVAL_COLUMNS]
 
 
-def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
+def _require_finite_predictions(params: CLVParams, patterns: Patterns) -> None:
     """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
 
     Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
     """
-    patterns = np.unique(np.column_stack([inputs.frequency, inputs.recency, inputs.T]), axis=0)
-    unique = ModelInputs(patterns[:, 0], patterns[:, 1], patterns[:, 2], np.zeros(len(patterns)))
+    unique = ModelInputs(patterns.frequency, patterns.recency, patterns.T, np.zeros(len(patterns.T)))
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:
             predict_arrays(params, unique, horizon_days, 0.0, horizon_days)

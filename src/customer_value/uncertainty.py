@@ -2,7 +2,8 @@
 
 - **Where the model's expectation could lie** (``expected_purchases_low/high``, ``clv_low/high``): a
   parametric bootstrap. The log-parameters' covariance is the inverse Hessian of the log-likelihood at the
-  fit (central differences on the unique customer patterns; purchase and spend models are separate
+  fit (central differences of the analytic gradient where the model has one, else second differences of
+  the likelihood, on the unique customer patterns; purchase and spend models are separate
   likelihoods, so the covariance is block-diagonal). Draws from N(log-params, covariance) are pushed
   through the whole model, learned layers included, and the interval is their quantiles. The draws come
   from a fixed seed and are shared by every customer, so a customer's interval depends on its own row only
@@ -24,13 +25,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from customer_value.btyd_likelihoods import BGNBDLikelihood, GammaGammaLikelihood, Patterns, log_space_hessian
 from customer_value.clv import (
     FAMILIES,
     SPEND_PARAMS,
     CLVParams,
     ModelInputs,
     purchase_log_likelihood,
-    spend_log_likelihood,
+    purchase_patterns,
     spend_sample,
 )
 
@@ -56,11 +58,9 @@ def _numerical_hessian(f: Callable[[np.ndarray], float], theta: np.ndarray, step
     return hessian
 
 
-def _inverse_information(
-    log_likelihood: Callable[[np.ndarray], float], theta: np.ndarray
-) -> np.ndarray | None:
+def _inverse_information(hessian: np.ndarray) -> np.ndarray | None:
     """Covariance of the log-parameters, or None when the information matrix is not positive definite."""
-    information = -_numerical_hessian(log_likelihood, theta, HESSIAN_STEP)
+    information = -hessian
     if not np.isfinite(information).all():
         return None
     try:
@@ -70,31 +70,43 @@ def _inverse_information(
     return np.linalg.inv(information)
 
 
-def log_parameter_covariance(params: CLVParams, inputs: ModelInputs) -> list[list[float]] | None:
-    """Covariance of (log purchase params, log spend params) in CLVParams' order; None if not estimable."""
-    names = FAMILIES[params.family].params
-    patterns = np.column_stack([inputs.frequency, inputs.recency, inputs.T])
-    unique, counts = np.unique(patterns, axis=0, return_counts=True)
-    x, t_x, T, w = unique[:, 0], unique[:, 1], unique[:, 2], counts.astype("float64")
+def log_parameter_covariance(
+    params: CLVParams, inputs: ModelInputs, patterns: Patterns | None = None
+) -> list[list[float]] | None:
+    """Covariance of (log purchase params, log spend params) in CLVParams' order; None if not estimable.
 
-    def purchase(theta: np.ndarray) -> float:
-        values = dict(zip(names, np.exp(theta), strict=True))
-        return purchase_log_likelihood(params.family, values, x, t_x, T, w)
+    BG/NBD and Gamma-Gamma differentiate their analytic gradients (2k gradient calls); the other purchase
+    models take second differences of lifetimes' likelihood. ``patterns``: the purchase histories' distinct
+    (x, t_x, T), if already computed.
+    """
+    names = FAMILIES[params.family].params
+    patterns = purchase_patterns(inputs) if patterns is None else patterns
+    purchase_theta = np.log([params.purchase[k] for k in names])
+    if params.family == "bgnbd":
+        likelihood = BGNBDLikelihood(patterns.frequency, patterns.recency, patterns.T, patterns.weights)
+        purchase_hessian = log_space_hessian(
+            lambda values: likelihood.value_and_gradient(values)[1], purchase_theta, HESSIAN_STEP
+        )
+    else:
+
+        def purchase(theta: np.ndarray) -> float:
+            values = dict(zip(names, np.exp(theta), strict=True))
+            return purchase_log_likelihood(
+                params.family, values, patterns.frequency, patterns.recency, patterns.T, patterns.weights
+            )
+
+        purchase_hessian = _numerical_hessian(purchase, purchase_theta, HESSIAN_STEP)
 
     usable = spend_sample(inputs)
-    spend_rows = np.unique(
-        np.column_stack([inputs.frequency[usable], inputs.monetary_value[usable]]), axis=0, return_counts=True
+    spend = GammaGammaLikelihood(
+        inputs.frequency[usable], inputs.monetary_value[usable], np.ones(int(usable.sum()))
     )
-
-    def spend(theta: np.ndarray) -> float:
-        values = dict(zip(SPEND_PARAMS, np.exp(theta), strict=True))
-        (rows, weights) = spend_rows
-        return spend_log_likelihood(values, rows[:, 0], rows[:, 1], weights.astype("float64"))
-
-    blocks = [
-        _inverse_information(purchase, np.log([params.purchase[k] for k in names])),
-        _inverse_information(spend, np.log([params.spend[k] for k in SPEND_PARAMS])),
-    ]
+    spend_hessian = log_space_hessian(
+        lambda values: spend.value_and_gradient(values)[1],
+        np.log([params.spend[k] for k in SPEND_PARAMS]),
+        HESSIAN_STEP,
+    )
+    blocks = [_inverse_information(purchase_hessian), _inverse_information(spend_hessian)]
     if any(block is None for block in blocks):
         return None
     k1, k2 = len(names), len(SPEND_PARAMS)
