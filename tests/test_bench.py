@@ -22,8 +22,8 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "features only (clean orders -> table)",
         "features vs plain pandas",
         "BG/NBD + Gamma-Gamma fit",
-        "scoring: same outputs as lifetimes can give",
-        "scoring: lifetimes without CLV",
+        "scoring vs lifetimes incl. CLV",
+        "scoring vs lifetimes, no CLV",
         "segmentation fit",
     }
     assert all(row["agrees"] for row in rows.values()), [r["agreement"] for r in rows.values()]

@@ -242,7 +242,7 @@ def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[
     same = worst <= 1e-9
     return [
         Row(
-            "scoring: same outputs as lifetimes can give",
+            "scoring vs lifetimes incl. CLV",
             "pyfunc predict",
             project_s,
             "lifetimes E[X], P(alive), spend, CLV",
@@ -251,7 +251,7 @@ def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[
             same,
         ),
         Row(
-            "scoring: lifetimes without CLV",
+            "scoring vs lifetimes, no CLV",
             "pyfunc predict",
             project_s,
             "lifetimes E[X], P(alive), spend",
