@@ -30,16 +30,7 @@ from customer_value.synthetic import TrueParams, generate_orders
 def customers() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, t_x, T, m) in weeks for 2,000 generated customers: several share a pattern."""
     raw = generate_orders(2_000, seed=5, params=TrueParams(r=0.8, alpha=5.0, a=0.6, b=3.0), max_repeats=60)
-    orders, _ = clean_transactions(
-        raw,
-        source="generated",
-        customer_id="customer_id",
-        timestamp="timestamp",
-        amount="amount",
-        timestamp_format=None,
-        keep_zero_amounts=False,
-        content_hash="",
-    )
+    orders, _ = clean_transactions(raw, source="generated")
     inputs = model_inputs(customer_features(orders, orders["date"].max()), 7.0)
     return inputs.frequency, inputs.recency, inputs.T, inputs.monetary_value
 

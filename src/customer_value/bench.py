@@ -81,18 +81,7 @@ def bench_features(raw: pd.DataFrame) -> tuple[list[Row], pd.DataFrame]:
     same-day orders) and a plain pandas groupby (first, last, count, sum: less work than either)."""
     from lifetimes.utils import summary_data_from_transaction_data
 
-    (orders, _), load_s = timed(
-        lambda: clean_transactions(
-            raw,
-            source="generated",
-            customer_id="customer_id",
-            timestamp="timestamp",
-            amount="amount",
-            timestamp_format=None,
-            keep_zero_amounts=False,
-            content_hash="",
-        )
-    )
+    (orders, _), load_s = timed(lambda: clean_transactions(raw, source="generated"))
     as_of = orders["date"].max()
     features, features_s = timed(lambda: customer_features(orders, as_of))
     summary, lifetimes_s = timed(

@@ -205,12 +205,12 @@ def clean_transactions(
     raw: pd.DataFrame,
     *,
     source: str,
-    customer_id: str,
-    timestamp: str,
-    amount: str,
-    timestamp_format: str | None,
-    keep_zero_amounts: bool,
-    content_hash: str,
+    customer_id: str = "customer_id",
+    timestamp: str = "timestamp",
+    amount: str = "amount",
+    timestamp_format: str | None = None,
+    keep_zero_amounts: bool = False,
+    content_hash: str = "",
 ) -> tuple[pd.DataFrame, DataReport]:
     """Validate raw columns and merge same-day orders; returns orders and what was done to them."""
     rows_read = len(raw)
