@@ -439,6 +439,20 @@ def test_segments_run_logs_k_selection_and_stability(
     assert logged == pytest.approx(curves.set_index("k").loc[chosen, "bic"])
 
 
+def test_k_is_chosen_on_a_sample_of_a_large_base_and_fitted_on_everyone(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.selection_sample=300"]
+    metrics = train(_compose("train", overrides))
+    run = _runs("customer-segments").iloc[-1]
+    assert run["metrics.k_selection.customers"] == 300
+    chosen = int(run["tags.segments.chosen_k"])
+    assert metrics["segments.n_segments"] == chosen
+    sizes = [v for k, v in metrics.items() if k.startswith("segments.size.")]
+    assert len(sizes) == chosen and sum(sizes) == 800  # the chosen k is fitted on every customer
+    assert 0 < metrics["segments.stability.bootstrap_ari_mean"] <= 1
+
+
 def test_scoring_with_a_previous_output_writes_and_logs_the_migration(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:

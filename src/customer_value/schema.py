@@ -130,6 +130,7 @@ class SegmentationConfig:
     extra_features: list[str] = field(default_factory=list)  # clv, churn_probability: value-based segments
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     silhouette_sample: int = 10_000
+    selection_sample: int = 100_000  # k-selection curves and bootstrap refits on at most this many customers
     primary_metric: str = "segments.silhouette"  # gate metric, higher is better
 
 
@@ -279,6 +280,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             "segmentation.stability values must be >= 0",
         ),
         (cfg.segmentation.silhouette_sample >= 100, "segmentation.silhouette_sample must be >= 100"),
+        (cfg.segmentation.selection_sample >= 100, "segmentation.selection_sample must be >= 100"),
         (
             cfg.segmentation.primary_metric in SEGMENT_GATE_METRICS,
             f"segmentation.primary_metric must be one of {list(SEGMENT_GATE_METRICS)}",

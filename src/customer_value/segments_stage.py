@@ -157,6 +157,17 @@ def train_segments(
     return metrics, candidate
 
 
+def sample_positions(n_rows: int, size: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded random sample of ``size`` rows (all rows when there are fewer)."""
+    if n_rows <= size:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def sample_customers(features: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    return features.iloc[sample_positions(len(features), size, seed)]
+
+
 def _fit_substantial(
     cfg: DictConfig, features: pd.DataFrame, make_model: Callable[..., SegmentModel]
 ) -> SegmentModel:
@@ -164,8 +175,9 @@ def _fit_substantial(
     seg = cfg.segmentation
     try:
         if seg.algorithm in TAKES_K and len(seg.k_values) > 0:
+            sample = sample_customers(features, seg.selection_sample, cfg.seed)
             curves, models = criterion_curves(
-                features, sorted(seg.k_values), make_model, cfg.seed, seg.silhouette_sample
+                sample, sorted(seg.k_values), make_model, cfg.seed, seg.silhouette_sample
             )
             curves["substantial"] = substantial(curves, seg.min_share)
             tracking.log_table(curves, "segments/k_selection.csv")
@@ -180,7 +192,12 @@ def _fit_substantial(
             )
             k = choose_k(curves, seg.k_rule, seg.min_share)
             mlflow.set_tags({"segments.chosen_k": str(k), "segments.k_rule": seg.k_rule})
-            return models[k]
+            tracking.log_metrics({"k_selection.customers": len(sample)})
+            if len(sample) == len(features):
+                return models[k]
+            model = make_model(k).fit(features)  # chosen on the sample, fitted on everyone
+            require_substantial(model.profile_["share"], seg.min_share)
+            return model
         model = make_model().fit(features)
         require_substantial(model.profile_["share"], seg.min_share)
         return model
@@ -205,8 +222,13 @@ def _stability(
     k = int(segments.max()) + 1
     metrics: dict[str, float] = {}
     if stability.bootstrap_resamples > 0:
+        rows = sample_positions(len(features), cfg.segmentation.selection_sample, cfg.seed)
         mean, sd = bootstrap_ari(
-            features, segments, lambda: make_model(k), stability.bootstrap_resamples, cfg.seed
+            features.iloc[rows],
+            segments[rows],
+            lambda: make_model(k),
+            stability.bootstrap_resamples,
+            cfg.seed,
         )
         metrics |= {"segments.stability.bootstrap_ari_mean": mean, "segments.stability.bootstrap_ari_sd": sd}
     earlier = as_of - pd.Timedelta(days=stability.window_days)
