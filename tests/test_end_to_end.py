@@ -439,11 +439,19 @@ def test_segments_run_logs_k_selection_and_stability(
     assert logged == pytest.approx(curves.set_index("k").loc[chosen, "bic"])
 
 
-def test_k_is_chosen_on_a_sample_of_a_large_base_and_fitted_on_everyone(
+def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
-    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.selection_sample=300"]
+    """k chosen on a sample and fitted on everyone; interval coverage measured on a sample."""
+    overrides = [
+        *_overrides(orders_csv, tracking_uri, tmp_path),
+        "segmentation.selection_sample=300",
+        "clv.intervals.evaluation_sample=200",
+    ]
     metrics = train(_compose("train", overrides))
+    assert metrics["holdout.interval_customers"] == 200
+    assert 0 <= metrics["holdout.purchases_interval_coverage"] <= 1
+    assert metrics["split.calibration_customers"] > 200  # the other holdout metrics use everyone
     run = _runs("customer-segments").iloc[-1]
     assert run["metrics.k_selection.customers"] == 300
     chosen = int(run["tags.segments.chosen_k"])

@@ -26,7 +26,14 @@ from customer_value.features import Split, calibration_and_holdout, customer_fea
 from customer_value.inner_windows import inner_windows
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, parse_day
-from customer_value.stage import Candidate, card_facts, prefixed, require_metrics, version_tags
+from customer_value.stage import (
+    Candidate,
+    card_facts,
+    prefixed,
+    require_metrics,
+    sample_positions,
+    version_tags,
+)
 from customer_value.value_layer import fit_value_layer
 
 log = logging.getLogger(__name__)
@@ -65,9 +72,13 @@ def train_clv(
     settings["family"] = family
     if cfg.clv.layers.churn or cfg.clv.layers.value:
         metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
-    predictions = model.predict(calibration, split.holdout_days, intervals=True)
+    predictions = model.predict(calibration, split.holdout_days)
     metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
-    metrics |= prefixed("holdout.", evaluation.interval_metrics(predictions, holdout))
+    # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
+    rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
+    sampled = model.predict(calibration.iloc[rows], split.holdout_days, intervals=True)
+    metrics |= prefixed("holdout.", evaluation.interval_metrics(sampled, holdout.iloc[rows]))
+    metrics["holdout.interval_customers"] = float(len(rows))
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))

@@ -79,6 +79,7 @@ class LayersConfig:
 class IntervalsConfig:
     level: float = 0.9  # central probability of every interval
     draws: int = 100  # parametric-bootstrap draws for the expectation intervals; 0 = parameter-free
+    evaluation_sample: int = 100_000  # holdout coverage of the intervals on at most this many customers
 
 
 @dataclass
@@ -281,6 +282,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
         (cfg.segmentation.silhouette_sample >= 100, "segmentation.silhouette_sample must be >= 100"),
         (cfg.segmentation.selection_sample >= 100, "segmentation.selection_sample must be >= 100"),
+        (cfg.clv.intervals.evaluation_sample >= 100, "clv.intervals.evaluation_sample must be >= 100"),
         (
             cfg.segmentation.primary_metric in SEGMENT_GATE_METRICS,
             f"segmentation.primary_metric must be one of {list(SEGMENT_GATE_METRICS)}",

@@ -28,7 +28,14 @@ from customer_value.segmentation import (
     projection_2d,
     quality_metrics,
 )
-from customer_value.stage import Candidate, card_facts, prefixed, require_metrics, version_tags
+from customer_value.stage import (
+    Candidate,
+    card_facts,
+    prefixed,
+    require_metrics,
+    sample_positions,
+    version_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +162,6 @@ def train_segments(
         ),
     )
     return metrics, candidate
-
-
-def sample_positions(n_rows: int, size: int, seed: int) -> np.ndarray:
-    """Sorted positions of a seeded random sample of ``size`` rows (all rows when there are fewer)."""
-    if n_rows <= size:
-        return np.arange(n_rows)
-    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
 
 
 def sample_customers(features: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:

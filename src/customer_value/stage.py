@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import registry, tracking
@@ -74,6 +75,14 @@ def require_metrics(metrics: dict[str, float], metric: str, key: str) -> None:
             f"{key}={metric} could not be computed on this data (e.g. nobody churned, revenue is constant); "
             "choose another metric"
         )
+
+
+def sample_positions(n_rows: int, size: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded random sample of ``size`` rows (all rows when there are fewer): what a
+    large base's evaluation-only work runs on."""
+    if n_rows <= size:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
 
 
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
