@@ -31,6 +31,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from customer_value import registry, tracking
+from customer_value.clv import model_inputs, spend_sample
 from customer_value.clv_model import CLVModel
 from customer_value.data import clean_transactions
 from customer_value.features import customer_features
@@ -42,6 +43,7 @@ T = TypeVar("T")
 # About 11.6 orders per customer: 1M customers give the issue's ~12M orders.
 BENCH_PARAMS = TrueParams(r=1.0, alpha=4.0, a=0.5, b=6.0)
 HORIZON_DAYS = 365.0
+WEEK_DAYS = 7.0  # the model time unit (CLVModel's default), in which lifetimes is fed
 
 
 @dataclass(frozen=True)
@@ -144,17 +146,20 @@ def bench_features(raw: pd.DataFrame) -> tuple[list[Row], pd.DataFrame]:
     return rows, features
 
 
+def _weekly_arrays(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, t_x, T, m) in weeks, as lifetimes takes them: the project's own conversion."""
+    inputs = model_inputs(features, WEEK_DAYS)
+    return inputs.frequency, inputs.recency, inputs.T, inputs.monetary_value
+
+
 def bench_fit(features: pd.DataFrame) -> tuple[Row, CLVModel]:
     """BG/NBD + Gamma-Gamma: the project's fit (unique patterns with weights, covariance for the
     intervals included) against lifetimes' plain fit on every customer."""
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
     model, project_s = timed(lambda: CLVModel(family="bgnbd").fit(features))
-    x = features["frequency"].to_numpy()
-    t_x = features["recency_days"].to_numpy() / 7.0
-    big_t = features["T_days"].to_numpy() / 7.0
-    m = features["monetary_value"].to_numpy()
-    repeat = (x > 0) & (m > 0)
+    x, t_x, big_t, m = _weekly_arrays(features)
+    repeat = spend_sample(model_inputs(features, WEEK_DAYS))
 
     def plain() -> tuple[Any, Any]:
         purchase = BetaGeoFitter(penalizer_coef=0.0).fit(x, t_x, big_t)
@@ -202,14 +207,11 @@ def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[
     purchase.predict = purchase.conditional_expected_number_of_purchases_up_to_time  # set by fit() otherwise
     spend = GammaGammaFitter()
     spend.params_ = pd.Series(model.params_.spend)
-    x = features["frequency"].to_numpy()
-    t_x = features["recency_days"].to_numpy() / 7.0
-    big_t = features["T_days"].to_numpy() / 7.0
-    m = features["monetary_value"].to_numpy()
+    x, t_x, big_t, m = _weekly_arrays(features)
 
     def core() -> tuple[np.ndarray, np.ndarray]:
         expected = purchase.conditional_expected_number_of_purchases_up_to_time(
-            HORIZON_DAYS / 7.0, x, t_x, big_t
+            HORIZON_DAYS / WEEK_DAYS, x, t_x, big_t
         )
         alive = purchase.conditional_probability_alive(x, t_x, big_t)
         spend.conditional_expected_average_profit(x, m)

@@ -26,6 +26,8 @@ from scipy.special import gammaln, hyp2f1
 from customer_value.btyd_likelihoods import FitFailed, Patterns, fit_bgnbd, fit_gamma_gamma, unique_patterns
 from customer_value.errors import ModelFitError, NotEnoughDataError
 
+# Scoring tables give no next-purchase date beyond a century: the wait then means "not expected".
+NO_DATE_BEYOND_DAYS = 36_525
 PREDICTION_COLUMNS = [
     "p_alive",
     "churn_probability",

@@ -153,6 +153,12 @@ class GateDecision:
             "gate.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
         }
 
+    def tag_run(self, run_id: str) -> None:
+        """Record the decision on a (finished) run as ``registered.*`` tags, by id."""
+        client = MlflowClient()
+        for key, value in (self.as_tags() | {"version": self.version}).items():
+            client.set_tag(run_id, f"registered.{key}", value)
+
 
 def decide(new_score: float, champion: ChampionJudgement | None) -> tuple[bool, str]:
     """Whether the new version takes the alias (higher is better; ties keep the champion), and why."""

@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import plots, registry, spark_scoring, tracking
-from customer_value.clv import INPUT_COLUMNS
+from customer_value.clv import INPUT_COLUMNS, NO_DATE_BEYOND_DAYS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
 from customer_value.features import customer_features, purchase_regularity
@@ -60,8 +60,7 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     segments = segments_model.predict(segment_inputs)
 
     table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
-    # Beyond a century the wait means "not expected": no date rather than an out-of-range timestamp.
-    days = table["next_purchase_days"].where(table["next_purchase_days"] <= 36_525)
+    days = table["next_purchase_days"].where(table["next_purchase_days"] <= NO_DATE_BEYOND_DAYS)
     table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
     table["horizon_days"] = float(horizon)
     table["as_of"] = as_of

@@ -24,7 +24,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import registry, tracking
-from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
+from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS, PREDICTION_COLUMNS
 from customer_value.errors import UserError
 from customer_value.schema import parse_day, validate_score_config
 from customer_value.segmentation import SEGMENT_FEATURES, FeatureSet
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MISSING_EXTRA = "engine=spark needs the [spark] extra: pip install -e '.[spark]'"
-NO_DATE_BEYOND_DAYS = 36_525  # as score.score_customers: beyond a century, "not expected", no date
 
 
 def require_pyspark() -> None:

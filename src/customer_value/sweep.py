@@ -112,9 +112,8 @@ def register_best(
     if register:
         with tracking.fail_run_on_error(parent.info.run_id):
             decision = _register(best, alias)
-        for key, value in (decision.as_tags() | {"version": decision.version}).items():
-            client.set_tag(best.info.run_id, f"registered.{key}", value)
-            client.set_tag(parent.info.run_id, f"registered.{key}", value)
+        decision.tag_run(best.info.run_id)
+        decision.tag_run(parent.info.run_id)
     client.set_terminated(parent.info.run_id, status="FINISHED")
     return decision
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import hydra
-import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
@@ -121,9 +120,7 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
         candidate.score,
         decision.reason,
     )
-    client = mlflow.MlflowClient()  # the run has ended: tag it by id, never through the fluent API
-    for key, value in (decision.as_tags() | {"version": decision.version}).items():
-        client.set_tag(candidate.run_id, f"registered.{key}", value)
+    decision.tag_run(candidate.run_id)  # the run has ended: tagged by id, never through the fluent API
     return decision
 
 
