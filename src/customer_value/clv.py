@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
+from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
 from customer_value.btyd_likelihoods import FitFailed, Patterns, fit_bgnbd, fit_gamma_gamma, unique_patterns
@@ -64,8 +65,38 @@ class StableParetoNBDFitter(ParetoNBDFitter):
     the last day (t_x = T, A_0 = 0 exactly). On CDNOW's full history that is customer 14048 (170 repeat
     purchases), whose NaN likelihood broke both the refit and every prediction. Here
     log(A_0) = log(F1) - k log(q1) + log1p(-(F2 / F1)(q1 / q2)^k), whose last term is -inf when t_x = T;
-    the likelihood then reduces to its first term, as it should. Everything else is lifetimes' code.
+    the likelihood then reduces to its first term, as it should.
+
+    The fit is lifetimes' Nelder-Mead from a fixed start: lifetimes draws the start from the *global*
+    NumPy generator, so on a short window whose likelihood has a ridge (s, beta -> infinity) the end point,
+    and minutes of hyp2f1, depended on whatever had run before (a CI run failed on it). A run that stops
+    without converging raises instead of returning its last simplex. Everything else is lifetimes' code.
     """
+
+    def _fit(  # noqa: ANN202 (lifetimes' signature)
+        self,
+        minimizing_function_args: tuple,
+        iterative_fitting: int,
+        initial_params: np.ndarray | None,
+        params_size: int,
+        disp: bool,
+        tol: float = 1e-6,
+        fit_method: str = "Nelder-Mead",
+        maxiter: int = 2000,
+        **kwargs: object,
+    ):
+        start = np.ones(params_size) if initial_params is None else np.asarray(initial_params)
+        output = minimize(
+            self._negative_log_likelihood,
+            x0=start,
+            args=minimizing_function_args,
+            method=fit_method,
+            tol=tol,
+            options={"disp": disp, "maxiter": maxiter, **kwargs},
+        )
+        if not output.success:
+            raise ConvergenceError(f"Pareto/NBD: {output.message}")
+        return output.x, output.fun
 
     @staticmethod
     def _log_A_0(params, freq, recency, age):  # noqa: ANN001, ANN205 (lifetimes' signature)
