@@ -131,7 +131,9 @@ class StableParetoNBDFitter(ParetoNBDFitter):
             return np.inf
         log_likelihood = StableParetoNBDFitter._conditional_log_likelihood(params, freq, rec, T)
         penalizer_term = penalizer_coef * sum(np.asarray(params) ** 2)
-        return -(weights * log_likelihood).sum() / weights.mean() + penalizer_term
+        value = -(weights * log_likelihood).sum() / weights.mean() + penalizer_term
+        # hyp2f1 overflows far out on the (s, beta) ridge; NaN would steer Nelder-Mead there, inf repels it.
+        return value if np.isfinite(value) else np.inf
 
 
 @dataclass(frozen=True)
