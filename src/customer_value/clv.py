@@ -369,13 +369,11 @@ def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.n
 def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> list[np.ndarray]:
     """E[X(t) | x, t_x, T] for each t in ``times`` (model units), for every customer.
 
-    BG/NBD (Fader, Hardie & Lee 2005, eq. 10, as lifetimes writes it): the hypergeometric term depends on
-    (x, T, t) only, so it is evaluated once per distinct (x, T) pair (thousands, not a million customers)
-    and the recency term once per customer; the arithmetic is lifetimes' own, so the values are the same.
-    Other families call lifetimes per time.
+    BG/NBD (Fader, Hardie & Lee 2005, eq. 10, as lifetimes writes it): see ``_bgnbd_by_pair``. Other
+    families call lifetimes per time.
     """
-    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     if params.family != "bgnbd":
+        x, t_x, T = inputs.frequency, inputs.recency, inputs.T
         fitter = _fitter(FAMILIES[params.family].fitter, params.purchase)
         with _quiet_lifetimes():
             return [
@@ -384,11 +382,43 @@ def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np
                 )
                 for t in times
             ]
+    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
+    return [values[inverse] / denominator for values in by_pair]
+
+
+def purchases_and_discounted(
+    params: CLVParams, inputs: ModelInputs, times: np.ndarray, factors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """E[X(t_n)] and sum_k (E[X(t_k)] - E[X(t_k-1)]) * factors_k, the purchases of each step discounted.
+
+    The discounted sum is rewritten as sum_k E[X(t_k)] * (factors_k - factors_k+1) (summation by parts),
+    so for BG/NBD it is formed on the distinct (x, T) pairs and spread to customers once, not per step.
+    """
+    weights = factors - np.append(factors[1:], 0.0)
+    if params.family != "bgnbd":
+        by_time = expected_purchases_by_time(params, inputs, times)
+        return by_time[-1], sum((w * values for w, values in zip(weights, by_time, strict=True)), start=0.0)
+    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
+    discounted = sum((w * values for w, values in zip(weights, by_pair, strict=True)), start=0.0)
+    return by_pair[-1][inverse] / denominator, discounted[inverse] / denominator
+
+
+def _bgnbd_by_pair(
+    params: CLVParams, inputs: ModelInputs, times: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """BG/NBD's E[X(t)] as (numerator per distinct (x, T) pair for each t, pair of each customer, and the
+    per-customer denominator): E[X(t)] = numerator[pair] / denominator.
+
+    The hypergeometric term depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair
+    (thousands, not a million customers; pairs found by hashing) and the recency term once per customer;
+    the arithmetic is lifetimes' own, so the values are the same.
+    """
+    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     r, alpha, a, b = (params.purchase[k] for k in ("r", "alpha", "a", "b"))
-    pairs, inverse = np.unique(x + 1j * T, return_inverse=True)  # complex numbers sort by (x, T)
+    inverse, pairs = pd.factorize(x + 1j * T)
     px, pT = pairs.real, pairs.imag
     denominator = 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x)
-    results = []
+    by_pair = []
     with np.errstate(divide="ignore", invalid="ignore"):
         for t in times:
             _a, _b, _c, _z = r + px, b + px, a + b + px - 1, t / (alpha + pT + t)
@@ -397,8 +427,8 @@ def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np
             ln_hyp = np.where(np.isinf(ln_hyp), ln_hyp_alt, ln_hyp)
             first = (a + b + px - 1) / (a - 1)
             second = 1 - np.exp(ln_hyp + (r + px) * np.log((alpha + pT) / (alpha + t + pT)))
-            results.append((first * second)[inverse] / denominator)
-    return results
+            by_pair.append(first * second)
+    return by_pair, inverse, denominator
 
 
 def predict_arrays(
@@ -424,13 +454,8 @@ def predict_arrays(
     # Discounted value: purchases expected in each step, discounted to today at the step's end.
     n_steps = max(1, math.ceil(horizon_days / discount_step_days - 1e-9))
     step_ends = np.minimum(np.arange(1, n_steps + 1) * discount_step_days, horizon_days)
-    cumulative = np.zeros_like(x)
-    discounted = np.zeros_like(x)
-    by_step = expected_purchases_by_time(params, inputs, step_ends / unit)
-    for end_days, now in zip(step_ends, by_step, strict=True):  # a handful of vectorised steps
-        discounted += (now - cumulative) / (1.0 + discount_rate) ** (end_days / DAYS_PER_YEAR)
-        cumulative = now
-    expected_purchases = cumulative
+    factors = 1.0 / (1.0 + discount_rate) ** (step_ends / DAYS_PER_YEAR)
+    expected_purchases, discounted = purchases_and_discounted(params, inputs, step_ends / unit, factors)
     columns = [
         p_alive,
         churn,

@@ -20,6 +20,7 @@ from customer_value.clv import (
     DEFAULT_FALLBACK_PENALIZERS,
     FAMILIES,
     INTERVAL_COLUMNS,
+    PREDICTION_COLUMNS,
     CLVParams,
     ModelInputs,
     fit_purchase_model,
@@ -164,25 +165,28 @@ class CLVModel:
         return table
 
     def _predict_with(self, params: CLVParams, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+        """PREDICTION_COLUMNS filled in one column-major matrix: one DataFrame block, no copies of it."""
         inputs = model_inputs(features, params.time_unit_days)
-        out = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
-        table = pd.DataFrame(out, index=features.index, columns=BTYD_COLUMNS)
-        table["btyd_churn_probability"] = table["churn_probability"]
-        table["btyd_expected_revenue"] = table["expected_revenue"]
-        btyd = table.copy()
+        values = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
+        btyd = pd.DataFrame(values, index=features.index, columns=BTYD_COLUMNS, copy=False)
+        out = np.empty((len(btyd), len(PREDICTION_COLUMNS)), dtype="float64", order="F")
+        out[:, : len(BTYD_COLUMNS)] = values
+        column = {name: index for index, name in enumerate(PREDICTION_COLUMNS)}
+        out[:, column["btyd_churn_probability"]] = btyd["churn_probability"]
+        out[:, column["btyd_expected_revenue"]] = btyd["expected_revenue"]
         if self.churn_layer_ is not None:
             churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
-            table["churn_probability"] = churn
-            table["purchase_probability"] = 1.0 - churn
+            out[:, column["churn_probability"]] = churn
+            out[:, column["purchase_probability"]] = 1.0 - churn
         if self.value_layer_ is not None:
             btyd_revenue = btyd["expected_revenue"].to_numpy()
             revenue = self.value_layer_.predict(value_layer_inputs(features, btyd), btyd_revenue)
             discount = np.divide(
                 btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
             )
-            table["expected_revenue"] = revenue
-            table["clv"] = revenue * discount
-        return table
+            out[:, column["expected_revenue"]] = revenue
+            out[:, column["clv"]] = revenue * discount
+        return pd.DataFrame(out, index=features.index, columns=PREDICTION_COLUMNS, copy=False)
 
     def _intervals(self, features: pd.DataFrame, horizon_days: float, point: pd.DataFrame) -> pd.DataFrame:
         """Bootstrap intervals of the expectations and the predictive interval of the purchase count.

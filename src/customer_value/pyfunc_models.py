@@ -42,18 +42,23 @@ def validate_customer_rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFr
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise invalid_input(f"input lacks column(s) {missing}")
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").astype("float64")
-    bad = ~np.isfinite(values.to_numpy())
+    values = np.empty((len(frame), len(columns)), dtype="float64", order="F")
+    for index, name in enumerate(columns):  # column by column into one matrix: no DataFrame copies
+        column = frame[name]
+        if not pd.api.types.is_numeric_dtype(column):
+            column = pd.to_numeric(column, errors="coerce")
+        values[:, index] = column.to_numpy(dtype="float64", na_value=np.nan)
+    bad = ~np.isfinite(values)
     if bad.any():
         raise invalid_input(f"{int(bad.any(axis=1).sum())} input row(s) have missing or non-numeric values")
     negative = (values < 0).any(axis=1)
     if negative.any():
         raise invalid_input(f"{int(negative.sum())} input row(s) have negative values")
     if {"recency_days", "T_days"} <= set(columns):
-        inverted = values["recency_days"] > values["T_days"]
+        inverted = values[:, columns.index("recency_days")] > values[:, columns.index("T_days")]
         if inverted.any():
             raise invalid_input(f"{int(inverted.sum())} input row(s) have recency_days > T_days")
-    return values
+    return pd.DataFrame(values, index=frame.index, columns=columns, copy=False)
 
 
 class CLVPyfunc(mlflow.pyfunc.PythonModel):
