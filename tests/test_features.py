@@ -128,3 +128,24 @@ def test_purchase_regularity_is_the_coefficient_of_variation_of_gaps() -> None:
     # Orders after as_of are ignored: by 2024-01-15 "clock" had one gap, by 2024-01-21 two equal ones.
     assert np.isnan(purchase_regularity(orders, days("2024-01-15"))["clock"])
     assert purchase_regularity(orders, days("2024-01-21"))["clock"] == 0.0
+
+
+@pytest.mark.parametrize("code_scale", [1, 2**40])  # 2**40: key and row number no longer fit in 63 bits
+def test_sorted_runs_group_like_a_stable_sort_by_customer_then_day(code_scale: int) -> None:
+    """Both sorting paths of ``grouping`` (packed value sort, stable argsort) give the same runs."""
+    from customer_value.grouping import run_sums, sorted_runs
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 50, 2_000) * code_scale
+    days = rng.integers(19_000, 19_400, 2_000)
+    amounts = rng.random(2_000)
+    runs = sorted_runs(codes, days, by_day=True)
+    expected = (
+        pd.DataFrame({"code": codes, "day": days, "amount": amounts})
+        .groupby(["code", "day"], sort=True)["amount"]
+        .sum()
+    )
+    assert np.array_equal(runs.codes_at(runs.starts), expected.index.get_level_values("code"))
+    assert np.array_equal(runs.days_at(runs.starts), expected.index.get_level_values("day"))
+    np.testing.assert_allclose(run_sums(amounts, runs), expected.to_numpy(), rtol=1e-12)
+    assert np.array_equal(runs.order, np.lexsort((days, codes)))  # stable: ties keep row order

@@ -218,7 +218,7 @@ def clean_transactions(
         raise DataError(f"{source}: no rows (header only or empty table)")
 
     codes, ids = _parse_customer_ids(raw[customer_id], source, customer_id)
-    dates = _parse_timestamps(raw[timestamp], source, timestamp, timestamp_format)
+    days = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
     amounts = _parse_amounts(raw[amount], source, amount)
 
     negative = amounts < 0
@@ -232,17 +232,18 @@ def clean_transactions(
 
     # Same-day orders merged: one row per (customer, day), sorted by customer id then day.
     if not keep.all():  # copies of every column only when something is dropped
-        codes, dates, amounts = codes[keep], dates[keep], amounts[keep]
-    days = epoch_days(dates)
+        codes, days, amounts = codes[keep], days[keep], amounts[keep]
     runs = sorted_runs(codes, days, by_day=True)
-    order_codes = runs.take(codes)[runs.starts]
+    order_codes = runs.codes_at(runs.starts)
+    order_days = runs.days_at(runs.starts)
     orders = pd.DataFrame(
         {
             # Categorical: every later per-customer step reuses these codes instead of re-hashing strings.
             "customer_id": pd.Categorical.from_codes(order_codes, categories=pd.Index(ids)),
-            "date": days_to_timestamps(runs.take(days)[runs.starts]),
+            "date": days_to_timestamps(order_days),
             "amount": run_sums(amounts, runs),
-        }
+        },
+        copy=False,
     )
     report = DataReport(
         source=source,
@@ -250,8 +251,8 @@ def clean_transactions(
         rows_used=int(keep.sum()),
         orders=len(orders),
         customers=int(np.count_nonzero(np.diff(order_codes))) + 1,
-        first_date=str(orders["date"].min().date()),
-        last_date=str(orders["date"].max().date()),
+        first_date=str(np.datetime64(int(order_days.min()), "D")),
+        last_date=str(np.datetime64(int(order_days.max()), "D")),
         content_hash=content_hash,
         dropped=dropped,
     )
@@ -282,8 +283,11 @@ def coerce_timestamps(values: pd.Series, fmt: str | None) -> pd.Series:
 
 def coerce_amounts(values: pd.Series) -> np.ndarray:
     """Amounts as float64; anything that is not a finite number becomes NaN."""
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-    return np.where(np.isfinite(numbers), numbers, np.nan)
+    if not pd.api.types.is_float_dtype(values):
+        values = pd.to_numeric(values, errors="coerce")
+    numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+    finite = np.isfinite(numbers)
+    return numbers if finite.all() else np.where(finite, numbers, np.nan)
 
 
 def _parse_customer_ids(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +306,8 @@ def _parse_customer_ids(values: pd.Series, source: str, column: str) -> tuple[np
     return codes[raw_codes], ids
 
 
-def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | None) -> np.ndarray:
+def _parse_days(values: pd.Series, source: str, column: str, fmt: str | None) -> np.ndarray:
+    """Whole days since 1970-01-01 of each timestamp (the time of day is not used anywhere)."""
     try:
         parsed = coerce_timestamps(values, fmt)
     except (ValueError, TypeError) as exc:
@@ -313,12 +318,12 @@ def _parse_timestamps(values: pd.Series, source: str, column: str, fmt: str | No
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not valid "
             f"timestamps ({_example(values, bad)}); set data.timestamp_format if the format is unusual"
         )
-    return parsed.dt.normalize().to_numpy(dtype="datetime64[ns]")
+    return epoch_days(parsed)
 
 
 def _parse_amounts(values: pd.Series, source: str, column: str) -> np.ndarray:
     numbers = coerce_amounts(values)
-    bad = np.isnan(numbers)
+    bad = ~np.isfinite(numbers)
     if bad.any():
         raise DataError(
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "

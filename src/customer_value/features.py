@@ -23,7 +23,6 @@ import pandas as pd
 from customer_value.errors import DataError
 from customer_value.grouping import (
     customer_codes,
-    days_to_timestamps,
     epoch_days,
     run_lengths,
     run_sums,
@@ -45,37 +44,37 @@ FEATURE_COLUMNS = [
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Customer table from orders on or before ``as_of`` (orders as returned by ``data``)."""
     as_of = pd.Timestamp(as_of).normalize()
-    seen = orders[orders["date"] <= as_of]
-    if seen.empty:
+    days = epoch_days(orders["date"])
+    as_of_day = int(epoch_days(np.array([as_of.to_datetime64()]))[0])
+    seen = days <= as_of_day
+    if not seen.any():
         raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
-    codes, ids = customer_codes(seen["customer_id"])
-    days = epoch_days(seen["date"])
+    customer_id, amounts = orders["customer_id"], orders["amount"].to_numpy(dtype="float64")
+    if not seen.all():  # copies only when some orders are after as_of
+        customer_id, days, amounts = customer_id[seen], days[seen], amounts[seen]
+    codes, ids = customer_codes(customer_id)
     # (customer, day) is unique after loading, so each customer's first row is its first purchase day.
     runs = sorted_runs(codes, days, by_day=False)
-    sorted_days = runs.take(days)
-    index = pd.Index(ids[runs.take(codes)[runs.starts]], name="customer_id")
-    last_rows = np.append(runs.starts[1:], len(sorted_days)) - 1
-    first = pd.Series(days_to_timestamps(sorted_days[runs.starts]), index=index)
-    last = pd.Series(days_to_timestamps(sorted_days[last_rows]), index=index)
-    n_orders = pd.Series(run_lengths(runs, len(sorted_days)), index=index)
-    amounts = seen["amount"].to_numpy(dtype="float64")
-    total = pd.Series(run_sums(amounts, runs), index=index)
-    first_amount = pd.Series(runs.take(amounts)[runs.starts], index=index)
+    last_rows = np.append(runs.starts[1:], len(days)) - 1
+    first_day, last_day = runs.days_at(runs.starts), runs.days_at(last_rows)
+    n_orders = run_lengths(runs, len(days)).astype("float64")
+    total = run_sums(amounts, runs)
+    first_amount = runs.take(amounts)[runs.starts]
 
     frequency = n_orders - 1
-    repeat_spend = total - first_amount
-    monetary = np.where(frequency > 0, repeat_spend / frequency.clip(lower=1), 0.0)
+    monetary = np.where(frequency > 0, (total - first_amount) / np.maximum(frequency, 1), 0.0)
     table = pd.DataFrame(
         {
-            "frequency": frequency.astype("float64"),
-            "recency_days": (last - first).dt.days.astype("float64"),
-            "T_days": (as_of - first).dt.days.astype("float64"),
-            "monetary_value": monetary.astype("float64"),
-            "days_since_last": (as_of - last).dt.days.astype("float64"),
-            "n_orders": n_orders.astype("float64"),
-            "total_spend": total.astype("float64"),
-            "mean_order_value": (total / n_orders).astype("float64"),
-        }
+            "frequency": frequency,
+            "recency_days": (last_day - first_day).astype("float64"),
+            "T_days": (as_of_day - first_day).astype("float64"),
+            "monetary_value": monetary,
+            "days_since_last": (as_of_day - last_day).astype("float64"),
+            "n_orders": n_orders,
+            "total_spend": total,
+            "mean_order_value": total / n_orders,
+        },
+        index=pd.Index(ids[runs.codes_at(runs.starts)], name="customer_id"),
     )
     table.index.name = "customer_id"
     return table

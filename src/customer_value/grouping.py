@@ -17,32 +17,78 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Runs:
-    """Rows sorted by (customer code, day) and where each run of equal keys starts."""
+    """Rows sorted by (customer code, day) and where each run of equal keys starts.
+
+    ``keys`` are the sorted (code * span + day - first_day) keys, so a run's customer code and day come
+    from its key without gathering the codes and days through the permutation.
+    """
 
     order: np.ndarray | None  # the sorting permutation; None when the input was already sorted
     starts: np.ndarray  # first row (in sorted order) of each run
+    keys: np.ndarray  # sorted (code << day_bits) | (day - first_day)
+    day_bits: int
+    first_day: int
 
     def take(self, values: np.ndarray) -> np.ndarray:
         return values if self.order is None else values[self.order]
 
+    def codes_at(self, rows: np.ndarray) -> np.ndarray:
+        return self.keys[rows] >> self.day_bits
+
+    def days_at(self, rows: np.ndarray) -> np.ndarray:
+        days = self.keys[rows] & ((1 << self.day_bits) - 1)
+        days += self.first_day
+        return days
+
 
 def sorted_runs(codes: np.ndarray, days: np.ndarray, *, by_day: bool) -> Runs:
-    """Runs of equal customer code (and day, when ``by_day``) after sorting by (code, day)."""
-    codes = codes.astype(np.int64, copy=False)
-    days = days.astype(np.int64, copy=False)
-    span = int(days.max() - days.min()) + 1 if len(days) else 1
-    key = codes * span + (days - (days.min() if len(days) else 0))
+    """Runs of equal customer code (and day, when ``by_day``) after sorting by (code, day).
+
+    Keys are built in place in one array (shifts, not multiplications: at 12M rows every extra
+    temporary and integer division shows in the time).
+    """
+    days = np.asarray(days)
+    first_day = int(days.min()) if len(days) else 0
+    day_bits = max(1, (int(days.max()) - first_day).bit_length()) if len(days) else 1
+    codes = np.asarray(codes)
+    if len(codes) and int(codes.max()) >= 1 << (62 - day_bits):
+        raise ValueError("customer codes too large to pack with the days into 63-bit keys")
+    keys = np.left_shift(codes, day_bits, dtype=np.int64)
+    keys += days
+    keys -= first_day
     order = None
-    if len(key) > 1 and not bool(np.all(key[1:] >= key[:-1])):
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-    if not by_day:
-        key = key // span
-    boundary = np.empty(len(key), dtype=bool)
-    if len(key):
+    if len(keys) > 1 and not bool(np.all(keys[1:] >= keys[:-1])):
+        keys, order = _sort_keys(keys)
+    boundary = np.empty(len(keys), dtype=bool)
+    if len(keys):
         boundary[0] = True
-        np.not_equal(key[1:], key[:-1], out=boundary[1:])
-    return Runs(order=order, starts=np.flatnonzero(boundary))
+        if by_day:
+            np.not_equal(keys[1:], keys[:-1], out=boundary[1:])
+        else:
+            customer = keys >> day_bits
+            np.not_equal(customer[1:], customer[:-1], out=boundary[1:])
+    return Runs(
+        order=order, starts=np.flatnonzero(boundary), keys=keys, day_bits=day_bits, first_day=first_day
+    )
+
+
+def _sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted non-negative keys (sorted in place) and the stable permutation that sorts them.
+
+    When key and row number fit in 63 bits together (a million customers x years of days x 12M rows do),
+    they are packed into one integer and sorted by value: NumPy's SIMD sort of values is several times
+    faster than ``argsort``, and the row number as low bits makes it stable. Otherwise: a stable argsort.
+    """
+    row_bits = max(1, (len(keys) - 1).bit_length())
+    if int(keys.max()) < 1 << (63 - row_bits):
+        keys <<= row_bits
+        keys |= np.arange(len(keys), dtype=np.int64)
+        keys.sort()
+        order = keys & ((1 << row_bits) - 1)
+        keys >>= row_bits
+        return keys, order
+    order = np.argsort(keys, kind="stable")
+    return keys[order], order
 
 
 def run_sums(values: np.ndarray, runs: Runs) -> np.ndarray:
@@ -63,9 +109,15 @@ NS_PER_DAY = 86_400 * 10**9
 
 
 def epoch_days(dates: pd.Series | np.ndarray) -> np.ndarray:
-    """Whole days since 1970-01-01 (floor) of timestamps; integer division, no calendar conversion."""
-    return np.asarray(dates, dtype="datetime64[ns]").view(np.int64) // NS_PER_DAY
+    """Whole days since 1970-01-01 (floor) of timestamps (no NaT); integer division in the timestamps'
+    own unit, no calendar conversion and no copy to nanoseconds."""
+    values = np.asarray(dates)
+    if values.dtype.kind != "M":
+        values = values.astype("datetime64[ns]")
+    unit, count = np.datetime_data(values.dtype)
+    per_day = int(np.timedelta64(1, "D") // np.timedelta64(count, unit))
+    return values.view(np.int64) // per_day
 
 
 def days_to_timestamps(days: np.ndarray) -> np.ndarray:
-    return days.astype("datetime64[D]").astype("datetime64[ns]")
+    return (np.asarray(days, dtype=np.int64) * NS_PER_DAY).view("datetime64[ns]")
