@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -25,7 +26,7 @@ from customer_value.errors import ModelFitError, UserError
 from customer_value.features import customer_features
 from customer_value.pyfunc_models import clv_spec
 from customer_value.schema import register_configs
-from customer_value.score import score, score_customers, write_table_atomically
+from customer_value.score import score, score_customers, write_chunks_atomically
 from customer_value.train import train
 from customer_value.value_layer import ValueLayer
 
@@ -116,8 +117,8 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         table["value_share"].sum() == pytest.approx(1.0) and table["recommended_action"].str.len().min() > 0
     )
 
-    score_cfg = _compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}", "score.horizon_days=90"])
-    table = score_customers(score_cfg)
+    score_overrides = [*overrides[:2], f"tracking.uri={tracking_uri}", "score.horizon_days=90"]
+    table = score_customers(_compose("score", score_overrides))
     assert len(table) == 800 and table["customer_id"].is_unique
     expected = [
         "customer_id",
@@ -159,6 +160,20 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     assert (table["clv_low"] <= table["clv"]).all() and (table["clv"] <= table["clv_high"]).all()
     assert (table["clv_high"] > table["clv_low"]).any()
     assert (table["purchases_low"] <= table["purchases_high"]).all()
+    # Written in chunks of 37 customers (22 chunks, the last one short): the same table, to Parquet and CSV.
+    for suffix in ("parquet", "csv"):
+        output = tmp_path / f"chunked.{suffix}"
+        score(_compose("score", [*score_overrides, "score.chunk_customers=37", f"score.output={output}"]))
+        written = (
+            pd.read_parquet(output)
+            if suffix == "parquet"
+            else pd.read_csv(output, dtype={"customer_id": str})
+        )
+        assert list(written.columns) == expected and len(written) == 800
+        for column in PREDICTION_COLUMNS:
+            np.testing.assert_allclose(written[column].to_numpy(), table[column].to_numpy(), rtol=1e-12)
+        assert (written["segment_name"] == table["segment_name"]).all()
+        assert (written["customer_id"].astype(str) == table["customer_id"].astype(str)).all()
 
     # A second identical run ties the champion: it becomes the challenger, the champion stays.
     train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
@@ -224,12 +239,15 @@ def test_score_without_a_champion_is_a_clear_error(
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    class Unwritable(pd.DataFrame):
-        def to_parquet(self, *args, **kwargs):  # noqa: ANN002, ANN003
-            raise OSError("disk full")
+    """A job failing after its first chunk was written (disk full, a bad chunk) leaves no file behind."""
 
-    with pytest.raises(OSError, match="disk full"):
-        write_table_atomically(Unwritable({"a": [1]}), tmp_path / "scores.parquet")
+    def chunks() -> Iterator[pd.DataFrame]:
+        yield pd.DataFrame({"a": [1, 2]})
+        raise OSError("disk full")
+
+    for suffix in ("parquet", "csv"):
+        with pytest.raises(OSError, match="disk full"):
+            write_chunks_atomically(chunks(), tmp_path / f"scores.{suffix}")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -169,6 +169,7 @@ class ScoreOptions:
     intervals: bool = True  # add the prediction-interval columns (see uncertainty.py)
     attributes_path: str | None = None  # the attributes file, when the segments model clusters on attributes
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
+    chunk_customers: int = 250_000  # customers scored and written at a time (bounds the outputs' memory)
 
 
 @dataclass
@@ -315,6 +316,7 @@ def validate_score_config(cfg: DictConfig) -> None:
             f"score.output '{cfg.score.output}' must end in .parquet or .csv",
         ),
         (cfg.engine.name in SCORE_ENGINES, f"engine.name must be one of {list(SCORE_ENGINES)}"),
+        (cfg.score.chunk_customers > 0, "score.chunk_customers must be > 0"),
     ]
     _raise_first(checks)
     parse_day(cfg.score.as_of, "score.as_of")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,7 @@ from customer_value.errors import UserError
 from customer_value.features import customer_features, purchase_regularity
 from customer_value.jobs import load_orders
 from customer_value.migration import (
+    KEY_COLUMNS,
     load_previous_scores,
     migration_summary,
     transition_matrix,
@@ -37,6 +39,16 @@ log = logging.getLogger(__name__)
 
 def score_customers(cfg: DictConfig) -> pd.DataFrame:
     """One row per customer seen on or before ``score.as_of``, with segment and every CLV output."""
+    return pd.concat(list(score_chunks(cfg)), ignore_index=True)
+
+
+def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
+    """The scoring table in chunks of ``score.chunk_customers`` customers, in customer-id order.
+
+    The order log is reduced to one row per customer first (it must fit in memory, ~20 bytes per order
+    after loading); the models' outputs, intervals included, exist for one chunk at a time, so their
+    memory is bounded by the chunk size, not by the number of customers.
+    """
     validate_score_config(cfg)
     tracking.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
@@ -45,28 +57,35 @@ def score_customers(cfg: DictConfig) -> pd.DataFrame:
     orders, report = load_orders(cfg.data)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
     features = customer_features(orders, as_of)
-    rows = features.reset_index(drop=True)
 
     clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
     horizon = cfg.score.horizon_days
     if horizon is None:
         horizon = default_horizon(clv_model)
     params = {"horizon_days": float(horizon), "intervals": bool(cfg.score.intervals)}
-    values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
-    segment_inputs = _segment_inputs(cfg, segments_model, features, clv_model, horizon, values, orders, as_of)
-    segments = segments_model.predict(segment_inputs)
-
-    table = pd.concat([pd.DataFrame({"customer_id": features.index.to_numpy()}), segments, values], axis=1)
-    days = table["next_purchase_days"].where(table["next_purchase_days"] <= NO_DATE_BEYOND_DAYS)
-    table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
-    table["horizon_days"] = float(horizon)
-    table["as_of"] = as_of
-    table["clv_model_version"] = str(clv_version.version)
-    table["segments_model_version"] = str(segments_version.version)
-    return table
+    extra = _segment_extras(cfg, segments_model, features, orders, as_of)
+    del orders  # only the customer table is needed from here on
+    versions = {
+        "clv_model_version": str(clv_version.version),
+        "segments_model_version": str(segments_version.version),
+    }
+    for start in range(0, len(features), cfg.score.chunk_customers):
+        part = features.iloc[start : start + cfg.score.chunk_customers]
+        rows = part.reset_index(drop=True)
+        values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
+        inputs = _segment_inputs(
+            segments_model, rows, clv_model, horizon, values, extra.iloc[start : start + len(part)]
+        )
+        segments = segments_model.predict(inputs)
+        table = pd.concat([pd.DataFrame({"customer_id": part.index.to_numpy()}), segments, values], axis=1)
+        days = table["next_purchase_days"].where(table["next_purchase_days"] <= NO_DATE_BEYOND_DAYS)
+        table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
+        table["horizon_days"] = float(horizon)
+        table["as_of"] = as_of
+        yield table.assign(**versions)
 
 
 def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
@@ -74,33 +93,19 @@ def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
     return next(p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days")
 
 
-def _segment_inputs(
+def _segment_extras(
     cfg: DictConfig,
     segments_model: mlflow.pyfunc.PyFuncModel,
     features: pd.DataFrame,
-    clv_model: mlflow.pyfunc.PyFuncModel,
-    horizon: float,
-    values: pd.DataFrame,
     orders: pd.DataFrame,
     as_of: pd.Timestamp,
 ) -> pd.DataFrame:
-    """What the segments champion clusters on: RFM, and when it was trained so, CLV outputs (at the CLV
-    model's own default horizon, as in training), purchase regularity and customer attributes
-    (``score.attributes_path``)."""
-    model = segments_model.unwrap_python_model().model
-    feature_set = getattr(model, "feature_set", FeatureSet())
-    rows = features.reset_index(drop=True)[SEGMENT_FEATURES]
+    """Segment inputs that need more than a customer's own row, for every customer (in ``features``'
+    order, no index): purchase regularity from the orders, customer attributes (``score.attributes_path``)."""
+    feature_set = getattr(segments_model.unwrap_python_model().model, "feature_set", FeatureSet())
+    extras = pd.DataFrame(index=range(len(features)))
     if "regularity" in feature_set.extra:
-        rows["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
-    clv_columns = [c for c in feature_set.extra if c != "regularity"]
-    if clv_columns:
-        default = default_horizon(clv_model)
-        if float(default) != float(horizon):
-            values = clv_model.predict(
-                features.reset_index(drop=True)[INPUT_COLUMNS],
-                params={"horizon_days": float(default), "intervals": False},
-            )
-        rows = rows.join(values[clv_columns])
+        extras["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
     attributes = [*feature_set.numeric, *feature_set.categorical]
     if attributes:
         if cfg.score.attributes_path is None:
@@ -117,13 +122,41 @@ def _segment_inputs(
             }
         )
         table, _ = load_attributes(spec)
-        joined = join_attributes(features[[]], table, attributes).reset_index(drop=True)
-        rows = rows.join(joined)
-    return rows
+        extras = extras.join(join_attributes(features[[]], table, attributes).reset_index(drop=True))
+    return extras
+
+
+def _segment_inputs(
+    segments_model: mlflow.pyfunc.PyFuncModel,
+    rows: pd.DataFrame,
+    clv_model: mlflow.pyfunc.PyFuncModel,
+    horizon: float,
+    values: pd.DataFrame,
+    extras: pd.DataFrame,
+) -> pd.DataFrame:
+    """What the segments champion clusters on for these customers: RFM, and when it was trained so, CLV
+    outputs (at the CLV model's own default horizon, as in training) and the extras."""
+    feature_set = getattr(segments_model.unwrap_python_model().model, "feature_set", FeatureSet())
+    inputs = rows[SEGMENT_FEATURES]
+    clv_columns = [c for c in feature_set.extra if c != "regularity"]
+    if clv_columns:
+        default = default_horizon(clv_model)
+        if float(default) != float(horizon):
+            values = clv_model.predict(
+                rows[INPUT_COLUMNS], params={"horizon_days": float(default), "intervals": False}
+            )
+        inputs = inputs.join(values[clv_columns])
+    return inputs.join(extras.reset_index(drop=True))
 
 
 def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
     """Write to a temporary file in the target folder, then rename: readers see all or nothing."""
+    return write_chunks_atomically([table], output)[0]
+
+
+def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tuple[Path, int]:
+    """Append each chunk to a temporary file in the target folder, then rename it into place; returns
+    the path and the rows written. A failure in any chunk (or in producing it) leaves nothing behind."""
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
@@ -134,15 +167,40 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the table should read like any other file
+    rows = 0
     try:
         if output.suffix.lower() == ".csv":
-            table.to_csv(tmp, index=False)
+            for index, chunk in enumerate(chunks):
+                chunk.to_csv(tmp, index=False, mode="w" if index == 0 else "a", header=index == 0)
+                rows += len(chunk)
         else:
-            table.to_parquet(tmp, index=False)
+            rows = _write_parquet_chunks(chunks, tmp)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    return output
+    return output, rows
+
+
+def _write_parquet_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, rows = None, 0
+    try:
+        for chunk in chunks:
+            if writer is None:  # the first chunk's types are the file's
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                writer = pq.ParquetWriter(path, table.schema)
+            else:
+                table = pa.Table.from_pandas(chunk, schema=writer.schema, preserve_index=False)
+            writer.write_table(table)
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("no rows to write")
+    return rows
 
 
 def score(cfg: DictConfig) -> Path | str:
@@ -152,13 +210,19 @@ def score(cfg: DictConfig) -> Path | str:
     if cfg.engine.name == "spark":
         return spark_scoring.score(cfg)
     previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
-    table = score_customers(cfg)
-    migration = None if previous is None else transition_table(previous, table)
-    output = write_table_atomically(table, Path(cfg.score.output))
-    if migration is not None:
-        _write_and_log_migration(cfg, migration, output, table)
+    kept: list[pd.DataFrame] = []  # the few columns the migration and the summary line need
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for chunk in score_chunks(cfg):
+            kept.append(chunk[[*KEY_COLUMNS, "as_of", "clv_model_version", "segments_model_version"]])
+            yield chunk
+
+    output, rows = write_chunks_atomically(chunks(), Path(cfg.score.output))
+    table = pd.concat(kept, ignore_index=True)
+    if previous is not None:
+        _write_and_log_migration(cfg, transition_table(previous, table), output, table)
     log.info(
-        f"scored {len(table):,} customers as of {table['as_of'].iloc[0].date()} with "
+        f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
         f"v{table['segments_model_version'].iloc[0]} -> {output}"
     )
