@@ -10,19 +10,15 @@ whatever else the machine is doing: run it on a quiet machine and read ratios, n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -31,6 +27,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from customer_value import registry, tracking
+from customer_value.bench_timing import best_of, machine, max_relative_difference, pretouch_memory, timed
 from customer_value.clv import model_inputs, spend_sample
 from customer_value.clv_model import CLVModel
 from customer_value.data import clean_transactions
@@ -39,7 +36,6 @@ from customer_value.pyfunc_models import clv_spec
 from customer_value.segmentation import SegmentModel, evaluation_space, quality_metrics
 from customer_value.synthetic import TrueParams, generate_orders
 
-T = TypeVar("T")
 # About 11.6 orders per customer: 1M customers give the issue's ~12M orders.
 BENCH_PARAMS = TrueParams(r=1.0, alpha=4.0, a=0.5, b=6.0)
 HORIZON_DAYS = 365.0
@@ -62,40 +58,6 @@ class Row:
     @property
     def speedup(self) -> float:
         return self.baseline_s / self.project_s if self.project_s > 0 else float("nan")
-
-
-def timed(work: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    result = work()
-    return result, time.perf_counter() - start
-
-
-def best_of(repeats: int, work: Callable[[], T]) -> tuple[T, float]:
-    """The result and the fastest of ``repeats`` runs (timeit's convention for short, repeatable steps)."""
-    runs = [timed(work) for _ in range(repeats)]
-    return runs[0][0], min(seconds for _, seconds in runs)
-
-
-def pretouch_memory(gib: float) -> float:
-    """Write to ``gib`` GiB once and free it; returns the seconds it took.
-
-    These machines are VMs whose memory the host backs lazily: the first write to each page since boot
-    costs a host fault, which made 12M-row array steps 5-10x slower on their first run than on their
-    second (measured: a packed sort step 0.60 s cold, 0.11 s after). Touching the memory once before any
-    timing puts both sides of every comparison on equal, already-backed memory.
-    """
-    start = time.perf_counter()
-    blocks = [np.ones(1 << 25) for _ in range(int(gib * 4))]  # 256 MiB each
-    del blocks
-    return time.perf_counter() - start
-
-
-def max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
-    scale = np.maximum(np.abs(a), np.abs(b))
-    return float(
-        np.max(np.where(scale > 0, np.abs(a - b) / np.where(scale > 0, scale, 1.0), 0.0), initial=0.0)
-    )
 
 
 def bench_features(raw: pd.DataFrame) -> tuple[list[Row], pd.DataFrame]:
@@ -343,28 +305,6 @@ def bench_train(orders_path: Path, store: Path) -> dict[str, float]:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise RuntimeError("train failed: " + " | ".join(tail))
     return {"train_seconds": seconds, "train_peak_rss_gib": int(peak_file.read_text()) / 2**20}
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    from importlib.metadata import version
-
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "memory_gib": f"{memory:.0f}",
-        "python": platform.python_version(),
-        "packages": ", ".join(
-            f"{name} {version(name)}" for name in ("lifetimes", "scikit-learn", "pandas", "numpy", "mlflow")
-        ),
-    }
 
 
 def run_benchmarks(
