@@ -665,3 +665,31 @@ def test_every_registered_version_carries_a_model_card(
     assert float(champion_row.split("|")[3]) == pytest.approx(
         float(clv.tags["gate.champion_score"]), abs=1e-4
     )
+
+
+@pytest.mark.slow
+def test_same_data_config_and_seed_give_identical_models_and_segments(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Issue 7 reproducibility: two trainings on the same file, config and seed fit identical parameters,
+    and their segment models assign every customer to the same segment."""
+    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    first = train(_compose("train", overrides))
+    second = train(_compose("train", overrides))
+    fitted = {k: v for k, v in first.items() if k.startswith(("fitted.", "refit.", "segments."))}
+    assert len(fitted) > 10 and fitted == {k: second[k] for k in fitted}
+    specs = [mlflow.pyfunc.load_model(f"models:/customer-clv/{v}").unwrap_python_model().spec for v in (1, 2)]
+    for key in ("calibration_params", "scoring_params", "churn_layer", "value_layer"):
+        assert specs[0][key] == specs[1][key], key
+    client = MlflowClient()
+    score_overrides = [*overrides[:2], f"tracking.uri={tracking_uri}", "score.intervals=false"]
+    tables = []
+    for version in ("1", "2"):
+        for name in ("customer-clv", "customer-segments"):
+            client.set_registered_model_alias(name, "champion", version)
+        tables.append(score_customers(_compose("score", score_overrides)))
+    assert (tables[0]["segments_model_version"] == "1").all() and (
+        tables[1]["segments_model_version"] == "2"
+    ).all()
+    columns = ["customer_id", "segment", "segment_name", "clv", "churn_probability"]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
