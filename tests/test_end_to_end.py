@@ -693,3 +693,18 @@ def test_same_data_config_and_seed_give_identical_models_and_segments(
     ).all()
     columns = ["customer_id", "segment", "segment_name", "clv", "churn_probability"]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+
+
+@pytest.mark.slow
+def test_customer_ids_stay_out_of_every_artifact_and_the_tracking_store(
+    synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Issue 7 security: runs, plots, tables, logged models and the store hold aggregates, never an id."""
+    path = tmp_path / "orders.csv"
+    marked = synthetic_orders.assign(customer_id="private-id-" + synthetic_orders["customer_id"].astype(str))
+    marked.to_csv(path, index=False)
+    train(_compose("train", _overrides(path, tracking_uri, tmp_path)))
+    files = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+    assert len(files) > 20 and any(p.suffix == ".png" for p in files)
+    assert [p for p in files if b"private-id-" in p.read_bytes()] == []
+    assert b"private-id-" not in Path(tracking_uri.removeprefix("sqlite:///")).read_bytes()
