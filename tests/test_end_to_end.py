@@ -667,7 +667,6 @@ def test_every_registered_version_carries_a_model_card(
     )
 
 
-@pytest.mark.slow
 def test_same_data_config_and_seed_give_identical_models_and_segments(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -695,7 +694,6 @@ def test_same_data_config_and_seed_give_identical_models_and_segments(
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
 
 
-@pytest.mark.slow
 def test_customer_ids_stay_out_of_every_artifact_and_the_tracking_store(
     synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -708,3 +706,17 @@ def test_customer_ids_stay_out_of_every_artifact_and_the_tracking_store(
     assert len(files) > 20 and any(p.suffix == ".png" for p in files)
     assert [p for p in files if b"private-id-" in p.read_bytes()] == []
     assert b"private-id-" not in Path(tracking_uri.removeprefix("sqlite:///")).read_bytes()
+
+
+def test_a_path_full_of_shell_syntax_is_only_ever_a_file_name(
+    synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 7 security: config-supplied paths are opened, never executed or interpolated into a shell."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "orders $(touch PWNED); `touch PWNED2` && touch PWNED3.csv"
+    synthetic_orders.to_csv(path, index=False)
+    overrides = _overrides(path, tracking_uri, tmp_path)
+    overrides[1] = f"data.path='{path}'"
+    metrics = train(_compose("train", [*overrides, "clv.backtest.folds=0", "clv.intervals.draws=0"]))
+    assert metrics["holdout.churn_auc"] > 0.5
+    assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
