@@ -259,6 +259,10 @@ def clean_transactions(
     return orders, report
 
 
+# No single order is worth more than this; beyond it sums and the spend model's likelihood overflow.
+MAX_AMOUNT = 1e12
+
+
 def _example(values: pd.Series, bad: np.ndarray) -> str:
     index = int(np.flatnonzero(bad)[0])
     return f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
@@ -328,5 +332,12 @@ def _parse_amounts(values: pd.Series, source: str, column: str) -> np.ndarray:
         raise DataError(
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "
             f"numbers ({_example(values, bad)})"
+        )
+    absurd = np.abs(numbers) > MAX_AMOUNT
+    if absurd.any():
+        raise DataError(
+            f"{source}: column '{column}' has {int(absurd.sum()):,} of {len(values):,} rows above "
+            f"{MAX_AMOUNT:.0e} in absolute value, not a plausible order ({_example(values, absurd)}); "
+            "check the column's units"
         )
     return numbers

@@ -11,7 +11,9 @@ exits non-zero therefore never leaves a new registered version behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,7 +24,7 @@ from omegaconf import DictConfig
 from customer_value import registry, tracking
 from customer_value.clv_stage import train_clv
 from customer_value.entrypoint import run_job
-from customer_value.errors import UserError
+from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs import load_orders
 from customer_value.schema import register_configs, validate_train_config
 from customer_value.segments_stage import train_segments
@@ -48,7 +50,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_config(cfg)
         orders, report = load_orders(cfg.data)
         log_data_report(report)
-        clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
+        with naming_the_data(report.source):
+            clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
         metrics |= clv_metrics
     segments_tags = run_tags(cfg.tracking.segments_experiment)
     with tracking.run(
@@ -56,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ):
         log_config(cfg)
         log_data_report(report)
-        segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
+        with naming_the_data(report.source):
+            segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
         metrics |= segment_metrics
     for candidate in (clv_candidate, segments_candidate):
         with tracking.fail_run_on_error(candidate.run_id):
@@ -65,6 +69,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             elif cfg.tracking.register:
                 _register(cfg, candidate)
     return metrics
+
+
+@contextlib.contextmanager
+def naming_the_data(source: str) -> Iterator[None]:
+    """A model that cannot be fitted on this data says which file (or dataset) it was: same error type,
+    the source in front of its one line."""
+    try:
+        yield
+    except ModelFitError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 # What an older version's artifacts or code can raise when today's code loads and re-scores it (missing
