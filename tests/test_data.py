@@ -145,3 +145,38 @@ def test_timestamp_format_option(tmp_path: Path) -> None:
     orders, _ = load_transactions(path, timestamp_format="%d/%m/%Y")
     assert orders["date"].iloc[0] == pd.Timestamp("2024-02-03")
     assert np.issubdtype(orders["date"].dtype, np.datetime64)
+
+
+def test_duplicate_rows_are_counted_and_dropped_on_request(tmp_path: Path) -> None:
+    """Issue 7: a row recorded twice is counted (and kept, merged as a same-day order) by default; with
+    drop_duplicate_rows it is dropped and reported. Same customer and day at another time is no duplicate."""
+    path = _write(
+        tmp_path,
+        "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01 10:00,5\na,2024-01-01 10:00,5\na,2024-01-01 12:00,5\nb,2024-01-02 09:00,7\n"
+        "b,2024-01-03 09:00,7\nb,2024-01-02 09:00,7\nb,2024-01-02 09:00,7\n",
+    )
+    kept, report = load_transactions(path)
+    assert report.duplicate_rows == 3 and "duplicate_row" not in report.dropped
+    assert kept.groupby("customer_id", observed=True)["amount"].sum().to_dict() == {"a": 15.0, "b": 28.0}
+    dropped, report = load_transactions(path, drop_duplicate_rows=True)
+    assert report.dropped["duplicate_row"] == 3 and report.rows_used == 4
+    assert dropped.groupby("customer_id", observed=True)["amount"].sum().to_dict() == {"a": 10.0, "b": 14.0}
+
+
+def test_mixed_utc_offsets_in_a_csv_are_read_as_one_utc_timeline(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "orders.csv",
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01T23:30:00-05:00,5\na,2024-01-02T01:00:00+02:00,6\nb,2024-01-01T00:30:00Z,7\n",
+    )
+    orders, _ = load_transactions(path)
+    days = orders.assign(day=orders["date"].dt.strftime("%Y-%m-%d"))[["customer_id", "day", "amount"]]
+    # 23:30 at -05:00 is 04:30 UTC on Jan 2; 01:00 at +02:00 is 23:00 UTC on Jan 1.
+    assert sorted(map(tuple, days.astype({"customer_id": str}).to_numpy().tolist())) == [
+        ("a", "2024-01-01", 6.0),
+        ("a", "2024-01-02", 5.0),
+        ("b", "2024-01-01", 7.0),
+    ]

@@ -194,6 +194,7 @@ def test_cli_train_score_and_bad_input(orders_csv: Path, tracking_uri: str, tmp_
         tracking_uri,
     )
     assert scored.returncode == 0, scored.stderr
+    assert "orders are later and not used" in scored.stdout + scored.stderr  # orders after as_of: said
     table = pd.read_csv(output)
     assert (table["as_of"] == "2024-06-01").all()
     assert table["horizon_days"].eq(365.0).all()

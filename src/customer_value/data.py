@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from customer_value.errors import DataError
-from customer_value.grouping import customer_codes, days_to_timestamps, epoch_days, run_sums, sorted_runs
+from customer_value.grouping import (
+    Runs,
+    customer_codes,
+    days_to_timestamps,
+    epoch_days,
+    run_lengths,
+    run_sums,
+    sorted_runs,
+)
 
 ORDER_COLUMNS = ["customer_id", "date", "amount"]
 
@@ -67,6 +75,7 @@ class DataReport:
     last_date: str
     content_hash: str
     dropped: dict[str, int] = field(default_factory=dict)
+    duplicate_rows: int = 0  # rows equal to another row in customer, timestamp and amount
 
     @property
     def merged_same_day(self) -> int:
@@ -84,6 +93,7 @@ class DataReport:
             "last_date": self.last_date,
             "content_hash": self.content_hash,
             "dropped": dict(self.dropped),
+            "duplicate_rows": self.duplicate_rows,
         }
 
 
@@ -137,6 +147,7 @@ def load_transactions(
     amount: str = "amount",
     timestamp_format: str | None = None,
     keep_zero_amounts: bool = False,
+    drop_duplicate_rows: bool = False,
 ) -> tuple[pd.DataFrame, DataReport]:
     """Load a CSV or Parquet transaction log (chosen by extension) and validate it."""
     path = Path(path)
@@ -152,6 +163,7 @@ def load_transactions(
         amount=amount,
         timestamp_format=timestamp_format,
         keep_zero_amounts=keep_zero_amounts,
+        drop_duplicate_rows=drop_duplicate_rows,
         content_hash=file_sha256(path),
     )
 
@@ -210,15 +222,21 @@ def clean_transactions(
     amount: str = "amount",
     timestamp_format: str | None = None,
     keep_zero_amounts: bool = False,
+    drop_duplicate_rows: bool = False,
     content_hash: str = "",
 ) -> tuple[pd.DataFrame, DataReport]:
-    """Validate raw columns and merge same-day orders; returns orders and what was done to them."""
+    """Validate raw columns and merge same-day orders; returns orders and what was done to them.
+
+    Rows equal to another in customer, timestamp and amount are counted (``duplicate_rows``); they are
+    merged like any same-day orders unless ``drop_duplicate_rows`` (a log recorded twice). Day-resolution
+    logs such as CDNOW legitimately repeat rows, so dropping is opt-in.
+    """
     rows_read = len(raw)
     if rows_read == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
 
     codes, ids = _parse_customer_ids(raw[customer_id], source, customer_id)
-    days = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
+    days, instants = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
     amounts = _parse_amounts(raw[amount], source, amount)
 
     negative = amounts < 0
@@ -232,8 +250,14 @@ def clean_transactions(
 
     # Same-day orders merged: one row per (customer, day), sorted by customer id then day.
     if not keep.all():  # copies of every column only when something is dropped
-        codes, days, amounts = codes[keep], days[keep], amounts[keep]
+        codes, days, amounts, instants = codes[keep], days[keep], amounts[keep], instants[keep]
     runs = sorted_runs(codes, days, by_day=True)
+    duplicate = _duplicate_rows(runs, codes, instants, amounts)
+    if drop_duplicate_rows and duplicate.any():
+        dropped["duplicate_row"] = int(duplicate.sum())
+        codes, days, amounts = codes[~duplicate], days[~duplicate], amounts[~duplicate]
+        keep[np.flatnonzero(keep)[duplicate]] = False
+        runs = sorted_runs(codes, days, by_day=True)
     order_codes = runs.codes_at(runs.starts)
     order_days = runs.days_at(runs.starts)
     orders = pd.DataFrame(
@@ -255,8 +279,22 @@ def clean_transactions(
         last_date=str(np.datetime64(int(order_days.max()), "D")),
         content_hash=content_hash,
         dropped=dropped,
+        duplicate_rows=int(duplicate.sum()),
     )
     return orders, report
+
+
+def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+    """Rows (input order) equal to an earlier row in customer, timestamp and amount. Only rows sharing
+    a (customer, day) with another row can be one, so only those few are compared."""
+    duplicate = np.zeros(len(codes), dtype=bool)
+    lengths = run_lengths(runs, len(codes))
+    shared = np.repeat(lengths > 1, lengths)  # in sorted order
+    if shared.any():
+        rows = np.flatnonzero(shared) if runs.order is None else runs.order[shared]
+        candidates = pd.DataFrame({"code": codes[rows], "instant": instants[rows], "amount": amounts[rows]})
+        duplicate[rows[candidates.duplicated().to_numpy()]] = True
+    return duplicate
 
 
 # No single order is worth more than this; beyond it sums and the spend model's likelihood overflow.
@@ -310,8 +348,11 @@ def _parse_customer_ids(values: pd.Series, source: str, column: str) -> tuple[np
     return codes[raw_codes], ids
 
 
-def _parse_days(values: pd.Series, source: str, column: str, fmt: str | None) -> np.ndarray:
-    """Whole days since 1970-01-01 of each timestamp (the time of day is not used anywhere)."""
+def _parse_days(
+    values: pd.Series, source: str, column: str, fmt: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole days since 1970-01-01 of each timestamp (what every model uses), and the timestamps as
+    integers in their own unit (only to recognise duplicate rows)."""
     try:
         parsed = coerce_timestamps(values, fmt)
     except (ValueError, TypeError) as exc:
@@ -322,7 +363,7 @@ def _parse_days(values: pd.Series, source: str, column: str, fmt: str | None) ->
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not valid "
             f"timestamps ({_example(values, bad)}); set data.timestamp_format if the format is unusual"
         )
-    return epoch_days(parsed)
+    return epoch_days(parsed), np.asarray(parsed).view(np.int64)
 
 
 def _parse_amounts(values: pd.Series, source: str, column: str) -> np.ndarray:

@@ -22,4 +22,5 @@ def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
         amount=data.columns.amount,
         timestamp_format=data.timestamp_format,
         keep_zero_amounts=data.keep_zero_amounts,
+        drop_duplicate_rows=data.drop_duplicate_rows,
     )

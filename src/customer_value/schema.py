@@ -48,6 +48,7 @@ class DataConfig:
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     timestamp_format: str | None = None  # strptime format; null = ISO 8601 (date or date-time, any offset)
     keep_zero_amounts: bool = False  # zero-value orders count as purchases (negative ones never do)
+    drop_duplicate_rows: bool = False  # drop rows equal to another in customer, timestamp and amount
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)  # logged beside the project's figures
 
 

@@ -56,6 +56,14 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
 
     orders, report = load_orders(cfg.data)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
+    later = int((orders["date"] > as_of).sum())
+    if later:
+        log.info(
+            "score.as_of %s: %s of %s orders are later and not used",
+            as_of.date(),
+            f"{later:,}",
+            f"{len(orders):,}",
+        )
     features = customer_features(orders, as_of)
 
     clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")

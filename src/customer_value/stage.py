@@ -110,6 +110,7 @@ def log_data_report(report: DataReport) -> None:
             "data.orders": report.orders,
             "data.customers": report.customers,
             "data.merged_same_day": report.merged_same_day,
+            "data.duplicate_rows": report.duplicate_rows,
         }
         | {f"data.dropped.{reason}": count for reason, count in report.dropped.items()}
     )
@@ -121,3 +122,9 @@ def log_data_report(report: DataReport) -> None:
         report.last_date,
         report.dropped,
     )
+    if report.duplicate_rows and "duplicate_row" not in report.dropped:
+        log.warning(
+            "data: %s rows equal another row in customer, timestamp and amount; merged as same-day orders "
+            "(set data.drop_duplicate_rows=true if the log recorded them twice)",
+            f"{report.duplicate_rows:,}",
+        )
