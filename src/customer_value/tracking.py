@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +14,11 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
+
+from customer_value.errors import UserError
 
 # MLflow's HTTP client retries a dead server for minutes by default; fail within seconds instead.
 HTTP_RETRY_DEFAULTS = {
@@ -24,13 +29,52 @@ HTTP_RETRY_DEFAULTS = {
 
 
 def configure(tracking_uri: str, registry_uri: str | None = None) -> str:
-    """Point MLflow at the tracking store; a relative SQLite path is made absolute and its folder created."""
+    """Point MLflow at the tracking store, ready to use: a relative SQLite path is made absolute, its folder
+    created and the store created or migrated under a file lock (two jobs creating one SQLite store at
+    once corrupt it); an HTTP server that does not answer is a one-line UserError within seconds."""
     for key, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = absolute_sqlite_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri or uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(Path(uri[len("sqlite:///") :]))
+    elif uri.startswith(("http://", "https://")):
+        require_server(uri)
     return uri
+
+
+def _create_sqlite_store(database: Path) -> None:
+    """Create (or migrate) the store's tables while holding ``<database>.lock``; later openers find them."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database.with_name(database.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient().search_experiments(max_results=1)  # the first client creates the tables
+    except OSError as exc:
+        raise UserError(f"tracking store {database}: cannot be opened for writing ({exc.strerror})") from None
+    except mlflow.exceptions.MlflowException as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"tracking store {database}: {first_line[:300]}") from None
+
+
+def require_server(uri: str, attempts: int = 3, timeout_s: float = 5.0) -> None:
+    """The tracking server answers its health check, or a UserError after ``attempts`` tries."""
+    reason = "no answer"
+    for attempt in range(attempts):
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            if response.ok:
+                return
+            reason = f"health check answered HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+        if attempt < attempts - 1:
+            time.sleep(1.0)
+    raise UserError(
+        f"tracking server {uri} is unreachable ({reason} after {attempts} tries); start it (make server) "
+        "or set tracking.uri"
+    )
 
 
 def absolute_sqlite_uri(uri: str) -> str:
