@@ -76,7 +76,6 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
         },
         index=pd.Index(ids[runs.codes_at(runs.starts)], name="customer_id"),
     )
-    table.index.name = "customer_id"
     return table
 
 

@@ -19,8 +19,8 @@ import pandas as pd
 class Runs:
     """Rows sorted by (customer code, day) and where each run of equal keys starts.
 
-    ``keys`` are the sorted (code * span + day - first_day) keys, so a run's customer code and day come
-    from its key without gathering the codes and days through the permutation.
+    ``keys`` are the sorted (code << day_bits) | (day - first_day) keys, so a run's customer code and day
+    come from its key by shifts, without gathering the codes and days through the permutation.
     """
 
     order: np.ndarray | None  # the sorting permutation; None when the input was already sorted
