@@ -419,7 +419,8 @@ def test_stable_pareto_likelihood_equals_lifetimes_and_stays_finite_when_t_x_equ
 @pytest.mark.parametrize("family", ["bgnbd", "mbgnbd", "pareto_nbd"])
 def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) -> None:
     """The BG/NBD shortcut (hypergeometric term once per distinct (x, T)) gives lifetimes' own numbers."""
-    from customer_value.clv import FAMILIES, _fitter, expected_purchases_by_time, model_inputs
+    from customer_value.clv import FAMILIES, lifetimes_fitter, model_inputs
+    from customer_value.clv_predict import expected_purchases_by_time
 
     rng = np.random.default_rng(5)
     n = 2_000
@@ -438,7 +439,7 @@ def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) ->
     inputs = model_inputs(features, 7.0)
     times = np.array([4.3, 13.0, 52.0])
     got = expected_purchases_by_time(params, inputs, times)
-    fitter = _fitter(FAMILIES[family].fitter, purchase)
+    fitter = lifetimes_fitter(FAMILIES[family].fitter, purchase)
     for t, values in zip(times, got, strict=True):
         expected = fitter.conditional_expected_number_of_purchases_up_to_time(
             t, inputs.frequency, inputs.recency, inputs.T

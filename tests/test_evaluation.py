@@ -129,7 +129,8 @@ def test_tracking_curve_equals_lifetimes_expected_cumulative_transactions() -> N
     from lifetimes import BetaGeoFitter
     from lifetimes.utils import expected_cumulative_transactions
 
-    from customer_value.clv import CLVParams, expected_repeat_purchases
+    from customer_value.clv import CLVParams
+    from customer_value.clv_predict import expected_repeat_purchases
     from customer_value.data import load_bundled
     from customer_value.evaluation import cumulative_repeat_tracking
 

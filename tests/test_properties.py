@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from customer_value.clv import BTYD_COLUMNS, INTERVAL_COLUMNS, churn_probability, model_inputs, predict_arrays
+from customer_value.clv import BTYD_COLUMNS, INTERVAL_COLUMNS, model_inputs
 from customer_value.clv_model import CLVModel
+from customer_value.clv_predict import churn_probability, predict_arrays
 from customer_value.data import clean_transactions, load_bundled
 from customer_value.features import calibration_and_holdout, customer_features, resolve_split
 

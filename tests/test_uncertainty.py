@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from lifetimes import BetaGeoFitter
 
-from customer_value.clv import FAMILIES, CLVParams, ModelInputs, _fitter, model_inputs
+from customer_value.clv import FAMILIES, CLVParams, ModelInputs, lifetimes_fitter, model_inputs
 from customer_value.clv_model import CLVModel
 from customer_value.data import load_bundled
 from customer_value.evaluation import interval_metrics
@@ -35,7 +35,7 @@ def test_count_distribution_sums_to_one_and_has_lifetimes_conditional_mean(famil
     terms = count_pmf_terms(params, HISTORIES, 39.0)
     pmf = np.array([terms(n) for n in range(400)])
     np.testing.assert_allclose(pmf.sum(axis=0), 1.0, atol=1e-8)
-    fitter = _fitter(FAMILIES[family].fitter, PUBLISHED[family])
+    fitter = lifetimes_fitter(FAMILIES[family].fitter, PUBLISHED[family])
     x, t_x, T = HISTORIES.frequency, HISTORIES.recency, HISTORIES.T
     p_alive = np.asarray(fitter.conditional_probability_alive(x, t_x, T))
     mean = p_alive * (np.arange(400)[:, None] * pmf).sum(axis=0)
@@ -47,7 +47,7 @@ def test_count_distribution_sums_to_one_and_has_lifetimes_conditional_mean(famil
 
 def test_count_interval_is_the_central_quantiles() -> None:
     params = CLVParams("bgnbd", PUBLISHED["bgnbd"], SPEND, 7.0)
-    fitter = _fitter(BetaGeoFitter, PUBLISHED["bgnbd"])
+    fitter = lifetimes_fitter(BetaGeoFitter, PUBLISHED["bgnbd"])
     x, t_x, T = HISTORIES.frequency, HISTORIES.recency, HISTORIES.T
     p_alive = np.asarray(fitter.conditional_probability_alive(x, t_x, T))
     low, high = purchase_count_interval(params, HISTORIES, 39.0, p_alive, 0.8)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
+from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
@@ -209,7 +209,7 @@ def model_inputs(features: pd.DataFrame, time_unit_days: float) -> ModelInputs:
 
 
 @contextlib.contextmanager
-def _quiet_lifetimes() -> Iterator[None]:
+def quiet_lifetimes() -> Iterator[None]:
     """lifetimes prints the optimiser result on failure and warns on overflow: keep job output clean."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -242,7 +242,7 @@ def fit_purchase_model(
     else:
         fitter = spec.fitter(penalizer_coef=penalizer)
         try:
-            with _quiet_lifetimes():
+            with quiet_lifetimes():
                 fitter.fit(
                     patterns.frequency,
                     patterns.recency,
@@ -301,7 +301,7 @@ def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, we
     """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised."""
     spec = FAMILIES[family]
     values = np.array([params[k] for k in spec.params], dtype="float64")
-    with _quiet_lifetimes():
+    with quiet_lifetimes():
         if family == "pareto_nbd":  # lifetimes' Pareto/NBD likelihood takes natural parameters
             return float(
                 np.sum(weights * StableParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T))
@@ -316,160 +316,8 @@ def _require_finite(model: str, params: dict[str, float]) -> None:
         raise ModelFitError(f"{model} produced non-finite or non-positive parameters {bad}")
 
 
-def _fitter(kind: type, params: dict[str, float]) -> object:
+def lifetimes_fitter(kind: type, params: dict[str, float]) -> object:
+    """A lifetimes fitter carrying the given parameters, so its prediction formulas can be called."""
     fitter = kind()
     fitter.params_ = pd.Series(params)
     return fitter
-
-
-def churn_probability(
-    params: CLVParams, inputs: ModelInputs, horizon: float, p_alive: np.ndarray
-) -> np.ndarray:
-    """P(no purchase in (T, T + horizon] | x, t_x, T); ``horizon`` in model units.
-
-    BG/NBD and MBG/NBD: a customer alive at T buys with rate lambda and can only drop out right after a
-    purchase, so no purchase in the window means exp(-lambda * h); lambda's posterior given alive is
-    Gamma(r + x, alpha + T). Hence P(none) = 1 - P(alive) * (1 - ((alpha + T) / (alpha + T + h))^(r + x)).
-    Pareto/NBD: dropout can come at any time, so lifetimes' conditional P(X(T, T+h) = 0) (Fader & Hardie's
-    note 28) is used. Unlike 1 - P(alive), neither is 0 for every one-time buyer.
-    """
-    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-    if params.family == "pareto_nbd":
-        fitter = _fitter(StableParetoNBDFitter, params.purchase)
-        with _quiet_lifetimes():
-            return np.clip(
-                fitter.conditional_probability_of_n_purchases_up_to_time(0, horizon, x, t_x, T), 0, 1
-            )
-    r, alpha = params.purchase["r"], params.purchase["alpha"]
-    no_purchase_if_alive = np.exp(-(r + x) * np.log1p(horizon / (alpha + T)))
-    return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
-
-
-def expected_repeat_purchases(params: CLVParams, age_days: np.ndarray) -> np.ndarray:
-    """Unconditional expected repeat purchases of a new customer by each age (days): the tracking curve."""
-    fitter = _fitter(FAMILIES[params.family].fitter, params.purchase)
-    ages = np.asarray(age_days, dtype="float64") / params.time_unit_days
-    with _quiet_lifetimes():
-        values = np.asarray(
-            fitter.expected_number_of_purchases_up_to_time(np.maximum(ages, 0.0)), dtype="float64"
-        )
-    return np.where(ages > 0, values, 0.0)
-
-
-def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
-    """Median wait from T to the next purchase for a customer who stays active, in days.
-
-    Given active, lambda ~ Gamma(r + x, alpha + T) in every family here, so
-    P(no purchase by t) = ((alpha + T) / (alpha + T + t))^(r + x) = 1/2 at t = (alpha + T)(2^(1/(r+x)) - 1).
-    """
-    r, alpha = params.purchase["r"], params.purchase["alpha"]
-    return (alpha + inputs.T) * np.expm1(np.log(2.0) / (r + inputs.frequency)) * params.time_unit_days
-
-
-def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> list[np.ndarray]:
-    """E[X(t) | x, t_x, T] for each t in ``times`` (model units), for every customer.
-
-    BG/NBD (Fader, Hardie & Lee 2005, eq. 10, as lifetimes writes it): see ``_bgnbd_by_pair``. Other
-    families call lifetimes per time.
-    """
-    if params.family != "bgnbd":
-        x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-        fitter = _fitter(FAMILIES[params.family].fitter, params.purchase)
-        with _quiet_lifetimes():
-            return [
-                np.asarray(
-                    fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T), "float64"
-                )
-                for t in times
-            ]
-    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
-    return [values[inverse] / denominator for values in by_pair]
-
-
-def purchases_and_discounted(
-    params: CLVParams, inputs: ModelInputs, times: np.ndarray, factors: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """E[X(t_n)] and sum_k (E[X(t_k)] - E[X(t_k-1)]) * factors_k, the purchases of each step discounted.
-
-    The discounted sum is rewritten as sum_k E[X(t_k)] * (factors_k - factors_k+1) (summation by parts),
-    so for BG/NBD it is formed on the distinct (x, T) pairs and spread to customers once, not per step.
-    """
-    weights = factors - np.append(factors[1:], 0.0)
-    if params.family != "bgnbd":
-        by_time = expected_purchases_by_time(params, inputs, times)
-        return by_time[-1], sum((w * values for w, values in zip(weights, by_time, strict=True)), start=0.0)
-    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
-    discounted = sum((w * values for w, values in zip(weights, by_pair, strict=True)), start=0.0)
-    return by_pair[-1][inverse] / denominator, discounted[inverse] / denominator
-
-
-def _bgnbd_by_pair(
-    params: CLVParams, inputs: ModelInputs, times: np.ndarray
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """BG/NBD's E[X(t)] as (numerator per distinct (x, T) pair for each t, pair of each customer, and the
-    per-customer denominator): E[X(t)] = numerator[pair] / denominator.
-
-    The hypergeometric term depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair
-    (thousands, not a million customers; pairs found by hashing) and the recency term once per customer;
-    the arithmetic is lifetimes' own, so the values are the same.
-    """
-    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-    r, alpha, a, b = (params.purchase[k] for k in ("r", "alpha", "a", "b"))
-    inverse, pairs = pd.factorize(x + 1j * T)
-    px, pT = pairs.real, pairs.imag
-    denominator = 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x)
-    by_pair = []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for t in times:
-            _a, _b, _c, _z = r + px, b + px, a + b + px - 1, t / (alpha + pT + t)
-            ln_hyp = np.log(hyp2f1(_a, _b, _c, _z))
-            ln_hyp_alt = np.log(hyp2f1(_c - _a, _c - _b, _c, _z)) + (_c - _a - _b) * np.log(1 - _z)
-            ln_hyp = np.where(np.isinf(ln_hyp), ln_hyp_alt, ln_hyp)
-            first = (a + b + px - 1) / (a - 1)
-            second = 1 - np.exp(ln_hyp + (r + px) * np.log((alpha + pT) / (alpha + t + pT)))
-            by_pair.append(first * second)
-    return by_pair, inverse, denominator
-
-
-def predict_arrays(
-    params: CLVParams,
-    inputs: ModelInputs,
-    horizon_days: float,
-    discount_rate: float,
-    discount_step_days: float,
-) -> np.ndarray:
-    """Columns of BTYD_COLUMNS as one float64 matrix; asserts every value is finite."""
-    if not horizon_days > 0:
-        raise ValueError(f"horizon_days must be positive, got {horizon_days}")
-    purchases = _fitter(FAMILIES[params.family].fitter, params.purchase)
-    spend = _fitter(GammaGammaFitter, params.spend)
-    unit = params.time_unit_days
-    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-
-    with _quiet_lifetimes():
-        p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
-    churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
-    expected_value = spend.conditional_expected_average_profit(x, inputs.monetary_value)
-
-    # Discounted value: purchases expected in each step, discounted to today at the step's end.
-    n_steps = max(1, math.ceil(horizon_days / discount_step_days - 1e-9))
-    step_ends = np.minimum(np.arange(1, n_steps + 1) * discount_step_days, horizon_days)
-    factors = 1.0 / (1.0 + discount_rate) ** (step_ends / DAYS_PER_YEAR)
-    expected_purchases, discounted = purchases_and_discounted(params, inputs, step_ends / unit, factors)
-    columns = [
-        p_alive,
-        churn,
-        1.0 - churn,
-        expected_purchases,
-        expected_value,
-        expected_purchases * expected_value,
-        discounted * expected_value,
-        median_days_to_next_purchase(params, inputs),
-    ]
-    out = np.empty((len(x), len(columns)), dtype="float64", order="F")  # column-major: cheap to fill
-    for index, column in enumerate(columns):
-        out[:, index] = column
-    if not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).any(axis=1).sum())
-        raise ModelFitError(f"CLV predictions are not finite for {bad:,} of {len(x):,} customers")
-    return out

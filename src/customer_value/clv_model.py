@@ -26,10 +26,10 @@ from customer_value.clv import (
     fit_purchase_model,
     fit_spend_model,
     model_inputs,
-    predict_arrays,
     purchase_patterns,
     spend_frequency_correlation,
 )
+from customer_value.clv_predict import predict_arrays
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.uncertainty import (
     expectation_interval,

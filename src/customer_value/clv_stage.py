@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from customer_value import evaluation, plots, registry, tracking
 from customer_value.backtest import backtest, rolling_origins, summarise
 from customer_value.churn_layer import fit_churn_layer
-from customer_value.clv import expected_repeat_purchases
 from customer_value.clv_model import CLVModel
+from customer_value.clv_predict import expected_repeat_purchases
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
