@@ -180,3 +180,22 @@ def test_mixed_utc_offsets_in_a_csv_are_read_as_one_utc_timeline(tmp_path: Path)
         ("a", "2024-01-02", 5.0),
         ("b", "2024-01-01", 7.0),
     ]
+
+
+def test_a_few_bad_rows_are_dropped_and_counted_under_a_configured_share(tmp_path: Path) -> None:
+    """Issue 7: with data.max_bad_row_share the load goes on without the bad rows and says how many; above
+    the share (or with the default 0) it fails with the usual line."""
+    text = (
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01,5\na,2024-02-01,6\n ,2024-01-03,7\nb,not a date,8\nb,2024-01-04,x\nb,2024-01-05,9\n"
+        "c,2024-01-06,1e13\nc,2024-01-07,3\nd,2024-01-08,4\nd,2024-01-09,2\n"
+    )
+    path = _write(tmp_path, "orders.csv", text)
+    orders, report = load_transactions(path, max_bad_row_share=0.4)
+    assert report.dropped["blank_customer_id"] == 1 and report.dropped["bad_timestamp"] == 1
+    assert report.dropped["bad_amount"] == 1 and report.dropped["absurd_amount"] == 1
+    assert report.rows_used == 6 and len(orders) == 6 and orders["amount"].sum() == 29.0
+    with pytest.raises(DataError, match=r"is blank in 1 of 10 rows .*more than data.max_bad_row_share=0.3"):
+        load_transactions(path, max_bad_row_share=0.3)
+    with pytest.raises(DataError, match=r"'customer_id' is blank in 1 of 10 rows \(e\.g\. data row 3"):
+        load_transactions(path)

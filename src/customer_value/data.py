@@ -148,6 +148,7 @@ def load_transactions(
     timestamp_format: str | None = None,
     keep_zero_amounts: bool = False,
     drop_duplicate_rows: bool = False,
+    max_bad_row_share: float = 0.0,
 ) -> tuple[pd.DataFrame, DataReport]:
     """Load a CSV or Parquet transaction log (chosen by extension) and validate it."""
     path = Path(path)
@@ -164,6 +165,7 @@ def load_transactions(
         timestamp_format=timestamp_format,
         keep_zero_amounts=keep_zero_amounts,
         drop_duplicate_rows=drop_duplicate_rows,
+        max_bad_row_share=max_bad_row_share,
         content_hash=file_sha256(path),
     )
 
@@ -223,26 +225,33 @@ def clean_transactions(
     timestamp_format: str | None = None,
     keep_zero_amounts: bool = False,
     drop_duplicate_rows: bool = False,
+    max_bad_row_share: float = 0.0,
     content_hash: str = "",
 ) -> tuple[pd.DataFrame, DataReport]:
     """Validate raw columns and merge same-day orders; returns orders and what was done to them.
 
     Rows equal to another in customer, timestamp and amount are counted (``duplicate_rows``); they are
     merged like any same-day orders unless ``drop_duplicate_rows`` (a log recorded twice). Day-resolution
-    logs such as CDNOW legitimately repeat rows, so dropping is opt-in.
+    logs such as CDNOW legitimately repeat rows, so dropping is opt-in. Rows with a blank id, an unparsable
+    timestamp or an unusable amount fail the load, unless they are at most ``max_bad_row_share`` of the
+    rows: then they are dropped and counted (``dropped``).
     """
     rows_read = len(raw)
     if rows_read == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
 
-    codes, ids = _parse_customer_ids(raw[customer_id], source, customer_id)
-    days, instants = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
-    amounts = _parse_amounts(raw[amount], source, amount)
+    codes, ids, blank_ids = _parse_customer_ids(raw[customer_id], source, customer_id)
+    days, instants, bad_days = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
+    amounts, bad_amounts = _parse_amounts(raw[amount], source, amount)
+    dropped: dict[str, int] = {}
+    bad = _tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, max_bad_row_share, dropped)
 
     negative = amounts < 0
     zero = amounts == 0
     keep = ~negative if keep_zero_amounts else ~(negative | zero)
-    dropped = {"negative_amount": int(negative.sum())}
+    if bad is not None:
+        keep &= ~bad
+    dropped["negative_amount"] = int(negative.sum())
     if not keep_zero_amounts:
         dropped["zero_amount"] = int(zero.sum())
     if not keep.any():
@@ -282,6 +291,30 @@ def clean_transactions(
         duplicate_rows=int(duplicate.sum()),
     )
     return orders, report
+
+
+@dataclass(frozen=True)
+class BadRows:
+    """Rows one column cannot give a value for, and the one-line error that names them."""
+
+    reason: str  # the key counted in DataReport.dropped when they are tolerated
+    rows: np.ndarray  # boolean mask over the input rows
+    message: str
+
+
+def _tolerate(
+    problems: list[BadRows], rows_read: int, max_share: float, dropped: dict[str, int]
+) -> np.ndarray | None:
+    """The rows to drop, counted in ``dropped``; the first problem's error when they exceed ``max_share``."""
+    if not problems:
+        return None
+    bad = np.logical_or.reduce([problem.rows for problem in problems])
+    if bad.sum() > max_share * rows_read:
+        allowed = f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
+        raise DataError(problems[0].message + allowed)
+    for problem in problems:
+        dropped[problem.reason] = dropped.get(problem.reason, 0) + int(problem.rows.sum())
+    return bad
 
 
 def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray) -> np.ndarray:
@@ -332,53 +365,65 @@ def coerce_amounts(values: pd.Series) -> np.ndarray:
     return numbers if finite.all() else np.where(finite, numbers, np.nan)
 
 
-def _parse_customer_ids(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_customer_ids(
+    values: pd.Series, source: str, column: str
+) -> tuple[np.ndarray, np.ndarray, list[BadRows]]:
     """Per-row codes into the sorted unique ids. Ids are cleaned once per distinct value, not per row:
     a million customers' ids instead of twelve million orders' (ids equal after stripping merge)."""
     raw_codes, raw_ids = pd.factorize(values)
     text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
+    problems = []
     if blank.any():
-        raise DataError(
+        message = (
             f"{source}: column '{column}' is blank in {int(blank.sum()):,} of {len(values):,} rows "
             f"({_example(values, blank)})"
         )
+        problems.append(BadRows("blank_customer_id", blank, message))
     codes, ids = customer_codes(text)
-    return codes[raw_codes], ids
+    return codes[raw_codes], ids, problems
 
 
 def _parse_days(
     values: pd.Series, source: str, column: str, fmt: str | None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[BadRows]]:
     """Whole days since 1970-01-01 of each timestamp (what every model uses), and the timestamps as
-    integers in their own unit (only to recognise duplicate rows)."""
+    integers in their own unit (only to recognise duplicate rows); unparsable rows hold garbage and are
+    returned as a problem."""
     try:
         parsed = coerce_timestamps(values, fmt)
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()
+    problems = []
     if bad.any():
-        raise DataError(
+        message = (
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not valid "
             f"timestamps ({_example(values, bad)}); set data.timestamp_format if the format is unusual"
         )
-    return epoch_days(parsed), np.asarray(parsed).view(np.int64)
+        problems.append(BadRows("bad_timestamp", bad, message))
+        parsed = parsed.fillna(pd.Timestamp(0))  # placeholder days; these rows are dropped or the load fails
+    return epoch_days(parsed), np.asarray(parsed).view(np.int64), problems
 
 
-def _parse_amounts(values: pd.Series, source: str, column: str) -> np.ndarray:
+def _parse_amounts(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[BadRows]]:
     numbers = coerce_amounts(values)
     bad = ~np.isfinite(numbers)
+    problems = []
     if bad.any():
-        raise DataError(
+        message = (
             f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "
             f"numbers ({_example(values, bad)})"
         )
-    absurd = np.abs(numbers) > MAX_AMOUNT
+        problems.append(BadRows("bad_amount", bad, message))
+    with np.errstate(invalid="ignore"):
+        absurd = np.abs(numbers) > MAX_AMOUNT
     if absurd.any():
-        raise DataError(
+        message = (
             f"{source}: column '{column}' has {int(absurd.sum()):,} of {len(values):,} rows above "
             f"{MAX_AMOUNT:.0e} in absolute value, not a plausible order ({_example(values, absurd)}); "
             "check the column's units"
         )
-    return numbers
+        problems.append(BadRows("absurd_amount", absurd, message))
+    return numbers, problems

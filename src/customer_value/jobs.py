@@ -23,4 +23,5 @@ def load_orders(data: DictConfig) -> tuple[pd.DataFrame, DataReport]:
         timestamp_format=data.timestamp_format,
         keep_zero_amounts=data.keep_zero_amounts,
         drop_duplicate_rows=data.drop_duplicate_rows,
+        max_bad_row_share=data.max_bad_row_share,
     )

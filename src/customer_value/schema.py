@@ -49,6 +49,9 @@ class DataConfig:
     timestamp_format: str | None = None  # strptime format; null = ISO 8601 (date or date-time, any offset)
     keep_zero_amounts: bool = False  # zero-value orders count as purchases (negative ones never do)
     drop_duplicate_rows: bool = False  # drop rows equal to another in customer, timestamp and amount
+    max_bad_row_share: float = (
+        0.0  # rows with a blank id / bad timestamp / bad amount dropped up to this share
+    )
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)  # logged beside the project's figures
 
 
@@ -236,6 +239,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.backtest needs folds >= 0, step_days > 0",
         ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
+        (0 <= cfg.data.max_bad_row_share < 1, "data.max_bad_row_share must be in [0, 1)"),
         (
             len(cfg.clv.layers.inner_horizons_days) > 0 and min(cfg.clv.layers.inner_horizons_days) > 0,
             "clv.layers.inner_horizons_days must be a non-empty list of positive day counts",
