@@ -19,13 +19,12 @@ import pandas as pd
 from customer_value.errors import DataError
 from customer_value.grouping import (
     Runs,
-    customer_codes,
     days_to_timestamps,
-    epoch_days,
     run_lengths,
     run_sums,
     sorted_runs,
 )
+from customer_value.parsing import parse_amounts, parse_customer_ids, parse_days, tolerate
 
 ORDER_COLUMNS = ["customer_id", "date", "amount"]
 
@@ -240,11 +239,11 @@ def clean_transactions(
     if rows_read == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
 
-    codes, ids, blank_ids = _parse_customer_ids(raw[customer_id], source, customer_id)
-    days, instants, bad_days = _parse_days(raw[timestamp], source, timestamp, timestamp_format)
-    amounts, bad_amounts = _parse_amounts(raw[amount], source, amount)
+    codes, ids, blank_ids = parse_customer_ids(raw[customer_id], source, customer_id)
+    days, instants, bad_days = parse_days(raw[timestamp], source, timestamp, timestamp_format)
+    amounts, bad_amounts = parse_amounts(raw[amount], source, amount)
     dropped: dict[str, int] = {}
-    bad = _tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, max_bad_row_share, dropped)
+    bad = tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, max_bad_row_share, dropped)
 
     negative = amounts < 0
     zero = amounts == 0
@@ -293,30 +292,6 @@ def clean_transactions(
     return orders, report
 
 
-@dataclass(frozen=True)
-class BadRows:
-    """Rows one column cannot give a value for, and the one-line error that names them."""
-
-    reason: str  # the key counted in DataReport.dropped when they are tolerated
-    rows: np.ndarray  # boolean mask over the input rows
-    message: str
-
-
-def _tolerate(
-    problems: list[BadRows], rows_read: int, max_share: float, dropped: dict[str, int]
-) -> np.ndarray | None:
-    """The rows to drop, counted in ``dropped``; the first problem's error when they exceed ``max_share``."""
-    if not problems:
-        return None
-    bad = np.logical_or.reduce([problem.rows for problem in problems])
-    if bad.sum() > max_share * rows_read:
-        allowed = f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
-        raise DataError(problems[0].message + allowed)
-    for problem in problems:
-        dropped[problem.reason] = dropped.get(problem.reason, 0) + int(problem.rows.sum())
-    return bad
-
-
 def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray) -> np.ndarray:
     """Rows (input order) equal to an earlier row in customer, timestamp and amount. Only rows sharing
     a (customer, day) with another row can be one, so only those few are compared."""
@@ -328,102 +303,3 @@ def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts
         candidates = pd.DataFrame({"code": codes[rows], "instant": instants[rows], "amount": amounts[rows]})
         duplicate[rows[candidates.duplicated().to_numpy()]] = True
     return duplicate
-
-
-# No single order is worth more than this; beyond it sums and the spend model's likelihood overflow.
-MAX_AMOUNT = 1e12
-
-
-def _example(values: pd.Series, bad: np.ndarray) -> str:
-    index = int(np.flatnonzero(bad)[0])
-    return f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
-
-
-def coerce_customer_ids(values: pd.Series) -> pd.Series:
-    """Customer ids as stripped text; blank or missing ids become <NA> (shared with the Spark engine)."""
-    text = values.astype("string").str.strip()
-    return text.mask(text == "")
-
-
-def coerce_timestamps(values: pd.Series, fmt: str | None) -> pd.Series:
-    """Naive UTC timestamps; unparsable values become NaT. May raise ValueError/TypeError on a bad format."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        return parsed
-    text = values.astype("string") if fmt else values
-    return pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
-
-
-def coerce_amounts(values: pd.Series) -> np.ndarray:
-    """Amounts as float64; anything that is not a finite number becomes NaN."""
-    if not pd.api.types.is_float_dtype(values):
-        values = pd.to_numeric(values, errors="coerce")
-    numbers = values.to_numpy(dtype="float64", na_value=np.nan)
-    finite = np.isfinite(numbers)
-    return numbers if finite.all() else np.where(finite, numbers, np.nan)
-
-
-def _parse_customer_ids(
-    values: pd.Series, source: str, column: str
-) -> tuple[np.ndarray, np.ndarray, list[BadRows]]:
-    """Per-row codes into the sorted unique ids. Ids are cleaned once per distinct value, not per row:
-    a million customers' ids instead of twelve million orders' (ids equal after stripping merge)."""
-    raw_codes, raw_ids = pd.factorize(values)
-    text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
-    blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
-    blank = blank_id[raw_codes]
-    problems = []
-    if blank.any():
-        message = (
-            f"{source}: column '{column}' is blank in {int(blank.sum()):,} of {len(values):,} rows "
-            f"({_example(values, blank)})"
-        )
-        problems.append(BadRows("blank_customer_id", blank, message))
-    codes, ids = customer_codes(text)
-    return codes[raw_codes], ids, problems
-
-
-def _parse_days(
-    values: pd.Series, source: str, column: str, fmt: str | None
-) -> tuple[np.ndarray, np.ndarray, list[BadRows]]:
-    """Whole days since 1970-01-01 of each timestamp (what every model uses), and the timestamps as
-    integers in their own unit (only to recognise duplicate rows); unparsable rows hold garbage and are
-    returned as a problem."""
-    try:
-        parsed = coerce_timestamps(values, fmt)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
-    bad = parsed.isna().to_numpy()
-    problems = []
-    if bad.any():
-        message = (
-            f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not valid "
-            f"timestamps ({_example(values, bad)}); set data.timestamp_format if the format is unusual"
-        )
-        problems.append(BadRows("bad_timestamp", bad, message))
-        parsed = parsed.fillna(pd.Timestamp(0))  # placeholder days; these rows are dropped or the load fails
-    return epoch_days(parsed), np.asarray(parsed).view(np.int64), problems
-
-
-def _parse_amounts(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[BadRows]]:
-    numbers = coerce_amounts(values)
-    bad = ~np.isfinite(numbers)
-    problems = []
-    if bad.any():
-        message = (
-            f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "
-            f"numbers ({_example(values, bad)})"
-        )
-        problems.append(BadRows("bad_amount", bad, message))
-    with np.errstate(invalid="ignore"):
-        absurd = np.abs(numbers) > MAX_AMOUNT
-    if absurd.any():
-        message = (
-            f"{source}: column '{column}' has {int(absurd.sum()):,} of {len(values):,} rows above "
-            f"{MAX_AMOUNT:.0e} in absolute value, not a plausible order ({_example(values, absurd)}); "
-            "check the column's units"
-        )
-        problems.append(BadRows("absurd_amount", absurd, message))
-    return numbers, problems

@@ -20,14 +20,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from omegaconf import DictConfig
 
-from customer_value.data import (
-    coerce_amounts,
-    coerce_customer_ids,
-    coerce_timestamps,
-    load_bundled,
-    require_columns,
-)
+from customer_value.data import load_bundled, require_columns
 from customer_value.errors import DataError, UserError
+from customer_value.parsing import coerce_amounts, coerce_customer_ids, coerce_timestamps
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
