@@ -41,6 +41,17 @@ def tolerate(
 MAX_AMOUNT = 1e12
 
 
+def _bad_rows(
+    reason: str, rows: np.ndarray, values: pd.Series, prefix: str, middle: str = "", hint: str = ""
+) -> list[BadRows]:
+    """No problem when no row is bad; else one whose line reads
+    '<prefix> N of M rows<middle> (e.g. data row R: value)<hint>'."""
+    if not rows.any():
+        return []
+    message = f"{prefix} {int(rows.sum()):,} of {len(values):,} rows{middle} ({_example(values, rows)}){hint}"
+    return [BadRows(reason, rows, message)]
+
+
 def _example(values: pd.Series, bad: np.ndarray) -> str:
     index = int(np.flatnonzero(bad)[0])
     return f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
@@ -81,13 +92,7 @@ def parse_customer_ids(
     text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
-    problems = []
-    if blank.any():
-        message = (
-            f"{source}: column '{column}' is blank in {int(blank.sum()):,} of {len(values):,} rows "
-            f"({_example(values, blank)})"
-        )
-        problems.append(BadRows("blank_customer_id", blank, message))
+    problems = _bad_rows("blank_customer_id", blank, values, f"{source}: column '{column}' is blank in")
     codes, ids = customer_codes(text)
     return codes[raw_codes], ids, problems
 
@@ -103,34 +108,31 @@ def parse_days(
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()
-    problems = []
-    if bad.any():
-        message = (
-            f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not valid "
-            f"timestamps ({_example(values, bad)}); set data.timestamp_format if the format is unusual"
-        )
-        problems.append(BadRows("bad_timestamp", bad, message))
+    problems = _bad_rows(
+        "bad_timestamp",
+        bad,
+        values,
+        f"{source}: column '{column}' has",
+        " that are not valid timestamps",
+        "; set data.timestamp_format if the format is unusual",
+    )
+    if problems:
         parsed = parsed.fillna(pd.Timestamp(0))  # placeholder days; these rows are dropped or the load fails
     return epoch_days(parsed), np.asarray(parsed).view(np.int64), problems
 
 
 def parse_amounts(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[BadRows]]:
     numbers = coerce_amounts(values)
-    bad = ~np.isfinite(numbers)
-    problems = []
-    if bad.any():
-        message = (
-            f"{source}: column '{column}' has {int(bad.sum()):,} of {len(values):,} rows that are not finite "
-            f"numbers ({_example(values, bad)})"
-        )
-        problems.append(BadRows("bad_amount", bad, message))
+    prefix = f"{source}: column '{column}' has"
     with np.errstate(invalid="ignore"):
         absurd = np.abs(numbers) > MAX_AMOUNT
-    if absurd.any():
-        message = (
-            f"{source}: column '{column}' has {int(absurd.sum()):,} of {len(values):,} rows above "
-            f"{MAX_AMOUNT:.0e} in absolute value, not a plausible order ({_example(values, absurd)}); "
-            "check the column's units"
-        )
-        problems.append(BadRows("absurd_amount", absurd, message))
+    problems = _bad_rows("bad_amount", ~np.isfinite(numbers), values, prefix, " that are not finite numbers")
+    problems += _bad_rows(
+        "absurd_amount",
+        absurd,
+        values,
+        prefix,
+        f" above {MAX_AMOUNT:.0e} in absolute value, not a plausible order",
+        "; check the column's units",
+    )
     return numbers, problems
