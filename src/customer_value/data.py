@@ -20,7 +20,6 @@ from customer_value.errors import DataError
 from customer_value.grouping import (
     Runs,
     days_to_timestamps,
-    run_lengths,
     run_sums,
     sorted_runs,
 )
@@ -294,10 +293,13 @@ def clean_transactions(
 
 def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray) -> np.ndarray:
     """Rows (input order) equal to an earlier row in customer, timestamp and amount. Only rows sharing
-    a (customer, day) with another row can be one, so only those few are compared."""
+    a (customer, day) with another row can be one, so only those few are compared; they are the rows whose
+    sorted (customer, day) key equals a neighbour's (``runs`` must be by day)."""
     duplicate = np.zeros(len(codes), dtype=bool)
-    lengths = run_lengths(runs, len(codes))
-    shared = np.repeat(lengths > 1, lengths)  # in sorted order
+    same_as_next = runs.keys[1:] == runs.keys[:-1]
+    shared = np.zeros(len(codes), dtype=bool)  # in sorted order
+    shared[1:] |= same_as_next
+    shared[:-1] |= same_as_next
     if shared.any():
         rows = np.flatnonzero(shared) if runs.order is None else runs.order[shared]
         candidates = pd.DataFrame({"code": codes[rows], "instant": instants[rows], "amount": amounts[rows]})
