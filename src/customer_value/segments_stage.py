@@ -164,10 +164,6 @@ def train_segments(
     return metrics, candidate
 
 
-def sample_customers(features: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
-    return features.iloc[sample_positions(len(features), size, seed)]
-
-
 def _fit_substantial(
     cfg: DictConfig, features: pd.DataFrame, make_model: Callable[..., SegmentModel]
 ) -> SegmentModel:
@@ -175,7 +171,7 @@ def _fit_substantial(
     seg = cfg.segmentation
     try:
         if seg.algorithm in TAKES_K and len(seg.k_values) > 0:
-            sample = sample_customers(features, seg.selection_sample, cfg.seed)
+            sample = features.iloc[sample_positions(len(features), seg.selection_sample, cfg.seed)]
             curves, models = criterion_curves(
                 sample, sorted(seg.k_values), make_model, cfg.seed, seg.silhouette_sample
             )
