@@ -1,6 +1,6 @@
 """Issue 7 faults and concurrency, with real processes and a real SQLite store: a train killed mid-run
-registers nothing and the next run works; two trains at once both record their runs; an unreachable
-tracking server fails fast with one line."""
+registers nothing and the next run works; a score killed mid-write leaves no output; a read-only store
+and an unreachable tracking server are one error line; two trains at once both record their runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -19,14 +21,14 @@ pytestmark = pytest.mark.slow
 MODELS = ("customer-clv", "customer-segments")
 
 
-def _train_command(orders_csv: Path, folder: Path) -> list[str]:
+def _train_command(orders_csv: Path, folder: Path, artifact_root: Path | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
         "customer_value.train",
         "data=file",
         f"data.path={orders_csv}",
-        f"tracking.artifact_root={folder / 'artifacts'}",
+        f"tracking.artifact_root={artifact_root or folder / 'artifacts'}",
         f"hydra.run.dir={folder / 'outputs' / str(time.monotonic_ns())}",
     ]
 
@@ -74,6 +76,11 @@ def test_train_killed_mid_run_registers_nothing_and_the_next_run_works(
     )
     assert after.returncode == 0, after.stderr
     assert all(len(v) == len(before[m]) + 1 for m, v in _versions(tracking_uri).items())
+    # the killed job could not close its run; the next job found its process gone and marked it FAILED
+    runs = mlflow.search_runs(experiment_names=list(MODELS))
+    assert "RUNNING" not in set(runs["status"])
+    failed = runs[runs["status"] == "FAILED"]
+    assert len(failed) == 1 and "ended without closing the run" in failed["tags.failed.reason"].iloc[0]
 
 
 def test_two_trains_at_once_on_a_fresh_sqlite_store_both_record_their_runs(
@@ -121,3 +128,102 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_line(orders_csv: Pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and uri in errors[0], result.stderr[-2000:]
     assert took < 60
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, synthetic_orders) -> tuple[str, Path, Path]:
+    """A store folder (database, artifacts) with champions of both models, and the orders they came from."""
+    folder = tmp_path_factory.mktemp("faults")
+    orders_csv = folder / "orders.csv"
+    synthetic_orders.to_csv(orders_csv, index=False)
+    store = folder / "store"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    command = [*_train_command(orders_csv, folder, store / "artifacts"), "clv.backtest.folds=0"]
+    trained = subprocess.run(command, env=_env(uri), capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return uri, store, orders_csv
+
+
+def _score_command(orders_csv: Path, store: Path, output: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "customer_value.score",
+        "data=file",
+        f"data.path={orders_csv}",
+        f"tracking.artifact_root={store / 'artifacts'}",
+        f"score.output={output}",
+        f"hydra.run.dir={output.parent / 'outputs' / str(time.monotonic_ns())}",
+        *args,
+    ]
+
+
+def test_score_killed_mid_write_leaves_no_output_and_the_next_score_cleans_up(
+    trained_store: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    uri, store, orders_csv = trained_store
+    output = tmp_path / "scores.parquet"
+    # one customer per chunk: hundreds of writes, so the kill lands while the table is being written
+    victim = subprocess.Popen(
+        _score_command(orders_csv, store, output, "score.chunk_customers=1"),
+        env=_env(uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".scores.parquet.*.tmp")) and victim.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "score finished before it could be killed mid-write"
+    assert not output.exists()
+    assert len(list(tmp_path.glob(".scores.parquet.*.tmp"))) == 1  # hidden, and named after its process
+
+    after = subprocess.run(
+        _score_command(orders_csv, store, output), env=_env(uri), capture_output=True, text=True
+    )
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert output.exists() and not list(tmp_path.glob(".scores.parquet.*.tmp"))
+    assert "left by an ended process" in after.stdout + after.stderr
+
+
+@contextmanager
+def _read_only(folder: Path) -> Iterator[list[str]]:
+    """A command prefix under which ``folder`` is read-only: a read-only bind mount in a private mount
+    namespace as root (root writes through file modes), file modes otherwise."""
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")]}
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
+        try:
+            yield []
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    assert probe.returncode == 0, f"as root this test needs mount namespaces (unshare -m): {probe.stderr}"
+    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    yield ["unshare", "-m", "sh", "-c", mount, str(folder)]
+
+
+def test_a_read_only_store_is_one_clear_error_and_changes_nothing(
+    trained_store: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    uri, store, orders_csv = trained_store
+    before = _versions(uri)
+    output = tmp_path / "scores.parquet"
+    train = _train_command(orders_csv, tmp_path, store / "artifacts")
+    with _read_only(store) as prefix:
+        results = [
+            subprocess.run([*prefix, *command], env=_env(uri), capture_output=True, text=True, timeout=300)
+            for command in (train, _score_command(orders_csv, store, output))
+        ]
+    for result in results:
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr[-2000:]
+        assert str(store / "mlflow.db") in errors[0] and "cannot be opened for writing" in errors[0], errors
+    assert not output.exists()
+    assert _versions(uri) == before

@@ -1,11 +1,12 @@
 """Scoring job: load the champion models, score every customer as of a date, write one table.
 
 The output is written to a temporary file beside the target and renamed into place, so an interrupted
-or failed job never leaves a partial table.
+or failed job never leaves a partial table (a killed job's hidden temporary file is removed by the next).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import tempfile
@@ -17,7 +18,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from customer_value import plots, registry, spark_scoring, tracking
+from customer_value import plots, processes, registry, spark_scoring, tracking
 from customer_value.clv import INPUT_COLUMNS, NO_DATE_BEYOND_DAYS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
@@ -165,9 +166,11 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
 def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tuple[Path, int]:
     """Append each chunk to a temporary file in the target folder, then rename it into place; returns
     the path and the rows written. A failure in any chunk (or in producing it) leaves nothing behind."""
+    prefix = f".{output.name}.{processes.current_owner()}."  # the owner lets a later job clean up
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        remove_abandoned_temp_files(output)
+        handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=output.parent)
     except OSError as exc:
         raise UserError(f"score.output {output}: cannot write there ({exc.strerror})") from None
     os.close(handle)
@@ -187,6 +190,19 @@ def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tup
     finally:
         tmp.unlink(missing_ok=True)
     return output, rows
+
+
+def remove_abandoned_temp_files(output: Path) -> list[Path]:
+    """Delete the temporary files of earlier writes to ``output`` whose process has ended (a SIGKILLed
+    job runs no cleanup); a live writer's file is left alone. Returns what was removed."""
+    removed = []
+    for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        owner = leftover.name[len(output.name) + 2 :].split(".")[0]
+        if not processes.is_alive(owner):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+            log.warning("removed %s, left by an ended process", leftover)
+    return removed
 
 
 def _write_parquet_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:

@@ -158,11 +158,12 @@ class SweepTracking(Callback):
         sweep_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)
         searched = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)
-        tags = tracking.git_state() | {"sweep.id": sweep_id, "sweep.role": "parent"}
+        tags = tracking.git_state() | tracking.owner_tags() | {"sweep.id": sweep_id, "sweep.role": "parent"}
         parents = {}
         client = MlflowClient()
         for experiment in (config.tracking.clv_experiment, config.tracking.segments_experiment):
             experiment_id = tracking.ensure_experiment(experiment, config.tracking.artifact_root)
+            tracking.fail_abandoned_runs(experiment_id)
             run = client.create_run(experiment_id, tags=tags, run_name=f"sweep {sweep_id}")
             client.log_param(run.info.run_id, "sweep.params", json.dumps(searched)[:6000])
             client.log_param(run.info.run_id, "sweep.overrides", " ".join(overrides)[:6000] or "none")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import subprocess
 import time
@@ -18,7 +19,10 @@ import requests
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from customer_value import processes
 from customer_value.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # MLflow's HTTP client retries a dead server for minutes by default; fail within seconds instead.
 HTTP_RETRY_DEFAULTS = {
@@ -113,8 +117,34 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
 def run(experiment: str, artifact_root: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
     """A new MLflow run that ends FAILED when anything inside raises (including KeyboardInterrupt)."""
     experiment_id = ensure_experiment(experiment, artifact_root)
+    fail_abandoned_runs(experiment_id)
     with _finished_or_failed():
-        yield mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+        yield mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | owner_tags())
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that holds a run open (see ``fail_abandoned_runs``)."""
+    return {"process.host": processes.host(), "process.owner": processes.current_owner()}
+
+
+def fail_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED this experiment's RUNNING runs whose process on this host has ended: a job killed with
+    SIGKILL (or by the OOM killer) cannot close its runs, which would otherwise stay RUNNING for ever.
+    Runs of other hosts, of live processes or without owner tags are left alone. Returns the run ids."""
+    client = MlflowClient()
+    host = processes.host().replace("'", "")
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'",
+        max_results=1000,
+    )
+    abandoned = [r for r in running if not processes.is_alive(r.data.tags.get("process.owner", ""))]
+    for found in abandoned:
+        owner = found.data.tags["process.owner"].partition("-")[0]
+        client.set_tag(found.info.run_id, "failed.reason", f"process {owner} ended without closing the run")
+        client.set_terminated(found.info.run_id, status="FAILED")
+        log.warning("run %s was left RUNNING by ended process %s: marked FAILED", found.info.run_id, owner)
+    return [r.info.run_id for r in abandoned]
 
 
 @contextmanager

@@ -1,0 +1,81 @@
+"""What a killed job leaves behind (a SIGKILL runs no cleanup) is recognised by its ended owner process
+and cleaned up by the next job, while what a live process holds is left alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from customer_value import processes, tracking
+from customer_value.score import remove_abandoned_temp_files
+
+
+def _ended_owner() -> str:
+    """The owner name of a process that has since exited."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    owner = processes.owner_of(child.pid)
+    child.communicate(b"")
+    return owner
+
+
+def test_this_process_is_alive_and_an_ended_one_is_not() -> None:
+    assert processes.is_alive(processes.current_owner())
+    assert not processes.is_alive(_ended_owner())
+
+
+def test_a_reused_pid_is_a_different_owner() -> None:
+    pid, start = processes.current_owner().split("-")
+    assert start, "procfs gives a start time here"
+    assert not processes.is_alive(f"{pid}-{int(start) + 1}")
+
+
+@pytest.mark.parametrize("owner", ["", "garbage", "0-1", "abcdef12"])
+def test_an_owner_that_cannot_be_read_is_left_alone(owner: str) -> None:
+    assert processes.is_alive(owner)
+
+
+def test_runs_of_ended_processes_on_this_host_are_marked_failed(tracking_uri: str) -> None:
+    tracking.configure(tracking_uri)
+    experiment_id = tracking.ensure_experiment("leftovers", None)
+    client = MlflowClient()
+    host = processes.host()
+
+    def running(tags: dict[str, str]) -> str:
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    killed = running({"process.host": host, "process.owner": _ended_owner()})
+    live = running({"process.host": host, "process.owner": processes.current_owner()})
+    elsewhere = running({"process.host": host + "-other", "process.owner": _ended_owner()})
+    untagged = running({})
+
+    assert tracking.fail_abandoned_runs(experiment_id) == [killed]
+    status = {run_id: client.get_run(run_id).info.status for run_id in (killed, live, elsewhere, untagged)}
+    assert status == {killed: "FAILED", live: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING"}
+    assert "ended without closing" in client.get_run(killed).data.tags["failed.reason"]
+    assert tracking.fail_abandoned_runs(experiment_id) == []
+
+
+def test_runs_started_by_the_project_name_their_process(tracking_uri: str) -> None:
+    tracking.configure(tracking_uri)
+    with tracking.run("leftovers", None, "named", {}) as run:
+        tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["process.host"] == processes.host()
+    assert tags["process.owner"] == processes.current_owner()
+
+
+def test_temp_files_of_ended_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    output = tmp_path / "scores[1].parquet"  # glob characters in the name are taken literally
+    killed = tmp_path / f".{output.name}.{_ended_owner()}.x1y2.tmp"
+    live = tmp_path / f".{output.name}.{processes.current_owner()}.z3w4.tmp"
+    old_style = tmp_path / f".{output.name}.k9q8r7.tmp"  # no owner in the name: not ours to judge
+    other_output = tmp_path / f".other.parquet.{_ended_owner()}.a1b2.tmp"
+    for path in (killed, live, old_style, other_output):
+        path.write_bytes(b"partial")
+
+    assert remove_abandoned_temp_files(output) == [killed]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, old_style, other_output))
