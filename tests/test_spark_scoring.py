@@ -232,6 +232,37 @@ def test_bad_files_fail_as_they_do_with_pandas(spark, tmp_path: Path, case: str)
     }
 
 
+@pytest.mark.slow
+def test_tolerated_bad_rows_and_duplicates_are_handled_as_pandas_does(spark, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "customer_id,timestamp,amount\n"
+        "a,2024-01-01 09:00,10\n"
+        "a,2024-01-01 09:00,10\n"  # the same order recorded twice
+        "a,2024-01-01 17:00,10\n"  # another order that day
+        "a,2024-02-01,5\n"
+        " ,2024-01-03,4\n"  # blank id
+        "b,not a date,3\n"
+        "b,2024-01-05,ten\n"
+        "b,2024-01-06,1e300\n"  # no single order is worth that
+        "b,2024-01-07,7\n"
+        "c,2024-01-08,-2\n"
+        "c,2024-01-09,8\n"
+    )
+    for drop in ("false", "true"):
+        data = _data(path, "data.max_bad_row_share=0.5", f"data.drop_duplicate_rows={drop}")
+        expected, report = load_transactions(path, max_bad_row_share=0.5, drop_duplicate_rows=drop == "true")
+        assert report.dropped["absurd_amount"] == 1 and report.duplicate_rows == 1
+        pd.testing.assert_frame_equal(_spark_orders(spark, data), _string_ids(expected), check_dtype=False)
+    # Above the tolerance, the first problem's line (the loader's wording) says so.
+    with pytest.raises(DataError) as pandas_error:
+        load_transactions(path, max_bad_row_share=0.2)
+    with pytest.raises(DataError) as spark_error:
+        spark_features.read_orders(spark, _data(path, "data.max_bad_row_share=0.2"))
+    assert "more than data.max_bad_row_share=0.2" in str(spark_error.value)
+    assert str(spark_error.value).split(" (e.g.")[0] == str(pandas_error.value).split(" (e.g.")[0]
+
+
 def test_na_strings_follow_pandas() -> None:
     from pandas._libs.parsers import STR_NA_VALUES
 

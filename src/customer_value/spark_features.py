@@ -4,7 +4,10 @@ then ``features.customer_features`` (and ``purchase_regularity``) column by colu
 Raw values are parsed by the very functions ``data`` uses (``coerce_*``), so ids, timestamps (ISO 8601 or
 ``data.timestamp_format``, offsets converted to UTC) and amounts are read the same way; bad rows raise the
 same DataError (file, column, row count), with an example value but no row number (Spark rows have no
-stable position). The orders are merged to one row per customer and day first, as loading does.
+stable position), or are dropped and counted under ``data.max_bad_row_share``. Exact duplicate rows are
+dropped with ``data.drop_duplicate_rows`` (counted then: one more pass over the log; without it they are
+merged like any same-day orders, uncounted). The orders are merged to one row per customer and day first,
+as loading does.
 pyspark is imported inside functions only, so the project works without the ``[spark]`` extra.
 """
 
@@ -22,7 +25,7 @@ from omegaconf import DictConfig
 
 from customer_value.data import load_bundled, require_columns
 from customer_value.errors import DataError, UserError
-from customer_value.parsing import coerce_amounts, coerce_customer_ids, coerce_timestamps
+from customer_value.parsing import MAX_AMOUNT, coerce_amounts, coerce_customer_ids, coerce_timestamps
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -36,9 +39,13 @@ PANDAS_CSV_NA_VALUES = frozenset(
     | {"N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
 )
 
+# What each row can be wrong in, in the loader's order of checks.
+PROBLEMS = ("id", "date", "amount", "absurd")
 PARSED_SCHEMA = (
-    "customer_id string, day long, amount double, id_bad boolean, date_bad boolean, amount_bad boolean, "
-    "id_example string, date_example string, amount_example string"
+    "customer_id string, day long, instant long, amount double, "
+    + ", ".join(f"{name}_bad boolean" for name in PROBLEMS)
+    + ", "
+    + ", ".join(f"{name}_example string" for name in PROBLEMS)
 )
 
 EPOCH = pd.Timestamp("1970-01-01")
@@ -79,10 +86,14 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
     )
     # Not cached: the file is read once to validate it, then again by the scoring plan (no memory held).
     parsed = raw.mapInPandas(parse, PARSED_SCHEMA)
-    last_day = _check(parsed, path, columns, keep_zero_amounts=bool(data.keep_zero_amounts))
-    keep = ~F.col("id_bad") & ~F.col("date_bad") & ~F.col("amount_bad")
-    keep &= (F.col("amount") >= 0) if data.keep_zero_amounts else (F.col("amount") > 0)
-    orders = parsed.where(keep).groupBy("customer_id", "day").agg(F.sum("amount").alias("amount"))
+    keep_zero = bool(data.keep_zero_amounts)
+    last_day = _check(parsed, path, columns, keep_zero_amounts=keep_zero, max_share=data.max_bad_row_share)
+    kept = parsed.where(_usable(keep_zero))
+    if data.drop_duplicate_rows:
+        unique = kept.dropDuplicates(["customer_id", "instant", "amount"])
+        log.info(f"{path}: dropped {kept.count() - unique.count():,} duplicate rows")
+        kept = unique
+    orders = kept.groupBy("customer_id", "day").agg(F.sum("amount").alias("amount"))
     return _with_dates(orders), last_day
 
 
@@ -123,12 +134,24 @@ def _parse_batches(
         except (ValueError, TypeError):  # the loader rejects the whole column; here the batch is bad
             dates = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
         amounts = pd.Series(coerce_amounts(raw[amount_column]), index=raw.index)
-        bad = {"id": ids.isna(), "date": dates.isna(), "amount": amounts.isna()}
-        values = {"id": raw[id_column], "date": raw[timestamp_column], "amount": raw[amount_column]}
+        bad = {
+            "id": ids.isna(),
+            "date": dates.isna(),
+            "amount": amounts.isna(),
+            "absurd": amounts.abs() > MAX_AMOUNT,
+        }
+        values = {
+            "id": raw[id_column],
+            "date": raw[timestamp_column],
+            "amount": raw[amount_column],
+            "absurd": raw[amount_column],
+        }
+        known_dates = dates.where(~bad["date"], EPOCH).astype("datetime64[ns]")
         yield pd.DataFrame(
             {
                 "customer_id": ids.astype(object).where(~bad["id"], None),
-                "day": _epoch_days(dates.where(~bad["date"], EPOCH)),
+                "day": _epoch_days(known_dates),
+                "instant": known_dates.to_numpy().view("int64"),  # to recognise duplicate rows
                 "amount": amounts.where(~bad["amount"], 0.0).astype("float64"),
                 **{f"{name}_bad": flags.astype(bool) for name, flags in bad.items()},
                 **{
@@ -150,44 +173,71 @@ def _with_dates(orders: DataFrame) -> DataFrame:
     return orders.select("customer_id", F.date_from_unix_date("day").alias("date"), "amount")
 
 
-def _check(parsed: DataFrame, source: str, columns: list[str], *, keep_zero_amounts: bool) -> pd.Timestamp:
-    """One pass over the parsed rows: the loader's checks, in its order and with its messages."""
+def _usable(keep_zero_amounts: bool) -> Column:
+    """Rows the loader keeps: nothing wrong with them and a positive (or, if kept, zero) amount."""
+    from pyspark.sql import functions as F
+
+    fine = ~F.greatest(*(F.col(f"{name}_bad") for name in PROBLEMS))
+    return fine & ((F.col("amount") >= 0) if keep_zero_amounts else (F.col("amount") > 0))
+
+
+def _check(
+    parsed: DataFrame, source: str, columns: list[str], *, keep_zero_amounts: bool, max_share: float
+) -> pd.Timestamp:
+    """One pass over the parsed rows: the loader's checks, in its order and with its messages; bad rows
+    within ``max_share`` of the rows are dropped and counted as the loader counts them."""
     from pyspark.sql import functions as F
 
     def count(condition: Column) -> Column:
         return F.sum(F.when(condition, 1).otherwise(0))
 
     valid_amount = ~F.col("amount_bad")
-    positive = F.col("amount") >= 0 if keep_zero_amounts else F.col("amount") > 0
-    names = ("id", "date", "amount")
+    usable = _usable(keep_zero_amounts)
     row = parsed.agg(
         F.count(F.lit(1)).alias("rows"),
-        *(count(F.col(f"{n}_bad")).alias(f"{n}_bad") for n in names),
-        *(F.first(f"{n}_example", ignorenulls=True).alias(f"{n}_example") for n in names),
+        *(count(F.col(f"{n}_bad")).alias(f"{n}_bad") for n in PROBLEMS),
+        *(F.first(f"{n}_example", ignorenulls=True).alias(f"{n}_example") for n in PROBLEMS),
+        count(F.greatest(*(F.col(f"{n}_bad") for n in PROBLEMS))).alias("any_bad"),
         count(valid_amount & (F.col("amount") < 0)).alias("negative"),
         count(valid_amount & (F.col("amount") == 0)).alias("zero"),
-        count(valid_amount & positive).alias("kept"),
-        F.max(F.when(valid_amount & positive, F.col("day"))).alias("last_day"),
+        count(usable).alias("kept"),
+        F.max(F.when(usable, F.col("day"))).alias("last_day"),
     ).first()
     rows = int(row["rows"])
     if rows == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
-    problems = {
-        "id": "is blank in {n:,} of {rows:,} rows",
-        "date": "has {n:,} of {rows:,} rows that are not valid timestamps",
-        "amount": "has {n:,} of {rows:,} rows that are not finite numbers",
+    id_column, timestamp_column, amount_column = columns
+    problems = {  # (reason counted when tolerated, column, the loader's wording)
+        "id": ("blank_customer_id", id_column, "is blank in {n:,} of {rows:,} rows"),
+        "date": (
+            "bad_timestamp",
+            timestamp_column,
+            "has {n:,} of {rows:,} rows that are not valid timestamps",
+        ),
+        "amount": ("bad_amount", amount_column, "has {n:,} of {rows:,} rows that are not finite numbers"),
+        "absurd": (
+            "absurd_amount",
+            amount_column,
+            f"has {{n:,}} of {{rows:,}} rows above {MAX_AMOUNT:.0e} in absolute value, not a plausible order",
+        ),
     }
-    for (name, problem), column in zip(problems.items(), columns, strict=True):
-        n = int(row[f"{name}_bad"])
-        if n:
-            hint = "; set data.timestamp_format if the format is unusual" if name == "date" else ""
-            raise DataError(
-                f"{source}: column '{column}' {problem.format(n=n, rows=rows)} "
-                f"(e.g. {row[f'{name}_example']!r}){hint}"
-            )
+    hints = {
+        "date": "; set data.timestamp_format if the format is unusual",
+        "absurd": "; check the column's units",
+    }
+    found = {name: int(row[f"{name}_bad"]) for name in PROBLEMS if row[f"{name}_bad"]}
+    if found and int(row["any_bad"]) > max_share * rows:
+        name = next(iter(found))
+        _, column, problem = problems[name]
+        allowed = f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
+        raise DataError(
+            f"{source}: column '{column}' {problem.format(n=found[name], rows=rows)} "
+            f"(e.g. {row[f'{name}_example']!r}){hints.get(name, '')}{allowed}"
+        )
+    dropped = {problems[name][0]: n for name, n in found.items()}
     if int(row["kept"]) == 0:
-        raise DataError(f"{source}: column '{columns[2]}' has no positive amount in {rows:,} rows")
-    dropped = {"negative_amount": int(row["negative"])}
+        raise DataError(f"{source}: column '{amount_column}' has no positive amount in {rows:,} rows")
+    dropped["negative_amount"] = int(row["negative"])
     if not keep_zero_amounts:
         dropped["zero_amount"] = int(row["zero"])
     log.info(f"{source}: {rows:,} rows read, dropped {dropped}")
