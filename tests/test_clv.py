@@ -18,7 +18,7 @@ from customer_value.clv import (
     model_inputs,
 )
 from customer_value.clv_model import CLVModel
-from customer_value.data import load_bundled
+from customer_value.data import LoadingRules, load_bundled
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.features import calibration_and_holdout, customer_features, resolve_split
 
@@ -29,7 +29,7 @@ PINNED = CLVParams("bgnbd", FHL_2005, GAMMA_GAMMA_NOTE, time_unit_days=7.0)
 
 
 def _sample_calibration(keep_zero_amounts: bool) -> pd.DataFrame:
-    orders, _ = load_bundled("cdnow_sample", keep_zero_amounts=keep_zero_amounts)
+    orders, _ = load_bundled("cdnow_sample", LoadingRules(keep_zero_amounts=keep_zero_amounts))
     calibration, _ = calibration_and_holdout(orders, resolve_split(orders, "1997-09-30", 0.5))
     return calibration
 

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from customer_value.data import LoadingRules
 from customer_value.errors import UserError
 from customer_value.jobs import load_orders
 from customer_value.schema import register_configs, validate_score_config, validate_train_config
@@ -195,3 +196,13 @@ def test_bad_score_values_are_refused(override: str) -> None:
 def test_default_configs_are_valid() -> None:
     validate_train_config(_compose("train", []))
     validate_score_config(_compose("score", []))
+
+
+@pytest.mark.parametrize("config", ["train", "score"])
+@pytest.mark.parametrize("data", _options("data"))
+def test_every_data_option_gives_loading_rules(config: str, data: str) -> None:
+    """Every loader takes its rules from the same keys, so none can be read by one engine and not another."""
+    assert LoadingRules.from_config(_compose(config, [f"data={data}"]).data) == LoadingRules()
+    strict = ["data.max_bad_row_share=0.01", "data.drop_duplicate_rows=true", "data.keep_zero_amounts=true"]
+    rules = LoadingRules.from_config(_compose(config, [f"data={data}", *strict]).data)
+    assert rules == LoadingRules(keep_zero_amounts=True, drop_duplicate_rows=True, max_bad_row_share=0.01)

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_value.data import load_bundled, load_transactions
+from customer_value.data import LoadingRules, load_bundled, load_transactions
 from customer_value.errors import DataError
 
 
 def test_cdnow_master_matches_the_published_counts() -> None:
-    orders, report = load_bundled("cdnow_master", keep_zero_amounts=True)
+    orders, report = load_bundled("cdnow_master", LoadingRules(keep_zero_amounts=True))
     assert report.rows_read == 69_659
     assert report.customers == 23_570
     assert (report.first_date, report.last_date) == ("1997-01-01", "1998-06-30")
@@ -147,7 +147,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 def test_timestamp_format_option(tmp_path: Path) -> None:
     path = _write(tmp_path, "orders.csv", "customer_id,timestamp,amount\na,03/02/2024,1\n")
-    orders, _ = load_transactions(path, timestamp_format="%d/%m/%Y")
+    orders, _ = load_transactions(path, rules=LoadingRules(timestamp_format="%d/%m/%Y"))
     assert orders["date"].iloc[0] == pd.Timestamp("2024-02-03")
     assert np.issubdtype(orders["date"].dtype, np.datetime64)
 
@@ -165,7 +165,7 @@ def test_duplicate_rows_are_counted_and_dropped_on_request(tmp_path: Path) -> No
     kept, report = load_transactions(path)
     assert report.duplicate_rows == 3 and "duplicate_row" not in report.dropped
     assert kept.groupby("customer_id", observed=True)["amount"].sum().to_dict() == {"a": 15.0, "b": 28.0}
-    dropped, report = load_transactions(path, drop_duplicate_rows=True)
+    dropped, report = load_transactions(path, rules=LoadingRules(drop_duplicate_rows=True))
     assert report.dropped["duplicate_row"] == 3 and report.rows_used == 4
     assert dropped.groupby("customer_id", observed=True)["amount"].sum().to_dict() == {"a": 10.0, "b": 14.0}
 
@@ -196,11 +196,11 @@ def test_a_few_bad_rows_are_dropped_and_counted_under_a_configured_share(tmp_pat
         "c,2024-01-06,1e13\nc,2024-01-07,3\nd,2024-01-08,4\nd,2024-01-09,2\n"
     )
     path = _write(tmp_path, "orders.csv", text)
-    orders, report = load_transactions(path, max_bad_row_share=0.4)
+    orders, report = load_transactions(path, rules=LoadingRules(max_bad_row_share=0.4))
     assert report.dropped["blank_customer_id"] == 1 and report.dropped["bad_timestamp"] == 1
     assert report.dropped["bad_amount"] == 1 and report.dropped["absurd_amount"] == 1
     assert report.rows_used == 6 and len(orders) == 6 and orders["amount"].sum() == 29.0
     with pytest.raises(DataError, match=r"is blank in 1 of 10 rows .*more than data.max_bad_row_share=0.3"):
-        load_transactions(path, max_bad_row_share=0.3)
+        load_transactions(path, rules=LoadingRules(max_bad_row_share=0.3))
     with pytest.raises(DataError, match=r"'customer_id' is blank in 1 of 10 rows \(e\.g\. data row 3"):
         load_transactions(path)

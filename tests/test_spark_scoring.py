@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from customer_value import spark_features, spark_scoring
-from customer_value.data import load_bundled, load_transactions
+from customer_value.data import LoadingRules, load_bundled, load_transactions
 from customer_value.errors import DataError, UserError
 from customer_value.features import FEATURE_COLUMNS, customer_features, purchase_regularity
 from customer_value.schema import register_configs
@@ -164,7 +164,11 @@ def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
     for keep_zero in (False, True):
         data = _data(path, *columns, f"data.keep_zero_amounts={keep_zero}")
         expected, report = load_transactions(
-            path, customer_id="cust", timestamp="when", amount="total", keep_zero_amounts=keep_zero
+            path,
+            customer_id="cust",
+            timestamp="when",
+            amount="total",
+            rules=LoadingRules(keep_zero_amounts=keep_zero),
         )
         pd.testing.assert_frame_equal(_spark_orders(spark, data), _string_ids(expected), check_dtype=False)
         assert spark_features.read_orders(spark, data)[1] == pd.Timestamp(report.last_date)
@@ -251,12 +255,14 @@ def test_tolerated_bad_rows_and_duplicates_are_handled_as_pandas_does(spark, tmp
     )
     for drop in ("false", "true"):
         data = _data(path, "data.max_bad_row_share=0.5", f"data.drop_duplicate_rows={drop}")
-        expected, report = load_transactions(path, max_bad_row_share=0.5, drop_duplicate_rows=drop == "true")
+        expected, report = load_transactions(
+            path, rules=LoadingRules(max_bad_row_share=0.5, drop_duplicate_rows=drop == "true")
+        )
         assert report.dropped["absurd_amount"] == 1 and report.duplicate_rows == 1
         pd.testing.assert_frame_equal(_spark_orders(spark, data), _string_ids(expected), check_dtype=False)
     # Above the tolerance, the first problem's line (the loader's wording) says so.
     with pytest.raises(DataError) as pandas_error:
-        load_transactions(path, max_bad_row_share=0.2)
+        load_transactions(path, rules=LoadingRules(max_bad_row_share=0.2))
     with pytest.raises(DataError) as spark_error:
         spark_features.read_orders(spark, _data(path, "data.max_bad_row_share=0.2"))
     assert "more than data.max_bad_row_share=0.2" in str(spark_error.value)

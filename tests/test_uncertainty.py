@@ -9,7 +9,7 @@ from lifetimes import BetaGeoFitter
 
 from customer_value.clv import FAMILIES, CLVParams, ModelInputs, lifetimes_fitter, model_inputs
 from customer_value.clv_model import CLVModel
-from customer_value.data import load_bundled
+from customer_value.data import LoadingRules, load_bundled
 from customer_value.evaluation import interval_metrics
 from customer_value.features import Split, calibration_and_holdout
 from customer_value.uncertainty import count_pmf_terms, parameter_draws, purchase_count_interval
@@ -63,7 +63,7 @@ def test_count_interval_is_the_central_quantiles() -> None:
 
 def test_covariance_matches_lifetimes_standard_errors() -> None:
     """The numerical information matrix agrees with lifetimes' autograd Hessian (BG/NBD, CDNOW sample)."""
-    orders, _ = load_bundled("cdnow_sample", keep_zero_amounts=True)
+    orders, _ = load_bundled("cdnow_sample", LoadingRules(keep_zero_amounts=True))
     calibration, _ = calibration_and_holdout(orders, Split(pd.Timestamp("1997-09-30"), orders["date"].max()))
     model = CLVModel().fit(calibration)
     inputs = model_inputs(calibration, 7.0)
@@ -80,7 +80,7 @@ def test_covariance_is_the_inverse_of_lifetimes_autograd_hessian() -> None:
     from autograd import hessian
     from lifetimes import GammaGammaFitter
 
-    orders, _ = load_bundled("cdnow_sample", keep_zero_amounts=True)
+    orders, _ = load_bundled("cdnow_sample", LoadingRules(keep_zero_amounts=True))
     calibration, _ = calibration_and_holdout(orders, Split(pd.Timestamp("1997-09-30"), orders["date"].max()))
     params = CLVModel().fit(calibration).params_
     inputs = model_inputs(calibration, 7.0)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,22 @@ BUNDLED = {
         description="CDNOW 1/10 sample used by Fader, Hardie & Lee (2005): 2,357 customers",
     ),
 }
+
+
+@dataclass(frozen=True)
+class LoadingRules:
+    """How a log is read and how strict to be with it: one object from the ``data`` config to every
+    loader (pandas and Spark), so an option cannot be honoured by one and forgotten by another."""
+
+    timestamp_format: str | None = None  # None: ISO 8601
+    keep_zero_amounts: bool = False
+    drop_duplicate_rows: bool = False  # drop rows equal to another in customer, timestamp and amount
+    max_bad_row_share: float = 0.0  # bad rows up to this share are dropped and counted instead of failing
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> LoadingRules:
+        """The rules of a ``data`` config node (its keys of the same names)."""
+        return cls(**{rule.name: data[rule.name] for rule in fields(cls)})
 
 
 @dataclass
@@ -113,8 +131,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_bundled(name: str, *, keep_zero_amounts: bool = False) -> tuple[pd.DataFrame, DataReport]:
-    """Load a bundled dataset through the same validation as a user's file."""
+def load_bundled(name: str, rules: LoadingRules = LoadingRules()) -> tuple[pd.DataFrame, DataReport]:
+    """Load a bundled dataset through the same validation as a user's file (in its own timestamp format)."""
     path = bundled_path(name)
     spec = BUNDLED[name]
     raw = pd.read_csv(
@@ -131,8 +149,7 @@ def load_bundled(name: str, *, keep_zero_amounts: bool = False) -> tuple[pd.Data
         customer_id="customer_id",
         timestamp="date",
         amount="amount",
-        timestamp_format=spec.timestamp_format,
-        keep_zero_amounts=keep_zero_amounts,
+        rules=replace(rules, timestamp_format=spec.timestamp_format),
         content_hash=file_sha256(path),
     )
 
@@ -143,10 +160,7 @@ def load_transactions(
     customer_id: str = "customer_id",
     timestamp: str = "timestamp",
     amount: str = "amount",
-    timestamp_format: str | None = None,
-    keep_zero_amounts: bool = False,
-    drop_duplicate_rows: bool = False,
-    max_bad_row_share: float = 0.0,
+    rules: LoadingRules = LoadingRules(),
 ) -> tuple[pd.DataFrame, DataReport]:
     """Load a CSV or Parquet transaction log (chosen by extension) and validate it."""
     path = Path(path)
@@ -160,10 +174,7 @@ def load_transactions(
         customer_id=customer_id,
         timestamp=timestamp,
         amount=amount,
-        timestamp_format=timestamp_format,
-        keep_zero_amounts=keep_zero_amounts,
-        drop_duplicate_rows=drop_duplicate_rows,
-        max_bad_row_share=max_bad_row_share,
+        rules=rules,
         content_hash=file_sha256(path),
     )
 
@@ -220,37 +231,34 @@ def clean_transactions(
     customer_id: str = "customer_id",
     timestamp: str = "timestamp",
     amount: str = "amount",
-    timestamp_format: str | None = None,
-    keep_zero_amounts: bool = False,
-    drop_duplicate_rows: bool = False,
-    max_bad_row_share: float = 0.0,
+    rules: LoadingRules = LoadingRules(),
     content_hash: str = "",
 ) -> tuple[pd.DataFrame, DataReport]:
     """Validate raw columns and merge same-day orders; returns orders and what was done to them.
 
     Rows equal to another in customer, timestamp and amount are counted (``duplicate_rows``); they are
-    merged like any same-day orders unless ``drop_duplicate_rows`` (a log recorded twice). Day-resolution
-    logs such as CDNOW legitimately repeat rows, so dropping is opt-in. Rows with a blank id, an unparsable
-    timestamp or an unusable amount fail the load, unless they are at most ``max_bad_row_share`` of the
-    rows: then they are dropped and counted (``dropped``).
+    merged like any same-day orders unless ``rules.drop_duplicate_rows`` (a log recorded twice).
+    Day-resolution logs such as CDNOW legitimately repeat rows, so dropping is opt-in. Rows with a blank
+    id, an unparsable timestamp or an unusable amount fail the load, unless they are at most
+    ``rules.max_bad_row_share`` of the rows: then they are dropped and counted (``dropped``).
     """
     rows_read = len(raw)
     if rows_read == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
 
     codes, ids, blank_ids = parse_customer_ids(raw[customer_id], source, customer_id)
-    days, instants, bad_days = parse_days(raw[timestamp], source, timestamp, timestamp_format)
+    days, instants, bad_days = parse_days(raw[timestamp], source, timestamp, rules.timestamp_format)
     amounts, bad_amounts = parse_amounts(raw[amount], source, amount)
     dropped: dict[str, int] = {}
-    bad = tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, max_bad_row_share, dropped)
+    bad = tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, rules.max_bad_row_share, dropped)
 
     negative = amounts < 0
     zero = amounts == 0
-    keep = ~negative if keep_zero_amounts else ~(negative | zero)
+    keep = ~negative if rules.keep_zero_amounts else ~(negative | zero)
     if bad is not None:
         keep &= ~bad
     dropped["negative_amount"] = int(negative.sum())
-    if not keep_zero_amounts:
+    if not rules.keep_zero_amounts:
         dropped["zero_amount"] = int(zero.sum())
     if not keep.any():
         raise DataError(f"{source}: column '{amount}' has no positive amount in {rows_read:,} rows")
@@ -260,7 +268,7 @@ def clean_transactions(
         codes, days, amounts, instants = codes[keep], days[keep], amounts[keep], instants[keep]
     runs = sorted_runs(codes, days, by_day=True)
     duplicate = _duplicate_rows(runs, codes, instants, amounts)
-    if drop_duplicate_rows and duplicate.any():
+    if rules.drop_duplicate_rows and duplicate.any():
         dropped["duplicate_row"] = int(duplicate.sum())
         codes, days, amounts = codes[~duplicate], days[~duplicate], amounts[~duplicate]
         keep[np.flatnonzero(keep)[duplicate]] = False

@@ -30,31 +30,52 @@ def tolerate(
         return None
     bad = np.logical_or.reduce([problem.rows for problem in problems])
     if bad.sum() > max_share * rows_read:
-        allowed = f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
-        raise DataError(problems[0].message + allowed)
+        raise DataError(problems[0].message + over_tolerance(max_share))
     for problem in problems:
         dropped[problem.reason] = dropped.get(problem.reason, 0) + int(problem.rows.sum())
     return bad
 
 
+def over_tolerance(max_share: float) -> str:
+    """What a bad-row line adds when a tolerance was set and exceeded."""
+    return f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
+
+
 # No single order is worth more than this; beyond it sums and the spend model's likelihood overflow.
 MAX_AMOUNT = 1e12
 
+# How each kind of bad row is worded in its one-line error (shared with the Spark engine):
+# reason -> (verb before the count, words after "rows", hint after the example).
+WORDING = {
+    "blank_customer_id": ("is blank in", "", ""),
+    "bad_timestamp": (
+        "has",
+        " that are not valid timestamps",
+        "; set data.timestamp_format if the format is unusual",
+    ),
+    "bad_amount": ("has", " that are not finite numbers", ""),
+    "absurd_amount": (
+        "has",
+        f" above {MAX_AMOUNT:.0e} in absolute value, not a plausible order",
+        "; check the column's units",
+    ),
+}
 
-def _bad_rows(
-    reason: str, rows: np.ndarray, values: pd.Series, prefix: str, middle: str = "", hint: str = ""
-) -> list[BadRows]:
-    """No problem when no row is bad; else one whose line reads
-    '<prefix> N of M rows<middle> (e.g. data row R: value)<hint>'."""
+
+def bad_rows_message(source: str, column: str, reason: str, count: int, rows: int, example: str) -> str:
+    """'<source>: column '<column>' has N of M rows that ... (e.g. ...)<hint>'."""
+    verb, middle, hint = WORDING[reason]
+    return f"{source}: column '{column}' {verb} {count:,} of {rows:,} rows{middle} ({example}){hint}"
+
+
+def _bad_rows(reason: str, rows: np.ndarray, values: pd.Series, source: str, column: str) -> list[BadRows]:
+    """No problem when no row is bad; else one naming the file, column, count and the first bad row."""
     if not rows.any():
         return []
-    message = f"{prefix} {int(rows.sum()):,} of {len(values):,} rows{middle} ({_example(values, rows)}){hint}"
+    index = int(np.flatnonzero(rows)[0])
+    example = f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
+    message = bad_rows_message(source, column, reason, int(rows.sum()), len(values), example)
     return [BadRows(reason, rows, message)]
-
-
-def _example(values: pd.Series, bad: np.ndarray) -> str:
-    index = int(np.flatnonzero(bad)[0])
-    return f"e.g. data row {index + 1}: {str(values.iloc[index])[:40]!r}"
 
 
 def coerce_customer_ids(values: pd.Series) -> pd.Series:
@@ -92,7 +113,7 @@ def parse_customer_ids(
     text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
-    problems = _bad_rows("blank_customer_id", blank, values, f"{source}: column '{column}' is blank in")
+    problems = _bad_rows("blank_customer_id", blank, values, source, column)
     codes, ids = customer_codes(text)
     return codes[raw_codes], ids, problems
 
@@ -108,14 +129,7 @@ def parse_days(
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()
-    problems = _bad_rows(
-        "bad_timestamp",
-        bad,
-        values,
-        f"{source}: column '{column}' has",
-        " that are not valid timestamps",
-        "; set data.timestamp_format if the format is unusual",
-    )
+    problems = _bad_rows("bad_timestamp", bad, values, source, column)
     if problems:
         parsed = parsed.fillna(pd.Timestamp(0))  # placeholder days; these rows are dropped or the load fails
     return epoch_days(parsed), np.asarray(parsed).view(np.int64), problems
@@ -123,16 +137,7 @@ def parse_days(
 
 def parse_amounts(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[BadRows]]:
     numbers = coerce_amounts(values)
-    prefix = f"{source}: column '{column}' has"
     with np.errstate(invalid="ignore"):
         absurd = np.abs(numbers) > MAX_AMOUNT
-    problems = _bad_rows("bad_amount", ~np.isfinite(numbers), values, prefix, " that are not finite numbers")
-    problems += _bad_rows(
-        "absurd_amount",
-        absurd,
-        values,
-        prefix,
-        f" above {MAX_AMOUNT:.0e} in absolute value, not a plausible order",
-        "; check the column's units",
-    )
-    return numbers, problems
+    problems = _bad_rows("bad_amount", ~np.isfinite(numbers), values, source, column)
+    return numbers, problems + _bad_rows("absurd_amount", absurd, values, source, column)

@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from omegaconf import DictConfig
 
-from customer_value.data import load_bundled, require_columns
+from customer_value.data import LoadingRules, load_bundled, require_columns
 from customer_value.errors import DataError, UserError
-from customer_value.parsing import MAX_AMOUNT, coerce_amounts, coerce_customer_ids, coerce_timestamps
+from customer_value.parsing import (
+    MAX_AMOUNT,
+    bad_rows_message,
+    coerce_amounts,
+    coerce_customer_ids,
+    coerce_timestamps,
+    over_tolerance,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -61,8 +68,9 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
     """
     from pyspark.sql import functions as F
 
+    rules = LoadingRules.from_config(data)
     if data.bundled:
-        orders, report = load_bundled(data.bundled, keep_zero_amounts=data.keep_zero_amounts)
+        orders, report = load_bundled(data.bundled, rules)
         frame = pd.DataFrame(
             {
                 "customer_id": orders["customer_id"].astype(object),
@@ -81,15 +89,14 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
     parse = partial(
         _parse_batches,
         columns=columns,
-        fmt=data.timestamp_format,
+        fmt=rules.timestamp_format,
         na_values=PANDAS_CSV_NA_VALUES if is_csv else frozenset(),
     )
     # Not cached: the file is read once to validate it, then again by the scoring plan (no memory held).
     parsed = raw.mapInPandas(parse, PARSED_SCHEMA)
-    keep_zero = bool(data.keep_zero_amounts)
-    last_day = _check(parsed, path, columns, keep_zero_amounts=keep_zero, max_share=data.max_bad_row_share)
-    kept = parsed.where(_usable(keep_zero))
-    if data.drop_duplicate_rows:
+    last_day = _check(parsed, path, columns, rules)
+    kept = parsed.where(_usable(rules.keep_zero_amounts))
+    if rules.drop_duplicate_rows:
         unique = kept.dropDuplicates(["customer_id", "instant", "amount"])
         log.info(f"{path}: dropped {kept.count() - unique.count():,} duplicate rows")
         kept = unique
@@ -181,18 +188,16 @@ def _usable(keep_zero_amounts: bool) -> Column:
     return fine & ((F.col("amount") >= 0) if keep_zero_amounts else (F.col("amount") > 0))
 
 
-def _check(
-    parsed: DataFrame, source: str, columns: list[str], *, keep_zero_amounts: bool, max_share: float
-) -> pd.Timestamp:
+def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRules) -> pd.Timestamp:
     """One pass over the parsed rows: the loader's checks, in its order and with its messages; bad rows
-    within ``max_share`` of the rows are dropped and counted as the loader counts them."""
+    within ``rules.max_bad_row_share`` of the rows are dropped and counted as the loader counts them."""
     from pyspark.sql import functions as F
 
     def count(condition: Column) -> Column:
         return F.sum(F.when(condition, 1).otherwise(0))
 
     valid_amount = ~F.col("amount_bad")
-    usable = _usable(keep_zero_amounts)
+    usable = _usable(rules.keep_zero_amounts)
     row = parsed.agg(
         F.count(F.lit(1)).alias("rows"),
         *(count(F.col(f"{n}_bad")).alias(f"{n}_bad") for n in PROBLEMS),
@@ -207,38 +212,24 @@ def _check(
     if rows == 0:
         raise DataError(f"{source}: no rows (header only or empty table)")
     id_column, timestamp_column, amount_column = columns
-    problems = {  # (reason counted when tolerated, column, the loader's wording)
-        "id": ("blank_customer_id", id_column, "is blank in {n:,} of {rows:,} rows"),
-        "date": (
-            "bad_timestamp",
-            timestamp_column,
-            "has {n:,} of {rows:,} rows that are not valid timestamps",
-        ),
-        "amount": ("bad_amount", amount_column, "has {n:,} of {rows:,} rows that are not finite numbers"),
-        "absurd": (
-            "absurd_amount",
-            amount_column,
-            f"has {{n:,}} of {{rows:,}} rows above {MAX_AMOUNT:.0e} in absolute value, not a plausible order",
-        ),
-    }
-    hints = {
-        "date": "; set data.timestamp_format if the format is unusual",
-        "absurd": "; check the column's units",
+    problems = {  # our flag -> (the loader's reason, column)
+        "id": ("blank_customer_id", id_column),
+        "date": ("bad_timestamp", timestamp_column),
+        "amount": ("bad_amount", amount_column),
+        "absurd": ("absurd_amount", amount_column),
     }
     found = {name: int(row[f"{name}_bad"]) for name in PROBLEMS if row[f"{name}_bad"]}
-    if found and int(row["any_bad"]) > max_share * rows:
+    if found and int(row["any_bad"]) > rules.max_bad_row_share * rows:
         name = next(iter(found))
-        _, column, problem = problems[name]
-        allowed = f" (more than data.max_bad_row_share={max_share:g} of the rows)" if max_share > 0 else ""
-        raise DataError(
-            f"{source}: column '{column}' {problem.format(n=found[name], rows=rows)} "
-            f"(e.g. {row[f'{name}_example']!r}){hints.get(name, '')}{allowed}"
-        )
+        reason, column = problems[name]
+        example = f"e.g. {row[f'{name}_example']!r}"
+        message = bad_rows_message(source, column, reason, found[name], rows, example)
+        raise DataError(message + over_tolerance(rules.max_bad_row_share))
     dropped = {problems[name][0]: n for name, n in found.items()}
     if int(row["kept"]) == 0:
         raise DataError(f"{source}: column '{amount_column}' has no positive amount in {rows:,} rows")
     dropped["negative_amount"] = int(row["negative"])
-    if not keep_zero_amounts:
+    if not rules.keep_zero_amounts:
         dropped["zero_amount"] = int(row["zero"])
     log.info(f"{source}: {rows:,} rows read, dropped {dropped}")
     return EPOCH + pd.Timedelta(days=int(row["last_day"]))
