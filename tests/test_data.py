@@ -99,6 +99,11 @@ BAD_FILES = {
         "customer_id,timestamp,amount\na,2024-01-01,inf\n",
         ["'amount'", "1 of 1 rows"],
     ),
+    "placeholder date": (
+        "orders.csv",
+        "customer_id,timestamp,amount\na,2024-01-01,1\nb,9999-12-31,2\n",
+        ["'timestamp'", "1 of 2 rows", "not plausible order dates"],
+    ),
     "absurd amount": (
         "orders.csv",
         "customer_id,timestamp,amount\na,2024-01-01,1e308\nb,2024-01-02,2\n",

@@ -1,5 +1,6 @@
 """What a killed job leaves behind (a SIGKILL runs no cleanup) is recognised by its ended owner process
-and cleaned up by the next job, while what a live process holds is left alone."""
+and cleaned up by the next job, while what a live process, another machine or an unreadable name holds is
+left alone."""
 
 from __future__ import annotations
 
@@ -23,34 +24,43 @@ def _ended_owner() -> str:
     return owner
 
 
+def _elsewhere(owner: str) -> str:
+    """The same pid and start on another machine (host or container sharing the store or folder)."""
+    other = "0" * 8 if processes.machine() != "0" * 8 else "1" * 8
+    return other + owner[8:]
+
+
 def test_this_process_is_alive_and_an_ended_one_is_not() -> None:
     assert processes.is_alive(processes.current_owner())
     assert not processes.is_alive(_ended_owner())
 
 
 def test_a_reused_pid_is_a_different_owner() -> None:
-    pid, start = processes.current_owner().split("-")
+    machine, pid, start = processes.current_owner().split("-")
     assert start, "procfs gives a start time here"
-    assert not processes.is_alive(f"{pid}-{int(start) + 1}")
+    assert not processes.is_alive(f"{machine}-{pid}-{int(start) + 1}")
 
 
-@pytest.mark.parametrize("owner", ["", "garbage", "0-1", "abcdef12"])
+def test_an_ended_process_of_another_machine_is_not_judged() -> None:
+    assert processes.is_alive(_elsewhere(_ended_owner()))
+
+
+@pytest.mark.parametrize("owner", ["", "garbage", "1", f"{os.getpid()}", "12_345", "abcdef12-0-1", "x-1-2"])
 def test_an_owner_that_cannot_be_read_is_left_alone(owner: str) -> None:
     assert processes.is_alive(owner)
 
 
-def test_runs_of_ended_processes_on_this_host_are_marked_failed(tracking_uri: str) -> None:
+def test_runs_of_ended_processes_on_this_machine_are_marked_failed(tracking_uri: str) -> None:
     tracking.configure(tracking_uri)
     experiment_id = tracking.ensure_experiment("leftovers", None)
     client = MlflowClient()
-    host = processes.host()
 
     def running(tags: dict[str, str]) -> str:
         return client.create_run(experiment_id, tags=tags).info.run_id
 
-    killed = running({"process.host": host, "process.owner": _ended_owner()})
-    live = running({"process.host": host, "process.owner": processes.current_owner()})
-    elsewhere = running({"process.host": host + "-other", "process.owner": _ended_owner()})
+    killed = running({"process.owner": _ended_owner()})
+    live = running({"process.owner": processes.current_owner()})
+    elsewhere = running({"process.owner": _elsewhere(_ended_owner())})
     untagged = running({})
 
     assert tracking.fail_abandoned_runs(experiment_id) == [killed]
@@ -58,6 +68,23 @@ def test_runs_of_ended_processes_on_this_host_are_marked_failed(tracking_uri: st
     assert status == {killed: "FAILED", live: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING"}
     assert "ended without closing" in client.get_run(killed).data.tags["failed.reason"]
     assert tracking.fail_abandoned_runs(experiment_id) == []
+
+
+def test_a_run_closed_by_its_owner_just_before_it_ended_stays_finished(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking.configure(tracking_uri)
+    experiment_id = tracking.ensure_experiment("leftovers", None)
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, tags={"process.owner": _ended_owner()}).info.run_id
+
+    def finishes_then_ends(owner: str) -> bool:  # the owner closes its run between search and judgement
+        client.set_terminated(run_id, status="FINISHED")
+        return False
+
+    monkeypatch.setattr(processes, "is_alive", finishes_then_ends)
+    assert tracking.fail_abandoned_runs(experiment_id) == []
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_runs_started_by_the_project_name_their_process(tracking_uri: str) -> None:
@@ -68,14 +95,20 @@ def test_runs_started_by_the_project_name_their_process(tracking_uri: str) -> No
     assert tags["process.owner"] == processes.current_owner()
 
 
-def test_temp_files_of_ended_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
-    output = tmp_path / "scores[1].parquet"  # glob characters in the name are taken literally
-    killed = tmp_path / f".{output.name}.{_ended_owner()}.x1y2.tmp"
-    live = tmp_path / f".{output.name}.{processes.current_owner()}.z3w4.tmp"
-    old_style = tmp_path / f".{output.name}.k9q8r7.tmp"  # no owner in the name: not ours to judge
-    other_output = tmp_path / f".other.parquet.{_ended_owner()}.a1b2.tmp"
-    for path in (killed, live, old_style, other_output):
+def test_temp_files_of_ended_writers_are_removed_and_others_kept(tmp_path: Path) -> None:
+    output = tmp_path / "scores[1].csv"  # glob characters in the name are taken literally
+    ended = _ended_owner()
+    killed = tmp_path / f".{output.name}.{ended}.x1y2.tmp"
+    kept = [
+        tmp_path / f".{output.name}.{processes.current_owner()}.z3w4.tmp",  # a live writer
+        tmp_path / f".{output.name}.{_elsewhere(ended)}.z3w4.tmp",  # another machine's writer
+        tmp_path / f".{output.name}.k9q8r7.tmp",  # no owner in the name: not ours to judge
+        tmp_path / f".{output.name}.12_345.tmp",
+        tmp_path / f".{output.name}.7.csv.{ended}.a1b2.tmp",  # a write to 'scores[1].csv.7.csv'
+        tmp_path / f".other.csv.{ended}.a1b2.tmp",
+    ]
+    for path in (killed, *kept):
         path.write_bytes(b"partial")
 
     assert remove_abandoned_temp_files(output) == [killed]
-    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, old_style, other_output))
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)

@@ -252,13 +252,15 @@ def test_tolerated_bad_rows_and_duplicates_are_handled_as_pandas_does(spark, tmp
         "b,2024-01-07,7\n"
         "c,2024-01-08,-2\n"
         "c,2024-01-09,8\n"
+        "c,9999-12-31,9\n"  # a placeholder for "unknown"
     )
     for drop in ("false", "true"):
         data = _data(path, "data.max_bad_row_share=0.5", f"data.drop_duplicate_rows={drop}")
         expected, report = load_transactions(
             path, rules=LoadingRules(max_bad_row_share=0.5, drop_duplicate_rows=drop == "true")
         )
-        assert report.dropped["absurd_amount"] == 1 and report.duplicate_rows == 1
+        assert report.dropped["absurd_amount"] == report.dropped["implausible_timestamp"] == 1
+        assert report.duplicate_rows == 1
         pd.testing.assert_frame_equal(_spark_orders(spark, data), _string_ids(expected), check_dtype=False)
     # Above the tolerance, the first problem's line (the loader's wording) says so.
     with pytest.raises(DataError) as pandas_error:

@@ -43,6 +43,9 @@ def over_tolerance(max_share: float) -> str:
 
 # No single order is worth more than this; beyond it sums and the spend model's likelihood overflow.
 MAX_AMOUNT = 1e12
+# Orders are dated within these years (inclusive); outside them a date is a placeholder such as
+# 9999-12-31 or 0001-01-01, and days beyond 2262 do not fit the nanosecond timestamps used downstream.
+PLAUSIBLE_YEARS = (1900, 2199)
 
 # How each kind of bad row is worded in its one-line error (shared with the Spark engine):
 # reason -> (verb before the count, words after "rows", hint after the example).
@@ -52,6 +55,11 @@ WORDING = {
         "has",
         " that are not valid timestamps",
         "; set data.timestamp_format if the format is unusual",
+    ),
+    "implausible_timestamp": (
+        "has",
+        f" dated before {PLAUSIBLE_YEARS[0]} or after {PLAUSIBLE_YEARS[1]}, not plausible order dates",
+        "; remove placeholder dates such as 9999-12-31 or allow them with data.max_bad_row_share",
     ),
     "bad_amount": ("has", " that are not finite numbers", ""),
     "absurd_amount": (
@@ -129,10 +137,18 @@ def parse_days(
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column '{column}' cannot be read as timestamps ({exc})") from None
     bad = parsed.isna().to_numpy()
+    implausible = implausible_dates(parsed)
     problems = _bad_rows("bad_timestamp", bad, values, source, column)
-    if problems:
-        parsed = parsed.fillna(pd.Timestamp(0))  # placeholder days; these rows are dropped or the load fails
+    problems += _bad_rows("implausible_timestamp", implausible, values, source, column)
+    if problems:  # placeholder days; these rows are dropped or the load fails
+        parsed = parsed.mask(bad | implausible, pd.Timestamp(0))
     return epoch_days(parsed), np.asarray(parsed).view(np.int64), problems
+
+
+def implausible_dates(dates: pd.Series) -> np.ndarray:
+    """Which (naive UTC) timestamps fall outside ``PLAUSIBLE_YEARS``; NaT is not one of them."""
+    first, last = (pd.Timestamp(year=y, month=1, day=1) for y in (PLAUSIBLE_YEARS[0], PLAUSIBLE_YEARS[1] + 1))
+    return ((dates < first) | (dates >= last)).to_numpy()
 
 
 def parse_amounts(values: pd.Series, source: str, column: str) -> tuple[np.ndarray, list[BadRows]]:

@@ -1,36 +1,57 @@
 """Which process owns a run or a temporary file, so a later job can tell what a killed job left behind
-(a SIGKILL runs no cleanup) from what a job still running is using."""
+(a SIGKILL runs no cleanup) from what a job still running is using.
+
+An owner is ``<machine>-<pid>-<start>``: ``machine`` tells apart hosts and containers that share a store
+or an output folder (a pid means nothing elsewhere), ``start`` (clock ticks since boot) tells a reused pid
+from the process that held it. Only owners of this machine are ever judged ended.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
+from functools import cache
 from pathlib import Path
+
+OWNER_PATTERN = r"[0-9a-f]{8}-\d+-\d*"
 
 
 def current_owner() -> str:
-    """``<pid>-<start>`` of this process: the start time (clock ticks since boot) makes a reused pid a
-    different owner."""
+    """The owner name of this process."""
     return owner_of(os.getpid())
 
 
 def owner_of(pid: int) -> str:
-    return f"{pid}-{_start_ticks(pid)}"
+    """The owner name of a process of this machine, while it runs."""
+    return f"{machine()}-{pid}-{_start_ticks(pid)}"
 
 
 def host() -> str:
+    """The host name, for people reading a run's tags."""
     return socket.gethostname()
 
 
-def is_alive(owner: str) -> bool:
-    """Whether the process named by ``owner`` (from ``current_owner``, on this host) still runs. A name
-    that cannot be read counts as alive: what we cannot judge, we leave alone."""
-    pid_text, _, start = owner.partition("-")
+@cache
+def machine() -> str:
+    """Eight hex digits for this host, boot and pid namespace: two containers on one kernel differ."""
+    parts = [socket.gethostname(), _read("/proc/sys/kernel/random/boot_id")]
     try:
-        pid = int(pid_text)
-    except ValueError:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+
+
+def is_alive(owner: str) -> bool:
+    """False only for an owner of this machine whose process has ended; anything that cannot be judged
+    (another machine, a malformed name, another user's process) counts as alive and is left alone."""
+    if not re.fullmatch(OWNER_PATTERN, owner):
         return True
-    if pid <= 0:
+    owner_machine, pid_text, start = owner.split("-")
+    pid = int(pid_text)
+    if owner_machine != machine() or pid <= 0:
         return True
     try:
         os.kill(pid, 0)
@@ -39,15 +60,20 @@ def is_alive(owner: str) -> bool:
     except PermissionError:
         pass  # another user's process: it exists
     ticks = _start_ticks(pid)
-    return ticks in ("", start)  # unreadable (another user, hidepid): alive
+    return ticks in ("", start)  # unreadable (hidepid, no procfs): alive
 
 
 def _start_ticks(pid: int) -> str:
     """Field 22 of ``/proc/<pid>/stat``; empty where there is no procfs (then the pid alone decides)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
         return ""
     # The command name (field 2) is in parentheses and may contain spaces: split after its closing one.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[19]
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -194,14 +195,21 @@ def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tup
 
 def remove_abandoned_temp_files(output: Path) -> list[Path]:
     """Delete the temporary files of earlier writes to ``output`` whose process has ended (a SIGKILLed
-    job runs no cleanup); a live writer's file is left alone. Returns what was removed."""
-    removed = []
+    job runs no cleanup); a live writer's file, or one this cannot judge, is left alone. Best effort:
+    returns what was removed."""
+    named = re.compile(rf"\.{re.escape(output.name)}\.({processes.OWNER_PATTERN})\.[A-Za-z0-9_]+\.tmp")
+    removed: list[Path] = []
     for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
-        owner = leftover.name[len(output.name) + 2 :].split(".")[0]
-        if not processes.is_alive(owner):
+        match = named.fullmatch(leftover.name)
+        if match is None or processes.is_alive(match.group(1)):
+            continue
+        try:
             leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-            log.warning("removed %s, left by an ended process", leftover)
+        except OSError as exc:
+            log.warning("could not remove %s, left by an ended process (%s)", leftover, exc.strerror)
+            continue
+        removed.append(leftover)
+        log.warning("removed %s, left by an ended process", leftover)
     return removed
 
 

@@ -31,6 +31,7 @@ from customer_value.parsing import (
     coerce_amounts,
     coerce_customer_ids,
     coerce_timestamps,
+    implausible_dates,
     over_tolerance,
 )
 
@@ -47,7 +48,7 @@ PANDAS_CSV_NA_VALUES = frozenset(
 )
 
 # What each row can be wrong in, in the loader's order of checks.
-PROBLEMS = ("id", "date", "amount", "absurd")
+PROBLEMS = ("id", "date", "era", "amount", "absurd")
 PARSED_SCHEMA = (
     "customer_id string, day long, instant long, amount double, "
     + ", ".join(f"{name}_bad boolean" for name in PROBLEMS)
@@ -94,11 +95,11 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
     )
     # Not cached: the file is read once to validate it, then again by the scoring plan (no memory held).
     parsed = raw.mapInPandas(parse, PARSED_SCHEMA)
-    last_day = _check(parsed, path, columns, rules)
+    last_day, usable_rows = _check(parsed, path, columns, rules)
     kept = parsed.where(_usable(rules.keep_zero_amounts))
     if rules.drop_duplicate_rows:
         unique = kept.dropDuplicates(["customer_id", "instant", "amount"])
-        log.info(f"{path}: dropped {kept.count() - unique.count():,} duplicate rows")
+        log.info(f"{path}: dropped {usable_rows - unique.count():,} duplicate rows")
         kept = unique
     orders = kept.groupBy("customer_id", "day").agg(F.sum("amount").alias("amount"))
     return _with_dates(orders), last_day
@@ -144,16 +145,19 @@ def _parse_batches(
         bad = {
             "id": ids.isna(),
             "date": dates.isna(),
+            "era": pd.Series(implausible_dates(dates), index=raw.index),
             "amount": amounts.isna(),
             "absurd": amounts.abs() > MAX_AMOUNT,
         }
         values = {
             "id": raw[id_column],
             "date": raw[timestamp_column],
+            "era": raw[timestamp_column],
             "amount": raw[amount_column],
             "absurd": raw[amount_column],
         }
-        known_dates = dates.where(~bad["date"], EPOCH).astype("datetime64[ns]")
+        # microseconds, Spark's own precision: nanoseconds would overflow after 2262 where pandas reads on
+        known_dates = dates.where(~(bad["date"] | bad["era"]), EPOCH).astype("datetime64[us]")
         yield pd.DataFrame(
             {
                 "customer_id": ids.astype(object).where(~bad["id"], None),
@@ -188,9 +192,12 @@ def _usable(keep_zero_amounts: bool) -> Column:
     return fine & ((F.col("amount") >= 0) if keep_zero_amounts else (F.col("amount") > 0))
 
 
-def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRules) -> pd.Timestamp:
+def _check(
+    parsed: DataFrame, source: str, columns: list[str], rules: LoadingRules
+) -> tuple[pd.Timestamp, int]:
     """One pass over the parsed rows: the loader's checks, in its order and with its messages; bad rows
-    within ``rules.max_bad_row_share`` of the rows are dropped and counted as the loader counts them."""
+    within ``rules.max_bad_row_share`` of the rows are dropped and counted as the loader counts them.
+    Returns the last order day and how many rows are kept."""
     from pyspark.sql import functions as F
 
     def count(condition: Column) -> Column:
@@ -215,6 +222,7 @@ def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRul
     problems = {  # our flag -> (the loader's reason, column)
         "id": ("blank_customer_id", id_column),
         "date": ("bad_timestamp", timestamp_column),
+        "era": ("implausible_timestamp", timestamp_column),
         "amount": ("bad_amount", amount_column),
         "absurd": ("absurd_amount", amount_column),
     }
@@ -232,7 +240,7 @@ def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRul
     if not rules.keep_zero_amounts:
         dropped["zero_amount"] = int(row["zero"])
     log.info(f"{source}: {rows:,} rows read, dropped {dropped}")
-    return EPOCH + pd.Timedelta(days=int(row["last_day"]))
+    return EPOCH + pd.Timedelta(days=int(row["last_day"])), int(row["kept"])
 
 
 def customer_features(orders: DataFrame, as_of: pd.Timestamp) -> DataFrame:

@@ -128,23 +128,31 @@ def owner_tags() -> dict[str, str]:
 
 
 def fail_abandoned_runs(experiment_id: str) -> list[str]:
-    """Mark FAILED this experiment's RUNNING runs whose process on this host has ended: a job killed with
-    SIGKILL (or by the OOM killer) cannot close its runs, which would otherwise stay RUNNING for ever.
-    Runs of other hosts, of live processes or without owner tags are left alone. Returns the run ids."""
+    """Mark FAILED this experiment's RUNNING runs whose process on this machine has ended: a job killed
+    with SIGKILL (or by the OOM killer) cannot close its runs, which would otherwise stay RUNNING for ever.
+    Runs of other machines, of live processes or without an owner tag are left alone. Best effort: a store
+    that refuses (permissions, read-only) leaves them as they are. Returns the run ids marked."""
     client = MlflowClient()
-    host = processes.host().replace("'", "")
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'",
-        max_results=1000,
-    )
-    abandoned = [r for r in running if not processes.is_alive(r.data.tags.get("process.owner", ""))]
-    for found in abandoned:
-        owner = found.data.tags["process.owner"].partition("-")[0]
-        client.set_tag(found.info.run_id, "failed.reason", f"process {owner} ended without closing the run")
-        client.set_terminated(found.info.run_id, status="FAILED")
-        log.warning("run %s was left RUNNING by ended process %s: marked FAILED", found.info.run_id, owner)
-    return [r.info.run_id for r in abandoned]
+    marked = []
+    try:
+        running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+        for found in running:
+            owner = found.data.tags.get("process.owner", "")
+            if processes.is_alive(owner):
+                continue
+            run_id = found.info.run_id
+            if client.get_run(run_id).info.status != "RUNNING":  # closed by its owner just before it ended
+                continue
+            pid = owner.split("-")[1]
+            client.set_tag(run_id, "failed.reason", f"process {pid} ended without closing the run")
+            client.set_terminated(run_id, status="FAILED")
+            marked.append(run_id)
+            log.warning("run %s was left RUNNING by ended process %s: marked FAILED", run_id, pid)
+    except mlflow.exceptions.MlflowException as exc:
+        log.warning(
+            "could not check for runs left RUNNING by killed jobs: %s", str(exc).splitlines()[0][:200]
+        )
+    return marked
 
 
 @contextmanager
