@@ -239,8 +239,8 @@ def clean_transactions(
     Rows equal to another in customer, timestamp and amount are counted (``duplicate_rows``); they are
     merged like any same-day orders unless ``rules.drop_duplicate_rows`` (a log recorded twice).
     Day-resolution logs such as CDNOW legitimately repeat rows, so dropping is opt-in. Rows with a blank
-    id, an unparsable timestamp or an unusable amount fail the load, unless they are at most
-    ``rules.max_bad_row_share`` of the rows: then they are dropped and counted (``dropped``).
+    id, an unparsable or implausible timestamp or an unusable amount fail the load, unless they are at
+    most ``rules.max_bad_row_share`` of the rows: then they are dropped and counted (``dropped``).
     """
     rows_read = len(raw)
     if rows_read == 0:

@@ -133,7 +133,7 @@ def fail_abandoned_runs(experiment_id: str) -> list[str]:
     Runs of other machines, of live processes or without an owner tag are left alone. Best effort: a store
     that refuses (permissions, read-only) leaves them as they are. Returns the run ids marked."""
     client = MlflowClient()
-    marked = []
+    marked: list[str] = []
     try:
         running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
         for found in running:
