@@ -34,6 +34,11 @@ CORPUS: dict[str, tuple[str, bytes, list[str]]] = {
         (HEADER + "a,2024-01-01,10\nb,yesterday,3\nc,31/31/2024,4\n").encode(),
         ["'timestamp'", "2 of 3 rows"],
     ),
+    "placeholder dates": (
+        "orders.csv",
+        (HEADER + GOOD_ROWS + "d,9999-12-31,4\n").encode(),
+        ["'timestamp'", "1 of 6 rows dated before 1900 or after 2199"],
+    ),
     "text amount": (
         "orders.csv",
         (HEADER + "a,2024-01-01,ten\nb,2024-01-02,2\n").encode(),
