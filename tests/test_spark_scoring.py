@@ -271,6 +271,34 @@ def test_tolerated_bad_rows_and_duplicates_are_handled_as_pandas_does(spark, tmp
     assert str(spark_error.value).split(" (e.g.")[0] == str(pandas_error.value).split(" (e.g.")[0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin"], ids=["naive", "with offset"])
+def test_parquet_timestamps_beyond_2262_are_bad_rows_as_with_pandas(spark, tmp_path: Path, zone) -> None:
+    """A Parquet timestamp column with a placeholder date: Arrow's nanoseconds cannot hold it, the loaders'
+    rules must still see it (tolerated, or the same line)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    days = ["2024-01-01T09:00", "2024-02-01T23:30", "9999-12-31T00:00", "2024-01-05T00:00"]
+    when = pd.to_datetime(days, format="ISO8601").as_unit("us")
+    stamps = pa.array(when.tz_localize(zone) if zone else when, type=pa.timestamp("us", tz=zone))
+    table = pa.table(
+        {"customer_id": ["a", "a", "b", "b"], "timestamp": stamps, "amount": [1.0, 2.0, 3.0, 4.0]}
+    )
+    path = tmp_path / "orders.parquet"
+    pq.write_table(table, path)
+
+    expected, report = load_transactions(path, rules=LoadingRules(max_bad_row_share=0.3))
+    assert report.dropped["implausible_timestamp"] == 1
+    got = _spark_orders(spark, _data(path, "data.max_bad_row_share=0.3"))
+    pd.testing.assert_frame_equal(got, _string_ids(expected), check_dtype=False)
+    with pytest.raises(DataError) as pandas_error:
+        load_transactions(path)
+    with pytest.raises(DataError) as spark_error:
+        spark_features.read_orders(spark, _data(path))
+    assert str(spark_error.value).split(" (e.g.")[0] == str(pandas_error.value).split(" (e.g.")[0]
+
+
 def test_na_strings_follow_pandas() -> None:
     from pandas._libs.parsers import STR_NA_VALUES
 

@@ -125,7 +125,25 @@ def _read_raw(spark: SparkSession, path: str, columns: list[str]) -> tuple[DataF
     if not raw.columns:
         raise DataError(f"{path}: file is empty (0 rows, no header)")
     require_columns(path, columns, raw.columns)
-    return raw.select(*(raw[f"`{name}`"] for name in columns)), is_csv
+    selected = [raw[f"`{name}`"] for name in columns]
+    selected[1] = _timestamps_as_text(raw, columns[1])
+    return raw.select(*selected), is_csv
+
+
+def _timestamps_as_text(raw: DataFrame, name: str) -> Column:
+    """A Spark timestamp column as ISO 8601 text (with its offset when it has one), parsed on the
+    executors like a CSV value: handed over as a timestamp, Arrow would convert it to nanoseconds and
+    fail on dates after 2262 (placeholders such as 9999-12-31) before the loader's rules could see them."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    column = raw[f"`{name}`"]
+    kind = raw.schema[name].dataType
+    if isinstance(kind, TimestampType):
+        return F.date_format(column, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias(name)
+    if isinstance(kind, TimestampNTZType):
+        return F.date_format(column, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS").alias(name)
+    return column
 
 
 def _parse_batches(
