@@ -240,3 +240,49 @@ def test_a_read_only_store_is_one_clear_error_and_changes_nothing(
         assert str(store / "mlflow.db") in errors[0] and "cannot be opened for writing" in errors[0], errors
     assert not output.exists()
     assert _versions(uri) == before
+
+
+def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
+    trained_store: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """What a scheduler's stop (or `kill`) does: runs FAILED at once, no version, no output or temp file."""
+    uri, store, orders_csv = trained_store
+    before = _versions(uri)
+    train = subprocess.Popen(
+        _train_command(orders_csv, tmp_path, store / "artifacts"),
+        env=_env(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert train.stdout is not None
+    for line in train.stdout:  # stop it once it is fitting
+        if "data:" in line:
+            break
+    time.sleep(1.0)
+    train.send_signal(signal.SIGTERM)
+    _, stderr = train.communicate(timeout=120)
+    assert train.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: stopped by SIGTERM; the job's runs are marked FAILED"
+    ]
+    runs = mlflow.search_runs(experiment_names=list(EXPERIMENTS), order_by=["attributes.start_time DESC"])
+    assert runs.iloc[0]["status"] == "FAILED" and "RUNNING" not in set(runs["status"])  # before any next job
+    assert _versions(uri) == before
+
+    output = tmp_path / "scores.parquet"
+    score = subprocess.Popen(
+        _score_command(orders_csv, store, output, "score.chunk_customers=1"),
+        env=_env(uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while score.poll() is None and not _has_rows(tmp_path.glob(".scores.parquet.*.tmp")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    score.send_signal(signal.SIGTERM)
+    _, stderr = score.communicate(timeout=120)
+    assert score.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert not output.exists() and not list(tmp_path.glob(".scores.parquet*"))

@@ -1,9 +1,13 @@
-"""What every job's ``main`` shares: user errors become one line on stderr and exit status 1."""
+"""What every job's ``main`` shares: user errors become one line on stderr and exit status 1; SIGTERM
+(a scheduler or ``kill`` stopping the job) unwinds like Ctrl-C, so runs end FAILED and temporary files go."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import TypeVar
 
 from omegaconf import DictConfig
@@ -14,11 +18,25 @@ from customer_value.errors import UserError
 T = TypeVar("T")
 
 
+class Terminated(SystemExit):
+    """Raised in the job by SIGTERM; exits with the shell's status for it (143)."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(128 + signum)
+
+
 def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool = True) -> T | None:
     """Run ``job``; a user error prints ``error: <message>`` with no traceback and exits 1, or returns
-    None when ``exit_on_error`` is false (one job of a sweep must not stop the others)."""
+    None when ``exit_on_error`` is false (one job of a sweep must not stop the others). SIGTERM raises
+    ``Terminated`` inside the job (Python's default would end the process on the spot, runs RUNNING)."""
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return job(cfg)
+    except Terminated:
+        print("error: stopped by SIGTERM; the job's runs are marked FAILED", file=sys.stderr, flush=True)
+        raise
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or "a required config value"
         message = f"{key} is required but not set (pass it on the command line, e.g. {key}=...)"
