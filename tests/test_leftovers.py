@@ -36,16 +36,34 @@ def test_this_process_is_alive_and_an_ended_one_is_not() -> None:
 
 
 def test_a_reused_pid_is_a_different_owner() -> None:
-    machine, pid, start = processes.current_owner().split("-")
+    machine, boot, pid, start = processes.current_owner().split("-")
     assert start, "procfs gives a start time here"
-    assert not processes.is_alive(f"{machine}-{pid}-{int(start) + 1}")
+    assert not processes.is_alive(f"{machine}-{boot}-{pid}-{int(start) + 1}")
+
+
+def test_a_process_of_an_earlier_boot_of_this_machine_has_ended() -> None:
+    machine, boot, rest = processes.current_owner().split("-", 2)
+    earlier = "0" * 8 if boot != "0" * 8 else "1" * 8
+    assert not processes.is_alive(f"{machine}-{earlier}-{rest}")
 
 
 def test_an_ended_process_of_another_machine_is_not_judged() -> None:
     assert processes.is_alive(_elsewhere(_ended_owner()))
 
 
-@pytest.mark.parametrize("owner", ["", "garbage", "1", f"{os.getpid()}", "12_345", "abcdef12-0-1", "x-1-2"])
+MALFORMED = [
+    "",
+    "garbage",
+    "1",
+    f"{os.getpid()}",
+    "12_345",
+    "abcdef12-0-1",
+    "x-y-1-2",
+    "abcdef12-abcdef12-x-1",
+]
+
+
+@pytest.mark.parametrize("owner", MALFORMED)
 def test_an_owner_that_cannot_be_read_is_left_alone(owner: str) -> None:
     assert processes.is_alive(owner)
 

@@ -1,9 +1,10 @@
 """Which process owns a run or a temporary file, so a later job can tell what a killed job left behind
 (a SIGKILL runs no cleanup) from what a job still running is using.
 
-An owner is ``<machine>-<pid>-<start>``: ``machine`` tells apart hosts and containers that share a store
-or an output folder (a pid means nothing elsewhere), ``start`` (clock ticks since boot) tells a reused pid
-from the process that held it. Only owners of this machine are ever judged ended.
+An owner is ``<machine>-<boot>-<pid>-<start>``: ``machine`` tells apart hosts and containers that share a
+store or an output folder (a pid means nothing elsewhere), ``boot`` says which boot of this machine ran it
+(a reboot ends every process), ``start`` (clock ticks since boot) tells a reused pid from the process that
+held it. Only owners of this machine are ever judged ended.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 from functools import cache
 from pathlib import Path
 
-OWNER_PATTERN = r"[0-9a-f]{8}-\d+-\d*"
+OWNER_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{8}-\d+-\d*"
 
 
 def current_owner() -> str:
@@ -25,7 +26,7 @@ def current_owner() -> str:
 
 def owner_of(pid: int) -> str:
     """The owner name of a process of this machine, while it runs."""
-    return f"{machine()}-{pid}-{_start_ticks(pid)}"
+    return f"{machine()}-{boot()}-{pid}-{_start_ticks(pid)}"
 
 
 def host() -> str:
@@ -35,12 +36,21 @@ def host() -> str:
 
 @cache
 def machine() -> str:
-    """Eight hex digits for this host, boot and pid namespace: two containers on one kernel differ."""
-    parts = [socket.gethostname(), _read("/proc/sys/kernel/random/boot_id")]
+    """Eight hex digits for this host name and pid namespace: two containers on one kernel differ."""
     try:
-        parts.append(os.readlink("/proc/self/ns/pid"))
+        namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
-        parts.append("")
+        namespace = ""
+    return _digest(socket.gethostname(), namespace)
+
+
+@cache
+def boot() -> str:
+    """Eight hex digits for this boot of the kernel (constant where there is no procfs)."""
+    return _digest(_read("/proc/sys/kernel/random/boot_id"))
+
+
+def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
 
 
@@ -49,10 +59,12 @@ def is_alive(owner: str) -> bool:
     (another machine, a malformed name, another user's process) counts as alive and is left alone."""
     if not re.fullmatch(OWNER_PATTERN, owner):
         return True
-    owner_machine, pid_text, start = owner.split("-")
+    owner_machine, owner_boot, pid_text, start = owner.split("-")
     pid = int(pid_text)
     if owner_machine != machine() or pid <= 0:
         return True
+    if owner_boot != boot():
+        return False  # this machine has rebooted since
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -143,7 +143,7 @@ def fail_abandoned_runs(experiment_id: str) -> list[str]:
             run_id = found.info.run_id
             if client.get_run(run_id).info.status != "RUNNING":  # closed by its owner just before it ended
                 continue
-            pid = owner.split("-")[1]
+            pid = owner.split("-")[2]
             client.set_tag(run_id, "failed.reason", f"process {pid} ended without closing the run")
             client.set_terminated(run_id, status="FAILED")
             marked.append(run_id)
