@@ -50,7 +50,7 @@ class DataConfig:
     keep_zero_amounts: bool = False  # zero-value orders count as purchases (negative ones never do)
     drop_duplicate_rows: bool = False  # drop rows equal to another in customer, timestamp and amount
     max_bad_row_share: float = (
-        0.0  # rows with a blank id / bad timestamp / bad amount dropped up to this share
+        0.0  # bad rows (blank id, bad or implausible date, bad or absurd amount) dropped up to this share
     )
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)  # logged beside the project's figures
 
