@@ -170,22 +170,29 @@ def _has_rows(paths: Iterator[Path]) -> bool:
     return False
 
 
+def _score_writing(uri: str, store: Path, orders_csv: Path, output: Path) -> subprocess.Popen:
+    """A score job that has written its first rows into its temporary file (one customer per chunk:
+    hundreds of writes follow, so a signal now lands while the table is being written)."""
+    job = subprocess.Popen(
+        _score_command(orders_csv, store, output, "score.chunk_customers=1"),
+        env=_env(uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while job.poll() is None and not _has_rows(output.parent.glob(f".{output.name}.*.tmp")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return job
+
+
 def test_score_killed_mid_write_leaves_no_output_and_the_next_score_cleans_up(
     trained_store: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
     uri, store, orders_csv = trained_store
     output = tmp_path / "scores.parquet"
-    # one customer per chunk: hundreds of writes, so the kill lands while the table is being written
-    victim = subprocess.Popen(
-        _score_command(orders_csv, store, output, "score.chunk_customers=1"),
-        env=_env(uri),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while victim.poll() is None and not _has_rows(tmp_path.glob(".scores.parquet.*.tmp")):
-        assert time.monotonic() < deadline  # wait for the first rows, not just the empty temp file
-        time.sleep(0.01)
+    victim = _score_writing(uri, store, orders_csv, output)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL, "score finished before it could be killed mid-write"
@@ -271,17 +278,7 @@ def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
     assert _versions(uri) == before
 
     output = tmp_path / "scores.parquet"
-    score = subprocess.Popen(
-        _score_command(orders_csv, store, output, "score.chunk_customers=1"),
-        env=_env(uri),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while score.poll() is None and not _has_rows(tmp_path.glob(".scores.parquet.*.tmp")):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    score = _score_writing(uri, store, orders_csv, output)
     score.send_signal(signal.SIGTERM)
     _, stderr = score.communicate(timeout=120)
     assert score.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
