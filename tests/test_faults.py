@@ -17,6 +17,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from customer_value.entrypoint import STOPPED
+
 pytestmark = pytest.mark.slow
 MODELS = ("customer-clv", "customer-segments")
 EXPERIMENTS = ("customer-clv", "customer-segments")  # the default names of both (tracking=local)
@@ -270,9 +272,7 @@ def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
     train.send_signal(signal.SIGTERM)
     _, stderr = train.communicate(timeout=120)
     assert train.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
-    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
-        "error: stopped by SIGTERM; the job's runs are marked FAILED"
-    ]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [f"error: {STOPPED}"]
     runs = mlflow.search_runs(experiment_names=list(EXPERIMENTS), order_by=["attributes.start_time DESC"])
     assert runs.iloc[0]["status"] == "FAILED" and "RUNNING" not in set(runs["status"])  # before any next job
     assert _versions(uri) == before

@@ -1,18 +1,21 @@
 """What a killed job leaves behind (a SIGKILL runs no cleanup) is recognised by its ended owner process
 and cleaned up by the next job, while what a live process, another machine or an unreadable name holds is
-left alone."""
+left alone; SIGTERM unwinds a job instead of ending it on the spot."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from customer_value import processes, tracking
+from customer_value.entrypoint import Terminated, run_job
 from customer_value.score import remove_abandoned_temp_files
 
 
@@ -130,3 +133,21 @@ def test_temp_files_of_ended_writers_are_removed_and_others_kept(tmp_path: Path)
 
     assert remove_abandoned_temp_files(output) == [killed]
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in kept)
+
+
+def test_a_job_turns_sigterm_into_an_unwinding_exit_and_restores_the_handler() -> None:
+    """Inside the job SIGTERM raises (so ``finally`` blocks and FAILED runs happen); afterwards the
+    process's own handler is back."""
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+
+    def job(cfg: object) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(Terminated) as stopped:
+        run_job(job, OmegaConf.create({}))
+    assert stopped.value.code == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) == before

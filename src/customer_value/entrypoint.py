@@ -18,6 +18,9 @@ from customer_value.errors import UserError
 T = TypeVar("T")
 
 
+STOPPED = "stopped by SIGTERM: its runs are marked FAILED, nothing was registered or written"
+
+
 class Terminated(SystemExit):
     """Raised in the job by SIGTERM; exits with the shell's status for it (143)."""
 
@@ -30,18 +33,21 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool
     """Run ``job``; a user error prints ``error: <message>`` with no traceback and exits 1, or returns
     None when ``exit_on_error`` is false (one job of a sweep must not stop the others). SIGTERM raises
     ``Terminated`` inside the job (Python's default would end the process on the spot, runs RUNNING)."""
-    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return job(cfg)
     except Terminated:
-        print("error: stopped by SIGTERM; the job's runs are marked FAILED", file=sys.stderr, flush=True)
+        print(f"error: {STOPPED}", file=sys.stderr, flush=True)
         raise
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or "a required config value"
         message = f"{key} is required but not set (pass it on the command line, e.g. {key}=...)"
     except UserError as exc:
         message = str(exc)
+    finally:
+        if main_thread:  # None: a handler not set from Python; the default is the nearest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     print(f"error: {message}", file=sys.stderr, flush=True)
     if exit_on_error:
         sys.exit(1)
