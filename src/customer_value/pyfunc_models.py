@@ -21,7 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import INPUT_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
-from customer_value.segmentation import FeatureSet, SegmentModel
+from customer_value.segmentation import SegmentModel
 from customer_value.value_layer import ValueLayer
 
 CLV_SPEC_ARTIFACT = "clv_spec"
@@ -134,7 +134,7 @@ class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        features_in = getattr(self.model, "feature_set", FeatureSet())
+        features_in = self.model.input_features
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         checked = [c for c in features_in.behaviour if c != "regularity"]  # regularity may be NaN
         behaviour = validate_customer_rows(frame, checked)

@@ -76,7 +76,8 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
-    extra = _segment_extras(cfg, segments_model, features, orders, as_of)
+    feature_set = segments_model.unwrap_python_model().model.input_features
+    extra = _segment_extras(cfg, feature_set, features, orders, as_of)
     del orders  # only the customer table is needed from here on
     versions = {
         "clv_model_version": str(clv_version.version),
@@ -87,7 +88,7 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         rows = part.reset_index(drop=True)
         values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
         inputs = _segment_inputs(
-            segments_model, rows, clv_model, horizon, values, extra.iloc[start : start + len(part)]
+            feature_set, rows, clv_model, horizon, values, extra.iloc[start : start + len(part)]
         )
         segments = segments_model.predict(inputs)
         table = pd.concat([pd.DataFrame({"customer_id": part.index.to_numpy()}), segments, values], axis=1)
@@ -105,14 +106,13 @@ def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
 
 def _segment_extras(
     cfg: DictConfig,
-    segments_model: mlflow.pyfunc.PyFuncModel,
+    feature_set: FeatureSet,
     features: pd.DataFrame,
     orders: pd.DataFrame,
     as_of: pd.Timestamp,
 ) -> pd.DataFrame:
     """Segment inputs that need more than a customer's own row, for every customer (in ``features``'
     order, no index): purchase regularity from the orders, customer attributes (``score.attributes_path``)."""
-    feature_set = getattr(segments_model.unwrap_python_model().model, "feature_set", FeatureSet())
     extras = pd.DataFrame(index=range(len(features)))
     if "regularity" in feature_set.extra:
         extras["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
@@ -137,7 +137,7 @@ def _segment_extras(
 
 
 def _segment_inputs(
-    segments_model: mlflow.pyfunc.PyFuncModel,
+    feature_set: FeatureSet,
     rows: pd.DataFrame,
     clv_model: mlflow.pyfunc.PyFuncModel,
     horizon: float,
@@ -146,7 +146,6 @@ def _segment_inputs(
 ) -> pd.DataFrame:
     """What the segments champion clusters on for these customers: RFM, and when it was trained so, CLV
     outputs (at the CLV model's own default horizon, as in training) and the extras."""
-    feature_set = getattr(segments_model.unwrap_python_model().model, "feature_set", FeatureSet())
     inputs = rows[SEGMENT_FEATURES]
     clv_columns = [c for c in feature_set.extra if c != "regularity"]
     if clv_columns:

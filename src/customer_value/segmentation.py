@@ -179,9 +179,14 @@ class SegmentModel:
         self.feature_set = feature_set
 
     @property
+    def input_features(self) -> FeatureSet:
+        """What it clusters on (models pickled before feature sets existed: the default, RFM + tenure)."""
+        return getattr(self, "feature_set", FeatureSet())
+
+    @property
     def input_columns(self) -> list[str]:
-        """Columns ``predict`` needs (models pickled before feature sets existed used the RFM four)."""
-        return getattr(self, "feature_set", FeatureSet()).columns
+        """Columns ``predict`` needs."""
+        return self.input_features.columns
 
     def fit(self, features: pd.DataFrame) -> SegmentModel:
         if len(features) < self.n_clusters:

@@ -179,8 +179,7 @@ def default_horizon(clv_uri: str) -> float:
 
 def _segments_feature_set(segments_uri: str) -> FeatureSet:
     """What the segments champion clusters on; attribute-based models are refused (pandas-engine only)."""
-    model = mlflow.pyfunc.load_model(segments_uri).unwrap_python_model().model
-    feature_set = getattr(model, "feature_set", FeatureSet())
+    feature_set = mlflow.pyfunc.load_model(segments_uri).unwrap_python_model().model.input_features
     attributes = [*feature_set.numeric, *feature_set.categorical]
     if attributes:
         raise UserError(
