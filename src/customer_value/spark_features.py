@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from customer_value.data import LoadingRules, load_bundled, require_columns
 from customer_value.errors import DataError, UserError
+from customer_value.grouping import epoch_days
 from customer_value.parsing import (
     MAX_AMOUNT,
     bad_rows_message,
@@ -75,7 +76,7 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
         frame = pd.DataFrame(
             {
                 "customer_id": orders["customer_id"].astype(object),
-                "day": _epoch_days(orders["date"]),
+                "day": epoch_days(orders["date"]),
                 "amount": orders["amount"].astype("float64"),
             }
         )
@@ -179,7 +180,7 @@ def _parse_batches(
         yield pd.DataFrame(
             {
                 "customer_id": ids.astype(object).where(~bad["id"], None),
-                "day": _epoch_days(known_dates),
+                "day": epoch_days(known_dates),
                 "instant": known_dates.to_numpy().view("int64"),  # to recognise duplicate rows
                 "amount": amounts.where(~bad["amount"], 0.0).astype("float64"),
                 **{f"{name}_bad": flags.astype(bool) for name, flags in bad.items()},
@@ -189,11 +190,6 @@ def _parse_batches(
                 },
             }
         )
-
-
-def _epoch_days(dates: pd.Series) -> pd.Series:
-    """Whole days since 1970-01-01 of day-resolution timestamps (exact, any datetime64 unit)."""
-    return ((dates.dt.normalize() - EPOCH) // pd.Timedelta(days=1)).astype("int64")
 
 
 def _with_dates(orders: DataFrame) -> DataFrame:
