@@ -165,7 +165,7 @@ BAD_TRAIN_VALUES = {
     "segmentation.k_values=[1,3]": "segmentation.k_values must all be >= 2",
     "segmentation.k_rule=bic": "segmentation.k_rule=bic needs segmentation.algorithm=gmm",
     "segmentation.k_rule=elbow": "segmentation.k_rule must be one of",
-    "segmentation.preprocessing=robust": "segmentation.preprocessing must be log or quantile",
+    "segmentation.preprocessing=zscore": "segmentation.preprocessing must be log, quantile or robust",
     "segmentation.min_share=1.5": "segmentation.min_share must be in [0, 1)",
     "clv.intervals.level=1.2": "clv.intervals.level must be in (0, 1)",
     "features.time_unit=months": "features.time_unit must be one of",

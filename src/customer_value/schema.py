@@ -123,11 +123,14 @@ class AttributesConfig:
 @dataclass
 class SegmentationConfig:
     algorithm: str = "kmeans"  # see clusterers.ALGORITHMS
-    preprocessing: str = "log"  # log (log1p) | quantile (normal scores); then standardised
+    preprocessing: str = "log"  # log (log1p, winsorised) | quantile (normal scores) | robust (median/IQR)
     n_clusters: int = 5  # used when k_values is empty (and by no k-free algorithm)
     k_values: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])  # candidate k; [] = n_clusters
     k_rule: str = "silhouette"  # silhouette | calinski_harabasz | davies_bouldin | bic (gmm)
-    min_share: float = 0.05  # every segment must hold at least this share of customers
+    min_share: float = 0.05  # every segment must hold at least this share (smaller clusters are merged)
+    min_distinctness: float = 0.5  # pairs closer than this (SD, on every KPI) are merged
+    min_segments: int = 3  # fewer segments after merging: that k is not chosen
+    tenure_min_r2_gain: float = 0.02  # tenure is clustered on only when it explains this much KPI variance
     fit_sample: int = 20_000  # ward and hdbscan fit on at most this many customers (O(n^2) memory)
     min_cluster_size: int = 50  # hdbscan
     stability: StabilityConfig = field(default_factory=StabilityConfig)
@@ -266,10 +269,12 @@ def validate_train_config(cfg: DictConfig) -> None:
             "segmentation.k_rule=bic needs segmentation.algorithm=gmm",
         ),
         (
-            cfg.segmentation.preprocessing in ("log", "quantile"),
-            "segmentation.preprocessing must be log or quantile",
+            cfg.segmentation.preprocessing in ("log", "quantile", "robust"),
+            "segmentation.preprocessing must be log, quantile or robust",
         ),
         (0 <= cfg.segmentation.min_share < 1, "segmentation.min_share must be in [0, 1)"),
+        (cfg.segmentation.min_distinctness >= 0, "segmentation.min_distinctness must be >= 0"),
+        (cfg.segmentation.min_segments >= 2, "segmentation.min_segments must be >= 2"),
         (cfg.segmentation.fit_sample >= 100, "segmentation.fit_sample must be >= 100"),
         (cfg.segmentation.min_cluster_size >= 2, "segmentation.min_cluster_size must be >= 2"),
         (

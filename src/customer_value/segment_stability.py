@@ -25,13 +25,15 @@ def bootstrap_ari(
     make_model: Callable[[], SegmentModel],
     n_resamples: int,
     seed: int,
+    kpis: pd.DataFrame | None = None,
 ) -> tuple[float, float]:
-    """Mean and standard deviation of ARI(main fit, refit on a bootstrap resample) over all customers."""
+    """Mean and standard deviation of ARI(main fit, refit on a bootstrap resample) over all customers;
+    ``kpis`` (aligned with ``features``) let each refit merge indistinct segments as the main fit did."""
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(n_resamples):  # a few refits
         rows = rng.integers(0, len(features), len(features))
-        refit = make_model().fit(features.iloc[rows])
+        refit = make_model().fit(features.iloc[rows], None if kpis is None else kpis.iloc[rows])
         scores.append(adjusted_rand_score(labels, refit.predict(features)["segment"].to_numpy()))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -44,6 +46,7 @@ def window_ari(
     complete: Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame] = lambda table, day: table,
 ) -> float:
     """ARI between fits as of ``as_of - window_days`` and ``as_of``, both assigning today's customers.
+    Neither merges on distinctness: the KPIs exist for today only.
 
     ``complete(table, day)`` adds what the model needs beyond the customer table (attributes, regularity
     as of ``day``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -16,14 +17,28 @@ from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import customer_features, purchase_regularity
 from customer_value.segment_attributes import join_attributes, load_attributes, protected_audit
+from customer_value.segment_distinctness import (
+    distinctness_table,
+    kpi_table,
+    tenure_r2_gain,
+    variance_explained,
+)
 from customer_value.segment_names import action_for
-from customer_value.segment_selection import choose_k, criterion_curves, require_substantial, substantial
+from customer_value.segment_selection import (
+    choose_k,
+    criterion_curves,
+    eligibility,
+    require_segments,
+    require_substantial,
+    substantial,
+)
 from customer_value.segment_stability import bootstrap_ari, window_ari
 from customer_value.segmentation import (
     SEGMENT_FEATURES,
     FeatureSet,
     SegmentModel,
     evaluation_space,
+    near_constant_columns,
     profile,
     projection_2d,
     quality_metrics,
@@ -61,6 +76,8 @@ def train_segments(
 
     features = with_attributes(customer_features(orders, as_of))
     features = with_extra_features(features, feature_set, orders, as_of, clv_outputs)
+    kpis = None if clv_outputs is None else kpi_table(clv_outputs.reindex(features.index))
+    feature_set = replace(feature_set, excluded=_left_out(cfg, features, kpis))
 
     def make_model(k: int = seg.n_clusters) -> SegmentModel:
         return SegmentModel(
@@ -71,9 +88,11 @@ def train_segments(
             fit_sample=seg.fit_sample,
             min_cluster_size=seg.min_cluster_size,
             feature_set=feature_set,
+            min_share=seg.min_share,
+            min_distinctness=seg.min_distinctness,
         )
 
-    model = _fit_substantial(cfg, features, make_model)
+    model = _fit_substantial(cfg, features, make_model, kpis)
     segments = model.predict(features)["segment"].to_numpy()
     space = evaluation_space(features)
 
@@ -83,13 +102,23 @@ def train_segments(
         )
 
     metrics = quality(segments)
+    if kpis is not None:
+        metrics |= _log_distinctness(kpis, segments, model.names_)
 
     def complete_window(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
         return with_extra_features(with_attributes(table), feature_set, orders, day, None)
 
     clv_based = {"clv", "churn_probability"} & set(feature_set.extra)  # CLV outputs exist for today only
     metrics |= _stability(
-        cfg, orders, as_of, features, segments, make_model, None if clv_based else complete_window
+        cfg,
+        orders,
+        as_of,
+        features,
+        segments,
+        make_model,
+        None if clv_based else complete_window,
+        kpis,
+        model.n_clusters,
     )
     if protected:
         audit = protected_audit(pd.Series(segments, index=features.index), attributes[protected])
@@ -164,18 +193,80 @@ def train_segments(
     return metrics, candidate
 
 
+def _left_out(cfg: DictConfig, features: pd.DataFrame, kpis: pd.DataFrame | None) -> tuple[str, ...]:
+    """RFM/tenure columns this fit leaves out, each logged with why: absent (a log without amounts),
+    (near-)constant across the base (one customer would own a cluster), or tenure that does not separate
+    behaviour (it then stays a profile column)."""
+    seg = cfg.segmentation
+    keep_for_rule = ("days_since_last", "n_orders") if seg.algorithm == "rfm_quintiles" else ()
+    reasons = {
+        column: "absent" if column not in features.columns else "near-constant"
+        for column in near_constant_columns(features, SEGMENT_FEATURES)
+        if column not in keep_for_rule
+    }
+    if "T_days" not in reasons and kpis is not None and len(kpis.columns):
+        gain = tenure_r2_gain(features, kpis)
+        tracking.log_metrics({"segments.tenure_r2_gain": gain})
+        if gain < seg.tenure_min_r2_gain:
+            reasons["T_days"] = (
+                f"explains {gain:.3f} of KPI variance < tenure_min_r2_gain {seg.tenure_min_r2_gain}"
+            )
+    if len(reasons) == len(SEGMENT_FEATURES):
+        raise ModelFitError(f"no behaviour column varies across the customers ({reasons})")
+    used = [c for c in SEGMENT_FEATURES if c not in reasons]
+    mlflow.set_tags(
+        {
+            "segments.features_used": ",".join(used),
+            "segments.features_left_out": "; ".join(f"{c}: {why}" for c, why in reasons.items()) or "none",
+        }
+    )
+    if reasons:
+        log.info("segments: clustering on %s; left out %s", used, reasons)
+    return tuple(reasons)
+
+
+def _log_distinctness(kpis: pd.DataFrame, segments: np.ndarray, names: dict[int, str]) -> dict[str, float]:
+    """How far apart the segments are on the KPIs and how much of each KPI's variance they carry."""
+    table = distinctness_table(kpis, segments, names)
+    tracking.log_table(table, "segments/distinctness.csv")
+    explained = variance_explained(kpis, segments)
+    metrics = {f"segments.variance_explained.{kpi}": share for kpi, share in explained.items()}
+    if len(table):
+        least = table.iloc[0]
+        metrics["segments.min_distinctness"] = float(least["distinctness_sd"])
+        mlflow.set_tag(
+            "segments.least_distinct_pair",
+            f"{least['segment_a']} / {least['segment_b']}: "
+            f"{least['distinctness_sd']:.2f} SD on {least['on_kpi']}",
+        )
+    return metrics
+
+
 def _fit_substantial(
-    cfg: DictConfig, features: pd.DataFrame, make_model: Callable[..., SegmentModel]
+    cfg: DictConfig,
+    features: pd.DataFrame,
+    make_model: Callable[..., SegmentModel],
+    kpis: pd.DataFrame | None = None,
 ) -> SegmentModel:
-    """Fit the configured k, or every k of ``k_values`` and keep the rule's best substantial one."""
+    """Fit the configured k, or every k of ``k_values`` and keep the rule's best eligible one (substantial,
+    at least ``min_segments`` after merging, distinct)."""
     seg = cfg.segmentation
     try:
         if seg.algorithm in TAKES_K and len(seg.k_values) > 0:
-            sample = features.iloc[sample_positions(len(features), seg.selection_sample, cfg.seed)]
+            rows = sample_positions(len(features), seg.selection_sample, cfg.seed)
+            sample = features.iloc[rows]
             curves, models = criterion_curves(
-                sample, sorted(seg.k_values), make_model, cfg.seed, seg.silhouette_sample
+                sample,
+                sorted(seg.k_values),
+                make_model,
+                cfg.seed,
+                seg.silhouette_sample,
+                None if kpis is None else kpis.iloc[rows],
             )
             curves["substantial"] = substantial(curves, seg.min_share)
+            curves["not_chosen_because"] = eligibility(
+                curves, seg.min_share, seg.min_segments, seg.min_distinctness
+            )
             tracking.log_table(curves, "segments/k_selection.csv")
             tracking.log_figure(plots.k_selection(curves, seg.k_rule), "plots/k_selection.png")
             tracking.log_metrics(
@@ -183,19 +274,23 @@ def _fit_substantial(
                     f"k_selection.{column}.k{k}": float(value)
                     for column in curves.columns
                     for k, value in curves[column].items()
-                    if column != "substantial"
+                    if column not in ("substantial", "not_chosen_because")
                 }
             )
-            k = choose_k(curves, seg.k_rule, seg.min_share)
+            k = choose_k(curves, seg.k_rule, seg.min_share, seg.min_segments, seg.min_distinctness)
             mlflow.set_tags({"segments.chosen_k": str(k), "segments.k_rule": seg.k_rule})
             tracking.log_metrics({"k_selection.customers": len(sample)})
-            if len(sample) == len(features):
-                return models[k]
-            model = make_model(k).fit(features)  # chosen on the sample, fitted on everyone
-            require_substantial(model.profile_["share"], seg.min_share)
-            return model
-        model = make_model().fit(features)
+            # Chosen on the sample, fitted on everyone.
+            model = models[k] if len(sample) == len(features) else make_model(k).fit(features, kpis)
+        else:
+            model = make_model().fit(features, kpis)
         require_substantial(model.profile_["share"], seg.min_share)
+        require_segments(len(model.names_), seg.min_segments)
+        merged = model.n_clusters - len(model.names_)
+        mlflow.set_tag(
+            "segments.merged_clusters", f"{model.n_clusters} clusters -> {len(model.names_)} segments"
+        )
+        tracking.log_metrics({"segments.merged_clusters": float(merged)})
         return model
     except ModelFitError as exc:
         mlflow.set_tag("segments.rejected", str(exc)[:5000])
@@ -210,12 +305,14 @@ def _stability(
     segments: np.ndarray,
     make_model: Callable[..., SegmentModel],
     window: Callable[[pd.DataFrame, pd.Timestamp], pd.DataFrame] | None,
+    kpis: pd.DataFrame | None,
+    k: int,
 ) -> dict[str, float]:
     """Bootstrap and adjacent-window adjusted Rand indices of the chosen configuration.
 
-    ``window`` completes an earlier window's customer table (attributes); None skips the window check."""
+    ``window`` completes an earlier window's customer table (attributes); None skips the window check.
+    Refits use the chosen configuration's ``k`` raw clusters, merged as the main fit was."""
     stability = cfg.segmentation.stability
-    k = int(segments.max()) + 1
     metrics: dict[str, float] = {}
     if stability.bootstrap_resamples > 0:
         rows = sample_positions(len(features), cfg.segmentation.selection_sample, cfg.seed)
@@ -225,6 +322,7 @@ def _stability(
             lambda: make_model(k),
             stability.bootstrap_resamples,
             cfg.seed,
+            None if kpis is None else kpis.iloc[rows],
         )
         metrics |= {"segments.stability.bootstrap_ari_mean": mean, "segments.stability.bootstrap_ari_sd": sd}
     earlier = as_of - pd.Timedelta(days=stability.window_days)
