@@ -34,7 +34,7 @@ from customer_value.migration import (
 )
 from customer_value.schema import parse_day, register_configs, validate_score_config
 from customer_value.segment_attributes import join_attributes, load_attributes
-from customer_value.segmentation import SEGMENT_FEATURES, FeatureSet
+from customer_value.segmentation import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _segment_inputs(
 ) -> pd.DataFrame:
     """What the segments champion clusters on for these customers: RFM, and when it was trained so, CLV
     outputs (at the CLV model's own default horizon, as in training) and the extras."""
-    inputs = rows[SEGMENT_FEATURES]
+    inputs = rows[feature_set.rfm]
     clv_columns = [c for c in feature_set.extra if c != "regularity"]
     if clv_columns:
         default = default_horizon(clv_model)

@@ -27,7 +27,7 @@ from customer_value import registry, tracking
 from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS, PREDICTION_COLUMNS
 from customer_value.errors import UserError
 from customer_value.schema import parse_day, validate_score_config
-from customer_value.segmentation import SEGMENT_FEATURES, FeatureSet
+from customer_value.segmentation import FeatureSet
 from customer_value.spark_features import customer_features, purchase_regularity, read_orders
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     )
     scored = features.withColumn("_clv", clv_udf(F.struct(*INPUT_COLUMNS)))
 
-    inputs: list[Column] = [F.col(c) for c in SEGMENT_FEATURES]
+    inputs: list[Column] = [F.col(c) for c in feature_set.rfm]
     if "regularity" in feature_set.extra:
         scored = scored.join(purchase_regularity(orders, as_of), "customer_id", "left")
         inputs.append(F.col("regularity"))
