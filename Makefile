@@ -50,6 +50,10 @@ sweep: $(STAMP)
 	$(BIN)/python -m customer_value.train hparams_search=$(SEARCH) hydra/launcher=joblib \
 		hydra.launcher.n_jobs=$(WORKERS) $(ARGS)
 
+## shapes: every corpus log shape (single-day cohort, visits without amounts, ...) through train and score -> docs/log-shapes.md
+shapes: $(STAMP)
+	$(BIN)/python -m customer_value.shape_report --output docs/log-shapes.md
+
 ## score: score every customer with the champion models into scores/customer_scores.parquet
 score: $(STAMP)
 	$(BIN)/python -m customer_value.score $(ARGS)
@@ -94,4 +98,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep bench score ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep bench shapes score ui server server-stop serve test test-fast lint clean

@@ -79,7 +79,7 @@ def test_the_segments_sweep_covers_algorithm_by_k() -> None:
     params = cfg.hydra.sweeper.params
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric == "segments.silhouette"
     assert params["segmentation"].split(",") == ["kmeans", "minibatch_kmeans", "gmm", "ward"]
-    assert params["segmentation.n_clusters"].split(",") == ["3", "4", "5", "6", "7", "8"]
+    assert params["segmentation.n_clusters"].split(",") == ["4", "5", "6", "7", "8"]
     # Every cell composes and validates as a run would.
     for algorithm in params["segmentation"].split(","):
         cell = _compose(

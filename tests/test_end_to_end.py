@@ -76,7 +76,8 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     ):
         assert f"holdout.{name}" in metrics and f"baseline.{name}" in metrics
     assert 0.5 < metrics["holdout.churn_auc"] <= 1 and 0 <= metrics["holdout.churn_brier"] < 0.25
-    assert metrics["segments.n_segments"] == 4
+    # k=4 clusters; a pair a marketer could not tell apart on the KPIs may have been merged.
+    assert 3 <= metrics["segments.n_segments"] <= 4 and metrics["segments.min_distinctness"] >= 0.5
     assert {"segments.silhouette", "segments.davies_bouldin", "segments.calinski_harabasz"} <= set(metrics)
 
     client = MlflowClient()
@@ -432,11 +433,12 @@ def test_a_segmentation_that_is_not_substantial_fails_the_run_and_registers_noth
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     cfg = _compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation.min_share=0.45"])
-    with pytest.raises(ModelFitError, match="no segmentation is substantial"):
+    # Clusters under 45 % are merged into their neighbours, which leaves fewer than three segments at every k.
+    with pytest.raises(ModelFitError, match="no substantial, distinct segmentation exists.*after merging"):
         train(cfg)
     run = _runs("customer-segments").iloc[-1]
     assert run["status"] == "FAILED"
-    assert run["tags.segments.rejected"].startswith("no segmentation is substantial")
+    assert run["tags.segments.rejected"].startswith("no substantial, distinct segmentation exists")
     assert MlflowClient().search_registered_models() == []  # neither model: registration comes last
 
 
@@ -450,8 +452,9 @@ def test_segments_run_logs_k_selection_and_stability(
     )
     assert list(curves["k"]) == [3, 4, 5, 6, 7, 8] and "bic" in curves.columns
     chosen = int(run["tags.segments.chosen_k"])
-    assert chosen == int(curves.loc[curves["substantial"], :].set_index("k")["bic"].idxmin())
-    assert metrics["segments.n_segments"] == chosen
+    eligible = curves["not_chosen_because"].isna()  # "" in the table: nothing stands in its way
+    assert chosen == int(curves.loc[eligible, :].set_index("k")["bic"].idxmin())
+    assert metrics["segments.n_segments"] == curves.set_index("k").loc[chosen, "n_segments"] >= 3
     assert 0 < metrics["segments.stability.bootstrap_ari_mean"] <= 1
     assert -1 <= metrics["segments.stability.window_ari"] <= 1
     logged = run[f"metrics.k_selection.bic.k{chosen}"]
@@ -474,9 +477,9 @@ def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
     run = _runs("customer-segments").iloc[-1]
     assert run["metrics.k_selection.customers"] == 300
     chosen = int(run["tags.segments.chosen_k"])
-    assert metrics["segments.n_segments"] == chosen
+    assert 3 <= metrics["segments.n_segments"] <= chosen  # merges may join indistinct clusters
     sizes = [v for k, v in metrics.items() if k.startswith("segments.size.")]
-    assert len(sizes) == chosen and sum(sizes) == 800  # the chosen k is fitted on every customer
+    assert len(sizes) == metrics["segments.n_segments"] and sum(sizes) == 800  # fitted on every customer
     assert 0 < metrics["segments.stability.bootstrap_ari_mean"] <= 1
 
 

@@ -9,9 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from customer_value.log_shapes import LOG_SHAPES, generate_shape
-from customer_value.score import score
-from customer_value.train import train
-from test_end_to_end import _compose
+from customer_value.shape_report import report_row, run_shape
 
 VALUE_COLUMNS = ["expected_order_value", "expected_revenue", "clv"]
 
@@ -37,16 +35,8 @@ def test_the_corpus_has_the_shapes_it_promises() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(LOG_SHAPES))
-def test_every_shape_trains_registers_and_scores_with_the_defaults(
-    shape: str, tracking_uri: str, tmp_path: Path
-) -> None:
-    orders = generate_shape(shape)
-    path = tmp_path / "orders.csv"
-    orders.to_csv(path, index=False)
-    overrides = ["data=file", f"data.path={path}", f"tracking.uri={tracking_uri}"]
-    if not LOG_SHAPES[shape].has_amounts:
-        overrides.append("data.columns.amount=null")
-    metrics = train(_compose("train", [*overrides, f"tracking.artifact_root={tmp_path / 'artifacts'}"]))
+def test_every_shape_trains_registers_and_scores_with_the_defaults(shape: str, tmp_path: Path) -> None:
+    metrics, table = run_shape(shape, tmp_path)  # what `make shapes` runs for docs/log-shapes.md
 
     client = MlflowClient()
     for model in ("customer-clv", "customer-segments"):
@@ -60,10 +50,10 @@ def test_every_shape_trains_registers_and_scores_with_the_defaults(
         with_layers, plain = (abs(metrics[f"{p}.aggregate_revenue_error_pct"]) for p in ("holdout", "btyd"))
         assert with_layers <= plain + 0.5
 
-    output = tmp_path / "scores.parquet"
-    score(_compose("score", [*overrides, f"score.output={output}"]))
-    table = pd.read_parquet(output)
+    orders = pd.read_csv(tmp_path / "orders.csv")
     assert len(table) == orders["customer_id"].nunique() and table["customer_id"].is_unique
     assert table["segment_name"].notna().all() and table["churn_probability"].between(0, 1).all()
     has_values = set(VALUE_COLUMNS) <= set(table.columns)
     assert has_values == LOG_SHAPES[shape].has_amounts  # no amounts: value columns left out, not zero
+    row = report_row(shape, metrics, table)
+    assert row["customers"] == len(table) and row["segments"] == metrics["segments.n_segments"]

@@ -58,17 +58,21 @@ def cumulative_tracking(table: pd.DataFrame, calibration_end: pd.Timestamp) -> F
 
 
 def k_selection(curves: pd.DataFrame, rule: str) -> Figure:
-    """Criterion curves over k, one panel each; solutions that are not substantial are marked x."""
+    """Criterion curves over k, one panel each; solutions that cannot be chosen (too small a segment, too
+    few or too similar segments after merging) are marked x."""
     columns = [c for c in ("silhouette", "davies_bouldin", "calinski_harabasz", "bic") if c in curves.columns]
     fig = Figure(figsize=(3.2 * len(columns), 3.2))
     axes = np.atleast_1d(fig.subplots(1, len(columns)))
-    ok = curves["substantial"].to_numpy() if "substantial" in curves.columns else np.ones(len(curves), bool)
+    if "not_chosen_because" in curves.columns:
+        ok = (curves["not_chosen_because"] == "").to_numpy()
+    elif "substantial" in curves.columns:
+        ok = curves["substantial"].to_numpy()
+    else:
+        ok = np.ones(len(curves), bool)
     for ax, column in zip(axes, columns, strict=True):
         ax.plot(curves.index, curves[column], color="grey", linewidth=1)
-        ax.scatter(curves.index[ok], curves[column][ok], marker="o", label="substantial")
-        ax.scatter(
-            curves.index[~ok], curves[column][~ok], marker="x", color="red", label="too small a segment"
-        )
+        ax.scatter(curves.index[ok], curves[column][ok], marker="o", label="eligible")
+        ax.scatter(curves.index[~ok], curves[column][~ok], marker="x", color="red", label="not eligible")
         ax.set_xlabel("k")
         ax.set_title(column + (" (rule)" if column == rule else ""))
     axes[0].legend(fontsize="small")

@@ -134,7 +134,9 @@ def distinctness_table(kpis: pd.DataFrame, segments: np.ndarray, names: dict[int
                     "on_kpi": kpis.columns[best],
                 }
             )
-    return pd.DataFrame(rows).sort_values("distinctness_sd", kind="stable").reset_index(drop=True)
+    columns = ["segment_a", "segment_b", "distinctness_sd", "on_kpi"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("distinctness_sd", kind="stable").reset_index(drop=True)
 
 
 def variance_explained(kpis: pd.DataFrame, segments: np.ndarray) -> dict[str, float]:
