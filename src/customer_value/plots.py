@@ -61,6 +61,10 @@ def k_selection(curves: pd.DataFrame, rule: str) -> Figure:
     """Criterion curves over k, one panel each; solutions that cannot be chosen (too small a segment, too
     few or too similar segments after merging) are marked x."""
     columns = [c for c in ("silhouette", "davies_bouldin", "calinski_harabasz", "bic") if c in curves.columns]
+    if not columns:  # every k merged down to one segment: no criterion exists
+        fig = Figure(figsize=(4, 2))
+        fig.text(0.5, 0.5, "no k left two or more segments", ha="center", va="center")
+        return fig
     fig = Figure(figsize=(3.2 * len(columns), 3.2))
     axes = np.atleast_1d(fig.subplots(1, len(columns)))
     if "not_chosen_because" in curves.columns:

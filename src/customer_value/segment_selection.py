@@ -89,8 +89,6 @@ def choose_k(
 ) -> int:
     """The best eligible k by ``rule``; a one-line ModelFitError naming each k's reason when none is."""
     column, higher_is_better = K_RULES[rule]
-    if column not in curves.columns:
-        raise ModelFitError(f"segmentation.k_rule={rule} needs {column}, which this algorithm does not give")
     reasons = eligibility(curves, min_share, min_segments, min_distinctness)
     ok = reasons == ""
     if not ok.any():
@@ -102,6 +100,8 @@ def choose_k(
             )
         listed = ", ".join(f"k={k}: {why}" for k, why in reasons.items())
         raise ModelFitError(f"no substantial, distinct segmentation exists on this data ({listed})")
+    if column not in curves.columns:
+        raise ModelFitError(f"segmentation.k_rule={rule} needs {column}, which this algorithm does not give")
     scores = curves.loc[ok, column]
     return int(scores.idxmax() if higher_is_better else scores.idxmin())
 
