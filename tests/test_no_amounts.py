@@ -43,8 +43,13 @@ from customer_value.inner_windows import inner_windows
 from customer_value.jobs import load_orders
 from customer_value.log_shapes import generate_shape
 from customer_value.pyfunc_models import clv_model_from_spec, clv_spec, spec_has_amounts
-from customer_value.schema import PURCHASE_ONLY_GATE_METRIC, clv_metric_for, register_configs
-from customer_value.score import score_customers
+from customer_value.schema import (
+    PURCHASE_ONLY_GATE_METRIC,
+    clv_metric_for,
+    register_configs,
+    validate_train_config,
+)
+from customer_value.score import score, score_customers
 from customer_value.segmentation import SegmentModel
 from customer_value.stage import log_data_report
 from customer_value.train import _register
@@ -319,3 +324,14 @@ def test_a_visit_log_registers_a_purchase_only_model_that_scores_without_value_c
     judgement = _judge_clv_champion(shop_cfg, "2", split, calibration, holdout, "holdout.revenue_spearman")
     assert judgement.score is None and "purchase-only" in judgement.reason
     assert "holdout.churn_auc" in judgement.metrics
+
+
+def test_config_refuses_what_a_visit_log_cannot_give(visits_csv: Path, tmp_path: Path) -> None:
+    visits = ["data=file", f"data.path={visits_csv}", "data.columns.amount=null"]
+    with pytest.raises(UserError, match=r"segmentation.extra_features=\[clv\] needs amounts"):
+        validate_train_config(_compose("train", [*visits, "segmentation.extra_features=[clv]"]))
+    validate_train_config(_compose("train", [*visits, "segmentation.extra_features=[churn_probability]"]))
+    spark = [*visits, "engine=spark", f"score.output={tmp_path / 's.parquet'}"]
+    with pytest.raises(UserError, match="engine=spark reads logs with amounts only") as caught:
+        score(_compose("score", spark))
+    assert "\n" not in str(caught.value)

@@ -79,6 +79,8 @@ def train_clv(
         cfg, settings, calibration, holdout, split, full_history, primary
     )
     settings["family"] = family
+    if cfg.clv.layers.value and not has_amounts:
+        mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
         metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
     predictions = model.predict(calibration, split.holdout_days)
@@ -198,8 +200,6 @@ def _attach_layers(
         model.churn_layer_ = fit_churn_layer(windows, seed=cfg.seed)
     if value:
         model.value_layer_ = fit_value_layer(windows)
-    elif cfg.clv.layers.value:
-        mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     attached = {"churn": cfg.clv.layers.churn, "value": value}
     mlflow.set_tag("clv.layers", ",".join(k for k, on in attached.items() if on))
     btyd = {f"btyd.{k.removeprefix('holdout.')}": v for k, v in metrics.items() if k.startswith("holdout.")}

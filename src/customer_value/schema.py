@@ -294,6 +294,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             "segmentation.extra_features may hold clv, churn_probability and regularity only",
         ),
         (
+            data_has_amounts(cfg.data) or "clv" not in cfg.segmentation.extra_features,
+            "segmentation.extra_features=[clv] needs amounts: a log without them (data.columns.amount=null) "
+            "has no clv",
+        ),
+        (
             cfg.segmentation.attributes.path is not None
             or not (cfg.segmentation.attributes.numeric or cfg.segmentation.attributes.categorical),
             "segmentation.attributes.numeric / categorical need segmentation.attributes.path",

@@ -57,11 +57,7 @@ def score(cfg: DictConfig) -> str:
         raise UserError(
             f"engine=spark writes a Parquet directory: score.output '{cfg.score.output}' must end in .parquet"
         )
-    if not data_has_amounts(cfg.data):
-        raise UserError(
-            "engine=spark reads logs with amounts only: score a log without amounts "
-            "(data.columns.amount=null) with engine=pandas"
-        )
+    refuse_logs_without_amounts(cfg)
     require_pyspark()
     spark, created = spark_session(cfg.engine)
     try:
@@ -75,6 +71,15 @@ def score(cfg: DictConfig) -> str:
     finally:
         if created:
             spark.stop()
+
+
+def refuse_logs_without_amounts(cfg: DictConfig) -> None:
+    """This engine reads logs with amounts only (its loader and features need them): one line, no Spark."""
+    if not data_has_amounts(cfg.data):
+        raise UserError(
+            "engine=spark reads logs with amounts only: score a log without amounts "
+            "(data.columns.amount=null) with engine=pandas"
+        )
 
 
 def spark_session(engine: DictConfig) -> tuple[SparkSession, bool]:
@@ -126,6 +131,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     from pyspark.sql import functions as F
 
     validate_score_config(cfg)
+    refuse_logs_without_amounts(cfg)
     tracking.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
