@@ -28,7 +28,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from customer_value import registry, tracking
 from customer_value.bench_timing import best_of, machine, max_relative_difference, pretouch_memory, timed
-from customer_value.clv import model_inputs, spend_sample
+from customer_value.clv import INPUT_COLUMNS, model_inputs, spend_sample
 from customer_value.clv_model import CLVModel
 from customer_value.data import clean_transactions
 from customer_value.features import customer_features
@@ -181,7 +181,7 @@ def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[
         info = registry.log_clv_model(spec, features)
     version = mlflow.register_model(info.model_uri, "bench-clv").version
     loaded = mlflow.pyfunc.load_model(f"models:/bench-clv/{version}")
-    inputs = features[registry.INPUT_COLUMNS].reset_index(drop=True)
+    inputs = features[INPUT_COLUMNS].reset_index(drop=True)
     params = {"horizon_days": HORIZON_DAYS, "intervals": False}
     ours, first_call_s = timed(lambda: loaded.predict(inputs, params=params))
     _, project_s = best_of(SCORING_REPEATS, lambda: loaded.predict(inputs, params=params))

@@ -38,6 +38,8 @@ AVAILABLE_FEATURES = [
 # horizon still enters through the purchase model's own churn probability.
 LAYER_FEATURES = AVAILABLE_FEATURES[:-1]
 EARLIER_RELEASE_FEATURES = AVAILABLE_FEATURES
+# A log without amounts has no spend to learn from; the layer then uses the rest.
+PURCHASE_ONLY_FEATURES = [name for name in LAYER_FEATURES if name != "log_monetary"]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -46,13 +48,20 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def layer_inputs(features: pd.DataFrame, btyd: pd.DataFrame, horizon_days: float) -> np.ndarray:
-    """AVAILABLE_FEATURES from the model inputs (INPUT_COLUMNS) and the BTYD outputs at ``horizon_days``."""
+    """AVAILABLE_FEATURES from the model inputs (INPUT_COLUMNS) and the BTYD outputs at ``horizon_days``.
+
+    Without ``monetary_value`` (a log without amounts) ``log_monetary`` is NaN: only a layer fitted
+    without it (PURCHASE_ONLY_FEATURES) can be applied then."""
+    if "monetary_value" in features.columns:
+        monetary = np.log1p(features["monetary_value"].to_numpy())
+    else:
+        monetary = np.full(len(features), np.nan)
     return np.column_stack(
         [
             np.log1p((features["T_days"] - features["recency_days"]).to_numpy()),  # days since last purchase
             np.log1p(features["frequency"].to_numpy()),
             np.log1p(features["T_days"].to_numpy()),
-            np.log1p(features["monetary_value"].to_numpy()),
+            monetary,
             _logit(btyd["churn_probability"].to_numpy()),
             _logit(btyd["p_alive"].to_numpy()),
             np.log1p(btyd["expected_purchases"].to_numpy()),
@@ -75,6 +84,8 @@ class ChurnLayer:
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """``inputs``: the AVAILABLE_FEATURES columns from ``layer_inputs``."""
         used = inputs[:, [AVAILABLE_FEATURES.index(name) for name in self.features]]
+        if np.isnan(used).any():
+            raise ValueError(f"the churn layer needs {self.features}; some are NaN (a log without amounts?)")
         z = (used - np.asarray(self.mean)) / np.asarray(self.scale)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
@@ -96,7 +107,8 @@ def fit_churn_layer(windows: list[InnerWindow], seed: int = 0) -> ChurnLayer:
             f"clv.layers: inner windows of {horizons} days hold no churners and buyers to learn from; "
             "shorten them or set clv.layers.churn=false"
         )
-    used = [AVAILABLE_FEATURES.index(name) for name in LAYER_FEATURES]
+    names = LAYER_FEATURES if "monetary_value" in windows[0].features.columns else PURCHASE_ONLY_FEATURES
+    used = [AVAILABLE_FEATURES.index(name) for name in names]
     x, y = np.vstack(inputs)[:, used], np.concatenate(labels)
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
@@ -107,5 +119,5 @@ def fit_churn_layer(windows: list[InnerWindow], seed: int = 0) -> ChurnLayer:
         coef=model.coef_[0].tolist(),
         intercept=float(model.intercept_[0]),
         inner_horizons_days=horizons,
-        features=list(LAYER_FEATURES),
+        features=list(names),
     )

@@ -53,6 +53,36 @@ INTERVAL_COLUMNS = [
 ]
 BTYD_INPUT_COLUMNS = ["frequency", "recency_days", "T_days", "monetary_value"]
 INPUT_COLUMNS = [*BTYD_INPUT_COLUMNS, "mean_order_value"]  # the registered model's input (value layer)
+# A log without amounts (visits, logins) gives a purchase-only model: no spend model, no value outputs.
+PURCHASE_INPUT_COLUMNS = ["frequency", "recency_days", "T_days"]
+VALUE_COLUMNS = (
+    "expected_order_value",
+    "expected_revenue",
+    "clv",
+    "btyd_expected_revenue",
+    "clv_low",
+    "clv_high",
+)
+
+
+def input_columns(has_spend: bool) -> list[str]:
+    """The registered model's input columns: a purchase-only model takes no monetary ones."""
+    return list(INPUT_COLUMNS) if has_spend else list(PURCHASE_INPUT_COLUMNS)
+
+
+def prediction_columns(has_spend: bool) -> list[str]:
+    """PREDICTION_COLUMNS, without the value columns for a purchase-only model (left out, not zero)."""
+    return [c for c in PREDICTION_COLUMNS if has_spend or c not in VALUE_COLUMNS]
+
+
+def btyd_columns(has_spend: bool) -> list[str]:
+    return [c for c in BTYD_COLUMNS if has_spend or c not in VALUE_COLUMNS]
+
+
+def interval_columns(has_spend: bool) -> list[str]:
+    return [c for c in INTERVAL_COLUMNS if has_spend or c not in VALUE_COLUMNS]
+
+
 DAYS_PER_YEAR = 365.25
 DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
 
@@ -155,14 +185,19 @@ SPEND_PARAMS = ("p", "q", "v")
 
 @dataclass(frozen=True)
 class CLVParams:
-    """Fitted parameters: the purchase model's (rates per ``time_unit_days`` days) and Gamma-Gamma's."""
+    """Fitted parameters: the purchase model's (rates per ``time_unit_days`` days) and Gamma-Gamma's
+    (``spend`` None: a purchase-only model, fitted on a log without amounts)."""
 
     family: str
     purchase: dict[str, float]
-    spend: dict[str, float]
+    spend: dict[str, float] | None
     time_unit_days: float
     # Covariance of the log-parameters (purchase then spend, in FAMILIES/SPEND_PARAMS order); None = unknown
     log_covariance: list[list[float]] | None = None
+
+    @property
+    def has_spend(self) -> bool:
+        return self.spend is not None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -181,30 +216,33 @@ class CLVParams:
 
     def fitted(self) -> dict[str, float]:
         """All model parameters by name (r, alpha, a, b or s, beta; p, q, v), as logged to MLflow."""
-        return self.purchase | self.spend
+        return self.purchase | (self.spend or {})
 
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """Aligned float64 arrays in model units, the only form lifetimes ever sees."""
+    """Aligned float64 arrays in model units, the only form lifetimes ever sees (``monetary_value`` None:
+    the customer table has no amounts)."""
 
     frequency: np.ndarray
     recency: np.ndarray
     T: np.ndarray
-    monetary_value: np.ndarray
+    monetary_value: np.ndarray | None
 
 
-def model_inputs(features: pd.DataFrame, time_unit_days: float) -> ModelInputs:
-    """Convert the day-based customer table to lifetimes' (x, t_x, T, m) in model units."""
-    missing = [c for c in BTYD_INPUT_COLUMNS if c not in features.columns]
+def model_inputs(features: pd.DataFrame, time_unit_days: float, spend: bool = True) -> ModelInputs:
+    """Convert the day-based customer table to lifetimes' (x, t_x, T, m) in model units; ``spend=False``
+    (a purchase-only model) neither needs nor reads ``monetary_value``."""
+    needed = BTYD_INPUT_COLUMNS if spend else PURCHASE_INPUT_COLUMNS
+    missing = [c for c in needed if c not in features.columns]
     if missing:
         raise ValueError(f"customer table lacks column(s) {missing}")
-    as_array = {c: np.ascontiguousarray(features[c].to_numpy(dtype="float64")) for c in BTYD_INPUT_COLUMNS}
+    as_array = {c: np.ascontiguousarray(features[c].to_numpy(dtype="float64")) for c in needed}
     return ModelInputs(
         frequency=as_array["frequency"],
         recency=as_array["recency_days"] / time_unit_days,
         T=as_array["T_days"] / time_unit_days,
-        monetary_value=as_array["monetary_value"],
+        monetary_value=as_array.get("monetary_value"),
     )
 
 
@@ -281,7 +319,10 @@ def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
 
 
 def spend_sample(inputs: ModelInputs) -> np.ndarray:
-    """Customers Gamma-Gamma learns from: repeat buyers with positive mean repeat spend."""
+    """Customers Gamma-Gamma learns from: repeat buyers with positive mean repeat spend (none without
+    amounts)."""
+    if inputs.monetary_value is None:
+        return np.zeros(len(inputs.frequency), dtype=bool)
     return (inputs.frequency > 0) & (inputs.monetary_value > 0)
 
 

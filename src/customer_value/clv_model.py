@@ -15,17 +15,17 @@ import pandas as pd
 from customer_value.btyd_likelihoods import Patterns
 from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.clv import (
-    BTYD_COLUMNS,
     DAYS_PER_YEAR,
     DEFAULT_FALLBACK_PENALIZERS,
     FAMILIES,
-    INTERVAL_COLUMNS,
-    PREDICTION_COLUMNS,
     CLVParams,
     ModelInputs,
+    btyd_columns,
     fit_purchase_model,
     fit_spend_model,
+    interval_columns,
     model_inputs,
+    prediction_columns,
     purchase_patterns,
     spend_frequency_correlation,
 )
@@ -53,6 +53,9 @@ class CLVModel:
     is retried with each larger penalizer in ``fallback_penalizers`` (each model climbs its own ladder);
     ``fit_attempts_`` records every try as (model, penalizer, outcome). Only when a model's whole ladder
     fails does ``fit`` raise ModelFitError.
+
+    ``spend_model=False`` (a log without amounts: visits, logins) fits the purchase model only; its
+    predictions have no value columns, and its purchase outputs equal a full model's on the same data.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class CLVModel:
         fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
         interval_level: float = 0.9,
         interval_draws: int = 100,
+        spend_model: bool = True,
     ) -> None:
         self.family = family
         self.penalizer = penalizer
@@ -74,11 +78,17 @@ class CLVModel:
         self.fallback_penalizers = fallback_penalizers
         self.interval_level = interval_level
         self.interval_draws = interval_draws
+        self.spend_model = spend_model
+
+    @property
+    def has_spend(self) -> bool:
+        """Whether the fitted model predicts value (it has Gamma-Gamma parameters)."""
+        return self.params_.has_spend
 
     def fit(self, features: pd.DataFrame) -> CLVModel:
         if self.family not in FAMILIES:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
-        inputs = model_inputs(features, self.time_unit_days)
+        inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model)
         patterns = purchase_patterns(inputs)
         ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
         self.fit_attempts_: list[tuple[str, float, str]] = []
@@ -93,9 +103,11 @@ class CLVModel:
         # Separate ladders: a purchase model that needs a penalty must not force one on Gamma-Gamma (on
         # CDNOW a Gamma-Gamma penalty of 0.01 already pushes q below 1, where expected spend is undefined).
         # Spend first: no repeat buyers is a NotEnoughDataError that no penalty on either model can fix.
-        spend, self.spend_penalizer_used_ = self._first_success(
-            "spend", ladder, lambda penalizer: fit_spend_model(inputs, penalizer)
-        )
+        spend, self.spend_penalizer_used_ = None, None
+        if self.spend_model:
+            spend, self.spend_penalizer_used_ = self._first_success(
+                "spend", ladder, lambda penalizer: fit_spend_model(inputs, penalizer)
+            )
         purchase, self.purchase_penalizer_used_ = self._first_success("purchase", ladder, purchase_model)
         params = CLVParams(self.family, purchase, spend, self.time_unit_days)
         self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs, patterns))
@@ -144,6 +156,7 @@ class CLVModel:
             discount_step_days=discount_step_days,
             interval_level=interval_level,
             interval_draws=interval_draws,
+            spend_model=params.has_spend,
         )
         model.params_ = params
         model.churn_layer_ = churn_layer
@@ -158,6 +171,7 @@ class CLVModel:
         ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
+        A purchase-only model leaves every value column out (``clv.prediction_columns``).
         """
         table = self._predict_with(self.params_, features, horizon_days)
         if intervals:
@@ -165,20 +179,23 @@ class CLVModel:
         return table
 
     def _predict_with(self, params: CLVParams, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-        """PREDICTION_COLUMNS filled in one column-major matrix: one DataFrame block, no copies of it."""
-        inputs = model_inputs(features, params.time_unit_days)
+        """The prediction columns filled in one column-major matrix: one DataFrame block, no copies of it."""
+        has_spend = params.has_spend
+        inputs = model_inputs(features, params.time_unit_days, spend=has_spend)
         values = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
-        btyd = pd.DataFrame(values, index=features.index, columns=BTYD_COLUMNS, copy=False)
-        out = np.empty((len(btyd), len(PREDICTION_COLUMNS)), dtype="float64", order="F")
-        out[:, : len(BTYD_COLUMNS)] = values
-        column = {name: index for index, name in enumerate(PREDICTION_COLUMNS)}
+        btyd = pd.DataFrame(values, index=features.index, columns=btyd_columns(has_spend), copy=False)
+        names = prediction_columns(has_spend)
+        out = np.empty((len(btyd), len(names)), dtype="float64", order="F")
+        out[:, : values.shape[1]] = values
+        column = {name: index for index, name in enumerate(names)}
         out[:, column["btyd_churn_probability"]] = btyd["churn_probability"]
-        out[:, column["btyd_expected_revenue"]] = btyd["expected_revenue"]
+        if has_spend:
+            out[:, column["btyd_expected_revenue"]] = btyd["expected_revenue"]
         if self.churn_layer_ is not None:
             churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
             out[:, column["churn_probability"]] = churn
             out[:, column["purchase_probability"]] = 1.0 - churn
-        if self.value_layer_ is not None:
+        if self.value_layer_ is not None and has_spend:
             btyd_revenue = btyd["expected_revenue"].to_numpy()
             revenue = self.value_layer_.predict(value_layer_inputs(features, btyd), btyd_revenue)
             discount = np.divide(
@@ -186,7 +203,7 @@ class CLVModel:
             )
             out[:, column["expected_revenue"]] = revenue
             out[:, column["clv"]] = revenue * discount
-        return pd.DataFrame(out, index=features.index, columns=PREDICTION_COLUMNS, copy=False)
+        return pd.DataFrame(out, index=features.index, columns=names, copy=False)
 
     def _intervals(self, features: pd.DataFrame, horizon_days: float, point: pd.DataFrame) -> pd.DataFrame:
         """Bootstrap intervals of the expectations and the predictive interval of the purchase count.
@@ -198,7 +215,9 @@ class CLVModel:
         for start in range(0, len(features), INTERVAL_CHUNK):  # bounded memory, vectorised within a chunk
             rows = features.iloc[start : start + INTERVAL_CHUNK]
             here = point.iloc[start : start + INTERVAL_CHUNK]
-            samples: dict[str, list[np.ndarray]] = {"expected_purchases": [], "clv": []}
+            samples: dict[str, list[np.ndarray]] = {"expected_purchases": []}
+            if self.params_.has_spend:
+                samples["clv"] = []
             for params in draws:
                 try:
                     drawn = self._predict_with(params, rows, horizon_days)
@@ -210,7 +229,7 @@ class CLVModel:
             for column, values in samples.items():
                 low, high = expectation_interval(values, here[column].to_numpy(), self.interval_level)
                 columns[f"{column}_low"], columns[f"{column}_high"] = low, high
-            inputs = model_inputs(rows, self.params_.time_unit_days)
+            inputs = model_inputs(rows, self.params_.time_unit_days, spend=self.params_.has_spend)
             low, high = purchase_count_interval(
                 self.params_,
                 inputs,
@@ -220,7 +239,7 @@ class CLVModel:
             )
             columns["purchases_low"], columns["purchases_high"] = low, high
             parts.append(pd.DataFrame(columns, index=rows.index))
-        return pd.concat(parts)[INTERVAL_COLUMNS]
+        return pd.concat(parts)[interval_columns(self.params_.has_spend)]
 
 
 def _require_finite_predictions(params: CLVParams, patterns: Patterns) -> None:
@@ -228,7 +247,12 @@ def _require_finite_predictions(params: CLVParams, patterns: Patterns) -> None:
 
     Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
     """
-    unique = ModelInputs(patterns.frequency, patterns.recency, patterns.T, np.zeros(len(patterns.T)))
+    unique = ModelInputs(
+        patterns.frequency,
+        patterns.recency,
+        patterns.T,
+        np.zeros(len(patterns.T)) if params.has_spend else None,
+    )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:
             predict_arrays(params, unique, horizon_days, 0.0, horizon_days)

@@ -142,34 +142,31 @@ def predict_arrays(
     discount_rate: float,
     discount_step_days: float,
 ) -> np.ndarray:
-    """Columns of BTYD_COLUMNS as one float64 matrix; asserts every value is finite."""
+    """Columns of ``btyd_columns(params.has_spend)`` as one float64 matrix; asserts every value is finite.
+
+    A purchase-only model (no spend parameters) gives the purchase columns only: value columns are left
+    out, never zero-filled."""
     if not horizon_days > 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     purchases = lifetimes_fitter(FAMILIES[params.family].fitter, params.purchase)
-    spend = lifetimes_fitter(GammaGammaFitter, params.spend)
     unit = params.time_unit_days
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
 
     with quiet_lifetimes():
         p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
     churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
-    expected_value = spend.conditional_expected_average_profit(x, inputs.monetary_value)
 
     # Discounted value: purchases expected in each step, discounted to today at the step's end.
     n_steps = max(1, math.ceil(horizon_days / discount_step_days - 1e-9))
     step_ends = np.minimum(np.arange(1, n_steps + 1) * discount_step_days, horizon_days)
     factors = 1.0 / (1.0 + discount_rate) ** (step_ends / DAYS_PER_YEAR)
     expected_purchases, discounted = purchases_and_discounted(params, inputs, step_ends / unit, factors)
-    columns = [
-        p_alive,
-        churn,
-        1.0 - churn,
-        expected_purchases,
-        expected_value,
-        expected_purchases * expected_value,
-        discounted * expected_value,
-        median_days_to_next_purchase(params, inputs),
-    ]
+    columns = [p_alive, churn, 1.0 - churn, expected_purchases]
+    if params.spend is not None:
+        spend = lifetimes_fitter(GammaGammaFitter, params.spend)
+        expected_value = spend.conditional_expected_average_profit(x, inputs.monetary_value)
+        columns += [expected_value, expected_purchases * expected_value, discounted * expected_value]
+    columns.append(median_days_to_next_purchase(params, inputs))
     out = np.empty((len(x), len(columns)), dtype="float64", order="F")  # column-major: cheap to fill
     for index, column in enumerate(columns):
         out[:, index] = column

@@ -24,8 +24,8 @@ from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.inner_windows import inner_windows
-from customer_value.pyfunc_models import clv_spec
-from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, parse_day
+from customer_value.pyfunc_models import clv_spec, spec_has_amounts
+from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, clv_metric_for, parse_day
 from customer_value.stage import (
     Candidate,
     card_facts,
@@ -38,6 +38,12 @@ from customer_value.value_layer import fit_value_layer
 
 log = logging.getLogger(__name__)
 
+NO_AMOUNTS_NOTE = (
+    "Purchase-only model: the log had no amounts (data.columns.amount=null), so there is no spend model "
+    "and no value outputs (expected_order_value, expected_revenue, clv); churn, P(alive), expected "
+    "purchases and the next purchase date are predicted."
+)
+
 
 def train_clv(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport
@@ -49,6 +55,8 @@ def train_clv(
     """
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
+    has_amounts = report.has_amounts
+    primary = gate_metric(cfg, has_amounts)
     settings = {
         "penalizer": cfg.clv.penalizer,
         "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
@@ -57,6 +65,7 @@ def train_clv(
         "discount_step_days": cfg.clv.discount_step_days,
         "interval_level": cfg.clv.intervals.level,
         "interval_draws": cfg.clv.intervals.draws,
+        "spend_model": has_amounts,  # a log without amounts: purchase model only
     }
     mlflow.log_params(
         {
@@ -67,10 +76,12 @@ def train_clv(
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
     family, model, scoring_model, predictions, metrics = _choose_family(
-        cfg, settings, calibration, holdout, split, full_history
+        cfg, settings, calibration, holdout, split, full_history, primary
     )
     settings["family"] = family
-    if cfg.clv.layers.churn or cfg.clv.layers.value:
+    if cfg.clv.layers.value and not has_amounts:
+        mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
+    if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
         metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
     predictions = model.predict(calibration, split.holdout_days)
     metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
@@ -90,7 +101,7 @@ def train_clv(
         tracking.log_table(folds, "evaluation/backtest_folds.csv")
         metrics |= prefixed("backtest.", summarise(folds))
     metrics |= prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
-    _log_clv_diagnostics(calibration, holdout, predictions)
+    _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
     _log_tracking(model, orders, split)
     _log_model_matrices(model, calibration, split)
 
@@ -100,7 +111,7 @@ def train_clv(
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     metrics |= _anchor_metrics(cfg, split, metrics)
     tracking.log_metrics(metrics)
-    require_metrics(metrics, cfg.clv.primary_metric, "clv.primary_metric")
+    require_metrics(metrics, primary, "clv.primary_metric")
     log.info(
         "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
         "(historic spend %.3f), revenue Spearman %.3f (historic spend %.3f)",
@@ -129,7 +140,7 @@ def train_clv(
     info = registry.log_clv_model(spec, calibration)
 
     def judge(version: str) -> registry.ChampionJudgement:
-        return _judge_clv_champion(cfg, version, split, calibration, holdout)
+        return _judge_clv_champion(cfg, version, split, calibration, holdout, primary)
 
     window = {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]}
 
@@ -137,8 +148,8 @@ def train_clv(
         run_id=mlflow.active_run().info.run_id,
         model_uri=info.model_uri,
         name=cfg.tracking.clv_model,
-        metric=cfg.clv.primary_metric,
-        score=metrics[cfg.clv.primary_metric],
+        metric=primary,
+        score=metrics[primary],
         judge=judge,
         tags=version_tags(cfg, report) | window,
         card=card_facts(
@@ -147,10 +158,22 @@ def train_clv(
             {k: v for k, v in metrics.items() if k.startswith("holdout.")},
             ["clv", "features", "split"],
             window | {"data.calibration_customers": f"{len(calibration):,}"},
+            () if has_amounts else (NO_AMOUNTS_NOTE,),
         ),
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
     return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
+
+
+def gate_metric(cfg: DictConfig, has_amounts: bool) -> str:
+    """``clv.primary_metric``, or on a log without amounts a purchase metric instead of a revenue one (the
+    substitution is tagged, so the gate and a reviewer read the same metric)."""
+    metric = clv_metric_for(cfg.clv.primary_metric, has_amounts)
+    if metric != cfg.clv.primary_metric:
+        reason = f"{cfg.clv.primary_metric} -> {metric} (the log has no amounts)"
+        mlflow.set_tag("clv.primary_metric_substituted", reason)
+        log.info("clv.primary_metric: %s", reason)
+    return metric
 
 
 def _attach_layers(
@@ -172,11 +195,13 @@ def _attach_layers(
         list(cfg.clv.layers.inner_horizons_days),
         lambda features: CLVModel(**settings).fit(features),
     )
+    value = cfg.clv.layers.value and bool(settings["spend_model"])  # no revenue to learn without amounts
     if cfg.clv.layers.churn:
         model.churn_layer_ = fit_churn_layer(windows, seed=cfg.seed)
-    if cfg.clv.layers.value:
+    if value:
         model.value_layer_ = fit_value_layer(windows)
-    mlflow.set_tag("clv.layers", ",".join(k for k in ("churn", "value") if cfg.clv.layers[k]))
+    attached = {"churn": cfg.clv.layers.churn, "value": value}
+    mlflow.set_tag("clv.layers", ",".join(k for k, on in attached.items() if on))
     btyd = {f"btyd.{k.removeprefix('holdout.')}": v for k, v in metrics.items() if k.startswith("holdout.")}
     return {k: v for k, v in metrics.items() if not k.startswith("holdout.")} | btyd
 
@@ -188,6 +213,7 @@ def _choose_family(
     holdout: pd.DataFrame,
     split: Split,
     full_history: pd.DataFrame | None,
+    primary: str,
 ) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
     """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
 
@@ -217,7 +243,7 @@ def _choose_family(
         log.warning("clv=auto skipped %s", skipped)
     if not fitted:
         raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
-    best = max(fitted, key=lambda family: fitted[family][3].get(cfg.clv.primary_metric, -np.inf))
+    best = max(fitted, key=lambda family: fitted[family][3].get(primary, -np.inf))
     mlflow.set_tag("clv.chosen_family", best)
     model, scoring, predictions, metrics = fitted[best]
     if len(fitted) > 1:
@@ -233,7 +259,7 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
         {
             "clv.family": model.family,
             "clv.fallback": "none"
-            if len(attempts) == 2
+            if len(attempts) == (2 if model.has_spend else 1)
             else f"purchase penalizer {model.purchase_penalizer_used_}, "
             f"spend penalizer {model.spend_penalizer_used_}",
             "clv.fit_attempts": "; ".join(f"{part} {p}: {outcome}" for part, p, outcome in attempts)[:5000],
@@ -248,12 +274,14 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
             cfg.clv.independence_threshold,
         )
         mlflow.set_tag("clv.independence_warning", f"corr {correlation:.3f}")
-    return {
+    metrics = {
         "fit.purchase_penalizer_used": model.purchase_penalizer_used_,
-        "fit.spend_penalizer_used": model.spend_penalizer_used_,
         "fit.attempts": float(len(attempts)),
-        "fit.spend_frequency_correlation": correlation,
     }
+    if model.has_spend:
+        metrics["fit.spend_penalizer_used"] = model.spend_penalizer_used_
+        metrics["fit.spend_frequency_correlation"] = correlation
+    return metrics
 
 
 def _anchor_metrics(cfg: DictConfig, split: Split, metrics: dict[str, float]) -> dict[str, float]:
@@ -291,6 +319,8 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
         plots.churn_by_decile(predictions["churn_probability"].to_numpy(), evaluation.churned(holdout)),
         "plots/churn_by_decile.png",
     )
+    if "expected_revenue" not in predictions.columns:  # a log without amounts: no gains chart
+        return
     curves = {
         "model": predictions["expected_revenue"].to_numpy(),
         "historic spend": calibration["total_spend"].to_numpy(),
@@ -324,9 +354,16 @@ def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split
 
 
 def _judge_clv_champion(
-    cfg: DictConfig, version: str, split: Split, calibration: pd.DataFrame, holdout: pd.DataFrame
+    cfg: DictConfig,
+    version: str,
+    split: Split,
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    metric: str,
 ) -> registry.ChampionJudgement:
-    """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it."""
+    """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it and it can
+    be judged on ``metric`` (a champion with a spend model needs amounts this run may not have, and a
+    purchase-only champion has no revenue metrics)."""
     champion = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{version}").unwrap_python_model()
     champion_end = pd.Timestamp(champion.spec["calibration_end"])
     if champion_end > split.calibration_end:
@@ -335,8 +372,14 @@ def _judge_clv_champion(
             f"{split.calibration_end.date()}, so its fit may have seen this holdout"
         )
         return registry.ChampionJudgement(version, None, reason)
+    champion_amounts = spec_has_amounts(champion.spec)
+    if champion_amounts and "monetary_value" not in calibration.columns:
+        reason = "it was trained on a log with amounts and needs monetary inputs this run's log has not"
+        return registry.ChampionJudgement(version, None, reason)
     judged = champion.evaluation_model().predict(calibration, split.holdout_days)
     scores = prefixed("holdout.", evaluation.evaluate_clv(judged, holdout))
-    return registry.ChampionJudgement(
-        version, scores.get(cfg.clv.primary_metric), "re-scored on this holdout", scores
-    )
+    if metric not in scores:
+        kind = "" if champion_amounts else " (a purchase-only model)"
+        reason = f"it has no {metric} on this holdout{kind}"
+        return registry.ChampionJudgement(version, None, reason, scores)
+    return registry.ChampionJudgement(version, scores[metric], "re-scored on this holdout", scores)

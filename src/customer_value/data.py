@@ -2,7 +2,8 @@
 
 Everything downstream trusts the frame returned here: one row per customer and day (same-day orders
 merged), customer ids as a categorical (sorted categories), timestamps at day resolution, positive float
-amounts, sorted by customer then date.
+amounts, sorted by customer then date. A log without amounts (visits, logins: ``amount=None``) gives a
+frame with no ``amount`` column at all, and ``DataReport.has_amounts`` is False.
 Bad input raises :class:`DataError` with a message naming the file, the column and how many rows.
 """
 
@@ -92,6 +93,7 @@ class DataReport:
     content_hash: str
     dropped: dict[str, int] = field(default_factory=dict)
     duplicate_rows: int = 0  # rows equal to another row in customer, timestamp and amount
+    has_amounts: bool = True  # False: a visit log; no spend model, no value outputs downstream
 
     @property
     def merged_same_day(self) -> int:
@@ -110,6 +112,7 @@ class DataReport:
             "content_hash": self.content_hash,
             "dropped": dict(self.dropped),
             "duplicate_rows": self.duplicate_rows,
+            "has_amounts": self.has_amounts,
         }
 
 
@@ -159,14 +162,15 @@ def load_transactions(
     *,
     customer_id: str = "customer_id",
     timestamp: str = "timestamp",
-    amount: str = "amount",
+    amount: str | None = "amount",
     rules: LoadingRules = LoadingRules(),
 ) -> tuple[pd.DataFrame, DataReport]:
-    """Load a CSV or Parquet transaction log (chosen by extension) and validate it."""
+    """Load a CSV or Parquet transaction log (chosen by extension) and validate it; ``amount=None`` reads
+    a log without amounts (any amount column in the file is ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    columns = [customer_id, timestamp, amount]
+    columns = [customer_id, timestamp] if amount is None else [customer_id, timestamp, amount]
     raw = read_columns(path, columns)
     return clean_transactions(
         raw,
@@ -220,7 +224,7 @@ def require_columns(path: Path | str, wanted: list[str], available: list[str]) -
     if missing:
         raise DataError(
             f"{path}: missing column(s) {missing}; the file has {list(available)[:20]} "
-            "(set data.columns.customer_id / timestamp / amount)"
+            "(set data.columns.customer_id / timestamp / amount; amount=null for a log without amounts)"
         )
 
 
@@ -230,7 +234,7 @@ def clean_transactions(
     source: str,
     customer_id: str = "customer_id",
     timestamp: str = "timestamp",
-    amount: str = "amount",
+    amount: str | None = "amount",
     rules: LoadingRules = LoadingRules(),
     content_hash: str = "",
 ) -> tuple[pd.DataFrame, DataReport]:
@@ -241,6 +245,8 @@ def clean_transactions(
     Day-resolution logs such as CDNOW legitimately repeat rows, so dropping is opt-in. Rows with a blank
     id, an unparsable or implausible timestamp or an unusable amount fail the load, unless they are at
     most ``rules.max_bad_row_share`` of the rows: then they are dropped and counted (``dropped``).
+    With ``amount=None`` (a log without amounts) the orders have no ``amount`` column and the zero and
+    negative amount rules do not apply.
     """
     rows_read = len(raw)
     if rows_read == 0:
@@ -248,42 +254,50 @@ def clean_transactions(
 
     codes, ids, blank_ids = parse_customer_ids(raw[customer_id], source, customer_id)
     days, instants, bad_days = parse_days(raw[timestamp], source, timestamp, rules.timestamp_format)
-    amounts, bad_amounts = parse_amounts(raw[amount], source, amount)
+    has_amounts = amount is not None
+    amounts, bad_amounts = parse_amounts(raw[amount], source, amount) if has_amounts else (None, [])
     dropped: dict[str, int] = {}
     bad = tolerate([*blank_ids, *bad_days, *bad_amounts], rows_read, rules.max_bad_row_share, dropped)
 
-    negative = amounts < 0
-    zero = amounts == 0
-    keep = ~negative if rules.keep_zero_amounts else ~(negative | zero)
+    keep = np.ones(rows_read, dtype=bool)
+    if has_amounts:
+        negative = amounts < 0
+        zero = amounts == 0
+        keep = ~negative if rules.keep_zero_amounts else ~(negative | zero)
+        dropped["negative_amount"] = int(negative.sum())
+        if not rules.keep_zero_amounts:
+            dropped["zero_amount"] = int(zero.sum())
     if bad is not None:
         keep &= ~bad
-    dropped["negative_amount"] = int(negative.sum())
-    if not rules.keep_zero_amounts:
-        dropped["zero_amount"] = int(zero.sum())
     if not keep.any():
-        raise DataError(f"{source}: column '{amount}' has no positive amount in {rows_read:,} rows")
+        raise DataError(
+            f"{source}: column '{amount}' has no positive amount in {rows_read:,} rows"
+            if has_amounts
+            else f"{source}: no usable row in {rows_read:,} rows"
+        )
 
     # Same-day orders merged: one row per (customer, day), sorted by customer id then day.
     if not keep.all():  # copies of every column only when something is dropped
-        codes, days, amounts, instants = codes[keep], days[keep], amounts[keep], instants[keep]
+        codes, days, instants = codes[keep], days[keep], instants[keep]
+        amounts = None if amounts is None else amounts[keep]
     runs = sorted_runs(codes, days, by_day=True)
     duplicate = _duplicate_rows(runs, codes, instants, amounts)
     if rules.drop_duplicate_rows and duplicate.any():
         dropped["duplicate_row"] = int(duplicate.sum())
-        codes, days, amounts = codes[~duplicate], days[~duplicate], amounts[~duplicate]
+        codes, days = codes[~duplicate], days[~duplicate]
+        amounts = None if amounts is None else amounts[~duplicate]
         keep[np.flatnonzero(keep)[duplicate]] = False
         runs = sorted_runs(codes, days, by_day=True)
     order_codes = runs.codes_at(runs.starts)
     order_days = runs.days_at(runs.starts)
-    orders = pd.DataFrame(
-        {
-            # Categorical: every later per-customer step reuses these codes instead of re-hashing strings.
-            "customer_id": pd.Categorical.from_codes(order_codes, categories=pd.Index(ids)),
-            "date": days_to_timestamps(order_days),
-            "amount": run_sums(amounts, runs),
-        },
-        copy=False,
-    )
+    columns = {
+        # Categorical: every later per-customer step reuses these codes instead of re-hashing strings.
+        "customer_id": pd.Categorical.from_codes(order_codes, categories=pd.Index(ids)),
+        "date": days_to_timestamps(order_days),
+    }
+    if amounts is not None:
+        columns["amount"] = run_sums(amounts, runs)
+    orders = pd.DataFrame(columns, copy=False)
     report = DataReport(
         source=source,
         rows_read=rows_read,
@@ -295,12 +309,16 @@ def clean_transactions(
         content_hash=content_hash,
         dropped=dropped,
         duplicate_rows=int(duplicate.sum()),
+        has_amounts=has_amounts,
     )
     return orders, report
 
 
-def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray) -> np.ndarray:
-    """Rows (input order) equal to an earlier row in customer, timestamp and amount. Only rows sharing
+def _duplicate_rows(
+    runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts: np.ndarray | None
+) -> np.ndarray:
+    """Rows (input order) equal to an earlier row in customer, timestamp and amount (customer and timestamp
+    for a log without amounts). Only rows sharing
     a (customer, day) with another row can be one, so only those few are compared; they are the rows whose
     sorted (customer, day) key equals a neighbour's (``runs`` must be by day)."""
     duplicate = np.zeros(len(codes), dtype=bool)
@@ -310,6 +328,8 @@ def _duplicate_rows(runs: Runs, codes: np.ndarray, instants: np.ndarray, amounts
     shared[:-1] |= same_as_next
     if shared.any():
         rows = np.flatnonzero(shared) if runs.order is None else runs.order[shared]
-        candidates = pd.DataFrame({"code": codes[rows], "instant": instants[rows], "amount": amounts[rows]})
+        candidates = pd.DataFrame({"code": codes[rows], "instant": instants[rows]})
+        if amounts is not None:
+            candidates["amount"] = amounts[rows]
         duplicate[rows[candidates.duplicated().to_numpy()]] = True
     return duplicate

@@ -1,6 +1,8 @@
 """Holdout metrics for value and churn predictions, and the heuristic baselines they must beat.
 
-Churn label: no purchase in the holdout window. Value target: holdout revenue.
+Churn label: no purchase in the holdout window. Value target: holdout revenue. A log without amounts
+(no ``revenue`` in the holdout, no value columns in the predictions) gets the purchase and churn metrics
+only: revenue metrics are skipped, not zero.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def purchase_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, flo
 
 def evaluate_clv(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, float]:
     """Model metrics on the holdout; ``predictions`` made with horizon = holdout length."""
-    revenue = holdout["revenue"].to_numpy()
     metrics = purchase_metrics(predictions["expected_purchases"].to_numpy(), holdout["purchases"].to_numpy())
     metrics |= churn_metrics(
         predictions["churn_probability"].to_numpy(), churned(holdout), probabilistic=True
     )
+    if "expected_revenue" not in predictions.columns or "revenue" not in holdout.columns:
+        return metrics
+    revenue = holdout["revenue"].to_numpy()
     metrics |= value_metrics(predictions["expected_revenue"].to_numpy(), revenue)
     total = float(revenue.sum())
     metrics["aggregate_revenue_error_pct"] = (
@@ -80,7 +84,7 @@ def interval_metrics(predictions: pd.DataFrame, holdout: pd.DataFrame) -> dict[s
         "purchases_interval_coverage": float(np.mean((actual >= low) & (actual <= high))),
         "purchases_interval_mean_width": float(np.mean(high - low)),
     }
-    for column in ("expected_purchases", "clv"):
+    for column in [c for c in ("expected_purchases", "clv") if c in predictions.columns]:
         point = predictions[column].to_numpy()
         width = predictions[f"{column}_high"].to_numpy() - predictions[f"{column}_low"].to_numpy()
         positive = point > 0
@@ -95,7 +99,8 @@ def evaluate_baseline(features: pd.DataFrame, holdout: pd.DataFrame, holdout_day
     rate = features["frequency"].to_numpy() / np.maximum(features["T_days"].to_numpy(), 1.0)
     metrics = purchase_metrics(rate * holdout_days, holdout["purchases"].to_numpy())
     metrics |= churn_metrics(features["days_since_last"].to_numpy(), churned(holdout), probabilistic=False)
-    metrics |= value_metrics(features["total_spend"].to_numpy(), holdout["revenue"].to_numpy())
+    if "total_spend" in features.columns and "revenue" in holdout.columns:
+        metrics |= value_metrics(features["total_spend"].to_numpy(), holdout["revenue"].to_numpy())
     return metrics
 
 

@@ -11,6 +11,9 @@ Columns (index ``customer_id``):
 - ``monetary_value``: mean spend of the repeat purchase days (0 without repeats), Gamma-Gamma's input.
 - ``days_since_last``: days since the last purchase, the "R" of RFM.
 - ``n_orders``, ``total_spend``, ``mean_order_value``: over all purchase days, the "F" and "M" of RFM.
+
+A log without amounts (orders without an ``amount`` column, see ``data``) gives the same table without
+the VALUE_FEATURES: they are left out, not zero-filled, so nothing downstream mistakes a visit for a sale.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ FEATURE_COLUMNS = [
     "total_spend",
     "mean_order_value",
 ]
+VALUE_FEATURES = ("monetary_value", "total_spend", "mean_order_value")  # only when the log has amounts
 
 
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -49,31 +53,37 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
     seen = days <= as_of_day
     if not seen.any():
         raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
-    customer_id, amounts = orders["customer_id"], orders["amount"].to_numpy(dtype="float64")
+    has_amounts = "amount" in orders.columns
+    customer_id = orders["customer_id"]
+    amounts = orders["amount"].to_numpy(dtype="float64") if has_amounts else None
     if not seen.all():  # copies only when some orders are after as_of
-        customer_id, days, amounts = customer_id[seen], days[seen], amounts[seen]
+        customer_id, days = customer_id[seen], days[seen]
+        amounts = None if amounts is None else amounts[seen]
     codes, ids = customer_codes(customer_id)
     # (customer, day) is unique after loading, so each customer's first row is its first purchase day.
     runs = sorted_runs(codes, days, by_day=False)
     last_rows = np.append(runs.starts[1:], len(days)) - 1
     first_day, last_day = runs.days_at(runs.starts), runs.days_at(last_rows)
     n_orders = run_lengths(runs, len(days)).astype("float64")
-    total = run_sums(amounts, runs)
-    first_amount = runs.take(amounts)[runs.starts]
 
     frequency = n_orders - 1
-    monetary = np.where(frequency > 0, (total - first_amount) / np.maximum(frequency, 1), 0.0)
+    columns = {
+        "frequency": frequency,
+        "recency_days": (last_day - first_day).astype("float64"),
+        "T_days": (as_of_day - first_day).astype("float64"),
+        "days_since_last": (as_of_day - last_day).astype("float64"),
+        "n_orders": n_orders,
+    }
+    if amounts is not None:
+        total = run_sums(amounts, runs)
+        first_amount = runs.take(amounts)[runs.starts]
+        columns["monetary_value"] = np.where(
+            frequency > 0, (total - first_amount) / np.maximum(frequency, 1), 0.0
+        )
+        columns["total_spend"] = total
+        columns["mean_order_value"] = total / n_orders
     table = pd.DataFrame(
-        {
-            "frequency": frequency,
-            "recency_days": (last_day - first_day).astype("float64"),
-            "T_days": (as_of_day - first_day).astype("float64"),
-            "monetary_value": monetary,
-            "days_since_last": (as_of_day - last_day).astype("float64"),
-            "n_orders": n_orders,
-            "total_spend": total,
-            "mean_order_value": total / n_orders,
-        },
+        {name: columns[name] for name in FEATURE_COLUMNS if name in columns},
         index=pd.Index(ids[runs.codes_at(runs.starts)], name="customer_id"),
     )
     return table
@@ -127,13 +137,14 @@ def calibration_and_holdout(orders: pd.DataFrame, split: Split) -> tuple[pd.Data
     """Features as of the calibration end, and what each of those customers did in the holdout.
 
     Only customers first seen in the calibration window are included: the holdout judges predictions
-    for customers the model knew about. Holdout columns: ``purchases`` (purchase days) and ``revenue``.
+    for customers the model knew about. Holdout columns: ``purchases`` (purchase days) and ``revenue``
+    (only when the log has amounts).
     """
     calibration = customer_features(orders, split.calibration_end)
     in_holdout = (orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)
     grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
-    holdout = pd.DataFrame(
-        {"purchases": grouped.size().astype("float64"), "revenue": grouped["amount"].sum()}
-    )
+    holdout = pd.DataFrame({"purchases": grouped.size().astype("float64")})
+    if "amount" in orders.columns:
+        holdout["revenue"] = grouped["amount"].sum()
     holdout = holdout.reindex(calibration.index, fill_value=0.0)
     return calibration, holdout

@@ -29,6 +29,7 @@ class CardFacts:
     data: Mapping[str, str]  # data window and row counts, e.g. data.first_date, data.customers
     metrics: Mapping[str, float]  # this version's headline metrics (name -> value)
     config: Mapping[str, Any] = field(default_factory=dict)  # the config sections that shaped the model
+    notes: tuple[str, ...] = ()  # what a reader must know first, e.g. no value outputs (no amounts)
 
 
 def card_tags(facts: CardFacts) -> dict[str, str]:
@@ -37,6 +38,8 @@ def card_tags(facts: CardFacts) -> dict[str, str]:
     tags |= {f"card.{key}": str(value) for key, value in facts.data.items()}
     tags |= {f"card.metric.{key}": _number(value) for key, value in facts.metrics.items()}
     tags["card.config"] = json.dumps(facts.config, sort_keys=True, default=str)[:TAG_LIMIT]
+    if facts.notes:
+        tags["card.notes"] = " ".join(facts.notes)[:TAG_LIMIT]
     return tags
 
 
@@ -54,6 +57,7 @@ def describe(
     lines = [
         f"**{name} v{version}** -> `{alias}` ({reason}).",
         "",
+        *(f"> {note}\n" for note in facts.notes),
         f"Run `{facts.run_id}`, commit `{facts.commit}`; full config: "
         f"`runs:/{facts.run_id}/config/resolved_config.yaml`.",
         "",

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from customer_value.churn_layer import ChurnLayer
-from customer_value.clv import INPUT_COLUMNS, CLVParams
+from customer_value.clv import CLVParams, input_columns
 from customer_value.clv_model import CLVModel
 from customer_value.segmentation import SegmentModel
 from customer_value.value_layer import ValueLayer
@@ -76,7 +76,7 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        features = validate_customer_rows(model_input, INPUT_COLUMNS)
+        features = validate_customer_rows(model_input, input_columns(spec_has_amounts(self.spec)))
         horizon = (params or {}).get("horizon_days")
         horizon = self.spec["horizon_days"] if horizon is None else float(horizon)
         if not horizon > 0:
@@ -94,8 +94,12 @@ def clv_spec(
     calibration_end: str,
     trained_through: str,
 ) -> dict[str, Any]:
-    """What the CLV pyfunc loads: both fits (scoring and holdout-judged), horizon and discounting."""
+    """What the CLV pyfunc loads: both fits (scoring and holdout-judged), horizon and discounting.
+
+    ``has_amounts`` False: a purchase-only model (no spend parameters, no monetary inputs, no value
+    outputs); specs written before it existed all have a spend model."""
     return {
+        "has_amounts": scoring.params_.has_spend,
         "calibration_params": calibration.params_.as_dict(),
         "scoring_params": scoring.params_.as_dict(),
         "horizon_days": float(horizon_days),
@@ -108,6 +112,11 @@ def clv_spec(
         "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
         "value_layer": None if calibration.value_layer_ is None else calibration.value_layer_.as_dict(),
     }
+
+
+def spec_has_amounts(spec: dict[str, Any]) -> bool:
+    """Whether a stored CLV spec has a spend model (older specs, without the key, always do)."""
+    return bool(spec.get("has_amounts", True))
 
 
 def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:

@@ -26,10 +26,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import customer_value
-from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
+from customer_value.clv import input_columns, interval_columns, prediction_columns
 from customer_value.errors import RegistryError
 from customer_value.model_card import CardFacts, card_tags, describe
-from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT
+from customer_value.pyfunc_models import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT, spec_has_amounts
 from customer_value.segmentation import SegmentModel
 
 PACKAGE_DIR = Path(customer_value.__file__).parent
@@ -45,10 +45,12 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def clv_signature(horizon_days: float) -> ModelSignature:
+def clv_signature(horizon_days: float, has_amounts: bool = True) -> ModelSignature:
+    """Without amounts (a purchase-only model) neither monetary inputs nor value outputs are in it."""
+    outputs = [*prediction_columns(has_amounts), *interval_columns(has_amounts)]
     return ModelSignature(
-        inputs=Schema([ColSpec("double", c) for c in INPUT_COLUMNS]),
-        outputs=Schema([ColSpec("double", c) for c in [*PREDICTION_COLUMNS, *INTERVAL_COLUMNS]]),
+        inputs=Schema([ColSpec("double", c) for c in input_columns(has_amounts)]),
+        outputs=Schema([ColSpec("double", c) for c in outputs]),
         params=ParamSchema(
             [
                 ParamSpec("horizon_days", "double", float(horizon_days)),
@@ -80,8 +82,8 @@ def log_clv_model(spec: dict[str, Any], example: pd.DataFrame) -> ModelInfo:
             python_model=str(MODEL_CODE_DIR / "clv_model.py"),
             artifacts={CLV_SPEC_ARTIFACT: str(spec_path)},
             code_paths=[str(PACKAGE_DIR)],
-            signature=clv_signature(spec["horizon_days"]),
-            input_example=example[INPUT_COLUMNS].head(5).reset_index(drop=True),
+            signature=clv_signature(spec["horizon_days"], spec_has_amounts(spec)),
+            input_example=example[input_columns(spec_has_amounts(spec))].head(5).reset_index(drop=True),
             pip_requirements=_requirements(),
         )
 

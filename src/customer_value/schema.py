@@ -22,7 +22,7 @@ TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
 class ColumnsConfig:
     customer_id: str = "customer_id"
     timestamp: str = "timestamp"
-    amount: str = "amount"
+    amount: str | None = "amount"  # null: a log without amounts (visits, logins): no value outputs
 
 
 @dataclass
@@ -212,7 +212,24 @@ OPTIMIZABLE_METRICS = (
     "holdout.churn_brier",
     "segments.davies_bouldin",
 )
+# Metrics that need amounts; on a log without them the gate (and a sweep's objective) falls back to a
+# purchase metric, and the run says so (tag clv.primary_metric_substituted).
+REVENUE_METRICS = ("holdout.revenue_spearman", "holdout.top_decile_revenue_capture")
+PURCHASE_ONLY_GATE_METRIC = "holdout.churn_auc"
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+
+
+def data_has_amounts(data: DictConfig) -> bool:
+    """Whether the configured log has amounts: bundled logs do, a file unless data.columns.amount=null."""
+    return bool(data.bundled) or data.columns.amount is not None
+
+
+def clv_metric_for(metric: str, has_amounts: bool) -> str:
+    """The metric a CLV run can actually be judged on: a revenue metric becomes the purchase-only gate
+    metric when the log has no amounts; any other metric is kept."""
+    return PURCHASE_ONLY_GATE_METRIC if not has_amounts and metric in REVENUE_METRICS else metric
+
+
 ANCHOR_DIRECTIONS = ("higher", "lower", "closer_to_zero")
 SEGMENTATION_ALGORITHMS = ("kmeans", "minibatch_kmeans", "gmm", "ward", "hdbscan", "rfm_quintiles")
 K_RULES = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
@@ -280,6 +297,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         (
             set(cfg.segmentation.extra_features) <= {"clv", "churn_probability", "regularity"},
             "segmentation.extra_features may hold clv, churn_probability and regularity only",
+        ),
+        (
+            data_has_amounts(cfg.data) or "clv" not in cfg.segmentation.extra_features,
+            "segmentation.extra_features=[clv] needs amounts: a log without them (data.columns.amount=null) "
+            "has no clv",
         ),
         (
             cfg.segmentation.attributes.path is not None

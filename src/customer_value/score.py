@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import plots, processes, registry, spark_scoring, tracking
-from customer_value.clv import INPUT_COLUMNS, NO_DATE_BEYOND_DAYS
+from customer_value.clv import NO_DATE_BEYOND_DAYS
 from customer_value.entrypoint import run_job
 from customer_value.errors import UserError
 from customer_value.features import customer_features, purchase_regularity
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def score_customers(cfg: DictConfig) -> pd.DataFrame:
-    """One row per customer seen on or before ``score.as_of``, with segment and every CLV output."""
+    """One row per customer seen on or before ``score.as_of``, with segment and every CLV output (a
+    purchase-only CLV model, trained on a log without amounts, has no value columns: none are added)."""
     return pd.concat(list(score_chunks(cfg)), ignore_index=True)
 
 
@@ -77,6 +78,8 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )
     feature_set = segments_model.unwrap_python_model().model.input_features
+    clv_inputs = model_inputs_present(clv_model, features, f"{cfg.tracking.clv_model} v{clv_version.version}")
+    segment_columns = _segment_behaviour(feature_set, features, clv_model, segments_version.version, cfg)
     extra = _segment_extras(cfg, feature_set, features, orders, as_of)
     del orders  # only the customer table is needed from here on
     versions = {
@@ -86,9 +89,15 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
     for start in range(0, len(features), cfg.score.chunk_customers):
         part = features.iloc[start : start + cfg.score.chunk_customers]
         rows = part.reset_index(drop=True)
-        values = clv_model.predict(rows[INPUT_COLUMNS], params=params)
+        values = clv_model.predict(rows[clv_inputs], params=params)
         inputs = _segment_inputs(
-            feature_set, rows, clv_model, horizon, values, extra.iloc[start : start + len(part)]
+            feature_set,
+            rows[segment_columns],
+            rows[clv_inputs],
+            clv_model,
+            horizon,
+            values,
+            extra.iloc[start : start + len(part)],
         )
         segments = segments_model.predict(inputs)
         table = pd.concat([pd.DataFrame({"customer_id": part.index.to_numpy()}), segments, values], axis=1)
@@ -102,6 +111,40 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
 def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
     """The registered CLV model's default horizon (its ``horizon_days`` parameter)."""
     return next(p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days")
+
+
+def model_inputs_present(model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame, name: str) -> list[str]:
+    """The registered model's input columns (its signature), or a one-line UserError when the customer
+    table lacks some: a model trained with amounts cannot score a log without them."""
+    columns = model.metadata.get_input_schema().input_names()
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        raise UserError(
+            f"the champion {name} needs column(s) {missing}, which a log without amounts "
+            "(data.columns.amount=null) does not give; train a model on this log first"
+        )
+    return columns
+
+
+def _segment_behaviour(
+    feature_set: FeatureSet,
+    features: pd.DataFrame,
+    clv_model: mlflow.pyfunc.PyFuncModel,
+    version: str,
+    cfg: DictConfig,
+) -> list[str]:
+    """The customer-table columns the segments champion clusters on (whichever exist for it), or a
+    one-line UserError naming what this log cannot give."""
+    columns = [c for c in feature_set.behaviour if c not in feature_set.extra]
+    clv_outputs = clv_model.metadata.get_output_schema().input_names()
+    missing = [c for c in columns if c not in features.columns]
+    missing += [c for c in feature_set.extra if c != "regularity" and c not in clv_outputs]
+    if missing:
+        raise UserError(
+            f"the champion {cfg.tracking.segments_model} v{version} clusters on {missing}, which this log "
+            "(no amounts) or the CLV champion does not give; train the segments on this log first"
+        )
+    return columns
 
 
 def _segment_extras(
@@ -138,22 +181,21 @@ def _segment_extras(
 
 def _segment_inputs(
     feature_set: FeatureSet,
-    rows: pd.DataFrame,
+    behaviour: pd.DataFrame,
+    clv_rows: pd.DataFrame,
     clv_model: mlflow.pyfunc.PyFuncModel,
     horizon: float,
     values: pd.DataFrame,
     extras: pd.DataFrame,
 ) -> pd.DataFrame:
-    """What the segments champion clusters on for these customers: RFM, and when it was trained so, CLV
-    outputs (at the CLV model's own default horizon, as in training) and the extras."""
-    inputs = rows[feature_set.rfm]
+    """What the segments champion clusters on for these customers: its behaviour columns, and when it was
+    trained so, CLV outputs (at the CLV model's own default horizon, as in training) and the extras."""
+    inputs = behaviour
     clv_columns = [c for c in feature_set.extra if c != "regularity"]
     if clv_columns:
         default = default_horizon(clv_model)
         if float(default) != float(horizon):
-            values = clv_model.predict(
-                rows[INPUT_COLUMNS], params={"horizon_days": float(default), "intervals": False}
-            )
+            values = clv_model.predict(clv_rows, params={"horizon_days": float(default), "intervals": False})
         inputs = inputs.join(values[clv_columns])
     return inputs.join(extras.reset_index(drop=True))
 

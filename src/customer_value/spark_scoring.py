@@ -24,9 +24,9 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import registry, tracking
-from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS, PREDICTION_COLUMNS
+from customer_value.clv import INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS
 from customer_value.errors import UserError
-from customer_value.schema import parse_day, validate_score_config
+from customer_value.schema import data_has_amounts, parse_day, validate_score_config
 from customer_value.segmentation import FeatureSet
 from customer_value.spark_features import customer_features, purchase_regularity, read_orders
 
@@ -57,6 +57,7 @@ def score(cfg: DictConfig) -> str:
         raise UserError(
             f"engine=spark writes a Parquet directory: score.output '{cfg.score.output}' must end in .parquet"
         )
+    refuse_logs_without_amounts(cfg)
     require_pyspark()
     spark, created = spark_session(cfg.engine)
     try:
@@ -70,6 +71,15 @@ def score(cfg: DictConfig) -> str:
     finally:
         if created:
             spark.stop()
+
+
+def refuse_logs_without_amounts(cfg: DictConfig) -> None:
+    """This engine reads logs with amounts only (its loader and features need them): one line, no Spark."""
+    if not data_has_amounts(cfg.data):
+        raise UserError(
+            "engine=spark reads logs with amounts only: score a log without amounts "
+            "(data.columns.amount=null) with engine=pandas"
+        )
 
 
 def spark_session(engine: DictConfig) -> tuple[SparkSession, bool]:
@@ -121,6 +131,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     from pyspark.sql import functions as F
 
     validate_score_config(cfg)
+    refuse_logs_without_amounts(cfg)
     tracking.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
@@ -133,11 +144,16 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
 
     default = default_horizon(clv_uri)
     horizon = default if cfg.score.horizon_days is None else float(cfg.score.horizon_days)
-    clv_columns = [*PREDICTION_COLUMNS, *(INTERVAL_COLUMNS if cfg.score.intervals else [])]
+    # The champion's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
+    signature = mlflow.models.get_model_info(clv_uri).signature
+    input_columns = signature.inputs.input_names()
+    clv_columns = [
+        c for c in signature.outputs.input_names() if cfg.score.intervals or c not in INTERVAL_COLUMNS
+    ]
     clv_udf = _udf(
         spark, clv_uri, clv_columns, {"horizon_days": horizon, "intervals": bool(cfg.score.intervals)}
     )
-    scored = features.withColumn("_clv", clv_udf(F.struct(*INPUT_COLUMNS)))
+    scored = features.withColumn("_clv", clv_udf(F.struct(*input_columns)))
 
     inputs: list[Column] = [F.col(c) for c in feature_set.rfm]
     if "regularity" in feature_set.extra:
@@ -148,7 +164,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
         source = "_clv"
         if horizon != default:  # segments were trained on CLV outputs at the model's default horizon
             default_udf = _udf(spark, clv_uri, extra_clv, {"horizon_days": default, "intervals": False})
-            scored = scored.withColumn("_clv_default", default_udf(F.struct(*INPUT_COLUMNS)))
+            scored = scored.withColumn("_clv_default", default_udf(F.struct(*input_columns)))
             source = "_clv_default"
         inputs.extend(F.col(f"{source}.{c}").alias(c) for c in extra_clv)
     segments_udf = _udf(spark, segments_uri, ["segment", "segment_name"], types=("long", "string"))

@@ -38,6 +38,7 @@ def version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:
         "data.name": cfg.data.name,
         "data.content_hash": report.content_hash,
         "data.last_date": report.last_date,
+        "data.has_amounts": str(report.has_amounts).lower(),
     }
 
 
@@ -47,9 +48,11 @@ def card_facts(
     metrics: dict[str, float],
     config_sections: list[str],
     window: dict[str, str],
+    notes: tuple[str, ...] = (),
 ) -> CardFacts:
     """Model-card facts of the active run: ``window`` names the dates this model saw."""
     data = {"data.name": cfg.data.name, "data.source": report.source}
+    data["data.has_amounts"] = str(report.has_amounts).lower()
     data |= {"data.first_date": report.first_date, "data.last_date": report.last_date, **window}
     data |= {
         f"data.{key}": f"{value:,}"
@@ -66,6 +69,7 @@ def card_facts(
         data=data,
         metrics=metrics,
         config={section: OmegaConf.to_container(cfg[section], resolve=True) for section in config_sections},
+        notes=notes,
     )
 
 
@@ -101,6 +105,7 @@ def log_data_report(report: DataReport) -> None:
             "data.content_hash": report.content_hash,
             "data.first_date": report.first_date,
             "data.last_date": report.last_date,
+            "data.has_amounts": str(report.has_amounts).lower(),
         }
     )
     tracking.log_metrics(

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from customer_value import registry, tracking
 from customer_value.model_card import CardFacts
+from customer_value.schema import clv_metric_for, data_has_amounts
 from customer_value.stage import Candidate
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,10 @@ class SweepTracking(Callback):
         os.environ.pop(SWEEP_ENV, None)
         register = bool(config.tracking.register)
         for experiment, metric in (
-            (config.tracking.clv_experiment, config.clv.primary_metric),
+            (
+                config.tracking.clv_experiment,
+                clv_metric_for(config.clv.primary_metric, data_has_amounts(config.data)),
+            ),
             (config.tracking.segments_experiment, config.segmentation.primary_metric),
         ):
             decision = register_best(self.sweep, experiment, metric, config.tracking.alias, register)

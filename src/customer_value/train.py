@@ -26,7 +26,7 @@ from customer_value.clv_stage import train_clv
 from customer_value.entrypoint import run_job
 from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs import load_orders
-from customer_value.schema import register_configs, validate_train_config
+from customer_value.schema import clv_metric_for, data_has_amounts, register_configs, validate_train_config
 from customer_value.segments_stage import train_segments
 from customer_value.stage import Candidate, log_config, log_data_report
 from customer_value.sweep import Sweep, record_candidate
@@ -143,7 +143,8 @@ def main(cfg: DictConfig) -> float:
     """Train; a sweep job that fails on bad input reports its one line and lets the other jobs go on."""
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     metrics = run_job(train, cfg, exit_on_error=not in_sweep)
-    return float("nan") if metrics is None else metrics.get(cfg.optimized_metric, float("nan"))
+    metric = clv_metric_for(cfg.optimized_metric, data_has_amounts(cfg.data))  # no revenue without amounts
+    return float("nan") if metrics is None else metrics.get(metric, float("nan"))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def _inverse_information(hessian: np.ndarray) -> np.ndarray | None:
 def log_parameter_covariance(
     params: CLVParams, inputs: ModelInputs, patterns: Patterns | None = None
 ) -> list[list[float]] | None:
-    """Covariance of (log purchase params, log spend params) in CLVParams' order; None if not estimable.
+    """Covariance of (log purchase params, log spend params) in CLVParams' order (purchase only for a
+    purchase-only model); None if not estimable.
 
     BG/NBD and Gamma-Gamma differentiate their analytic gradients (2k gradient calls); the other purchase
     models take second differences of lifetimes' likelihood. ``patterns``: the purchase histories' distinct
@@ -97,18 +98,22 @@ def log_parameter_covariance(
 
         purchase_hessian = _numerical_hessian(purchase, purchase_theta, HESSIAN_STEP)
 
-    usable = spend_sample(inputs)
-    spend = GammaGammaLikelihood(
-        inputs.frequency[usable], inputs.monetary_value[usable], np.ones(int(usable.sum()))
-    )
-    spend_hessian = log_space_hessian(
-        lambda values: spend.value_and_gradient(values)[1],
-        np.log([params.spend[k] for k in SPEND_PARAMS]),
-        HESSIAN_STEP,
-    )
-    blocks = [_inverse_information(purchase_hessian), _inverse_information(spend_hessian)]
+    blocks = [_inverse_information(purchase_hessian)]
+    if params.spend is not None:
+        usable = spend_sample(inputs)
+        spend = GammaGammaLikelihood(
+            inputs.frequency[usable], inputs.monetary_value[usable], np.ones(int(usable.sum()))
+        )
+        spend_hessian = log_space_hessian(
+            lambda values: spend.value_and_gradient(values)[1],
+            np.log([params.spend[k] for k in SPEND_PARAMS]),
+            HESSIAN_STEP,
+        )
+        blocks.append(_inverse_information(spend_hessian))
     if any(block is None for block in blocks):
         return None
+    if params.spend is None:  # purchase-only: the purchase block is the whole covariance
+        return blocks[0].tolist()
     k1, k2 = len(names), len(SPEND_PARAMS)
     covariance = np.zeros((k1 + k2, k1 + k2))
     covariance[:k1, :k1], covariance[k1:, k1:] = blocks
@@ -120,7 +125,8 @@ def parameter_draws(params: CLVParams, n_draws: int, seed: int) -> list[CLVParam
     if params.log_covariance is None or n_draws <= 0:
         return []
     names = FAMILIES[params.family].params
-    centre = np.log([*(params.purchase[k] for k in names), *(params.spend[k] for k in SPEND_PARAMS)])
+    spend_names = SPEND_PARAMS if params.spend is not None else ()
+    centre = np.log([*(params.purchase[k] for k in names), *((params.spend or {})[k] for k in spend_names)])
     rng = np.random.default_rng(seed)
     draws = np.exp(rng.multivariate_normal(centre, np.asarray(params.log_covariance), size=n_draws))
     k = len(names)
@@ -128,7 +134,7 @@ def parameter_draws(params: CLVParams, n_draws: int, seed: int) -> list[CLVParam
         replace(
             params,
             purchase=dict(zip(names, row[:k].tolist(), strict=True)),
-            spend=dict(zip(SPEND_PARAMS, row[k:].tolist(), strict=True)),
+            spend=dict(zip(SPEND_PARAMS, row[k:].tolist(), strict=True)) if spend_names else None,
         )
         for row in draws
     ]
