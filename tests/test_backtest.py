@@ -7,7 +7,7 @@ import pytest
 
 from customer_value.backtest import backtest, rolling_origins, summarise
 from customer_value.clv_model import CLVModel
-from customer_value.errors import UserError
+from customer_value.errors import ModelFitError, UserError
 from customer_value.features import Split
 
 
@@ -40,11 +40,28 @@ def test_each_fold_fits_only_on_orders_up_to_its_origin(orders: pd.DataFrame) ->
         seen.append(orders["date"].min() + pd.Timedelta(days=features["T_days"].max()))
         return CLVModel().fit(features)
 
-    folds = backtest(orders, origins, fit)
-    assert seen == [o.calibration_end for o in origins]
+    folds, failed = backtest(orders, origins, fit)
+    assert seen == [o.calibration_end for o in origins] and failed == {}
     assert list(folds.index) == [o.calibration_end.date().isoformat() for o in origins]
     assert folds["churn_auc"].between(0.5, 1).all()
     summary = summarise(folds)
     assert summary["churn_auc.mean"] == pytest.approx(folds["churn_auc"].mean())
     assert summary["churn_auc.std"] == pytest.approx(folds["churn_auc"].std(ddof=1))
     assert summary["churn_auc.std"] > 0
+
+
+def test_a_fold_that_cannot_be_fitted_is_left_out_with_its_reason(orders: pd.DataFrame) -> None:
+    last = orders["date"].max()
+    origins = rolling_origins(Split(last - pd.Timedelta(days=180), last), 3, 45, orders["date"].min())
+
+    earliest_age = (origins[0].calibration_end - orders["date"].min()).days
+
+    def fit(features: pd.DataFrame) -> CLVModel:
+        if features["T_days"].max() <= earliest_age:  # the earliest origin
+            raise ModelFitError("every fallback failed (forced by the test)")
+        return CLVModel().fit(features)
+
+    folds, failed = backtest(orders, origins, fit)
+    earliest = origins[0].calibration_end.date().isoformat()
+    assert failed == {earliest: "every fallback failed (forced by the test)"}
+    assert list(folds.index) == [o.calibration_end.date().isoformat() for o in origins[1:]]

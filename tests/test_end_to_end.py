@@ -146,10 +146,14 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
     refit = CLVParams("bgnbd", purchase, {k: fitted[k] for k in ("p", "q", "v")}, 7.0)
     orders, _ = load_transactions(orders_csv)
     champion_model = mlflow.pyfunc.load_model("models:/customer-clv@champion").unwrap_python_model()
-    churn_layer = ChurnLayer.from_dict(
-        champion_model.spec["churn_layer"]
-    )  # learned before the calibration end
-    value_layer = ValueLayer.from_dict(champion_model.spec["value_layer"])
+    # Learned before the calibration end, each kept only when it passed its check (None = dropped).
+    stored = {name: champion_model.spec[f"{name}_layer"] for name in ("churn", "value")}
+    churn_layer = None if stored["churn"] is None else ChurnLayer.from_dict(stored["churn"])
+    value_layer = None if stored["value"] is None else ValueLayer.from_dict(stored["value"])
+    kept = {name for name, layer in stored.items() if layer is not None}
+    assert set(clv_run["tags.clv.layers"].split(",")) - {"none"} == kept
+    for name in ("churn", "value"):
+        assert clv_run[f"tags.clv.layers.{name}"].startswith("kept (" if name in kept else "dropped (")
     expected_values = CLVModel.from_params(refit, 0.10, 365.25 / 12, churn_layer, value_layer).predict(
         customer_features(orders, as_of), 90.0
     )
@@ -415,13 +419,18 @@ def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
             .assign(amount=lambda f: f["amount"] * 3),
         ]
     )
-    specs = []
+    specs, decisions = [], []
     for name, frame in (("clean", orders), ("tampered", tampered)):
         path = tmp_path / f"{name}.csv"
         frame.to_csv(path, index=False)
         train(_compose("train", [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0"]))
         latest = max(int(v.version) for v in MlflowClient().search_model_versions("name='customer-clv'"))
         specs.append(mlflow.pyfunc.load_model(f"models:/customer-clv/{latest}").unwrap_python_model().spec)
+        run = _runs("customer-clv").iloc[-1]
+        chosen = [k for k in run.index if k.startswith(("tags.clv.layers", "metrics.layers.check."))]
+        decisions.append({k: run[k] for k in chosen if pd.notna(run[k])})
+    # Which layers are kept, the windows and every check figure are decided before the calibration end.
+    assert decisions[0] == decisions[1] and "tags.clv.layers.churn" in decisions[0]
     clean, changed = specs
     assert clean["calibration_end"] == changed["calibration_end"] == str(calibration_end.normalize().date())
     for key in ("calibration_params", "churn_layer", "value_layer"):

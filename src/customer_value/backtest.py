@@ -2,6 +2,10 @@
 
 One split can flatter or punish a model by chance; the spread across origins says how much a holdout
 metric can be trusted. Every fold uses only orders up to its own origin for fitting.
+
+The configured folds suit a long log; ``plan_origins`` fits them to a shorter one (a smaller step, then
+fewer folds) and says what it chose, and a fold whose purchase model cannot be fitted is left out, so the
+backtest never fails a run the purchase model alone could do.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from customer_value.errors import UserError
+from customer_value.errors import ModelFitError, UserError
 from customer_value.evaluation import evaluate_clv
 from customer_value.features import Split, calibration_and_holdout
+
+# The earliest origin keeps at least this share of the calibration window as history for its fit.
+MIN_HISTORY_SHARE = 0.5
+MIN_STEP_DAYS = 7  # origins closer than a week apart judge almost the same window twice
 
 
 def rolling_origins(split: Split, folds: int, step_days: int, first_date: pd.Timestamp) -> list[Split]:
@@ -29,17 +37,48 @@ def rolling_origins(split: Split, folds: int, step_days: int, first_date: pd.Tim
     return [Split(calibration_end=origin, holdout_end=origin + horizon) for origin in sorted(origins)]
 
 
+def plan_origins(
+    split: Split, folds: int, step_days: int, first_date: pd.Timestamp
+) -> tuple[list[Split], str | None]:
+    """The configured origins when the earliest keeps MIN_HISTORY_SHARE of the calibration window before
+    it; else a smaller step (at least MIN_STEP_DAYS), else fewer folds. Returns the origins (none = no
+    backtest) and, when they are not the configured ones, why (for a run tag)."""
+    history = int((split.calibration_end - first_date).days)
+    span = int(history * (1 - MIN_HISTORY_SHARE))  # how far back the earliest origin may go
+    if (folds - 1) * step_days <= span:
+        return rolling_origins(split, folds, step_days, first_date), None
+    why = (
+        f"configured {folds} folds {step_days} days apart reach {(folds - 1) * step_days} days back, more "
+        f"than {1 - MIN_HISTORY_SHARE:.0%} of the {history}-day calibration window ({span} days)"
+    )
+    step = span // (folds - 1)
+    if step < MIN_STEP_DAYS:
+        folds, step = span // MIN_STEP_DAYS + 1, MIN_STEP_DAYS
+    if folds < 2:
+        return [], f"{why}, and two folds {MIN_STEP_DAYS} days apart do not fit either"
+    return rolling_origins(split, folds, step, first_date), f"{why}: {folds} folds {step} days apart"
+
+
 def backtest(
     orders: pd.DataFrame, origins: list[Split], fit: Callable[[pd.DataFrame], object]
-) -> pd.DataFrame:
-    """One row of holdout metrics per origin; ``fit(calibration_features)`` returns a fitted model."""
-    rows = []
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row of holdout metrics per origin; ``fit(calibration_features)`` returns a fitted model.
+
+    A fold whose model cannot be fitted is left out; its origin and the reason come back as the second
+    value."""
+    rows, failed = [], {}
     for split in origins:  # a few folds, each fully vectorised
+        origin = split.calibration_end.date().isoformat()
         calibration, holdout = calibration_and_holdout(orders, split)
-        model = fit(calibration)
+        try:
+            model = fit(calibration)
+        except ModelFitError as exc:
+            failed[origin] = str(exc)
+            continue
         predictions = model.predict(calibration, split.holdout_days)
-        rows.append({"origin": split.calibration_end.date().isoformat()} | evaluate_clv(predictions, holdout))
-    return pd.DataFrame(rows).set_index("origin")
+        rows.append({"origin": origin} | evaluate_clv(predictions, holdout))
+    table = pd.DataFrame(rows) if rows else pd.DataFrame({"origin": []})
+    return table.set_index("origin"), failed
 
 
 def summarise(folds: pd.DataFrame) -> dict[str, float]:

@@ -197,7 +197,8 @@ class CLVModel:
             out[:, column["purchase_probability"]] = 1.0 - churn
         if self.value_layer_ is not None and has_spend:
             btyd_revenue = btyd["expected_revenue"].to_numpy()
-            revenue = self.value_layer_.predict(value_layer_inputs(features, btyd), btyd_revenue)
+            inputs = value_layer_inputs(features, btyd)
+            revenue = self.value_layer_.predict(inputs, btyd_revenue, horizon_days)
             discount = np.divide(
                 btyd["clv"].to_numpy(), btyd_revenue, out=np.ones(len(btyd)), where=btyd_revenue > 0
             )

@@ -16,14 +16,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value import evaluation, plots, registry, tracking
-from customer_value.backtest import backtest, rolling_origins, summarise
-from customer_value.churn_layer import fit_churn_layer
+from customer_value.backtest import backtest, plan_origins, summarise
 from customer_value.clv_model import CLVModel
 from customer_value.clv_predict import expected_repeat_purchases
 from customer_value.data import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.features import Split, calibration_and_holdout, customer_features, resolve_split
-from customer_value.inner_windows import inner_windows
+from customer_value.layer_selection import select_layers
 from customer_value.pyfunc_models import clv_spec, spec_has_amounts
 from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, clv_metric_for, parse_day
 from customer_value.stage import (
@@ -34,7 +33,6 @@ from customer_value.stage import (
     sample_positions,
     version_tags,
 )
-from customer_value.value_layer import fit_value_layer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def train_clv(
     if cfg.clv.layers.value and not has_amounts:
         mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
-        metrics = _attach_layers(cfg, settings, model, orders, split, metrics)
+        metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
     predictions = model.predict(calibration, split.holdout_days)
     metrics |= prefixed("holdout.", evaluation.evaluate_clv(predictions, holdout))
     # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
@@ -94,12 +92,7 @@ def train_clv(
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
     if cfg.clv.backtest.folds > 1:
-        origins = rolling_origins(
-            split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
-        )
-        folds = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
-        tracking.log_table(folds, "evaluation/backtest_folds.csv")
-        metrics |= prefixed("backtest.", summarise(folds))
+        metrics |= _backtest(cfg, settings, orders, split)
     metrics |= prefixed("baseline.", evaluation.evaluate_baseline(calibration, holdout, split.holdout_days))
     _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
     _log_tracking(model, orders, split)
@@ -182,28 +175,77 @@ def _attach_layers(
     model: CLVModel,
     orders: pd.DataFrame,
     split: Split,
+    calibration: pd.DataFrame,
     metrics: dict[str, float],
 ) -> dict[str, float]:
-    """Fit the configured layers on inner windows before the calibration end (the holdout is never read).
+    """Fit the configured layers on inner windows before the calibration end, keeping only those that pass
+    their check (see ``layer_selection``; the holdout is never read), and log every decision.
 
     Returns ``metrics`` with the plain BTYD model's holdout figures renamed ``btyd.*``, so each run shows
-    what the layers added; the caller re-scores the holdout with the layers attached.
+    what the layers added, and the check's figures as ``layers.check.*``; the caller re-scores the holdout
+    with the kept layers attached.
     """
-    windows = inner_windows(
+    # No revenue to learn from without amounts: the value layer is not wanted then.
+    wanted = tuple(
+        name
+        for name in ("churn", "value")
+        if cfg.clv.layers[name] and (name == "churn" or bool(settings["spend_model"]))
+    )
+    selection = select_layers(
         orders,
         split.calibration_end,
         list(cfg.clv.layers.inner_horizons_days),
         lambda features: CLVModel(**settings).fit(features),
+        wanted,
+        (  # a fresh model carries no layer; one discount step is enough for revenue
+            calibration,
+            lambda days: CLVModel.from_params(model.params_, 0.0, days).predict(calibration, days),
+        ),
+        seed=cfg.seed,
+        check=cfg.clv.layers.check,
     )
-    value = cfg.clv.layers.value and bool(settings["spend_model"])  # no revenue to learn without amounts
-    if cfg.clv.layers.churn:
-        model.churn_layer_ = fit_churn_layer(windows, seed=cfg.seed)
-    if value:
-        model.value_layer_ = fit_value_layer(windows)
-    attached = {"churn": cfg.clv.layers.churn, "value": value}
-    mlflow.set_tag("clv.layers", ",".join(k for k, on in attached.items() if on))
+    mlflow.log_param("clv.layers.inner_horizons_used", str(selection.horizons_days))
+    tags = {"clv.layers.inner_horizons": selection.horizons_reason[:5000]}
+    if selection.skipped is not None:
+        tags["clv.layers.skipped"] = selection.skipped[:5000]
+        log.warning("clv.layers step aside, the model is the plain purchase model: %s", selection.skipped)
+    for name, decision in selection.decisions.items():
+        tags[f"clv.layers.{name}"] = decision.tag()[:5000]
+        (log.info if decision.kept else log.warning)("clv.layers.%s %s", name, decision.tag())
+        metrics = metrics | {f"layers.check.{name}.{k}": v for k, v in decision.check.items()}
+    if selection.check_horizon_days is not None:
+        metrics["layers.check.horizon_days"] = selection.check_horizon_days
+    model.churn_layer_, model.value_layer_ = selection.churn, selection.value
+    kept = [name for name in wanted if getattr(model, f"{name}_layer_") is not None]
+    tags["clv.layers"] = ",".join(kept) or "none"
+    mlflow.set_tags(tags)
     btyd = {f"btyd.{k.removeprefix('holdout.')}": v for k, v in metrics.items() if k.startswith("holdout.")}
     return {k: v for k, v in metrics.items() if not k.startswith("holdout.")} | btyd
+
+
+def _backtest(
+    cfg: DictConfig, settings: dict[str, object], orders: pd.DataFrame, split: Split
+) -> dict[str, float]:
+    """The purchase model's rolling-origin backtest, its folds fitted to the history (see ``plan_origins``).
+
+    The origins used are logged (``clv.backtest.origins_used``) and tagged ``clv.backtest`` with why when
+    they are not the configured ones; a backtest that cannot run is skipped with a warning, never fatal.
+    """
+    origins, adapted = plan_origins(
+        split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
+    )
+    folds, failed = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
+    notes = [adapted] if adapted else []
+    notes += [f"fold {origin} left out ({reason})" for origin, reason in failed.items()]
+    mlflow.log_param("clv.backtest.origins_used", str(list(folds.index)))
+    if notes or folds.empty:
+        tag = ("skipped: " if folds.empty else f"{len(folds)} folds: ") + "; ".join(notes)
+        mlflow.set_tag("clv.backtest", tag[:5000])
+        log.warning("clv.backtest %s", tag)
+    if folds.empty:
+        return {}
+    tracking.log_table(folds, "evaluation/backtest_folds.csv")
+    return prefixed("backtest.", summarise(folds))
 
 
 def _choose_family(

@@ -76,7 +76,9 @@ class BacktestConfig:
 class LayersConfig:
     churn: bool = True  # learned churn layer on RFM + BTYD outputs (see churn_layer.py)
     value: bool = True  # learned value layer on RFM + BTYD outputs (see value_layer.py)
-    inner_horizons_days: list[int] = field(default_factory=lambda: [91, 133, 182])  # before calibration end
+    # Days before the calibration end; derived from the calibration window when they do not fit it.
+    inner_horizons_days: list[int] = field(default_factory=lambda: [91, 133, 182])
+    check: bool = True  # keep a layer only if it beats the purchase model on a check (layer_selection)
 
 
 @dataclass
