@@ -49,15 +49,7 @@ def train_clv(
     """
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     calibration, holdout = calibration_and_holdout(orders, split)
-    settings = {
-        "penalizer": cfg.clv.penalizer,
-        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
-        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
-        "discount_rate": cfg.clv.discount_rate,
-        "discount_step_days": cfg.clv.discount_step_days,
-        "interval_level": cfg.clv.intervals.level,
-        "interval_draws": cfg.clv.intervals.draws,
-    }
+    settings = model_settings(cfg)
     mlflow.log_params(
         {
             "time_unit": cfg.features.time_unit,
@@ -153,6 +145,23 @@ def train_clv(
     return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
 
 
+def model_settings(cfg: DictConfig) -> dict[str, object]:
+    """CLVModel's keyword arguments (all but the family) from a train config: one place maps the keys."""
+    return {
+        "penalizer": cfg.clv.penalizer,
+        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
+        "spend_penalizer": cfg.clv.spend_penalizer,
+        "spend_fallback_penalizers": tuple(cfg.clv.spend_fallback_penalizers),
+        "heavy_tail_spend": cfg.clv.heavy_tail_spend,
+        "heavy_tail_quantile": cfg.clv.heavy_tail_quantile,
+        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
+        "discount_rate": cfg.clv.discount_rate,
+        "discount_step_days": cfg.clv.discount_step_days,
+        "interval_level": cfg.clv.intervals.level,
+        "interval_draws": cfg.clv.intervals.draws,
+    }
+
+
 def _attach_layers(
     cfg: DictConfig,
     settings: dict[str, object],
@@ -237,8 +246,11 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
             else f"purchase penalizer {model.purchase_penalizer_used_}, "
             f"spend penalizer {model.spend_penalizer_used_}",
             "clv.fit_attempts": "; ".join(f"{part} {p}: {outcome}" for part, p, outcome in attempts)[:5000],
+            "clv.spend_fallback": model.spend_fallback_ or "none",
         }
     )
+    if model.spend_fallback_ is not None:
+        log.warning("Gamma-Gamma: %s", model.spend_fallback_)
     correlation = model.spend_frequency_correlation_
     if abs(correlation) > cfg.clv.independence_threshold:
         log.warning(
@@ -252,6 +264,7 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
         "fit.purchase_penalizer_used": model.purchase_penalizer_used_,
         "fit.spend_penalizer_used": model.spend_penalizer_used_,
         "fit.attempts": float(len(attempts)),
+        "fit.spend_mean_constrained": float(model.spend_fallback_ is not None),
         "fit.spend_frequency_correlation": correlation,
     }
 

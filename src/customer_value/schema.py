@@ -89,8 +89,12 @@ class IntervalsConfig:
 @dataclass
 class CLVConfig:
     family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
-    penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
-    fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # tried in order
+    penalizer: float = 0.0  # the purchase model's L2 penalty (lifetimes' penalizer_coef)
+    fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # purchase, in order
+    spend_penalizer: float = 0.0  # Gamma-Gamma's own L2 penalty (on p^2 + q^2 + v^2; v in currency units)
+    spend_fallback_penalizers: list[float] = field(default_factory=lambda: [0.0001, 0.001])  # spend, in order
+    heavy_tail_spend: str = "constrain_mean"  # Gamma-Gamma q <= 1: constrain_mean (refit) | fail
+    heavy_tail_quantile: float = 0.99  # constrain_mean: repeat buyers' mean spend winsorised here
     independence_threshold: float = 0.3  # |corr(frequency, spend)| above this: Gamma-Gamma warning
     horizon_days: float = 365.0  # default prediction horizon of the registered model
     discount_rate: float = 0.10  # ANNUAL discount rate
@@ -210,6 +214,7 @@ OPTIMIZABLE_METRICS = (
     "segments.davies_bouldin",
 )
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # as clv.HEAVY_TAIL_SPEND (schema must not import lifetimes)
 ANCHOR_DIRECTIONS = ("higher", "lower", "closer_to_zero")
 SEGMENTATION_ALGORITHMS = ("kmeans", "minibatch_kmeans", "gmm", "ward", "hdbscan", "rfm_quintiles")
 K_RULES = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
@@ -239,6 +244,16 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.backtest needs folds >= 0, step_days > 0",
         ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
+        (
+            all(p >= 0 for p in cfg.clv.spend_fallback_penalizers),
+            "clv.spend_fallback_penalizers must be >= 0",
+        ),
+        (cfg.clv.spend_penalizer >= 0, "clv.spend_penalizer must be >= 0"),
+        (
+            cfg.clv.heavy_tail_spend in HEAVY_TAIL_SPEND,
+            f"clv.heavy_tail_spend must be one of {list(HEAVY_TAIL_SPEND)}",
+        ),
+        (0.5 <= cfg.clv.heavy_tail_quantile <= 1, "clv.heavy_tail_quantile must be in [0.5, 1]"),
         (0 <= cfg.data.max_bad_row_share < 1, "data.max_bad_row_share must be in [0, 1)"),
         (
             len(cfg.clv.layers.inner_horizons_days) > 0 and min(cfg.clv.layers.inner_horizons_days) > 0,
