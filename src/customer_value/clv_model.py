@@ -37,6 +37,7 @@ from customer_value.clv import (
 )
 from customer_value.clv_predict import predict_arrays
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.prediction_bounds import check_horizon
 from customer_value.uncertainty import (
     expectation_interval,
     log_parameter_covariance,
@@ -198,7 +199,9 @@ class CLVModel:
         ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
+        A horizon beyond ``prediction_bounds`` raises PredictionBoundError (a UserError) before any work.
         """
+        check_horizon(horizon_days, self.discount_step_days)
         table = self._predict_with(self.params_, features, horizon_days)
         if intervals:
             table = table.join(self._intervals(features, horizon_days, table))

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from customer_value.errors import UserError
+from customer_value.prediction_bounds import check_discount_step, check_horizon
 from customer_value.segment_attributes import refuse_protected_features
 
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
@@ -322,6 +323,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
     ]
     _raise_first(checks)
+    check_discount_step(cfg.clv.discount_step_days)
+    check_horizon(cfg.clv.horizon_days, cfg.clv.discount_step_days, key="clv.horizon_days")
     refuse_protected_features(cfg.segmentation.attributes, list(cfg.segmentation.extra_features))
     parse_day(cfg.split.calibration_end, "split.calibration_end")
     parse_day(cfg.data.anchors.calibration_end, "data.anchors.calibration_end")
@@ -339,6 +342,8 @@ def validate_score_config(cfg: DictConfig) -> None:
         (cfg.score.chunk_customers > 0, "score.chunk_customers must be > 0"),
     ]
     _raise_first(checks)
+    if horizon is not None:  # the model's discount step is checked once the model is loaded
+        check_horizon(horizon, None, key="score.horizon_days")
     parse_day(cfg.score.as_of, "score.as_of")
 
 
