@@ -179,7 +179,7 @@ def test_a_horizon_beyond_the_bound_is_one_line_before_any_work(
     before = _state(uri)
     output = tmp_path / "scores.parquet"
     scored = _cli("customer_value.score", ["score.horizon_days=1e9", f"score.output={output}"], tmp_path, uri)
-    _one_error_line(scored, ["beyond the bound of 36,525 days (100 years)"], "score.horizon_days=1e+09")
+    _one_error_line(scored, ["beyond the bound of 7,305 days (20 years)"], "score.horizon_days=1e+09")
     assert not list(tmp_path.glob("scores*")) and not list(tmp_path.glob(".scores*"))
     trained = _cli(
         "customer_value.train",
@@ -187,5 +187,5 @@ def test_a_horizon_beyond_the_bound_is_one_line_before_any_work(
         tmp_path,
         uri,
     )
-    _one_error_line(trained, ["beyond the bound of 36,525 days"], "clv.horizon_days=1e+09")
+    _one_error_line(trained, ["beyond the bound of 7,305 days"], "clv.horizon_days=1e+09")
     assert _state(uri) == before

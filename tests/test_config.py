@@ -154,7 +154,7 @@ BAD_TRAIN_VALUES = {
     "clv.horizon_days=-30": "clv.horizon_days must be > 0",
     "clv.discount_step_days=0": "clv.discount_step_days must be > 0",
     "clv.discount_step_days=0.25": "clv.discount_step_days must be >= 1 day, got 0.25",
-    "clv.horizon_days=40000": "clv.horizon_days=40000 is beyond the bound of 36,525 days (100 years)",
+    "clv.horizon_days=8000": "clv.horizon_days=8000 is beyond the bound of 7,305 days (20 years)",
     "clv.horizon_days=1e9": "clv.horizon_days=1e+09 is beyond the bound",
     "clv.penalizer=-1": "clv.penalizer must be >= 0",
     "clv.primary_metric=holdout.revenue_spearmann": "clv.primary_metric must be one of",
@@ -189,7 +189,7 @@ def test_bad_train_values_are_refused_before_anything_runs(override: str) -> Non
 BAD_SCORE_VALUES = {
     "score.as_of=yesterday": "score.as_of='yesterday' is not a date",
     "score.horizon_days=-5": "score.horizon_days must be > 0",
-    "score.horizon_days=1e9": "score.horizon_days=1e+09 is beyond the bound of 36,525 days (100 years)",
+    "score.horizon_days=1e9": "score.horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)",
     "score.horizon_days=inf": "score.horizon_days=inf is beyond the bound",
     "score.output=scores.xlsx": "must end in .parquet or .csv",
     "engine.name=dask": "engine.name must be one of",
@@ -203,11 +203,11 @@ def test_bad_score_values_are_refused(override: str) -> None:
 
 
 def test_the_horizon_bound_counts_discount_steps() -> None:
-    """100 years of the default monthly steps is exactly the bound; with daily steps the bound comes first."""
-    validate_train_config(_compose("train", ["clv.horizon_days=36525"]))
-    validate_train_config(_compose("train", ["clv.discount_step_days=1", "clv.horizon_days=1200"]))
-    with pytest.raises(UserError, match="needs 1,201 discount steps of 1 days; at most 1,200"):
-        validate_train_config(_compose("train", ["clv.discount_step_days=1", "clv.horizon_days=1201"]))
+    """20 years of the default monthly steps is the bound; with weekly steps the step count comes first."""
+    validate_train_config(_compose("train", ["clv.horizon_days=7305"]))
+    validate_train_config(_compose("train", ["clv.discount_step_days=7", "clv.horizon_days=1680"]))
+    with pytest.raises(UserError, match=re.escape("needs 241 discount steps of 7 day(s); at most 240")):
+        validate_train_config(_compose("train", ["clv.discount_step_days=7", "clv.horizon_days=1681"]))
 
 
 def test_default_configs_are_valid() -> None:

@@ -189,7 +189,7 @@ def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str,
     rows = {"columns": INPUT_COLUMNS, "data": [[2.0, 30.0, 60.0, 20.0, 21.0]]}
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 1e9}})
     assert status == 400, body
-    assert "horizon_days=1e+09 is beyond the bound of 36,525 days (100 years)" in body["message"]
+    assert "horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)" in body["message"]
     assert "Traceback" not in json.dumps(body)
-    status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 36525.0}})
+    status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 7305.0}})
     assert status == 200 and len(body["predictions"]) == 1

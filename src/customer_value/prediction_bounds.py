@@ -18,8 +18,9 @@ import math
 from customer_value.errors import UserError
 
 DAYS_PER_YEAR = 365.25
-MAX_HORIZON_DAYS = 100 * DAYS_PER_YEAR  # 36,525 days: a century; any discount rate has made value ~0 by then
-MAX_DISCOUNT_STEPS = 1_200  # a century of monthly steps (the default step, 365.25 / 12 days)
+MAX_HORIZON_YEARS = 20
+MAX_HORIZON_DAYS = MAX_HORIZON_YEARS * DAYS_PER_YEAR  # 7,305 days; 10 % a year discounts year 20 to 0.15
+MAX_DISCOUNT_STEPS = 240  # 20 years of monthly steps (the default step, 365.25 / 12 days): the cost bound
 MIN_DISCOUNT_STEP_DAYS = 1.0  # the data's resolution: orders are cut to the day
 
 
@@ -45,13 +46,14 @@ def check_horizon(horizon_days: float, discount_step_days: float | None, key: st
         raise PredictionBoundError(f"{key} must be positive, got {horizon}")
     if not horizon <= MAX_HORIZON_DAYS:  # inf included
         raise PredictionBoundError(
-            f"{key}={horizon:g} is beyond the bound of {MAX_HORIZON_DAYS:,.0f} days (100 years)"
+            f"{key}={horizon:g} is beyond the bound of {MAX_HORIZON_DAYS:,.0f} days "
+            f"({MAX_HORIZON_YEARS} years)"
         )
     if discount_step_days is not None:
         steps = discount_steps(horizon, discount_step_days)
         if steps > MAX_DISCOUNT_STEPS:
             raise PredictionBoundError(
-                f"{key}={horizon:g} needs {steps:,} discount steps of {discount_step_days:g} days; at most "
+                f"{key}={horizon:g} needs {steps:,} discount steps of {discount_step_days:g} day(s); at most "
                 f"{MAX_DISCOUNT_STEPS:,} are allowed, so this model predicts up to "
                 f"{MAX_DISCOUNT_STEPS * discount_step_days:,.0f} days"
             )
