@@ -97,7 +97,9 @@ def _plain(acquisition_days: int, observation_days: int) -> Callable[[int, int],
 LOG_SHAPES: dict[str, LogShape] = {
     "single_day_cohort": LogShape("one acquisition day, six years, free orders", _single_day_cohort),
     "quarter_cohort": LogShape("one-quarter cohort, 18 months (CDNOW-like)", _plain(91, 546)),
-    "continuous_acquisition": LogShape("customers joining over three years, four years", _plain(3 * YEAR, 4 * YEAR)),
+    "continuous_acquisition": LogShape(
+        "customers joining over three years, four years", _plain(3 * YEAR, 4 * YEAR)
+    ),
     "three_months": LogShape("a young shop: three months of history", _plain(60, 91)),
     "six_years": LogShape("six and a half years of history", _plain(YEAR, int(6.5 * YEAR))),
     "mostly_one_time": LogShape("about 85 % one-time buyers", _mostly_one_time),
