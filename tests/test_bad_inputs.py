@@ -168,3 +168,24 @@ def test_bad_input_fails_cleanly_in_train_and_score(
         _one_error_line(scored, fragments, name)
         assert not list(tmp_path.glob("scores*")) and not list(tmp_path.glob(".scores*"))
     assert _state(uri) == before
+
+
+def test_a_horizon_beyond_the_bound_is_one_line_before_any_work(
+    store: tuple[str, Path], tmp_path: Path
+) -> None:
+    """`score.horizon_days=1e9` ran for more than nine minutes at 1.5 GiB; now score and train refuse it
+    with one line, before a champion is loaded or a row is read, and nothing is written or registered."""
+    uri, folder = store
+    before = _state(uri)
+    output = tmp_path / "scores.parquet"
+    scored = _cli("customer_value.score", ["score.horizon_days=1e9", f"score.output={output}"], tmp_path, uri)
+    _one_error_line(scored, ["beyond the bound of 7,305 days (20 years)"], "score.horizon_days=1e+09")
+    assert not list(tmp_path.glob("scores*")) and not list(tmp_path.glob(".scores*"))
+    trained = _cli(
+        "customer_value.train",
+        ["clv.horizon_days=1e9", f"tracking.artifact_root={folder / 'artifacts'}"],
+        tmp_path,
+        uri,
+    )
+    _one_error_line(trained, ["beyond the bound of 7,305 days"], "clv.horizon_days=1e+09")
+    assert _state(uri) == before

@@ -9,18 +9,23 @@ from lifetimes import BetaGeoFitter, GammaGammaFitter
 from scipy import integrate, stats
 from scipy.special import gammaln
 
+from customer_value.btyd_likelihoods import GammaGammaLikelihood
 from customer_value.clv import (
     FAMILIES,
     PREDICTION_COLUMNS,
     CLVParams,
     ModelInputs,
     fit_purchase_model,
+    fit_spend_model,
     model_inputs,
+    spend_anchor,
+    spend_sample,
 )
 from customer_value.clv_model import CLVModel
-from customer_value.data import LoadingRules, load_bundled
+from customer_value.data import LoadingRules, clean_transactions, load_bundled
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.features import calibration_and_holdout, customer_features, resolve_split
+from customer_value.log_shapes import generate_shape
 
 # Fader, Hardie & Lee (2005), CDNOW 1/10 sample, weeks; Fader & Hardie's Gamma-Gamma note.
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
@@ -289,12 +294,14 @@ def _lockstep_customers() -> pd.DataFrame:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_failed_fit_falls_back_to_a_larger_penalizer(family: str) -> None:
-    """Gamma-Gamma fails without a penalty here; it climbs its own ladder, the purchase model does not."""
+    """Gamma-Gamma fails without a penalty here; it climbs its own ladder (spend_fallback_penalizers,
+    first rung 0.0001), the purchase model climbs fallback_penalizers only as far as it needs itself."""
     model = CLVModel(family=family).fit(_lockstep_customers())
     spend = [a for a in model.fit_attempts_ if a[0] == "spend"]
     purchase = [a for a in model.fit_attempts_ if a[0] == "purchase"]
     assert spend[0][1] == 0.0 and "did not converge" in spend[0][2]
-    assert spend[1:] == [("spend", 0.001, "converged")] and model.spend_penalizer_used_ == 0.001
+    assert spend[1:] == [("spend", 0.0001, "converged")] and model.spend_penalizer_used_ == 0.0001
+    assert all(p in (0.0, *model.fallback_penalizers) for _, p, _ in purchase)
     # The purchase model climbs only as far as it needs itself (BG/NBD fails at 0 here, the others do not).
     assert purchase[-1] == ("purchase", model.purchase_penalizer_used_, "converged")
     assert all(outcome != "converged" for *_, outcome in purchase[:-1])
@@ -303,7 +310,7 @@ def test_a_failed_fit_falls_back_to_a_larger_penalizer(family: str) -> None:
 
 def test_every_fallback_failing_is_one_clear_error() -> None:
     with pytest.raises(ModelFitError, match="every fallback failed") as caught:
-        CLVModel(fallback_penalizers=()).fit(_lockstep_customers())
+        CLVModel(fallback_penalizers=(), spend_fallback_penalizers=()).fit(_lockstep_customers())
     assert "\n" not in str(caught.value)
 
 
@@ -445,3 +452,58 @@ def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) ->
             t, inputs.frequency, inputs.recency, inputs.T
         )
         np.testing.assert_allclose(values, expected, rtol=1e-12)
+
+
+def _heavy_tailed_calibration(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The corpus shape with log-normal (sigma 1.5) spend per customer and 0.5 % whales x100."""
+    orders, _ = clean_transactions(generate_shape("heavy_tailed_spend", seed=seed), source="generated")
+    return calibration_and_holdout(orders, resolve_split(orders, None, 0.5))
+
+
+def test_heavy_tailed_spend_is_fitted_with_its_population_mean_pinned() -> None:
+    """Gamma-Gamma's plain fit gives q <= 1 here (infinite population mean spend); the default refits it
+    with p v / (q - 1) pinned to the repeat buyers' mean spend winsorised at the 99th percentile."""
+    calibration, holdout = _heavy_tailed_calibration()
+    inputs = model_inputs(calibration, 7.0)
+    with pytest.raises(ModelFitError, match=r"q=0\.\d+ <= 1"):
+        fit_spend_model(inputs, 0.0)
+    model = CLVModel().fit(calibration)
+    spend = model.params_.spend
+    anchor = spend_anchor(inputs, 0.99)
+    assert anchor.capped > 0 and anchor.mean < inputs.monetary_value[spend_sample(inputs)].mean()
+    assert spend["q"] > 1 and spend["p"] * spend["v"] / (spend["q"] - 1) == pytest.approx(anchor.mean)
+    assert (
+        model.spend_fallback_.startswith("mean-constrained Gamma-Gamma")
+        and "0.99 quantile" in model.spend_fallback_
+    )
+    assert [a for a in model.fit_attempts_ if a[0] == "spend"][-1] == (
+        "spend",
+        0.0,
+        "converged mean-constrained",
+    )
+    # A constrained maximum: any other (p, q) with the same population mean fits worse.
+    usable = spend_sample(inputs)
+    likelihood = GammaGammaLikelihood(
+        inputs.frequency[usable], inputs.monetary_value[usable], np.ones(usable.sum())
+    )
+    best = likelihood.value_and_gradient(np.array([spend["p"], spend["q"], spend["v"]]))[0]
+    for p, q in ((spend["p"] * 1.1, spend["q"]), (spend["p"], 1 + (spend["q"] - 1) * 1.2)):
+        assert likelihood.value_and_gradient(np.array([p, q, anchor.mean * (q - 1) / p]))[0] < best
+    # Predictions, intervals included, are finite and the population mean is what one-time buyers get.
+    predicted = model.predict(calibration, 365.0, intervals=True)
+    assert np.isfinite(predicted.to_numpy()).all()
+    one_time = calibration["frequency"].to_numpy() == 0
+    assert predicted["expected_order_value"].to_numpy()[one_time] == pytest.approx(anchor.mean)
+    assert model.params_.log_covariance is not None
+
+
+def test_heavy_tailed_spend_can_still_be_refused() -> None:
+    calibration, _ = _heavy_tailed_calibration()
+    with pytest.raises(ModelFitError, match="every fallback failed .*q=0.727 <= 1"):
+        CLVModel(heavy_tail_spend="fail").fit(calibration)
+
+
+def test_a_plain_gamma_gamma_fit_is_kept_when_it_succeeds(fhl_model: CLVModel) -> None:
+    """CDNOW's q is above 1: no constrained refit, so the Gamma-Gamma note's numbers stand."""
+    assert fhl_model.spend_fallback_ is None
+    assert [a for a in fhl_model.fit_attempts_ if a[0] == "spend"] == [("spend", 0.0, "converged")]

@@ -153,10 +153,17 @@ BAD_TRAIN_VALUES = {
     "split.calibration_end=not-a-date": "split.calibration_end='not-a-date' is not a date",
     "clv.horizon_days=-30": "clv.horizon_days must be > 0",
     "clv.discount_step_days=0": "clv.discount_step_days must be > 0",
+    "clv.discount_step_days=0.25": "clv.discount_step_days must be >= 1 day, got 0.25",
+    "clv.horizon_days=8000": "clv.horizon_days=8000 is beyond the bound of 7,305 days (20 years)",
+    "clv.horizon_days=1e9": "clv.horizon_days=1e+09 is beyond the bound",
     "clv.penalizer=-1": "clv.penalizer must be >= 0",
     "clv.primary_metric=holdout.revenue_spearmann": "clv.primary_metric must be one of",
     "clv.family=pareto": "clv.family must be one of",
     "clv.fallback_penalizers=[-1]": "clv.fallback_penalizers must be >= 0",
+    "clv.spend_penalizer=-1": "clv.spend_penalizer must be >= 0",
+    "clv.spend_fallback_penalizers=[-1]": "clv.spend_fallback_penalizers must be >= 0",
+    "clv.heavy_tail_spend=winsorise": "clv.heavy_tail_spend must be one of",
+    "clv.heavy_tail_quantile=1.5": "clv.heavy_tail_quantile must be in [0.5, 1]",
     "clv.backtest.step_days=0": "clv.backtest needs folds >= 0, step_days > 0",
     "clv.layers.inner_horizons_days=[]": "clv.layers.inner_horizons_days must be a non-empty list",
     "segmentation.n_clusters=1": "segmentation.n_clusters must be >= 2",
@@ -182,6 +189,8 @@ def test_bad_train_values_are_refused_before_anything_runs(override: str) -> Non
 BAD_SCORE_VALUES = {
     "score.as_of=yesterday": "score.as_of='yesterday' is not a date",
     "score.horizon_days=-5": "score.horizon_days must be > 0",
+    "score.horizon_days=1e9": "score.horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)",
+    "score.horizon_days=inf": "score.horizon_days=inf is beyond the bound",
     "score.output=scores.xlsx": "must end in .parquet or .csv",
     "engine.name=dask": "engine.name must be one of",
 }
@@ -191,6 +200,14 @@ BAD_SCORE_VALUES = {
 def test_bad_score_values_are_refused(override: str) -> None:
     with pytest.raises(UserError, match=re.escape(BAD_SCORE_VALUES[override])):
         validate_score_config(_compose("score", [override]))
+
+
+def test_the_horizon_bound_counts_discount_steps() -> None:
+    """20 years of the default monthly steps is the bound; with weekly steps the step count comes first."""
+    validate_train_config(_compose("train", ["clv.horizon_days=7305"]))
+    validate_train_config(_compose("train", ["clv.discount_step_days=7", "clv.horizon_days=1680"]))
+    with pytest.raises(UserError, match=re.escape("needs 241 discount steps of 7 day(s); at most 240")):
+        validate_train_config(_compose("train", ["clv.discount_step_days=7", "clv.horizon_days=1681"]))
 
 
 def test_default_configs_are_valid() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from customer_value import registry
 from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.clv_model import CLVModel
+from customer_value.prediction_bounds import MAX_HORIZON_DAYS
 from customer_value.pyfunc_models import clv_spec
 from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
 from test_segmentation import planted_customers
@@ -159,6 +161,42 @@ def test_clv_model_rejects_a_non_positive_horizon(tracking_uri: str, horizon: fl
         info = registry.log_clv_model(_clv_spec(), customers)
     with pytest.raises(MlflowException, match="horizon_days must be positive"):
         mlflow.pyfunc.load_model(info.model_uri).predict(customers, params={"horizon_days": horizon})
+
+
+@pytest.mark.parametrize(
+    ("horizon", "message"),
+    [
+        (1e9, "horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)"),
+        (float("inf"), "horizon_days=inf is beyond the bound of 7,305 days"),
+        (float("nan"), "horizon_days must be positive, got nan"),
+    ],
+    ids=["1e9", "inf", "nan"],
+)
+def test_clv_model_refuses_a_horizon_beyond_the_bound_as_a_400(
+    tracking_uri: str, horizon: float, message: str
+) -> None:
+    """The issue's horizon_days=1e9 held `mlflow models serve`'s only worker for minutes: refused at once."""
+    customers = _customers()[INPUT_COLUMNS].reset_index(drop=True)
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    with pytest.raises(MlflowException, match=re.escape(message)) as caught:
+        loaded.predict(customers, params={"horizon_days": horizon})
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"  # a 400 from `mlflow models serve`
+    assert "\n" not in str(caught.value.message)
+
+
+def test_a_horizon_at_the_bound_is_predicted(tracking_uri: str) -> None:
+    """20 years = 240 monthly discount steps, intervals included: it completes with finite outputs
+    (its cost is measured by `python -m customer_value.bench_bounds`, not asserted here)."""
+    customers = _customers()[INPUT_COLUMNS].reset_index(drop=True).iloc[:12]
+    with mlflow.start_run():
+        info = registry.log_clv_model(_clv_spec(), customers)
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    at_bound = loaded.predict(customers, params={"horizon_days": MAX_HORIZON_DAYS})
+    year = loaded.predict(customers, params={"horizon_days": 365.0})
+    assert np.isfinite(at_bound[[*PREDICTION_COLUMNS, *INTERVAL_COLUMNS]].to_numpy()).all()
+    assert (at_bound["clv"] >= year["clv"]).all() and (at_bound["clv"] > year["clv"]).any()
 
 
 def test_gate_moves_champion_only_for_a_better_comparable_score(tracking_uri: str) -> None:

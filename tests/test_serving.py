@@ -180,3 +180,16 @@ def test_a_bad_horizon_parameter_is_a_400(served_champion: tuple[str, object, Pa
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": -3}})
     assert status == 400 and "horizon_days must be positive, got -3.0" in body["message"]
     assert "Traceback" not in json.dumps(body)
+
+
+def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str, object, Path]) -> None:
+    """horizon_days=1e9 in one request held the only worker past a 30 s client timeout; now it is refused
+    before any work, and the worker answers the next request."""
+    url, _, _ = served_champion
+    rows = {"columns": INPUT_COLUMNS, "data": [[2.0, 30.0, 60.0, 20.0, 21.0]]}
+    status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 1e9}})
+    assert status == 400, body
+    assert "horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)" in body["message"]
+    assert "Traceback" not in json.dumps(body)
+    status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 7305.0}})
+    assert status == 200 and len(body["predictions"]) == 1

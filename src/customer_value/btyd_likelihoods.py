@@ -246,6 +246,55 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary_value: np.ndarray, penalizer
     return {"p": float(p), "q": float(q), "v": float(v)}
 
 
+def mean_constrained_gamma_gamma(
+    likelihood: GammaGammaLikelihood, mean: float
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """Gamma-Gamma's ll and gradient in theta = (ln p, ln(q - 1)) with v = mean (q - 1) / p.
+
+    Why: when the plain fit gives q <= 1 (a spend tail so heavy that the population mean p v / (q - 1) is
+    infinite), this family keeps q > 1 and the population mean at ``mean``, an observed figure.
+    """
+
+    def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        p, q = float(np.exp(theta[0])), 1.0 + float(np.exp(theta[1]))
+        v = mean * (q - 1.0) / p
+        value, grad = likelihood.value_and_gradient(np.array([p, q, v]))
+        # chain rule: dv/d ln p = -v, dv/d ln(q - 1) = v; dp/d ln p = p, dq/d ln(q - 1) = q - 1
+        return value, np.array([p * grad[0] - v * grad[2], (q - 1.0) * grad[1] + v * grad[2]])
+
+    return value_and_gradient
+
+
+def constrained_spend_params(theta: np.ndarray, mean: float) -> dict[str, float]:
+    """(p, q, v) of the mean-constrained parametrisation at theta = (ln p, ln(q - 1))."""
+    p, q = float(np.exp(theta[0])), 1.0 + float(np.exp(theta[1]))
+    return {"p": p, "q": q, "v": mean * (q - 1.0) / p}
+
+
+def fit_gamma_gamma_with_mean(
+    frequency: np.ndarray, monetary_value: np.ndarray, mean: float, penalizer: float
+) -> dict[str, float]:
+    """Gamma-Gamma's maximum likelihood (p, q, v) subject to p v / (q - 1) = ``mean`` (so q > 1).
+
+    The penalty is lifetimes' (``penalizer * (p^2 + q^2 + v^2)``), as in ``fit_gamma_gamma``.
+    """
+    if not (np.isfinite(mean) and mean > 0):
+        raise ValueError(f"the population mean spend must be positive, got {mean}")
+    likelihood = GammaGammaLikelihood(frequency, monetary_value, np.ones(len(frequency)))
+    constrained = mean_constrained_gamma_gamma(likelihood, mean)
+    total = likelihood.total_weight
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        params = constrained_spend_params(theta, mean)
+        p, q, v = params["p"], params["q"], params["v"]
+        value, grad = constrained(theta)
+        penalty = penalizer * (p * p + q * q + v * v)
+        penalty_grad = 2.0 * penalizer * np.array([p * p - v * v, (q - 1.0) * (q + v * v / (q - 1.0))])
+        return -value / total + penalty, -grad / total + penalty_grad
+
+    return constrained_spend_params(_minimise(objective, 2), mean)
+
+
 def log_space_hessian(
     gradient: Callable[[np.ndarray], np.ndarray], log_params: np.ndarray, step: float
 ) -> np.ndarray:

@@ -24,7 +24,14 @@ from lifetimes.utils import ConvergenceError
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
-from customer_value.btyd_likelihoods import FitFailed, Patterns, fit_bgnbd, fit_gamma_gamma, unique_patterns
+from customer_value.btyd_likelihoods import (
+    FitFailed,
+    Patterns,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    fit_gamma_gamma_with_mean,
+    unique_patterns,
+)
 from customer_value.errors import ModelFitError, NotEnoughDataError
 
 # Scoring tables give no next-purchase date beyond a century: the wait then means "not expected".
@@ -85,6 +92,10 @@ def interval_columns(has_spend: bool) -> list[str]:
 
 DAYS_PER_YEAR = 365.25
 DEFAULT_FALLBACK_PENALIZERS = (0.001, 0.01, 0.1)
+# Gamma-Gamma's penalty acts on p^2 + q^2 + v^2 and v is in currency units: on CDNOW 0.01 already pushes q
+# below 1, so the spend ladder climbs in smaller steps.
+DEFAULT_SPEND_FALLBACK_PENALIZERS = (0.0001, 0.001)
+HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # what to do when Gamma-Gamma's q <= 1
 
 
 class StableParetoNBDFitter(ParetoNBDFitter):
@@ -314,7 +325,57 @@ def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
         ) from None
     _require_finite("Gamma-Gamma", params)
     if params["q"] <= 1:
-        raise ModelFitError(f"Gamma-Gamma fitted q={params['q']:.3f} <= 1: expected spend is undefined")
+        raise SpendMeanUndefined(f"Gamma-Gamma fitted q={params['q']:.3f} <= 1: expected spend is undefined")
+    return params
+
+
+class SpendMeanUndefined(ModelFitError):
+    """Gamma-Gamma's q <= 1: the spend tail is so heavy that the population mean spend is infinite."""
+
+
+@dataclass(frozen=True)
+class SpendAnchor:
+    """The population mean spend a mean-constrained Gamma-Gamma fit is pinned to, and how it was formed."""
+
+    mean: float  # repeat buyers' mean spend, each winsorised at ``cap``
+    quantile: float
+    cap: float
+    capped: int  # repeat buyers whose mean spend was above the cap
+
+    def describe(self, q: float) -> str:
+        return (
+            f"mean-constrained Gamma-Gamma (plain fit had q <= 1): q={q:.3f}, population mean spend "
+            f"pinned to {self.mean:.4g} = repeat buyers' mean spend winsorised at the {self.quantile:g} "
+            f"quantile ({self.cap:.4g}; {self.capped} capped)"
+        )
+
+
+def spend_anchor(inputs: ModelInputs, quantile: float) -> SpendAnchor:
+    """The repeat buyers' mean spend, each winsorised at ``quantile`` so a few whales do not set it."""
+    spend = inputs.monetary_value[spend_sample(inputs)]
+    cap = float(np.quantile(spend, quantile))
+    return SpendAnchor(float(np.minimum(spend, cap).mean()), quantile, cap, int((spend > cap).sum()))
+
+
+def fit_spend_model_with_mean(inputs: ModelInputs, penalizer: float, anchor: SpendAnchor) -> dict[str, float]:
+    """Gamma-Gamma's likelihood maximised subject to p v / (q - 1) = ``anchor.mean`` (hence q > 1).
+
+    Why: a log with heavy-tailed spend (log-normal across customers, a few whales) fits q <= 1, where the
+    model's expected spend is undefined; pinning the population mean to an observed one keeps every other
+    part of the model (each customer's own mean shrunk towards the population's) and the spend fit finite.
+    Each customer's own mean spend is not winsorised: a whale's expected spend stays a whale's.
+    """
+    usable = spend_sample(inputs)
+    try:
+        params = fit_gamma_gamma_with_mean(
+            inputs.frequency[usable], inputs.monetary_value[usable], anchor.mean, penalizer
+        )
+    except FitFailed:
+        raise ModelFitError(
+            f"mean-constrained Gamma-Gamma did not converge on {int(usable.sum()):,} repeat buyers with "
+            f"penalizer {penalizer}"
+        ) from None
+    _require_finite("mean-constrained Gamma-Gamma", params)
     return params
 
 

@@ -17,20 +17,27 @@ from customer_value.churn_layer import ChurnLayer, layer_inputs
 from customer_value.clv import (
     DAYS_PER_YEAR,
     DEFAULT_FALLBACK_PENALIZERS,
+    DEFAULT_SPEND_FALLBACK_PENALIZERS,
     FAMILIES,
+    HEAVY_TAIL_SPEND,
     CLVParams,
     ModelInputs,
+    SpendAnchor,
+    SpendMeanUndefined,
     btyd_columns,
     fit_purchase_model,
     fit_spend_model,
+    fit_spend_model_with_mean,
     interval_columns,
     model_inputs,
     prediction_columns,
     purchase_patterns,
+    spend_anchor,
     spend_frequency_correlation,
 )
 from customer_value.clv_predict import predict_arrays
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.prediction_bounds import check_horizon
 from customer_value.uncertainty import (
     expectation_interval,
     log_parameter_covariance,
@@ -49,10 +56,14 @@ INTERVAL_CHUNK = 50_000  # customers per chunk when drawing intervals
 class CLVModel:
     """BTYD purchases + Gamma-Gamma as a scikit-learn-style estimator: ``fit`` returns self, state ends in _.
 
-    Fallback: when the purchase or the spend fit does not converge or gives non-finite estimates, that fit
-    is retried with each larger penalizer in ``fallback_penalizers`` (each model climbs its own ladder);
-    ``fit_attempts_`` records every try as (model, penalizer, outcome). Only when a model's whole ladder
-    fails does ``fit`` raise ModelFitError.
+    Each model has its own penalty and ladder: ``penalizer`` / ``fallback_penalizers`` for the purchase
+    model, ``spend_penalizer`` / ``spend_fallback_penalizers`` for Gamma-Gamma (a purchase-scale penalty
+    pushes CDNOW's q below 1). When a fit does not converge or gives non-finite estimates it is retried
+    with each larger penalizer on its ladder. When Gamma-Gamma's q <= 1 (population mean spend infinite)
+    and ``heavy_tail_spend="constrain_mean"``, it is refitted at the same penalty with its population mean
+    pinned to the repeat buyers' mean spend winsorised at ``heavy_tail_quantile`` (``spend_fallback_``
+    says so; None when the plain fit served). ``fit_attempts_`` records every try as (model, penalizer,
+    outcome). Only when a model's whole ladder fails does ``fit`` raise ModelFitError.
 
     ``spend_model=False`` (a log without amounts: visits, logins) fits the purchase model only; its
     predictions have no value columns, and its purchase outputs equal a full model's on the same data.
@@ -68,6 +79,10 @@ class CLVModel:
         fallback_penalizers: tuple[float, ...] = DEFAULT_FALLBACK_PENALIZERS,
         interval_level: float = 0.9,
         interval_draws: int = 100,
+        spend_penalizer: float = 0.0,
+        spend_fallback_penalizers: tuple[float, ...] = DEFAULT_SPEND_FALLBACK_PENALIZERS,
+        heavy_tail_spend: str = "constrain_mean",
+        heavy_tail_quantile: float = 0.99,
         spend_model: bool = True,
     ) -> None:
         self.family = family
@@ -78,6 +93,10 @@ class CLVModel:
         self.fallback_penalizers = fallback_penalizers
         self.interval_level = interval_level
         self.interval_draws = interval_draws
+        self.spend_penalizer = spend_penalizer
+        self.spend_fallback_penalizers = spend_fallback_penalizers
+        self.heavy_tail_spend = heavy_tail_spend
+        self.heavy_tail_quantile = heavy_tail_quantile
         self.spend_model = spend_model
 
     @property
@@ -88,10 +107,13 @@ class CLVModel:
     def fit(self, features: pd.DataFrame) -> CLVModel:
         if self.family not in FAMILIES:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
+        if self.heavy_tail_spend not in HEAVY_TAIL_SPEND:
+            raise ModelFitError(f"heavy_tail_spend must be one of {list(HEAVY_TAIL_SPEND)}")
         inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model)
         patterns = purchase_patterns(inputs)
-        ladder = [self.penalizer, *(p for p in self.fallback_penalizers if p > self.penalizer)]
         self.fit_attempts_: list[tuple[str, float, str]] = []
+        self.spend_fallback_: str | None = None
+        anchor: SpendAnchor | None = None
 
         def purchase_model(penalizer: float) -> dict[str, float]:
             purchase = fit_purchase_model(inputs, penalizer, self.family, patterns)
@@ -100,17 +122,36 @@ class CLVModel:
             )
             return purchase
 
-        # Separate ladders: a purchase model that needs a penalty must not force one on Gamma-Gamma (on
-        # CDNOW a Gamma-Gamma penalty of 0.01 already pushes q below 1, where expected spend is undefined).
+        def fit_spend(penalizer: float) -> dict[str, float]:
+            nonlocal anchor
+            try:
+                return fit_spend_model(inputs, penalizer)
+            except SpendMeanUndefined as exc:
+                if self.heavy_tail_spend == "fail":
+                    raise
+                self.fit_attempts_.append(("spend", penalizer, str(exc)))
+            anchor = spend_anchor(inputs, self.heavy_tail_quantile)
+            spend = fit_spend_model_with_mean(inputs, penalizer, anchor)
+            self.spend_fallback_ = anchor.describe(spend["q"])
+            return spend
+
+        # Separate penalties and ladders: a purchase model that needs a penalty must not force one on
+        # Gamma-Gamma (on CDNOW a Gamma-Gamma penalty of 0.01 already pushes q below 1).
         # Spend first: no repeat buyers is a NotEnoughDataError that no penalty on either model can fix.
         spend, self.spend_penalizer_used_ = None, None
         if self.spend_model:
             spend, self.spend_penalizer_used_ = self._first_success(
-                "spend", ladder, lambda penalizer: fit_spend_model(inputs, penalizer)
+                "spend", _ladder(self.spend_penalizer, self.spend_fallback_penalizers), fit_spend
             )
-        purchase, self.purchase_penalizer_used_ = self._first_success("purchase", ladder, purchase_model)
+        if self.spend_fallback_ is not None:  # say which kind of spend fit converged
+            self.fit_attempts_[-1] = ("spend", self.spend_penalizer_used_, "converged mean-constrained")
+        purchase, self.purchase_penalizer_used_ = self._first_success(
+            "purchase", _ladder(self.penalizer, self.fallback_penalizers), purchase_model
+        )
         params = CLVParams(self.family, purchase, spend, self.time_unit_days)
-        self.params_ = replace(params, log_covariance=log_parameter_covariance(params, inputs, patterns))
+        spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
+        covariance = log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
+        self.params_ = replace(params, log_covariance=covariance)
         self.n_customers_ = len(inputs.frequency)
         self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
         return self
@@ -172,7 +213,9 @@ class CLVModel:
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
         A purchase-only model leaves every value column out (``clv.prediction_columns``).
+        A horizon beyond ``prediction_bounds`` raises PredictionBoundError (a UserError) before any work.
         """
+        check_horizon(horizon_days, self.discount_step_days)
         table = self._predict_with(self.params_, features, horizon_days)
         if intervals:
             table = table.join(self._intervals(features, horizon_days, table))
@@ -241,6 +284,11 @@ class CLVModel:
             columns["purchases_low"], columns["purchases_high"] = low, high
             parts.append(pd.DataFrame(columns, index=rows.index))
         return pd.concat(parts)[interval_columns(self.params_.has_spend)]
+
+
+def _ladder(penalizer: float, fallbacks: tuple[float, ...]) -> list[float]:
+    """The configured penalty, then every larger fallback in order."""
+    return [penalizer, *(p for p in fallbacks if p > penalizer)]
 
 
 def _require_finite_predictions(params: CLVParams, patterns: Patterns) -> None:

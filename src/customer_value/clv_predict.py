@@ -8,11 +8,12 @@ history is much faster); fitting lives in ``clv``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 from lifetimes import GammaGammaFitter
-from scipy.special import hyp2f1
+from scipy.special import gammaln, hyp2f1
 
 from customer_value.clv import (
     DAYS_PER_YEAR,
@@ -71,23 +72,8 @@ def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.n
 
 
 def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> list[np.ndarray]:
-    """E[X(t) | x, t_x, T] for each t in ``times`` (model units), for every customer.
-
-    BG/NBD (Fader, Hardie & Lee 2005, eq. 10, as lifetimes writes it): see ``_bgnbd_by_pair``. Other
-    families call lifetimes per time.
-    """
-    if params.family != "bgnbd":
-        x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-        fitter = lifetimes_fitter(FAMILIES[params.family].fitter, params.purchase)
-        with quiet_lifetimes():
-            return [
-                np.asarray(
-                    fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T), "float64"
-                )
-                for t in times
-            ]
-    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
-    return [values[inverse] / denominator for values in by_pair]
+    """E[X(t) | x, t_x, T] for each t in ``times`` (model units), for every customer (see ``_by_time``)."""
+    return list(_by_time(params, inputs, times))
 
 
 def purchases_and_discounted(
@@ -95,44 +81,65 @@ def purchases_and_discounted(
 ) -> tuple[np.ndarray, np.ndarray]:
     """E[X(t_n)] and sum_k (E[X(t_k)] - E[X(t_k-1)]) * factors_k, the purchases of each step discounted.
 
-    The discounted sum is rewritten as sum_k E[X(t_k)] * (factors_k - factors_k+1) (summation by parts),
-    so for BG/NBD it is formed on the distinct (x, T) pairs and spread to customers once, not per step.
+    The discounted sum is rewritten as sum_k E[X(t_k)] * (factors_k - factors_k+1) (summation by parts)
+    and accumulated step by step, so memory does not grow with the number of steps.
     """
     weights = factors - np.append(factors[1:], 0.0)
-    if params.family != "bgnbd":
-        by_time = expected_purchases_by_time(params, inputs, times)
-        return by_time[-1], sum((w * values for w, values in zip(weights, by_time, strict=True)), start=0.0)
-    by_pair, inverse, denominator = _bgnbd_by_pair(params, inputs, times)
-    discounted = sum((w * values for w, values in zip(weights, by_pair, strict=True)), start=0.0)
-    return by_pair[-1][inverse] / denominator, discounted[inverse] / denominator
+    discounted, last = 0.0, None
+    for weight, values in zip(weights, _by_time(params, inputs, times), strict=True):
+        discounted = discounted + weight * values
+        last = values
+    return last, discounted
 
 
-def _bgnbd_by_pair(
-    params: CLVParams, inputs: ModelInputs, times: np.ndarray
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """BG/NBD's E[X(t)] as (numerator per distinct (x, T) pair for each t, pair of each customer, and the
-    per-customer denominator): E[X(t)] = numerator[pair] / denominator.
+def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Iterator[np.ndarray]:
+    """E[X(t) | x, t_x, T] for each t in ``times``, one array of customers at a time.
 
-    The hypergeometric term depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair
-    (thousands, not a million customers; pairs found by hashing) and the recency term once per customer;
-    the arithmetic is lifetimes' own, so the values are the same.
+    Each family's time-independent part is computed once, not per t (lifetimes' arithmetic, so the values
+    are lifetimes' own; tested per family):
+    - BG/NBD and MBG/NBD (Fader, Hardie & Lee 2005, eq. 10; Batislam et al. 2007): the hypergeometric term
+      depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair (thousands, not a million
+      customers), and the recency term once per customer.
+    - Pareto/NBD (Fader & Hardie's note 9, eq. 41): E[X(t)] = C(x, t_x, T) (1 - ((beta+T)/(beta+T+t))^(s-1))
+      / (s - 1), so its likelihood (hypergeometric functions) is evaluated once, not at every step.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    if params.family == "pareto_nbd":
+        r, alpha, s, beta = (params.purchase[k] for k in ("r", "alpha", "s", "beta"))
+        with quiet_lifetimes():
+            likelihood = StableParetoNBDFitter._conditional_log_likelihood([r, alpha, s, beta], x, t_x, T)
+        log_scale = (
+            gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta) - (r + x) * np.log(alpha + T)
+        )
+        log_scale += np.log(r + x) - np.log(alpha + T) - likelihood  # s log(beta+T) cancels log(beta+T)
+        scale = np.exp(log_scale + (1.0 - s) * np.log(beta + T)) / (s - 1.0)
+        for t in times:
+            yield scale * -np.expm1((s - 1.0) * (np.log(beta + T) - np.log(beta + T + t)))
+        return
     r, alpha, a, b = (params.purchase[k] for k in ("r", "alpha", "a", "b"))
     inverse, pairs = pd.factorize(x + 1j * T)
     px, pT = pairs.real, pairs.imag
-    denominator = 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x)
-    by_pair = []
-    with np.errstate(divide="ignore", invalid="ignore"):
+    odds = ((alpha + T) / (alpha + t_x)) ** (r + x)
+    if params.family == "bgnbd":
+        hyp_b, hyp_c = b + px, a + b + px - 1
+        denominator = 1 + (x > 0) * (a / (b + x - 1)) * odds
+    else:  # mbgnbd
+        hyp_b, hyp_c = b + px + 1, a + b + px
+        denominator = 1 + (a / (b + x)) * odds
+    hyp_a = r + px
+    first = hyp_c / (a - 1)
+    with np.errstate(divide="ignore", invalid="ignore"), quiet_lifetimes():
         for t in times:
-            _a, _b, _c, _z = r + px, b + px, a + b + px - 1, t / (alpha + pT + t)
-            ln_hyp = np.log(hyp2f1(_a, _b, _c, _z))
-            ln_hyp_alt = np.log(hyp2f1(_c - _a, _c - _b, _c, _z)) + (_c - _a - _b) * np.log(1 - _z)
-            ln_hyp = np.where(np.isinf(ln_hyp), ln_hyp_alt, ln_hyp)
-            first = (a + b + px - 1) / (a - 1)
-            second = 1 - np.exp(ln_hyp + (r + px) * np.log((alpha + pT) / (alpha + t + pT)))
-            by_pair.append(first * second)
-    return by_pair, inverse, denominator
+            z = t / (alpha + pT + t)
+            ln_hyp = np.log(hyp2f1(hyp_a, hyp_b, hyp_c, z))
+            overflow = np.isinf(ln_hyp)
+            if overflow.any():  # Euler's transformation where the series overflows (lifetimes' BG/NBD)
+                c, zo = hyp_c[overflow], z[overflow]
+                ln_hyp[overflow] = np.log(hyp2f1(c - hyp_a[overflow], c - hyp_b[overflow], c, zo)) + (
+                    c - hyp_a[overflow] - hyp_b[overflow]
+                ) * np.log(1 - zo)
+            second = 1 - np.exp(ln_hyp + hyp_a * np.log((alpha + pT) / (alpha + t + pT)))
+            yield (first * second)[inverse] / denominator
 
 
 def predict_arrays(

@@ -55,16 +55,7 @@ def train_clv(
     calibration, holdout = calibration_and_holdout(orders, split)
     has_amounts = report.has_amounts
     primary = gate_metric(cfg, has_amounts)
-    settings = {
-        "penalizer": cfg.clv.penalizer,
-        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
-        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
-        "discount_rate": cfg.clv.discount_rate,
-        "discount_step_days": cfg.clv.discount_step_days,
-        "interval_level": cfg.clv.intervals.level,
-        "interval_draws": cfg.clv.intervals.draws,
-        "spend_model": has_amounts,  # a log without amounts: purchase model only
-    }
+    settings = model_settings(cfg, has_amounts)
     mlflow.log_params(
         {
             "time_unit": cfg.features.time_unit,
@@ -167,6 +158,25 @@ def gate_metric(cfg: DictConfig, has_amounts: bool) -> str:
         mlflow.set_tag("clv.primary_metric_substituted", reason)
         log.info("clv.primary_metric: %s", reason)
     return metric
+
+
+def model_settings(cfg: DictConfig, has_amounts: bool = True) -> dict[str, object]:
+    """CLVModel's keyword arguments (all but the family) from a train config: one place maps the keys.
+    A log without amounts gets the purchase model only."""
+    return {
+        "penalizer": cfg.clv.penalizer,
+        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
+        "spend_penalizer": cfg.clv.spend_penalizer,
+        "spend_fallback_penalizers": tuple(cfg.clv.spend_fallback_penalizers),
+        "heavy_tail_spend": cfg.clv.heavy_tail_spend,
+        "heavy_tail_quantile": cfg.clv.heavy_tail_quantile,
+        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
+        "discount_rate": cfg.clv.discount_rate,
+        "discount_step_days": cfg.clv.discount_step_days,
+        "interval_level": cfg.clv.intervals.level,
+        "interval_draws": cfg.clv.intervals.draws,
+        "spend_model": has_amounts,
+    }
 
 
 def _attach_layers(
@@ -305,8 +315,11 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
             else f"purchase penalizer {model.purchase_penalizer_used_}, "
             f"spend penalizer {model.spend_penalizer_used_}",
             "clv.fit_attempts": "; ".join(f"{part} {p}: {outcome}" for part, p, outcome in attempts)[:5000],
+            "clv.spend_fallback": model.spend_fallback_ or "none",
         }
     )
+    if model.spend_fallback_ is not None:
+        log.warning("Gamma-Gamma: %s", model.spend_fallback_)
     correlation = model.spend_frequency_correlation_
     if abs(correlation) > cfg.clv.independence_threshold:
         log.warning(
@@ -319,6 +332,7 @@ def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
     metrics = {
         "fit.purchase_penalizer_used": model.purchase_penalizer_used_,
         "fit.attempts": float(len(attempts)),
+        "fit.spend_mean_constrained": float(model.spend_fallback_ is not None),
     }
     if model.has_spend:
         metrics["fit.spend_penalizer_used"] = model.spend_penalizer_used_

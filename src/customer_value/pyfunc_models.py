@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.churn_layer import ChurnLayer
 from customer_value.clv import CLVParams, input_columns
 from customer_value.clv_model import CLVModel
+from customer_value.prediction_bounds import PredictionBoundError, check_horizon
 from customer_value.segmentation import SegmentModel
 from customer_value.value_layer import ValueLayer
 
@@ -78,9 +79,11 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         features = validate_customer_rows(model_input, input_columns(spec_has_amounts(self.spec)))
         horizon = (params or {}).get("horizon_days")
-        horizon = self.spec["horizon_days"] if horizon is None else float(horizon)
-        if not horizon > 0:
-            raise invalid_input(f"horizon_days must be positive, got {horizon}")
+        horizon = self.spec["horizon_days"] if horizon is None else horizon
+        try:  # before any work: a horizon beyond the bounds would hold the worker for minutes
+            horizon = check_horizon(horizon, self.spec["discount_step_days"])
+        except PredictionBoundError as exc:
+            raise invalid_input(str(exc)) from None
         intervals = (params or {}).get("intervals")
         intervals = True if intervals is None else bool(intervals)
         return self.model.predict(features, horizon, intervals=intervals).reset_index(drop=True)

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from customer_value.errors import UserError
+from customer_value.prediction_bounds import check_discount_step, check_horizon
 from customer_value.segment_attributes import refuse_protected_features
 
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
@@ -91,8 +92,12 @@ class IntervalsConfig:
 @dataclass
 class CLVConfig:
     family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
-    penalizer: float = 0.0  # L2 penalty on the log-parameters (lifetimes' penalizer_coef)
-    fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # tried in order
+    penalizer: float = 0.0  # the purchase model's L2 penalty (lifetimes' penalizer_coef)
+    fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # purchase, in order
+    spend_penalizer: float = 0.0  # Gamma-Gamma's own L2 penalty (on p^2 + q^2 + v^2; v in currency units)
+    spend_fallback_penalizers: list[float] = field(default_factory=lambda: [0.0001, 0.001])  # spend, in order
+    heavy_tail_spend: str = "constrain_mean"  # Gamma-Gamma q <= 1: constrain_mean (refit) | fail
+    heavy_tail_quantile: float = 0.99  # constrain_mean: repeat buyers' mean spend winsorised here
     independence_threshold: float = 0.3  # |corr(frequency, spend)| above this: Gamma-Gamma warning
     horizon_days: float = 365.0  # default prediction horizon of the registered model
     discount_rate: float = 0.10  # ANNUAL discount rate
@@ -219,6 +224,7 @@ OPTIMIZABLE_METRICS = (
 REVENUE_METRICS = ("holdout.revenue_spearman", "holdout.top_decile_revenue_capture")
 PURCHASE_ONLY_GATE_METRIC = "holdout.churn_auc"
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # as clv.HEAVY_TAIL_SPEND (schema must not import lifetimes)
 
 
 def data_has_amounts(data: DictConfig) -> bool:
@@ -261,6 +267,16 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.backtest needs folds >= 0, step_days > 0",
         ),
         (all(p >= 0 for p in cfg.clv.fallback_penalizers), "clv.fallback_penalizers must be >= 0"),
+        (
+            all(p >= 0 for p in cfg.clv.spend_fallback_penalizers),
+            "clv.spend_fallback_penalizers must be >= 0",
+        ),
+        (cfg.clv.spend_penalizer >= 0, "clv.spend_penalizer must be >= 0"),
+        (
+            cfg.clv.heavy_tail_spend in HEAVY_TAIL_SPEND,
+            f"clv.heavy_tail_spend must be one of {list(HEAVY_TAIL_SPEND)}",
+        ),
+        (0.5 <= cfg.clv.heavy_tail_quantile <= 1, "clv.heavy_tail_quantile must be in [0.5, 1]"),
         (0 <= cfg.data.max_bad_row_share < 1, "data.max_bad_row_share must be in [0, 1)"),
         (
             len(cfg.clv.layers.inner_horizons_days) > 0 and min(cfg.clv.layers.inner_horizons_days) > 0,
@@ -336,6 +352,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
     ]
     _raise_first(checks)
+    check_discount_step(cfg.clv.discount_step_days)
+    check_horizon(cfg.clv.horizon_days, cfg.clv.discount_step_days, key="clv.horizon_days")
     refuse_protected_features(cfg.segmentation.attributes, list(cfg.segmentation.extra_features))
     parse_day(cfg.split.calibration_end, "split.calibration_end")
     parse_day(cfg.data.anchors.calibration_end, "data.anchors.calibration_end")
@@ -353,6 +371,8 @@ def validate_score_config(cfg: DictConfig) -> None:
         (cfg.score.chunk_customers > 0, "score.chunk_customers must be > 0"),
     ]
     _raise_first(checks)
+    if horizon is not None:  # the model's discount step is checked once the model is loaded
+        check_horizon(horizon, None, key="score.horizon_days")
     parse_day(cfg.score.as_of, "score.as_of")
 
 

@@ -32,6 +32,7 @@ from customer_value.migration import (
     transition_matrix,
     transition_table,
 )
+from customer_value.prediction_bounds import check_horizon
 from customer_value.schema import parse_day, register_configs, validate_score_config
 from customer_value.segment_attributes import join_attributes, load_attributes
 from customer_value.segmentation import FeatureSet
@@ -57,6 +58,15 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
 
+    clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
+    horizon = cfg.score.horizon_days
+    if horizon is None:
+        horizon = default_horizon(clv_model)
+    # Refuse a horizon beyond the bounds before any data is read (the served model refuses it too).
+    step = clv_model.unwrap_python_model().spec["discount_step_days"]
+    horizon = check_horizon(horizon, step, key="score.horizon_days")
+    params = {"horizon_days": horizon, "intervals": bool(cfg.score.intervals)}
+
     orders, report = load_orders(cfg.data)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
     later = int((orders["date"] > as_of).sum())
@@ -69,11 +79,6 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         )
     features = customer_features(orders, as_of)
 
-    clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
-    horizon = cfg.score.horizon_days
-    if horizon is None:
-        horizon = default_horizon(clv_model)
-    params = {"horizon_days": float(horizon), "intervals": bool(cfg.score.intervals)}
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     )

@@ -25,7 +25,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from customer_value.btyd_likelihoods import BGNBDLikelihood, GammaGammaLikelihood, Patterns, log_space_hessian
+from customer_value.btyd_likelihoods import (
+    BGNBDLikelihood,
+    GammaGammaLikelihood,
+    Patterns,
+    log_space_hessian,
+    mean_constrained_gamma_gamma,
+)
 from customer_value.clv import (
     FAMILIES,
     SPEND_PARAMS,
@@ -71,14 +77,18 @@ def _inverse_information(hessian: np.ndarray) -> np.ndarray | None:
 
 
 def log_parameter_covariance(
-    params: CLVParams, inputs: ModelInputs, patterns: Patterns | None = None
+    params: CLVParams,
+    inputs: ModelInputs,
+    patterns: Patterns | None = None,
+    spend_mean: float | None = None,
 ) -> list[list[float]] | None:
     """Covariance of (log purchase params, log spend params) in CLVParams' order (purchase only for a
     purchase-only model); None if not estimable.
 
     BG/NBD and Gamma-Gamma differentiate their analytic gradients (2k gradient calls); the other purchase
     models take second differences of lifetimes' likelihood. ``patterns``: the purchase histories' distinct
-    (x, t_x, T), if already computed.
+    (x, t_x, T), if already computed. ``spend_mean``: the pinned population mean of a mean-constrained
+    Gamma-Gamma fit, whose two free parameters' covariance is mapped to (ln p, ln q, ln v) (rank 2).
     """
     names = FAMILIES[params.family].params
     patterns = purchase_patterns(inputs) if patterns is None else patterns
@@ -104,12 +114,15 @@ def log_parameter_covariance(
         spend = GammaGammaLikelihood(
             inputs.frequency[usable], inputs.monetary_value[usable], np.ones(int(usable.sum()))
         )
+    if params.spend is not None and spend_mean is None:
         spend_hessian = log_space_hessian(
             lambda values: spend.value_and_gradient(values)[1],
             np.log([params.spend[k] for k in SPEND_PARAMS]),
             HESSIAN_STEP,
         )
         blocks.append(_inverse_information(spend_hessian))
+    elif params.spend is not None:
+        blocks.append(_constrained_spend_covariance(params, spend, spend_mean))
     if any(block is None for block in blocks):
         return None
     if params.spend is None:  # purchase-only: the purchase block is the whole covariance
@@ -118,6 +131,25 @@ def log_parameter_covariance(
     covariance = np.zeros((k1 + k2, k1 + k2))
     covariance[:k1, :k1], covariance[k1:, k1:] = blocks
     return covariance.tolist()
+
+
+def _constrained_spend_covariance(
+    params: CLVParams, spend: GammaGammaLikelihood, mean: float
+) -> np.ndarray | None:
+    """Covariance of (ln p, ln q, ln v) of a mean-constrained fit: theta = (ln p, ln(q - 1)) has the
+    inverse information; d(ln p, ln q, ln v) / d theta = [[1, 0], [0, (q - 1) / q], [-1, 1]] maps it."""
+    q = params.spend["q"]
+    gradient = mean_constrained_gamma_gamma(spend, mean)
+    theta = np.array([np.log(params.spend["p"]), np.log(q - 1.0)])
+    shifts = np.eye(2) * HESSIAN_STEP
+    hessian = np.column_stack(
+        [(gradient(theta + h)[1] - gradient(theta - h)[1]) / (2 * HESSIAN_STEP) for h in shifts]
+    )
+    block = _inverse_information((hessian + hessian.T) / 2.0)
+    if block is None:
+        return None
+    jacobian = np.array([[1.0, 0.0], [0.0, (q - 1.0) / q], [-1.0, 1.0]])
+    return jacobian @ block @ jacobian.T
 
 
 def parameter_draws(params: CLVParams, n_draws: int, seed: int) -> list[CLVParams]:
