@@ -178,3 +178,22 @@ def test_no_layer_makes_the_aggregate_revenue_error_worse(tmp_path: Path, shape:
     error, btyd_error = layered["aggregate_revenue_error_pct"], plain["aggregate_revenue_error_pct"]
     assert abs(error) <= abs(btyd_error) + 0.5, (selection.decisions, error, btyd_error)
     assert np.isfinite(error)
+
+
+def test_without_the_check_every_layer_that_can_be_fitted_is_kept(tmp_path: Path) -> None:
+    orders = _loaded(tmp_path, "quarter_cohort")  # its 182-day window leaves no fit: left out, said so
+    split = resolve_split(orders, None, 0.5)
+    calibration = calibration_and_holdout(orders, split)[0]
+    model = CLVModel().fit(calibration)
+    fit = lambda features: CLVModel().fit(features)  # noqa: E731
+    wanted, level_on = ("churn", "value"), (calibration, _btyd_at(model, calibration))
+    checked = select_layers(orders, split.calibration_end, [91, 133, 182], fit, wanted, level_on)
+    assert checked.churn is None and checked.value is None  # both lose the check on this log
+    unchecked = select_layers(
+        orders, split.calibration_end, [91, 133, 182], fit, wanted, level_on, check=False
+    )
+    assert unchecked.churn is not None and unchecked.value is not None
+    assert unchecked.value.level_horizons_days and unchecked.decisions["churn"].tag() == (
+        "kept (unchecked: clv.layers.check=false)"
+    )
+    assert unchecked.horizons_days == [91, 133] and "left out [182] days" in unchecked.horizons_reason

@@ -95,6 +95,9 @@ def select_layers(
     except NotEnoughDataError as exc:
         return LayerSelection(horizons, reason, skipped=str(exc))
     used = [int(w.horizon_days) for w in windows]
+    if len(used) < len(horizons):
+        left_out = sorted(set(horizons) - set(used))
+        reason += f"; left out {left_out} days: no purchase model could be fitted before their origin"
     if not check:
         unchecked = {name: LayerDecision(True, "unchecked: clv.layers.check=false") for name in wanted}
         return LayerSelection(used, reason, **_refit(windows, unchecked, level_on, seed))
