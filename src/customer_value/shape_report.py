@@ -73,9 +73,8 @@ def report_row(shape: str, metrics: dict[str, float], scores: pd.DataFrame) -> d
     row["customers"] = len(scores)
     row |= {column: metrics.get(metric, float("nan")) for column, metric in REPORTED.items()}
     tags = mlflow.search_runs(experiment_names=["customer-clv"], order_by=["start_time DESC"]).iloc[0]
-    row["layers"] = "; ".join(
-        f"{layer}: {tags.get(f'tags.clv.layers.{layer}') or '-'}" for layer in ("churn", "value")
-    )
+    decisions = {layer: str(tags.get(f"tags.clv.layers.{layer}") or "-") for layer in ("churn", "value")}
+    row["layers"] = ", ".join(f"{layer} {decision.split(' (')[0]}" for layer, decision in decisions.items())
     return row
 
 
@@ -83,7 +82,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-style table (pandas' own needs the tabulate package)."""
 
     def cell(value: object) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return f"{value:.0f}" if value.is_integer() and abs(value) >= 1 else f"{value:.3f}"
+        return str(value)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
