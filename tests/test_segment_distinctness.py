@@ -184,3 +184,13 @@ def test_cdnow_default_segments_are_substantial_and_pairwise_distinct(
     assert (table["distinctness_sd"] >= 0.5).all() and len(table) == metrics["segments.n_segments"] * (
         metrics["segments.n_segments"] - 1
     ) / 2
+
+
+def test_rfm_groups_keep_their_rule_names_unless_two_are_merged() -> None:
+    features, _ = planted_customers()  # five of the six RFM groups occur; "At risk" holds 0.9 %
+    plain = SegmentModel(algorithm="rfm_quintiles").fit(features)
+    floored = SegmentModel(algorithm="rfm_quintiles", min_share=0.005).fit(features)  # only the empty group
+    assert sorted(floored.names_.values()) == sorted(plain.names_.values())
+    assert (floored.predict(features)["segment_name"] == plain.predict(features)["segment_name"]).all()
+    merged = SegmentModel(algorithm="rfm_quintiles", min_share=0.01).fit(features)  # "At risk" joins another
+    assert len(merged.names_) == 4 and "At risk" not in merged.names_.values()

@@ -301,9 +301,10 @@ class SegmentModel:
         self.label_map_ = value_order(merged, value_measure(features), int(merge.max()) + 1)
         segments = self.label_map_[merged]
         self.profile_ = profile(features, segments)
-        if isinstance(clusterer, RFMQuintiles) and (merge == np.arange(len(merge))).all():
-            self.names_ = {int(self.label_map_[g]): clusterer.group_names_[g] for g in np.unique(raw)}
-        else:  # the rule's own group names only while no group was merged
+        present = np.unique(raw)
+        if isinstance(clusterer, RFMQuintiles) and len(np.unique(merge[present])) == len(present):
+            self.names_ = {int(self.label_map_[merge[g]]): clusterer.group_names_[g] for g in present}
+        else:  # the rule's own group names only while no two of its groups were merged
             self.names_ = name_segments(evaluation_space(features), SEGMENT_FEATURES, segments)
         self.profile_.insert(0, "segment_name", [self.names_[s] for s in self.profile_.index])
         return self
