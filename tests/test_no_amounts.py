@@ -266,7 +266,9 @@ def test_a_visit_log_registers_a_purchase_only_model_that_scores_without_value_c
     assert not [name for name in metrics if "revenue" in name or name.startswith("refit.p")]
     assert not set(VALUE_COLUMNS) & set(outputs.columns)
     tags = MlflowClient().get_run(run.info.run_id).data.tags
-    assert tags["data.has_amounts"] == "false" and tags["clv.layers"] == "churn"
+    assert tags["data.has_amounts"] == "false" and tags["clv.value_layer"].startswith("off")
+    # The churn layer is checked like any other (kept or dropped); no value layer is even tried.
+    assert tags["clv.layers.churn"].startswith(("kept", "dropped")) and "clv.layers.value" not in tags
     assert tags["clv.primary_metric_substituted"].startswith("holdout.revenue_spearman -> holdout.churn_auc")
 
     client = MlflowClient()
