@@ -51,6 +51,8 @@ def test_every_shape_trains_registers_and_scores_with_the_defaults(shape: str, t
         assert with_layers <= plain + 0.5
 
     orders = pd.read_csv(tmp_path / "orders.csv")
+    if "amount" in orders.columns:  # a customer whose every order was free is not a customer yet
+        orders = orders[orders["amount"] > 0]
     assert len(table) == orders["customer_id"].nunique() and table["customer_id"].is_unique
     assert table["segment_name"].notna().all() and table["churn_probability"].between(0, 1).all()
     has_values = set(VALUE_COLUMNS) <= set(table.columns)

@@ -33,8 +33,8 @@ def _sweep(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedPro
 
 def test_parallel_sweep_groups_its_runs_and_registers_only_the_best(orders_csv: Path, tmp_path: Path) -> None:
     """Two workers on a store that does not exist yet: every job's runs recorded under one parent run per
-    experiment, a failing cell (k=40 is not substantial) reported without stopping the others, and one
-    version per model registered: the best finished child's, through the gate."""
+    experiment, a failing cell (k=5000: more clusters than customers) reported without stopping the
+    others, and one version per model registered: the best finished child's, through the gate."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     result = _sweep(
         [
@@ -44,14 +44,14 @@ def test_parallel_sweep_groups_its_runs_and_registers_only_the_best(orders_csv: 
             "clv=bgnbd,mbgnbd",
             "clv.penalizer=0.0",
             "segmentation.k_values=[]",
-            "segmentation.n_clusters=3,40",
+            "segmentation.n_clusters=6,5000",
         ],
         tmp_path,
         uri,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr
-    assert result.stderr.count("error: ") == 2  # the two k=40 cells, one line each
+    assert result.stderr.count("error: ") == 2  # the two k=5000 cells, one line each
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
@@ -70,7 +70,7 @@ def test_parallel_sweep_groups_its_runs_and_registers_only_the_best(orders_csv: 
         assert parent.data.metrics["sweep.children"] == 4
         # Only runs whose whole job succeeded are candidates; the best of them is the registered one.
         candidates = [r for r in children if "sweep.candidate.score" in r.data.tags]
-        assert len(candidates) == 2  # the k=3 jobs
+        assert len(candidates) == 2  # the k=6 jobs
         best = next(r for r in candidates if r.info.run_id == parent.data.tags["sweep.best_run_id"])
         best_score = float(best.data.tags["sweep.candidate.score"])
         assert best_score == max(float(r.data.tags["sweep.candidate.score"]) for r in candidates)
@@ -87,7 +87,7 @@ def test_a_second_sweep_goes_through_the_gate_against_the_champion(orders_csv: P
     """The jobs re-score the current champion on their own holdout; the best of the second sweep is
     registered with that comparison, and the champion moves only if it is beaten."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    common = ["data=file", f"data.path={orders_csv}", "segmentation.k_values=[]", "segmentation.n_clusters=3"]
+    common = ["data=file", f"data.path={orders_csv}", "segmentation.k_values=[]", "segmentation.n_clusters=6"]
     first = _sweep(
         ["hparams_search=clv_grid", "clv=bgnbd", "clv.penalizer=0.0,0.001", *common], tmp_path, uri
     )
@@ -119,7 +119,7 @@ def test_optuna_search_runs_trials_as_child_runs_and_registers_the_best(
             "data=file",
             f"data.path={orders_csv}",
             "segmentation.k_values=[]",
-            "segmentation.n_clusters=3",
+            "segmentation.n_clusters=6",
         ],
         tmp_path,
         uri,

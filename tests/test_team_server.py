@@ -156,7 +156,12 @@ def test_train_register_score_against_the_team_server(
     assert len(table) == 800 and table["customer_id"].is_unique
     assert (table["clv_model_version"] == 1).all() and (table["segments_model_version"] == 1).all()
     assert table["clv"].ge(0).all() and table["churn_probability"].between(0, 1).all()
-    assert table["segment"].nunique() == 4
+    # k=4 clusters, of which an indistinct pair may be merged: the registered model's own segment count.
+    assert (
+        table["segment"].nunique()
+        == int(client.get_model_version_by_alias("customer-segments", "champion").tags["n_segments"])
+        >= 3
+    )
 
 
 @pytest.mark.slow
