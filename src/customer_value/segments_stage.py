@@ -58,11 +58,12 @@ log = logging.getLogger(__name__)
 def train_segments(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport, clv_outputs: pd.DataFrame | None = None
 ) -> tuple[dict[str, float], Candidate]:
-    """Fit segments on every customer as of the last order (choosing k when asked); log quality, stability,
-    profile and plots. A solution with a segment below ``segmentation.min_share`` is rejected.
+    """Fit segments on every customer as of the last order (choosing k when asked); log quality,
+    distinctness, stability, profile and plots. Small and indistinct clusters are merged; the run fails only
+    when no substantial, distinct solution with ``segmentation.min_segments`` segments exists.
 
-    ``clv_outputs`` (the CLV model's predictions for the same customers) add predicted value and churn
-    to the profile."""
+    ``clv_outputs`` (the CLV model's predictions for the same customers) are the KPIs distinctness is
+    judged on, decide whether tenure is clustered on, and add predicted value and churn to the profile."""
     seg = cfg.segmentation
     as_of = orders["date"].max()
     feature_set = FeatureSet(
