@@ -96,7 +96,8 @@ def near_constant_columns(features: pd.DataFrame, columns: list[str]) -> list[st
         if column not in features.columns:
             found.append(column)
             continue
-        low, high = np.nanquantile(features[column].to_numpy(dtype="float64"), [NEAR_CONSTANT_TAIL, 0.99])
+        values = features[column].to_numpy(dtype="float64")
+        low, high = np.nanquantile(values, [NEAR_CONSTANT_TAIL, 1.0 - NEAR_CONSTANT_TAIL])
         if not high > low:
             found.append(column)
     return found
