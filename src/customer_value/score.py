@@ -140,7 +140,7 @@ def _segment_behaviour(
 ) -> list[str]:
     """The customer-table columns the segments champion clusters on (whichever exist for it), or a
     one-line UserError naming what this log cannot give."""
-    columns = [c for c in feature_set.behaviour if c not in feature_set.extra]
+    columns = feature_set.rfm
     clv_outputs = clv_model.metadata.get_output_schema().input_names()
     missing = [c for c in columns if c not in features.columns]
     missing += [c for c in feature_set.extra if c != "regularity" and c not in clv_outputs]
