@@ -52,7 +52,7 @@ sweep: $(STAMP)
 
 ## shapes: every corpus log shape (single-day cohort, visits without amounts, ...) through train and score -> docs/log-shapes.md
 shapes: $(STAMP)
-	$(BIN)/python -m customer_value.shape_report --output docs/log-shapes.md
+	$(BIN)/python -m customer_value.jobs.shape_report --output docs/log-shapes.md
 
 ## score: score every customer with the champion models into scores/customer_scores.parquet
 score: $(STAMP)
@@ -64,11 +64,11 @@ ui: $(STAMP)
 
 ## server: start the team tracking server (MLflow + PostgreSQL, artifacts served) in the background on :5050
 server: $(STAMP)
-	$(BIN)/python -m customer_value.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT)
+	$(BIN)/python -m customer_value.jobs.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT)
 
 ## server-stop: stop the team tracking server and the PostgreSQL cluster it started
 server-stop: $(STAMP)
-	$(BIN)/python -m customer_value.server stop --folder $(SERVER_DIR)
+	$(BIN)/python -m customer_value.jobs.server stop --folder $(SERVER_DIR)
 
 ## serve: REST scoring of models:/customer-clv@champion on http://127.0.0.1:5001 (SERVE_PORT=... to change)
 serve: $(STAMP)

@@ -8,8 +8,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from customer_value.data import load_bundled
-from customer_value.synthetic import generate_orders
+from customer_value.data.loading import load_bundled
+from customer_value.data.synthetic import generate_orders
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

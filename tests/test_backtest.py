@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from customer_value.backtest import backtest, rolling_origins, summarise
-from customer_value.clv_model import CLVModel
+from customer_value.data.features import Split
 from customer_value.errors import ModelFitError, UserError
-from customer_value.features import Split
+from customer_value.evaluation.backtest import backtest, rolling_origins, summarise
+from customer_value.models.clv.model import CLVModel
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,10 @@ def test_bad_input_fails_cleanly_in_train_and_score(
 
     output = tmp_path / "scores.parquet"
     scored = _cli(
-        "customer_value.score", ["data=file", f"data.path={path}", f"score.output={output}"], tmp_path, uri
+        "customer_value.score",
+        ["data=file", f"data.path={path}", f"score.output={output}"],
+        tmp_path,
+        uri,
     )
     if case in {"no repeat buyers", "a single customer"}:  # valid logs: scoring them is fine
         assert scored.returncode == 0, scored.stderr[-2000:]

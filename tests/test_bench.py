@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from customer_value.bench import run_benchmarks
+from customer_value.bench.compare import run_benchmarks
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,11 @@ import pytest
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 from lifetimes.utils import ConvergenceError
 
-from customer_value.btyd_likelihoods import (
+from customer_value.data.features import customer_features
+from customer_value.data.loading import clean_transactions
+from customer_value.data.synthetic import TrueParams, generate_orders
+from customer_value.models.clv.btyd import model_inputs
+from customer_value.models.clv.likelihoods import (
     BGNBDLikelihood,
     FitFailed,
     GammaGammaLikelihood,
@@ -20,10 +24,6 @@ from customer_value.btyd_likelihoods import (
     log_space_hessian,
     unique_patterns,
 )
-from customer_value.clv import model_inputs
-from customer_value.data import clean_transactions
-from customer_value.features import customer_features
-from customer_value.synthetic import TrueParams, generate_orders
 
 
 @pytest.fixture(scope="module")

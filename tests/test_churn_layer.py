@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from customer_value.churn_layer import ChurnLayer, fit_churn_layer
-from customer_value.clv import CLVParams
-from customer_value.clv_model import CLVModel
+from customer_value.data.features import Split, calibration_and_holdout
 from customer_value.errors import NotEnoughDataError
-from customer_value.features import Split, calibration_and_holdout
-from customer_value.inner_windows import inner_origins, inner_windows
+from customer_value.models.clv.btyd import CLVParams
+from customer_value.models.clv.churn_layer import ChurnLayer, fit_churn_layer
+from customer_value.models.clv.inner_windows import inner_origins, inner_windows
+from customer_value.models.clv.model import CLVModel
 
 CALIBRATION_END = pd.Timestamp("1997-09-30")
 HORIZONS = [91, 133, 182]

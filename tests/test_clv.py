@@ -9,8 +9,11 @@ from lifetimes import BetaGeoFitter, GammaGammaFitter
 from scipy import integrate, stats
 from scipy.special import gammaln
 
-from customer_value.btyd_likelihoods import GammaGammaLikelihood
-from customer_value.clv import (
+from customer_value.data.features import calibration_and_holdout, customer_features, resolve_split
+from customer_value.data.loading import LoadingRules, clean_transactions, load_bundled
+from customer_value.data.log_shapes import generate_shape
+from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.models.clv.btyd import (
     FAMILIES,
     PREDICTION_COLUMNS,
     CLVParams,
@@ -21,11 +24,8 @@ from customer_value.clv import (
     spend_anchor,
     spend_sample,
 )
-from customer_value.clv_model import CLVModel
-from customer_value.data import LoadingRules, clean_transactions, load_bundled
-from customer_value.errors import ModelFitError, NotEnoughDataError
-from customer_value.features import calibration_and_holdout, customer_features, resolve_split
-from customer_value.log_shapes import generate_shape
+from customer_value.models.clv.likelihoods import GammaGammaLikelihood
+from customer_value.models.clv.model import CLVModel
 
 # Fader, Hardie & Lee (2005), CDNOW 1/10 sample, weeks; Fader & Hardie's Gamma-Gamma note.
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
@@ -245,7 +245,7 @@ def test_no_repeat_buyers_is_a_clear_fit_error() -> None:
 
 def test_recovers_generated_parameters(synthetic_orders: pd.DataFrame) -> None:
     """Orders drawn from known parameters give estimates of the right size (800 customers: loose)."""
-    from customer_value.synthetic import TrueParams, generate_orders
+    from customer_value.data.synthetic import TrueParams, generate_orders
 
     orders = generate_orders(6000, seed=3).assign(date=lambda f: f["timestamp"].dt.normalize())
     orders = orders.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
@@ -404,7 +404,7 @@ def test_stable_pareto_likelihood_equals_lifetimes_and_stays_finite_when_t_x_equ
     """lifetimes gives NaN for a customer whose last purchase is on the last day (A_0 = 0 exactly)."""
     from lifetimes import ParetoNBDFitter
 
-    from customer_value.clv import StableParetoNBDFitter
+    from customer_value.models.clv.btyd import StableParetoNBDFitter
 
     params = (0.553, 10.578, 0.606, 11.669)
     x = np.array([0.0, 2.0, 5.0, 170.0, 3.0, 40.0])
@@ -426,8 +426,8 @@ def test_stable_pareto_likelihood_equals_lifetimes_and_stays_finite_when_t_x_equ
 @pytest.mark.parametrize("family", ["bgnbd", "mbgnbd", "pareto_nbd"])
 def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) -> None:
     """The BG/NBD shortcut (hypergeometric term once per distinct (x, T)) gives lifetimes' own numbers."""
-    from customer_value.clv import FAMILIES, lifetimes_fitter, model_inputs
-    from customer_value.clv_predict import expected_purchases_by_time
+    from customer_value.models.clv.btyd import FAMILIES, lifetimes_fitter, model_inputs
+    from customer_value.models.clv.predict import expected_purchases_by_time
 
     rng = np.random.default_rng(5)
     n = 2_000

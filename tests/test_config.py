@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from customer_value.data import LoadingRules
+from customer_value.data.loading import LoadingRules
+from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
-from customer_value.jobs import load_orders
 from customer_value.schema import register_configs, validate_score_config, validate_train_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -99,7 +99,7 @@ def test_every_search_composes_with_the_parallel_launcher_and_its_cells_validate
         )
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.launcher.n_jobs == 2
-    assert cfg.hydra.callbacks.sweep_tracking._target_ == "customer_value.sweep.SweepTracking"
+    assert cfg.hydra.callbacks.sweep_tracking._target_ == "customer_value.jobs.sweep.SweepTracking"
     assert cfg.optimized_metric in {cfg.clv.primary_metric, cfg.segmentation.primary_metric}
     for key, values in cfg.hydra.sweeper.params.items():
         choices = re.findall(r"[\w.]+", values.removeprefix("choice")) if "(" in values else values.split(",")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_value.data import LoadingRules, load_bundled, load_transactions
+from customer_value.data.loading import LoadingRules, load_bundled, load_transactions
 from customer_value.errors import DataError
 
 

@@ -17,18 +17,18 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from customer_value import registry
-from customer_value.churn_layer import ChurnLayer
-from customer_value.clv import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
-from customer_value.clv_model import CLVModel
-from customer_value.data import load_transactions
+from customer_value.data.features import customer_features
+from customer_value.data.loading import load_transactions
 from customer_value.errors import ModelFitError, UserError
-from customer_value.features import customer_features
-from customer_value.pyfunc_models import clv_spec
+from customer_value.jobs.score import score, score_customers, write_chunks_atomically
+from customer_value.jobs.train import train
+from customer_value.models.clv.btyd import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
+from customer_value.models.clv.churn_layer import ChurnLayer
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.value_layer import ValueLayer
 from customer_value.schema import register_configs
-from customer_value.score import score, score_customers, write_chunks_atomically
-from customer_value.train import train
-from customer_value.value_layer import ValueLayer
+from customer_value.tracking import registry
+from customer_value.tracking.pyfunc import clv_spec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 pytestmark = pytest.mark.slow
@@ -741,7 +741,7 @@ def test_heavy_tailed_spend_trains_with_defaults_and_says_what_it_did(
     """The corpus shape whose Gamma-Gamma fit has q <= 1 used to fail `train` with the defaults ("every
     fallback failed (spend penalizer 0.0: ... q=0.727 <= 1 ...)"); now the spend model is mean-constrained,
     the run says so in a tag and a metric, and the registered model scores."""
-    from customer_value.log_shapes import generate_shape
+    from customer_value.data.log_shapes import generate_shape
 
     orders_csv = tmp_path / "orders.csv"
     generate_shape("heavy_tailed_spend").to_csv(orders_csv, index=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_value.evaluation import (
+from customer_value.evaluation.holdout_metrics import (
     compare_with_anchors,
     evaluate_baseline,
     evaluate_clv,
@@ -75,9 +75,9 @@ def test_purchases_by_frequency_groups_the_tail() -> None:
 
 
 def test_frequency_recency_grid_feeds_a_p_alive_matrix() -> None:
-    from customer_value.clv import CLVParams
-    from customer_value.clv_model import CLVModel
-    from customer_value.evaluation import frequency_recency_grid, grid_matrix
+    from customer_value.evaluation.holdout_metrics import frequency_recency_grid, grid_matrix
+    from customer_value.models.clv.btyd import CLVParams
+    from customer_value.models.clv.model import CLVModel
 
     grid = frequency_recency_grid(T_days=273.0, max_frequency=5, n_recency=10)
     assert (grid.loc[grid["frequency"] == 0, "recency_days"] == 0).all()
@@ -129,10 +129,10 @@ def test_tracking_curve_equals_lifetimes_expected_cumulative_transactions() -> N
     from lifetimes import BetaGeoFitter
     from lifetimes.utils import expected_cumulative_transactions
 
-    from customer_value.clv import CLVParams
-    from customer_value.clv_predict import expected_repeat_purchases
-    from customer_value.data import load_bundled
-    from customer_value.evaluation import cumulative_repeat_tracking
+    from customer_value.data.loading import load_bundled
+    from customer_value.evaluation.holdout_metrics import cumulative_repeat_tracking
+    from customer_value.models.clv.btyd import CLVParams
+    from customer_value.models.clv.predict import expected_repeat_purchases
 
     orders, _ = load_bundled("cdnow_sample")
     purchase = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from customer_value.entrypoint import STOPPED
+from customer_value.jobs.entrypoint import STOPPED
 
 pytestmark = pytest.mark.slow
 MODELS = ("customer-clv", "customer-segments")

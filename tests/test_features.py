@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 from lifetimes.utils import calibration_and_holdout_data, summary_data_from_transaction_data
 
-from customer_value.data import load_bundled
-from customer_value.errors import DataError
-from customer_value.features import (
+from customer_value.data.features import (
     FEATURE_COLUMNS,
     Split,
     calibration_and_holdout,
     customer_features,
     resolve_split,
 )
+from customer_value.data.loading import load_bundled
+from customer_value.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_row_order_does_not_change_the_features(sample_orders: pd.DataFrame) -> 
 
 
 def test_purchase_regularity_is_the_coefficient_of_variation_of_gaps() -> None:
-    from customer_value.features import purchase_regularity
+    from customer_value.data.features import purchase_regularity
 
     days = pd.to_datetime
     orders = pd.DataFrame(
@@ -133,7 +133,7 @@ def test_purchase_regularity_is_the_coefficient_of_variation_of_gaps() -> None:
 @pytest.mark.parametrize("code_scale", [1, 2**40])  # 2**40: key and row number no longer fit in 63 bits
 def test_sorted_runs_group_like_a_stable_sort_by_customer_then_day(code_scale: int) -> None:
     """Both sorting paths of ``grouping`` (packed value sort, stable argsort) give the same runs."""
-    from customer_value.grouping import run_sums, sorted_runs
+    from customer_value.data.grouping import run_sums, sorted_runs
 
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 50, 2_000) * code_scale

@@ -12,24 +12,24 @@ import pytest
 from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
-from customer_value.backtest import plan_origins
-from customer_value.clv_model import CLVModel
-from customer_value.clv_stage import train_clv
-from customer_value.data import load_transactions
-from customer_value.evaluation import evaluate_clv
-from customer_value.features import Split, calibration_and_holdout, resolve_split
-from customer_value.inner_windows import InnerWindow, choose_inner_horizons, inner_windows
-from customer_value.jobs import load_orders
-from customer_value.layer_selection import check_churn_layer, check_value_layer, select_layers
-from customer_value.log_shapes import generate_shape
-from customer_value.schema import register_configs
-from customer_value.value_layer import (
+from customer_value.data.features import Split, calibration_and_holdout, resolve_split
+from customer_value.data.loading import load_transactions
+from customer_value.data.log_shapes import generate_shape
+from customer_value.data.sources import load_orders
+from customer_value.evaluation.backtest import plan_origins
+from customer_value.evaluation.holdout_metrics import evaluate_clv
+from customer_value.jobs.clv_stage import train_clv
+from customer_value.models.clv.inner_windows import InnerWindow, choose_inner_horizons, inner_windows
+from customer_value.models.clv.layer_selection import check_churn_layer, check_value_layer, select_layers
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.value_layer import (
     LEVEL_HORIZONS_DAYS,
     ValueLayer,
     fit_value_layer,
     level_with_purchase_model,
     value_layer_inputs,
 )
+from customer_value.schema import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIRST = pd.Timestamp("2024-01-01")

@@ -14,9 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from customer_value import processes, tracking
-from customer_value.entrypoint import Terminated, run_job
-from customer_value.score import remove_abandoned_temp_files
+from customer_value.jobs.entrypoint import Terminated, run_job
+from customer_value.jobs.score import remove_abandoned_temp_files
+from customer_value.tracking import processes, run_logging
 
 
 def _ended_owner() -> str:
@@ -72,8 +72,8 @@ def test_an_owner_that_cannot_be_read_is_left_alone(owner: str) -> None:
 
 
 def test_runs_of_ended_processes_on_this_machine_are_marked_failed(tracking_uri: str) -> None:
-    tracking.configure(tracking_uri)
-    experiment_id = tracking.ensure_experiment("leftovers", None)
+    run_logging.configure(tracking_uri)
+    experiment_id = run_logging.ensure_experiment("leftovers", None)
     client = MlflowClient()
 
     def running(tags: dict[str, str]) -> str:
@@ -84,18 +84,18 @@ def test_runs_of_ended_processes_on_this_machine_are_marked_failed(tracking_uri:
     elsewhere = running({"process.owner": _elsewhere(_ended_owner())})
     untagged = running({})
 
-    assert tracking.fail_abandoned_runs(experiment_id) == [killed]
+    assert run_logging.fail_abandoned_runs(experiment_id) == [killed]
     status = {run_id: client.get_run(run_id).info.status for run_id in (killed, live, elsewhere, untagged)}
     assert status == {killed: "FAILED", live: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING"}
     assert "ended without closing" in client.get_run(killed).data.tags["failed.reason"]
-    assert tracking.fail_abandoned_runs(experiment_id) == []
+    assert run_logging.fail_abandoned_runs(experiment_id) == []
 
 
 def test_a_run_closed_by_its_owner_just_before_it_ended_stays_finished(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracking.configure(tracking_uri)
-    experiment_id = tracking.ensure_experiment("leftovers", None)
+    run_logging.configure(tracking_uri)
+    experiment_id = run_logging.ensure_experiment("leftovers", None)
     client = MlflowClient()
     run_id = client.create_run(experiment_id, tags={"process.owner": _ended_owner()}).info.run_id
 
@@ -104,13 +104,13 @@ def test_a_run_closed_by_its_owner_just_before_it_ended_stays_finished(
         return False
 
     monkeypatch.setattr(processes, "is_alive", finishes_then_ends)
-    assert tracking.fail_abandoned_runs(experiment_id) == []
+    assert run_logging.fail_abandoned_runs(experiment_id) == []
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_runs_started_by_the_project_name_their_process(tracking_uri: str) -> None:
-    tracking.configure(tracking_uri)
-    with tracking.run("leftovers", None, "named", {}) as run:
+    run_logging.configure(tracking_uri)
+    with run_logging.run("leftovers", None, "named", {}) as run:
         tags = MlflowClient().get_run(run.info.run_id).data.tags
     assert tags["process.host"] == processes.host()
     assert tags["process.owner"] == processes.current_owner()

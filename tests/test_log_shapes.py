@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from customer_value.log_shapes import LOG_SHAPES, generate_shape
-from customer_value.shape_report import report_row, run_shape
+from customer_value.data.log_shapes import LOG_SHAPES, generate_shape
+from customer_value.jobs.shape_report import report_row, run_shape
 
 VALUE_COLUMNS = ["expected_order_value", "expected_revenue", "clv"]
 

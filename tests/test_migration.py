@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from customer_value.errors import DataError
-from customer_value.migration import (
+from customer_value.models.segments.migration import (
     load_previous_scores,
     migration_summary,
     transition_matrix,

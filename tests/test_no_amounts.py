@@ -18,41 +18,41 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from customer_value import registry, tracking
-from customer_value.churn_layer import PURCHASE_ONLY_FEATURES, fit_churn_layer
-from customer_value.clv import (
-    PURCHASE_INPUT_COLUMNS,
-    VALUE_COLUMNS,
-    CLVParams,
-    interval_columns,
-    prediction_columns,
-)
-from customer_value.clv_model import CLVModel
-from customer_value.clv_stage import _judge_clv_champion, train_clv
-from customer_value.data import clean_transactions, load_transactions
-from customer_value.errors import DataError, UserError
-from customer_value.evaluation import evaluate_baseline, evaluate_clv, interval_metrics
-from customer_value.features import (
+from customer_value.data.features import (
     FEATURE_COLUMNS,
     VALUE_FEATURES,
     calibration_and_holdout,
     customer_features,
     resolve_split,
 )
-from customer_value.inner_windows import inner_windows
-from customer_value.jobs import load_orders
-from customer_value.log_shapes import generate_shape
-from customer_value.pyfunc_models import clv_model_from_spec, clv_spec, spec_has_amounts
+from customer_value.data.loading import clean_transactions, load_transactions
+from customer_value.data.log_shapes import generate_shape
+from customer_value.data.sources import load_orders
+from customer_value.errors import DataError, UserError
+from customer_value.evaluation.holdout_metrics import evaluate_baseline, evaluate_clv, interval_metrics
+from customer_value.jobs.clv_stage import _judge_clv_champion, train_clv
+from customer_value.jobs.score import score, score_customers
+from customer_value.jobs.stage import log_data_report
+from customer_value.jobs.train import _register
+from customer_value.models.clv.btyd import (
+    PURCHASE_INPUT_COLUMNS,
+    VALUE_COLUMNS,
+    CLVParams,
+    interval_columns,
+    prediction_columns,
+)
+from customer_value.models.clv.churn_layer import PURCHASE_ONLY_FEATURES, fit_churn_layer
+from customer_value.models.clv.inner_windows import inner_windows
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.segments.segmentation import SegmentModel
 from customer_value.schema import (
     PURCHASE_ONLY_GATE_METRIC,
     clv_metric_for,
     register_configs,
     validate_train_config,
 )
-from customer_value.score import score, score_customers
-from customer_value.segmentation import SegmentModel
-from customer_value.stage import log_data_report
-from customer_value.train import _register
+from customer_value.tracking import registry, run_logging
+from customer_value.tracking.pyfunc import clv_model_from_spec, clv_spec, spec_has_amounts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,7 +251,7 @@ def test_a_visit_log_registers_a_purchase_only_model_that_scores_without_value_c
     visits = ["data=file", f"data.path={visits_csv}", "data.columns.amount=null", *store]
     cfg = _compose("train", [*visits, "clv.backtest.folds=0", "clv.intervals.draws=20"])
 
-    with tracking.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, None, {}) as run:
+    with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, None, {}) as run:
         orders, report = load_orders(cfg.data)
         log_data_report(report)
         metrics, candidate, outputs = train_clv(cfg, orders, report)

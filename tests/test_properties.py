@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from customer_value.clv import BTYD_COLUMNS, INTERVAL_COLUMNS, model_inputs
-from customer_value.clv_model import CLVModel
-from customer_value.clv_predict import churn_probability, predict_arrays
-from customer_value.data import clean_transactions, load_bundled
-from customer_value.features import calibration_and_holdout, customer_features, resolve_split
+from customer_value.data.features import calibration_and_holdout, customer_features, resolve_split
+from customer_value.data.loading import clean_transactions, load_bundled
+from customer_value.models.clv.btyd import BTYD_COLUMNS, INTERVAL_COLUMNS, model_inputs
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.predict import churn_probability, predict_arrays
 
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 START = pd.Timestamp("2024-01-01")

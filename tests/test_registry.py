@@ -15,12 +15,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from customer_value import registry
-from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
-from customer_value.clv_model import CLVModel
-from customer_value.prediction_bounds import MAX_HORIZON_DAYS
-from customer_value.pyfunc_models import clv_spec
-from customer_value.segmentation import SEGMENT_FEATURES, SegmentModel
+from customer_value.models.clv.bounds import MAX_HORIZON_DAYS
+from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.segments.segmentation import SEGMENT_FEATURES, SegmentModel
+from customer_value.tracking import registry
+from customer_value.tracking.pyfunc import clv_spec
 from test_segmentation import planted_customers
 
 PINNED = CLVParams(
@@ -188,7 +188,7 @@ def test_clv_model_refuses_a_horizon_beyond_the_bound_as_a_400(
 
 def test_a_horizon_at_the_bound_is_predicted(tracking_uri: str) -> None:
     """20 years = 240 monthly discount steps, intervals included: it completes with finite outputs
-    (its cost is measured by `python -m customer_value.bench_bounds`, not asserted here)."""
+    (its cost is measured by `python -m customer_value.bench.bounds`, not asserted here)."""
     customers = _customers()[INPUT_COLUMNS].reset_index(drop=True).iloc[:12]
     with mlflow.start_run():
         info = registry.log_clv_model(_clv_spec(), customers)
@@ -242,8 +242,8 @@ def test_missing_champion_is_a_clear_registry_error(tracking_uri: str) -> None:
 
 
 def test_a_champion_that_cannot_be_rescored_is_not_compared() -> None:
-    from customer_value.stage import Candidate
-    from customer_value.train import _judge_safely
+    from customer_value.jobs.stage import Candidate
+    from customer_value.jobs.train import _judge_safely
 
     def broken(version: str) -> registry.ChampionJudgement:
         raise TypeError("unexpected keyword argument 'r'")
@@ -256,8 +256,8 @@ def test_a_champion_that_cannot_be_rescored_is_not_compared() -> None:
 
 
 def test_a_failure_that_is_not_about_the_old_champion_still_stops_the_job() -> None:
-    from customer_value.stage import Candidate
-    from customer_value.train import _judge_safely
+    from customer_value.jobs.stage import Candidate
+    from customer_value.jobs.train import _judge_safely
 
     def out_of_memory(version: str) -> registry.ChampionJudgement:
         raise MemoryError

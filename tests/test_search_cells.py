@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from customer_value.clv_model import CLVModel
-from customer_value.clv_stage import model_settings
-from customer_value.features import calibration_and_holdout, resolve_split
+from customer_value.data.features import calibration_and_holdout, resolve_split
+from customer_value.jobs.clv_stage import model_settings
+from customer_value.models.clv.model import CLVModel
 from customer_value.schema import CLV_FAMILIES, register_configs, validate_train_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 from sklearn.metrics import adjusted_rand_score
 
 from customer_value.errors import DataError, UserError
-from customer_value.segment_attributes import (
+from customer_value.models.segments.attributes import (
     join_attributes,
     load_attributes,
     protected_audit,
     refuse_protected_features,
 )
-from customer_value.segmentation import FeatureSet, SegmentModel
+from customer_value.models.segments.segmentation import FeatureSet, SegmentModel
 from test_segmentation import planted_customers
 
 PROTECTED = ["age", "gender", "race", "ethnicity", "religion", "disability", "marital_status"]

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from customer_value.errors import ModelFitError
-from customer_value.segment_distinctness import (
+from customer_value.models.segments.distinctness import (
     distinctness_table,
     merge_indistinct,
     merge_small,
     tenure_r2_gain,
     variance_explained,
 )
-from customer_value.segment_selection import choose_k, eligibility
-from customer_value.segmentation import FeatureSet, SegmentModel, near_constant_columns
+from customer_value.models.segments.segmentation import FeatureSet, SegmentModel, near_constant_columns
+from customer_value.models.segments.selection import choose_k, eligibility
 from test_segment_selection import _with_a_tiny_group
 from test_segmentation import planted_customers
 
@@ -159,10 +159,10 @@ def test_cdnow_default_segments_are_substantial_and_pairwise_distinct(
     import mlflow
     from hydra import compose, initialize_config_dir
 
-    from customer_value.clv_model import CLVModel
-    from customer_value.features import customer_features
+    from customer_value.data.features import customer_features
+    from customer_value.jobs.segments_stage import train_segments
+    from customer_value.models.clv.model import CLVModel
     from customer_value.schema import register_configs
-    from customer_value.segments_stage import train_segments
     from test_end_to_end import CONF
 
     orders, report = cdnow_master

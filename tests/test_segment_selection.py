@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from customer_value.data.features import customer_features
 from customer_value.errors import ModelFitError
-from customer_value.features import customer_features
-from customer_value.segment_selection import choose_k, criterion_curves, require_substantial
-from customer_value.segment_stability import bootstrap_ari, window_ari
-from customer_value.segmentation import SegmentModel
+from customer_value.models.segments.segmentation import SegmentModel
+from customer_value.models.segments.selection import choose_k, criterion_curves, require_substantial
+from customer_value.models.segments.stability import bootstrap_ari, window_ari
 from test_segmentation import planted_customers
 
 

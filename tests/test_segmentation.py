@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from customer_value.errors import ModelFitError
-from customer_value.segmentation import (
+from customer_value.models.segments.segmentation import (
     SEGMENT_FEATURES,
     SegmentModel,
     evaluation_space,
@@ -71,7 +71,7 @@ def test_duplicate_names_are_told_apart_by_how_the_segments_differ() -> None:
 
 
 def test_qualifiers_follow_the_dimension_with_the_largest_difference() -> None:
-    from customer_value.segment_names import action_for, distinguish
+    from customer_value.models.segments.names import action_for, distinguish
 
     centres = pd.DataFrame(  # two lapsed, infrequent segments that differ mostly in tenure
         {

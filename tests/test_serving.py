@@ -24,12 +24,12 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from customer_value.clv import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
-from customer_value.data import load_transactions
-from customer_value.features import customer_features
+from customer_value.data.features import customer_features
+from customer_value.data.loading import load_transactions
+from customer_value.jobs.score import score_customers
+from customer_value.jobs.train import train
+from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from customer_value.schema import register_configs
-from customer_value.score import score_customers
-from customer_value.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MLFLOW = Path(sys.executable).with_name("mlflow")

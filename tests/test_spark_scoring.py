@@ -17,13 +17,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from customer_value import spark_features, spark_scoring
-from customer_value.data import LoadingRules, load_bundled, load_transactions
+from customer_value.data.features import FEATURE_COLUMNS, customer_features, purchase_regularity
+from customer_value.data.loading import LoadingRules, load_bundled, load_transactions
 from customer_value.errors import DataError, UserError
-from customer_value.features import FEATURE_COLUMNS, customer_features, purchase_regularity
+from customer_value.jobs.score import score, score_customers
+from customer_value.jobs.train import train
 from customer_value.schema import register_configs
-from customer_value.score import score, score_customers
-from customer_value.train import train
+from customer_value.spark import features as spark_features
+from customer_value.spark import scoring as spark_scoring
 from test_data import BAD_FILES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -1,6 +1,6 @@
 """The team tracking server (`make server`): PostgreSQL backend, served artifacts, train -> register -> score.
 
-Starts the server through the same entry point as the Makefile (`python -m customer_value.server`), on
+Starts the server through the same entry point as the Makefile (`python -m customer_value.jobs.server`), on
 free ports in a temporary folder, and checks in teardown that nothing is left running.
 """
 
@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from customer_value import postgres_cluster, server
+from customer_value.jobs import postgres_cluster, server
 
 
 def _free_ports(count: int) -> list[int]:
@@ -45,7 +45,7 @@ def _server(command: str, folder: Path, *args: str, database_url: str | None = N
     if database_url:
         env["DATABASE_URL"] = database_url
     return subprocess.run(
-        [sys.executable, "-m", "customer_value.server", command, "--folder", str(folder), *args],
+        [sys.executable, "-m", "customer_value.jobs.server", command, "--folder", str(folder), *args],
         capture_output=True,
         text=True,
         timeout=300,

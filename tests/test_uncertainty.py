@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from lifetimes import BetaGeoFitter
 
-from customer_value.clv import FAMILIES, CLVParams, ModelInputs, lifetimes_fitter, model_inputs
-from customer_value.clv_model import CLVModel
-from customer_value.data import LoadingRules, load_bundled
-from customer_value.evaluation import interval_metrics
-from customer_value.features import Split, calibration_and_holdout
-from customer_value.uncertainty import count_pmf_terms, parameter_draws, purchase_count_interval
+from customer_value.data.features import Split, calibration_and_holdout
+from customer_value.data.loading import LoadingRules, load_bundled
+from customer_value.evaluation.holdout_metrics import interval_metrics
+from customer_value.models.clv.btyd import FAMILIES, CLVParams, ModelInputs, lifetimes_fitter, model_inputs
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.uncertainty import count_pmf_terms, parameter_draws, purchase_count_interval
 
 PUBLISHED = {  # CDNOW estimates in weeks: FHL 2005, BTYDplus MBG/NBD, Fader-Hardie-Lee Pareto/NBD
     "bgnbd": {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from customer_value.clv_model import CLVModel
+from customer_value.data.features import Split, calibration_and_holdout
 from customer_value.errors import NotEnoughDataError
-from customer_value.evaluation import evaluate_clv
-from customer_value.features import Split, calibration_and_holdout
-from customer_value.inner_windows import InnerWindow, inner_windows
-from customer_value.value_layer import ValueLayer, fit_value_layer
+from customer_value.evaluation.holdout_metrics import evaluate_clv
+from customer_value.models.clv.inner_windows import InnerWindow, inner_windows
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.value_layer import ValueLayer, fit_value_layer
 
 CALIBRATION_END = pd.Timestamp("1997-09-30")
 HORIZONS = [91, 133, 182]

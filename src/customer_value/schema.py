@@ -13,8 +13,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from customer_value.errors import UserError
-from customer_value.prediction_bounds import check_discount_step, check_horizon
-from customer_value.segment_attributes import refuse_protected_features
+from customer_value.models.clv.bounds import check_discount_step, check_horizon
+from customer_value.models.segments.attributes import refuse_protected_features
 
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
 

@@ -1,0 +1,405 @@
+"""``make bench``: the project's path and the plain lifetimes / scikit-learn way of doing the same work, side
+by side in one run, on generated orders, as ratios (baseline time / project time; above 1 = we are faster).
+
+Every comparison also checks that both ways agree (same features, same parameters, same predictions), so
+a speed-up can never come from computing something else. Timings are wall-clock ``perf_counter`` on
+whatever else the machine is doing: run it on a quiet machine and read ratios, not absolute seconds.
+``run_benchmarks`` returns the rows (the test suite runs it at a small size and checks agreement only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from customer_value.bench.timing import best_of, machine, max_relative_difference, pretouch_memory, timed
+from customer_value.data.features import customer_features
+from customer_value.data.loading import clean_transactions
+from customer_value.data.synthetic import TrueParams, generate_orders
+from customer_value.models.clv.btyd import INPUT_COLUMNS, model_inputs, spend_sample
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.segments.segmentation import SegmentModel, evaluation_space, quality_metrics
+from customer_value.tracking import registry, run_logging
+from customer_value.tracking.pyfunc import clv_spec
+
+# About 11.6 orders per customer: 1M customers give the issue's ~12M orders.
+BENCH_PARAMS = TrueParams(r=1.0, alpha=4.0, a=0.5, b=6.0)
+HORIZON_DAYS = 365.0
+WEEK_DAYS = 7.0  # the model time unit (CLVModel's default), in which lifetimes is fed
+SCORING_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Row:
+    """One side-by-side comparison."""
+
+    task: str
+    project: str
+    project_s: float
+    baseline: str
+    baseline_s: float
+    agreement: str  # what was compared and the largest difference
+    agrees: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_s / self.project_s if self.project_s > 0 else float("nan")
+
+
+def bench_features(raw: pd.DataFrame) -> tuple[list[Row], pd.DataFrame]:
+    """Transaction log -> one row per customer: loading's validation and same-day merge plus
+    ``customer_features``, against lifetimes' ``summary_data_from_transaction_data`` (which also merges
+    same-day orders) and a plain pandas groupby (first, last, count, sum: less work than either)."""
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    (orders, _), load_s = timed(lambda: clean_transactions(raw, source="generated"))
+    as_of = orders["date"].max()
+    features, features_s = timed(lambda: customer_features(orders, as_of))
+    summary, lifetimes_s = timed(
+        lambda: summary_data_from_transaction_data(
+            raw,
+            "customer_id",
+            "timestamp",
+            monetary_value_col="amount",
+            observation_period_end=as_of,
+            freq="D",
+        )
+    )
+    _, groupby_s = timed(
+        lambda: raw.groupby("customer_id").agg(
+            first=("timestamp", "min"),
+            last=("timestamp", "max"),
+            n=("amount", "size"),
+            total=("amount", "sum"),
+        )
+    )
+    theirs = summary.reindex(features.index)
+    pairs = {
+        "frequency": ("frequency", "frequency"),
+        "recency": ("recency_days", "recency"),
+        "T": ("T_days", "T"),
+        "monetary_value": ("monetary_value", "monetary_value"),
+    }
+    worst = max(max_relative_difference(features[ours], theirs[col]) for ours, col in pairs.values())
+    agreement = f"frequency, recency, T, monetary of {len(features):,} customers: max rel. diff {worst:.1e}"
+    same = bool(theirs.notna().all().all()) and len(summary) == len(features) and worst <= 1e-9
+    rows = [
+        Row(
+            "features (log -> customer table)",
+            "load+features",
+            load_s + features_s,
+            "lifetimes summary",
+            lifetimes_s,
+            agreement,
+            same,
+        ),
+        Row(
+            "features only (clean orders -> table)",
+            "customer_features",
+            features_s,
+            "lifetimes summary",
+            lifetimes_s,
+            "as above",
+            same,
+        ),
+        Row(
+            "features vs plain pandas",
+            "load+features",
+            load_s + features_s,
+            "pandas groupby (4 aggregates)",
+            groupby_s,
+            "reference only: the groupby computes less",
+            True,
+        ),
+    ]
+    return rows, features
+
+
+def _weekly_arrays(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, t_x, T, m) in weeks, as lifetimes takes them: the project's own conversion."""
+    inputs = model_inputs(features, WEEK_DAYS)
+    return inputs.frequency, inputs.recency, inputs.T, inputs.monetary_value
+
+
+def bench_fit(features: pd.DataFrame) -> tuple[Row, CLVModel]:
+    """BG/NBD + Gamma-Gamma: the project's fit (unique patterns with weights, covariance for the
+    intervals included) against lifetimes' plain fit on every customer."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    model, project_s = timed(lambda: CLVModel(family="bgnbd").fit(features))
+    x, t_x, big_t, m = _weekly_arrays(features)
+    repeat = spend_sample(model_inputs(features, WEEK_DAYS))
+
+    def plain() -> tuple[Any, Any]:
+        purchase = BetaGeoFitter(penalizer_coef=0.0).fit(x, t_x, big_t)
+        spend = GammaGammaFitter(penalizer_coef=0.0).fit(x[repeat], m[repeat])
+        return purchase, spend
+
+    (purchase, spend), lifetimes_s = timed(plain)
+    ours = model.params_.purchase | model.params_.spend
+    theirs = {k: float(purchase.params_[k]) for k in ("r", "alpha", "a", "b")}
+    theirs |= {k: float(spend.params_[k]) for k in ("p", "q", "v")}
+    worst = max_relative_difference(np.array([ours[k] for k in theirs]), np.array(list(theirs.values())))
+    agreement = f"7 parameters: max rel. diff {worst:.1e}"
+    row = Row(
+        "BG/NBD + Gamma-Gamma fit",
+        "CLVModel.fit",
+        project_s,
+        "lifetimes fit",
+        lifetimes_s,
+        agreement,
+        worst <= 1e-4,
+    )
+    return row, model
+
+
+def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[Row]:
+    """Every customer through the registered pyfunc (loaded from the registry, intervals off) against the
+    raw vectorised lifetimes calls: expected purchases, P(alive) and expected spend, with and without
+    lifetimes' discounted CLV (lifetimes has no churn within a horizon; that and the pyfunc's input
+    validation are extra work on our side)."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    run_logging.configure(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = run_logging.ensure_experiment("bench", str(store / "artifacts"))
+    spec = clv_spec(model, model, horizon_days=HORIZON_DAYS, calibration_end="", trained_through="")
+    with mlflow.start_run(experiment_id=experiment):
+        info = registry.log_clv_model(spec, features)
+    version = mlflow.register_model(info.model_uri, "bench-clv").version
+    loaded = mlflow.pyfunc.load_model(f"models:/bench-clv/{version}")
+    inputs = features[INPUT_COLUMNS].reset_index(drop=True)
+    params = {"horizon_days": HORIZON_DAYS, "intervals": False}
+    ours, first_call_s = timed(lambda: loaded.predict(inputs, params=params))
+    _, project_s = best_of(SCORING_REPEATS, lambda: loaded.predict(inputs, params=params))
+
+    purchase = BetaGeoFitter()
+    purchase.params_ = pd.Series(model.params_.purchase)
+    purchase.predict = purchase.conditional_expected_number_of_purchases_up_to_time  # set by fit() otherwise
+    spend = GammaGammaFitter()
+    spend.params_ = pd.Series(model.params_.spend)
+    x, t_x, big_t, m = _weekly_arrays(features)
+
+    def core() -> tuple[np.ndarray, np.ndarray]:
+        expected = purchase.conditional_expected_number_of_purchases_up_to_time(
+            HORIZON_DAYS / WEEK_DAYS, x, t_x, big_t
+        )
+        alive = purchase.conditional_probability_alive(x, t_x, big_t)
+        spend.conditional_expected_average_profit(x, m)
+        return expected, alive
+
+    def discounted_value() -> None:
+        # Month by month as the pyfunc's CLV (lifetimes steps 30 days); it needs aligned Series.
+        months = round(HORIZON_DAYS / (365.25 / 12))
+        series = [pd.Series(values) for values in (x, t_x, big_t, m)]
+        spend.customer_lifetime_value(purchase, *series, time=months, discount_rate=0.1 / 12, freq="W")
+
+    (expected, alive), core_s = best_of(SCORING_REPEATS, core)
+    _, clv_s = best_of(SCORING_REPEATS, discounted_value)
+    worst = max(
+        max_relative_difference(ours["expected_purchases"], expected),
+        max_relative_difference(ours["p_alive"], alive),
+    )
+    agreement = (
+        f"expected purchases and P(alive) of {len(inputs):,} customers: max rel. diff {worst:.1e}; "
+        f"best of {SCORING_REPEATS} calls each side (the pyfunc's first call: {first_call_s:.2f} s)"
+    )
+    same = worst <= 1e-9
+    return [
+        Row(
+            "scoring vs lifetimes incl. CLV",
+            "pyfunc predict",
+            project_s,
+            "lifetimes E[X], P(alive), spend, CLV",
+            core_s + clv_s,
+            agreement,
+            same,
+        ),
+        Row(
+            "scoring vs lifetimes, no CLV",
+            "pyfunc predict",
+            project_s,
+            "lifetimes E[X], P(alive), spend",
+            core_s,
+            "as above (the pyfunc also computes CLV, churn, next purchase)",
+            same,
+        ),
+    ]
+
+
+def bench_segmentation(features: pd.DataFrame, seed: int, subsample: int) -> Row:
+    """MiniBatchKMeans on every customer (the project's pipeline) against full KMeans on a subsample
+    (plain scikit-learn on the same standardised log features), judged on one common silhouette sample."""
+    model, project_s = timed(
+        lambda: SegmentModel(n_clusters=4, seed=seed, algorithm="minibatch_kmeans").fit(features)
+    )
+    ours = model.predict(features)["segment"].to_numpy()
+    space = evaluation_space(features)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(features), size=min(subsample, len(features)), replace=False)
+    kmeans, kmeans_s = timed(lambda: KMeans(n_clusters=4, n_init=1, random_state=seed).fit(space[sample]))
+    theirs = kmeans.predict(space)
+    ours_quality = quality_metrics(space, ours, seed)["silhouette"]
+    theirs_quality = quality_metrics(space, theirs, seed)["silhouette"]
+    agreement = (
+        f"silhouette {ours_quality:.3f} (all {len(features):,}) vs {theirs_quality:.3f} (KMeans on "
+        f"{len(sample):,}); ARI between them {adjusted_rand_score(theirs, ours):.3f}"
+    )
+    return Row(
+        "segmentation fit",
+        "MiniBatchKMeans, all customers",
+        project_s,
+        f"KMeans on {len(sample):,}",
+        kmeans_s,
+        agreement,
+        ours_quality >= theirs_quality - 0.05,
+    )
+
+
+# The train job runs in a child process that reports its own peak RSS (VmHWM) when it ends: the kernel's
+# ru_maxrss of a forked child also counts the parent's pages from before exec, which would be the
+# benchmark's own multi-GiB footprint.
+TRAIN_WITH_PEAK = """
+import runpy, sys
+from pathlib import Path
+report = Path(sys.argv.pop(1))
+try:
+    runpy.run_module("customer_value.train", run_name="__main__", alter_sys=True)
+finally:
+    status = Path("/proc/self/status").read_text().splitlines()
+    report.write_text(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+"""
+
+
+def bench_train(orders_path: Path, store: Path) -> dict[str, float]:
+    """``python -m customer_value.train`` end to end on the file: wall time and its peak RSS."""
+    peak_file = store / "train-peak-kib"
+    command = [
+        sys.executable,
+        "-c",
+        TRAIN_WITH_PEAK,
+        str(peak_file),
+        "data=file",
+        f"data.path={orders_path}",
+        f"tracking.uri=sqlite:///{store / 'train.db'}",
+        f"tracking.artifact_root={store / 'train-artifacts'}",
+        f"hydra.run.dir={store / 'outputs'}",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuntimeError("train failed: " + " | ".join(tail))
+    return {"train_seconds": seconds, "train_peak_rss_gib": int(peak_file.read_text()) / 2**20}
+
+
+def run_benchmarks(
+    n_customers: int,
+    seed: int = 1,
+    workdir: Path | None = None,
+    train: bool = True,
+    subsample: int = 100_000,
+    pretouch_gib: float = 0.0,
+) -> dict[str, Any]:
+    """Generate orders, run every comparison, return rows, sizes and (with ``train``) the end-to-end run.
+
+    The generated log is put in time order, as a shop's transaction log arrives (the generator writes
+    each customer's orders together, which would flatter any sort by customer).
+    """
+    pretouch_s = pretouch_memory(pretouch_gib) if pretouch_gib > 0 else 0.0
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        folder = Path(tmp)
+        raw, generate_s = timed(
+            lambda: (
+                generate_orders(n_customers, seed=seed, params=BENCH_PARAMS, max_repeats=100)
+                .sort_values("timestamp", kind="stable")
+                .reset_index(drop=True)
+            )
+        )
+        orders_path = folder / "orders.parquet"
+        raw.to_parquet(orders_path, index=False)
+        rows, features = bench_features(raw)
+        del raw
+        fit_row, model = bench_fit(features)
+        rows.append(fit_row)
+        rows.extend(bench_scoring(model, features, folder))
+        rows.append(bench_segmentation(features, seed, subsample))
+        result: dict[str, Any] = {
+            "customers": len(features),
+            "orders_file": int(pd.read_parquet(orders_path, columns=["amount"]).shape[0]),
+            "generate_seconds": generate_s,
+            "pretouch_gib": pretouch_gib,
+            "pretouch_seconds": pretouch_s,
+            "rows": [asdict(row) | {"speedup": row.speedup} for row in rows],
+        }
+        if train:
+            result |= bench_train(orders_path, folder)
+        result["bench_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return result
+
+
+def _print(result: dict[str, Any], info: dict[str, str]) -> None:
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Python {info['python']}")
+    print(f"packages: {info['packages']}")
+    print(
+        f"data: {result['customers']:,} customers, {result['orders_file']:,} orders (generated in "
+        f"{result['generate_seconds']:.1f} s); memory pre-touched: {result['pretouch_gib']:g} GiB "
+        f"in {result['pretouch_seconds']:.1f} s"
+    )
+    print(f"{'task':<40}{'project':>10}{'baseline':>10}{'ratio':>8}  agrees  detail")
+    for row in result["rows"]:
+        print(
+            f"{row['task']:<40}{row['project_s']:>9.2f}s{row['baseline_s']:>9.2f}s{row['speedup']:>7.1f}x  "
+            f"{'yes' if row['agrees'] else 'NO':<6}  {row['project']} vs {row['baseline']}: "
+            f"{row['agreement']}"
+        )
+    if "train_seconds" in result:
+        print(
+            f"train end to end: {result['train_seconds']:.1f} s, "
+            f"peak RSS {result['train_peak_rss_gib']:.2f} GiB"
+        )
+    print(f"benchmark process peak RSS: {result['bench_peak_rss_gib']:.2f} GiB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m customer_value.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-train", action="store_true", help="skip the end-to-end train run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--pretouch-gib",
+        type=float,
+        default=6.0,
+        help="write this much memory once before timing (see pretouch_memory; 0 to skip)",
+    )
+    args = parser.parse_args(argv)
+    info = machine()
+    result = run_benchmarks(
+        args.customers, args.seed, train=not args.no_train, pretouch_gib=args.pretouch_gib
+    )
+    _print(result, info)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info} | result, indent=2))
+    if not all(row["agrees"] for row in result["rows"]):
+        sys.exit("error: a comparison disagrees (see the agrees column)")
+
+
+if __name__ == "__main__":
+    main()

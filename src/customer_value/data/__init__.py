@@ -1,0 +1,1 @@
+"""Reading transaction logs, parsing and bad rows, grouping, and the one-row-per-customer table."""

@@ -1,0 +1,1 @@
+"""Judging models: holdout metrics and baselines, rolling-origin backtests, figures for reviewers."""

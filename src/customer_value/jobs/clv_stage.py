@@ -1,0 +1,444 @@
+"""CLV stage of training: calibration fit, holdout metrics and baselines, diagnostics, refit, logged model.
+
+The registered CLV model is **refit on the full history** (``clv.refit_full_history``) because scoring
+happens at the end of the data and the last months carry the most information about today's customers;
+the holdout metrics judge the calibration-window fit of the same configuration, and that fit travels with
+the model so a later run can re-score this version on its own holdout (see ``registry``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from customer_value.data.features import Split, calibration_and_holdout, customer_features, resolve_split
+from customer_value.data.loading import DataReport
+from customer_value.errors import ModelFitError
+from customer_value.evaluation import holdout_metrics, plots
+from customer_value.evaluation.backtest import backtest, plan_origins, summarise
+from customer_value.jobs.stage import (
+    Candidate,
+    card_facts,
+    prefixed,
+    require_metrics,
+    sample_positions,
+    version_tags,
+)
+from customer_value.models.clv.layer_selection import select_layers
+from customer_value.models.clv.model import CLVModel
+from customer_value.models.clv.predict import expected_repeat_purchases
+from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, clv_metric_for, parse_day
+from customer_value.tracking import registry, run_logging
+from customer_value.tracking.pyfunc import clv_spec, spec_has_amounts
+
+log = logging.getLogger(__name__)
+
+NO_AMOUNTS_NOTE = (
+    "Purchase-only model: the log had no amounts (data.columns.amount=null), so there is no spend model "
+    "and no value outputs (expected_order_value, expected_revenue, clv); churn, P(alive), expected "
+    "purchases and the next purchase date are predicted."
+)
+
+
+def train_clv(
+    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
+) -> tuple[dict[str, float], Candidate, pd.DataFrame]:
+    """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model.
+
+    Also returns the scoring model's outputs for every customer as of the last order (``clv.horizon_days``),
+    which the segments stage profiles and may cluster on.
+    """
+    split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
+    calibration, holdout = calibration_and_holdout(orders, split)
+    has_amounts = report.has_amounts
+    primary = gate_metric(cfg, has_amounts)
+    settings = model_settings(cfg, has_amounts)
+    mlflow.log_params(
+        {
+            "time_unit": cfg.features.time_unit,
+            "split.resolved_calibration_end": str(split.calibration_end.date()),
+            "split.holdout_days": split.holdout_days,
+        }
+    )
+    full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
+    family, model, scoring_model, predictions, metrics = _choose_family(
+        cfg, settings, calibration, holdout, split, full_history, primary
+    )
+    settings["family"] = family
+    if cfg.clv.layers.value and not has_amounts:
+        mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
+    if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
+        metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
+    predictions = model.predict(calibration, split.holdout_days)
+    metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
+    # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
+    rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
+    sampled = model.predict(calibration.iloc[rows], split.holdout_days, intervals=True)
+    metrics |= prefixed("holdout.", holdout_metrics.interval_metrics(sampled, holdout.iloc[rows]))
+    metrics["holdout.interval_customers"] = float(len(rows))
+    metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
+    metrics |= _fit_diagnostics(cfg, model)
+    metrics["split.calibration_customers"] = float(len(calibration))
+    if cfg.clv.backtest.folds > 1:
+        metrics |= _backtest(cfg, settings, orders, split)
+    metrics |= prefixed(
+        "baseline.", holdout_metrics.evaluate_baseline(calibration, holdout, split.holdout_days)
+    )
+    _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
+    _log_tracking(model, orders, split)
+    _log_model_matrices(model, calibration, split)
+
+    if cfg.clv.refit_full_history:
+        scoring_model.churn_layer_ = model.churn_layer_
+        scoring_model.value_layer_ = model.value_layer_
+        metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
+    metrics |= _anchor_metrics(cfg, split, metrics)
+    run_logging.log_metrics(metrics)
+    require_metrics(metrics, primary, "clv.primary_metric")
+    log.info(
+        "CLV holdout: churn AUC %.3f (recency baseline %.3f), Brier %.3f, top-decile capture %.3f "
+        "(historic spend %.3f), revenue Spearman %.3f (historic spend %.3f)",
+        *(
+            metrics.get(key, np.nan)
+            for key in (
+                "holdout.churn_auc",
+                "baseline.churn_auc",
+                "holdout.churn_brier",
+                "holdout.top_decile_revenue_capture",
+                "baseline.top_decile_revenue_capture",
+                "holdout.revenue_spearman",
+                "baseline.revenue_spearman",
+            )
+        ),
+    )
+
+    trained_through = split.holdout_end if cfg.clv.refit_full_history else split.calibration_end
+    spec = clv_spec(
+        model,
+        scoring_model,
+        horizon_days=cfg.clv.horizon_days,
+        calibration_end=str(split.calibration_end.date()),
+        trained_through=str(trained_through.date()),
+    )
+    info = registry.log_clv_model(spec, calibration)
+
+    def judge(version: str) -> registry.ChampionJudgement:
+        return _judge_clv_champion(cfg, version, split, calibration, holdout, primary)
+
+    window = {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]}
+
+    candidate = Candidate(
+        run_id=mlflow.active_run().info.run_id,
+        model_uri=info.model_uri,
+        name=cfg.tracking.clv_model,
+        metric=primary,
+        score=metrics[primary],
+        judge=judge,
+        tags=version_tags(cfg, report) | window,
+        card=card_facts(
+            cfg,
+            report,
+            {k: v for k, v in metrics.items() if k.startswith("holdout.")},
+            ["clv", "features", "split"],
+            window | {"data.calibration_customers": f"{len(calibration):,}"},
+            () if has_amounts else (NO_AMOUNTS_NOTE,),
+        ),
+    )
+    today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
+    return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
+
+
+def gate_metric(cfg: DictConfig, has_amounts: bool) -> str:
+    """``clv.primary_metric``, or on a log without amounts a purchase metric instead of a revenue one (the
+    substitution is tagged, so the gate and a reviewer read the same metric)."""
+    metric = clv_metric_for(cfg.clv.primary_metric, has_amounts)
+    if metric != cfg.clv.primary_metric:
+        reason = f"{cfg.clv.primary_metric} -> {metric} (the log has no amounts)"
+        mlflow.set_tag("clv.primary_metric_substituted", reason)
+        log.info("clv.primary_metric: %s", reason)
+    return metric
+
+
+def model_settings(cfg: DictConfig, has_amounts: bool = True) -> dict[str, object]:
+    """CLVModel's keyword arguments (all but the family) from a train config: one place maps the keys.
+    A log without amounts gets the purchase model only."""
+    return {
+        "penalizer": cfg.clv.penalizer,
+        "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
+        "spend_penalizer": cfg.clv.spend_penalizer,
+        "spend_fallback_penalizers": tuple(cfg.clv.spend_fallback_penalizers),
+        "heavy_tail_spend": cfg.clv.heavy_tail_spend,
+        "heavy_tail_quantile": cfg.clv.heavy_tail_quantile,
+        "time_unit_days": TIME_UNITS_DAYS[cfg.features.time_unit],
+        "discount_rate": cfg.clv.discount_rate,
+        "discount_step_days": cfg.clv.discount_step_days,
+        "interval_level": cfg.clv.intervals.level,
+        "interval_draws": cfg.clv.intervals.draws,
+        "spend_model": has_amounts,
+    }
+
+
+def _attach_layers(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    model: CLVModel,
+    orders: pd.DataFrame,
+    split: Split,
+    calibration: pd.DataFrame,
+    metrics: dict[str, float],
+) -> dict[str, float]:
+    """Fit the configured layers on inner windows before the calibration end, keeping only those that pass
+    their check (see ``layer_selection``; the holdout is never read), and log every decision.
+
+    Returns ``metrics`` with the plain BTYD model's holdout figures renamed ``btyd.*``, so each run shows
+    what the layers added, and the check's figures as ``layers.check.*``; the caller re-scores the holdout
+    with the kept layers attached.
+    """
+    # No revenue to learn from without amounts: the value layer is not wanted then.
+    wanted = tuple(
+        name
+        for name in ("churn", "value")
+        if cfg.clv.layers[name] and (name == "churn" or bool(settings["spend_model"]))
+    )
+    selection = select_layers(
+        orders,
+        split.calibration_end,
+        list(cfg.clv.layers.inner_horizons_days),
+        lambda features: CLVModel(**settings).fit(features),
+        wanted,
+        (  # a fresh model carries no layer; one discount step is enough for revenue
+            calibration,
+            lambda days: CLVModel.from_params(model.params_, 0.0, days).predict(calibration, days),
+        ),
+        seed=cfg.seed,
+        check=cfg.clv.layers.check,
+    )
+    mlflow.log_param("clv.layers.inner_horizons_used", str(selection.horizons_days))
+    tags = {"clv.layers.inner_horizons": selection.horizons_reason[:5000]}
+    if selection.skipped is not None:
+        tags["clv.layers.skipped"] = selection.skipped[:5000]
+        log.warning("clv.layers step aside, the model is the plain purchase model: %s", selection.skipped)
+    for name, decision in selection.decisions.items():
+        tags[f"clv.layers.{name}"] = decision.tag()[:5000]
+        (log.info if decision.kept else log.warning)("clv.layers.%s %s", name, decision.tag())
+        metrics = metrics | {f"layers.check.{name}.{k}": v for k, v in decision.check.items()}
+    if selection.check_horizon_days is not None:
+        metrics["layers.check.horizon_days"] = selection.check_horizon_days
+    model.churn_layer_, model.value_layer_ = selection.churn, selection.value
+    kept = [name for name in wanted if getattr(model, f"{name}_layer_") is not None]
+    tags["clv.layers"] = ",".join(kept) or "none"
+    mlflow.set_tags(tags)
+    btyd = {f"btyd.{k.removeprefix('holdout.')}": v for k, v in metrics.items() if k.startswith("holdout.")}
+    return {k: v for k, v in metrics.items() if not k.startswith("holdout.")} | btyd
+
+
+def _backtest(
+    cfg: DictConfig, settings: dict[str, object], orders: pd.DataFrame, split: Split
+) -> dict[str, float]:
+    """The purchase model's rolling-origin backtest, its folds fitted to the history (see ``plan_origins``).
+
+    The origins used are logged (``clv.backtest.origins_used``) and tagged ``clv.backtest`` with why when
+    they are not the configured ones; a backtest that cannot run is skipped with a warning, never fatal.
+    """
+    origins, adapted = plan_origins(
+        split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
+    )
+    folds, failed = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
+    notes = [adapted] if adapted else []
+    notes += [f"fold {origin} left out ({reason})" for origin, reason in failed.items()]
+    mlflow.log_param("clv.backtest.origins_used", str(list(folds.index)))
+    if notes or folds.empty:
+        tag = ("skipped: " if folds.empty else f"{len(folds)} folds: ") + "; ".join(notes)
+        mlflow.set_tag("clv.backtest", tag[:5000])
+        log.warning("clv.backtest %s", tag)
+    if folds.empty:
+        return {}
+    run_logging.log_table(folds, "evaluation/backtest_folds.csv")
+    return prefixed("backtest.", summarise(folds))
+
+
+def _choose_family(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    split: Split,
+    full_history: pd.DataFrame | None,
+    primary: str,
+) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
+    """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
+
+    Returns the family, its calibration fit, its scoring fit (refit on ``full_history`` when given), the
+    holdout predictions and metrics. With ``auto``, a family whose calibration fit or refit fails is
+    skipped (tag ``clv.skipped_families``); each candidate's holdout metrics are logged as
+    ``family.<name>.<metric>``. Note the chosen family's holdout score is the best of several on the same
+    holdout, so it is slightly optimistic.
+    """
+    auto = cfg.clv.family == "auto"
+    families = CLV_FAMILIES if auto else (cfg.clv.family,)
+    fitted, skipped = {}, {}
+    for family in families:  # three families at most
+        try:
+            model = CLVModel(family=family, **settings).fit(calibration)
+            scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
+        except ModelFitError as exc:
+            if not auto:
+                raise
+            skipped[family] = str(exc)
+            continue
+        predictions = model.predict(calibration, split.holdout_days)
+        scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
+        fitted[family] = (model, scoring, predictions, scores)
+    if skipped:
+        mlflow.set_tag("clv.skipped_families", "; ".join(f"{f}: {m}" for f, m in skipped.items())[:5000])
+        log.warning("clv=auto skipped %s", skipped)
+    if not fitted:
+        raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
+    best = max(fitted, key=lambda family: fitted[family][3].get(primary, -np.inf))
+    mlflow.set_tag("clv.chosen_family", best)
+    model, scoring, predictions, metrics = fitted[best]
+    if len(fitted) > 1:
+        for family, (*_, scores) in fitted.items():
+            metrics = metrics | prefixed(f"family.{family}.", scores)
+    return best, model, scoring, predictions, metrics
+
+
+def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:
+    """Which fallback the fit needed, and Gamma-Gamma's independence check (warned above a threshold)."""
+    attempts = model.fit_attempts_
+    mlflow.set_tags(
+        {
+            "clv.family": model.family,
+            "clv.fallback": "none"
+            if len(attempts) == (2 if model.has_spend else 1)
+            else f"purchase penalizer {model.purchase_penalizer_used_}, "
+            f"spend penalizer {model.spend_penalizer_used_}",
+            "clv.fit_attempts": "; ".join(f"{part} {p}: {outcome}" for part, p, outcome in attempts)[:5000],
+            "clv.spend_fallback": model.spend_fallback_ or "none",
+        }
+    )
+    if model.spend_fallback_ is not None:
+        log.warning("Gamma-Gamma: %s", model.spend_fallback_)
+    correlation = model.spend_frequency_correlation_
+    if abs(correlation) > cfg.clv.independence_threshold:
+        log.warning(
+            "Gamma-Gamma assumes spend is independent of frequency, but their correlation is %.3f "
+            "(threshold %.2f): expected order values may be biased",
+            correlation,
+            cfg.clv.independence_threshold,
+        )
+        mlflow.set_tag("clv.independence_warning", f"corr {correlation:.3f}")
+    metrics = {
+        "fit.purchase_penalizer_used": model.purchase_penalizer_used_,
+        "fit.attempts": float(len(attempts)),
+        "fit.spend_mean_constrained": float(model.spend_fallback_ is not None),
+    }
+    if model.has_spend:
+        metrics["fit.spend_penalizer_used"] = model.spend_penalizer_used_
+        metrics["fit.spend_frequency_correlation"] = correlation
+    return metrics
+
+
+def _anchor_metrics(cfg: DictConfig, split: Split, metrics: dict[str, float]) -> dict[str, float]:
+    """The data's reference figures beside this run's, when they were measured on this run's split."""
+    anchors = OmegaConf.to_container(cfg.data.anchors, resolve=True)
+    measured_on = parse_day(anchors["calibration_end"], "data.anchors.calibration_end")
+    if not anchors["figures"] or (measured_on is not None and measured_on != split.calibration_end):
+        return {}
+    table = holdout_metrics.compare_with_anchors(metrics, anchors["figures"])
+    run_logging.log_table(table, "evaluation/anchors.csv")
+    for name, row in table.iterrows():
+        log.info(
+            "anchor %s: %s %.3f vs anchor %.3f (%s is better) -> %s",
+            name,
+            row["metric"],
+            row["project_value"],
+            row["anchor_value"],
+            row["better"],
+            "beaten" if row["beaten"] else "NOT beaten",
+        )
+    return {f"anchor.{name}": row["anchor_value"] for name, row in table.iterrows()} | {
+        f"anchor.{name}.beaten": float(row["beaten"]) for name, row in table.iterrows()
+    }
+
+
+def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    by_frequency = holdout_metrics.purchases_by_frequency(
+        calibration["frequency"].to_numpy(),
+        predictions["expected_purchases"].to_numpy(),
+        holdout["purchases"].to_numpy(),
+    )
+    run_logging.log_table(by_frequency, "evaluation/purchases_by_frequency.csv")
+    run_logging.log_figure(plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png")
+    run_logging.log_figure(
+        plots.churn_by_decile(predictions["churn_probability"].to_numpy(), holdout_metrics.churned(holdout)),
+        "plots/churn_by_decile.png",
+    )
+    if "expected_revenue" not in predictions.columns:  # a log without amounts: no gains chart
+        return
+    curves = {
+        "model": predictions["expected_revenue"].to_numpy(),
+        "historic spend": calibration["total_spend"].to_numpy(),
+    }
+    run_logging.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
+
+
+def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split) -> None:
+    table = holdout_metrics.cumulative_repeat_tracking(
+        orders,
+        split.calibration_end,
+        split.holdout_end,
+        lambda ages: expected_repeat_purchases(model.params_, ages),
+    )
+    run_logging.log_table(table, "evaluation/cumulative_repeat_purchases.csv")
+    figure = plots.cumulative_tracking(table, split.calibration_end)
+    run_logging.log_figure(figure, "plots/cumulative_repeat_purchases.png")
+
+
+def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split) -> None:
+    """P(alive) and expected holdout purchases over frequency x recency, for the oldest customers' age."""
+    grid = holdout_metrics.frequency_recency_grid(float(calibration["T_days"].max()))
+    outputs = model.predict(grid, split.holdout_days)
+    for column, title in (
+        ("p_alive", "P(alive)"),
+        ("expected_purchases", "Expected purchases in the holdout"),
+    ):
+        matrix = holdout_metrics.grid_matrix(grid, outputs[column])
+        run_logging.log_table(matrix, f"evaluation/{column}_matrix.csv")
+        run_logging.log_figure(plots.matrix_heatmap(matrix, title, column), f"plots/{column}_matrix.png")
+
+
+def _judge_clv_champion(
+    cfg: DictConfig,
+    version: str,
+    split: Split,
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    metric: str,
+) -> registry.ChampionJudgement:
+    """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it and it can
+    be judged on ``metric`` (a champion with a spend model needs amounts this run may not have, and a
+    purchase-only champion has no revenue metrics)."""
+    champion = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{version}").unwrap_python_model()
+    champion_end = pd.Timestamp(champion.spec["calibration_end"])
+    if champion_end > split.calibration_end:
+        reason = (
+            f"its calibration window ends {champion_end.date()}, after this run's "
+            f"{split.calibration_end.date()}, so its fit may have seen this holdout"
+        )
+        return registry.ChampionJudgement(version, None, reason)
+    champion_amounts = spec_has_amounts(champion.spec)
+    if champion_amounts and "monetary_value" not in calibration.columns:
+        reason = "it was trained on a log with amounts and needs monetary inputs this run's log has not"
+        return registry.ChampionJudgement(version, None, reason)
+    judged = champion.evaluation_model().predict(calibration, split.holdout_days)
+    scores = prefixed("holdout.", holdout_metrics.evaluate_clv(judged, holdout))
+    if metric not in scores:
+        kind = "" if champion_amounts else " (a purchase-only model)"
+        reason = f"it has no {metric} on this holdout{kind}"
+        return registry.ChampionJudgement(version, None, reason, scores)
+    return registry.ChampionJudgement(version, scores[metric], "re-scored on this holdout", scores)

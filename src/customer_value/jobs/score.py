@@ -1,0 +1,347 @@
+"""Scoring job: load the champion models, score every customer as of a date, write one table.
+
+The output is written to a temporary file beside the target and renamed into place, so an interrupted
+or failed job never leaves a partial table (a killed job's hidden temporary file is removed by the next).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import hydra
+import mlflow
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from customer_value.data.features import customer_features, purchase_regularity
+from customer_value.data.sources import load_orders
+from customer_value.errors import UserError
+from customer_value.evaluation import plots
+from customer_value.jobs.entrypoint import run_job
+from customer_value.models.clv.bounds import check_horizon
+from customer_value.models.clv.btyd import NO_DATE_BEYOND_DAYS
+from customer_value.models.segments.attributes import join_attributes, load_attributes
+from customer_value.models.segments.migration import (
+    KEY_COLUMNS,
+    load_previous_scores,
+    migration_summary,
+    transition_matrix,
+    transition_table,
+)
+from customer_value.models.segments.segmentation import FeatureSet
+from customer_value.schema import parse_day, register_configs, validate_score_config
+from customer_value.spark import scoring as spark_scoring
+from customer_value.tracking import processes, registry, run_logging
+
+log = logging.getLogger(__name__)
+
+
+def score_customers(cfg: DictConfig) -> pd.DataFrame:
+    """One row per customer seen on or before ``score.as_of``, with segment and every CLV output (a
+    purchase-only CLV model, trained on a log without amounts, has no value columns: none are added)."""
+    return pd.concat(list(score_chunks(cfg)), ignore_index=True)
+
+
+def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
+    """The scoring table in chunks of ``score.chunk_customers`` customers, in customer-id order.
+
+    The order log is reduced to one row per customer first (it must fit in memory, ~20 bytes per order
+    after loading); the models' outputs, intervals included, exist for one chunk at a time, so their
+    memory is bounded by the chunk size, not by the number of customers.
+    """
+    validate_score_config(cfg)
+    run_logging.configure(cfg.tracking.uri)
+    clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
+    segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
+
+    clv_model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{clv_version.version}")
+    horizon = cfg.score.horizon_days
+    if horizon is None:
+        horizon = default_horizon(clv_model)
+    # Refuse a horizon beyond the bounds before any data is read (the served model refuses it too).
+    step = clv_model.unwrap_python_model().spec["discount_step_days"]
+    horizon = check_horizon(horizon, step, key="score.horizon_days")
+    params = {"horizon_days": horizon, "intervals": bool(cfg.score.intervals)}
+
+    orders, report = load_orders(cfg.data)
+    as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
+    later = int((orders["date"] > as_of).sum())
+    if later:
+        log.info(
+            "score.as_of %s: %s of %s orders are later and not used",
+            as_of.date(),
+            f"{later:,}",
+            f"{len(orders):,}",
+        )
+    features = customer_features(orders, as_of)
+
+    segments_model = mlflow.pyfunc.load_model(
+        f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
+    )
+    feature_set = segments_model.unwrap_python_model().model.input_features
+    clv_inputs = model_inputs_present(clv_model, features, f"{cfg.tracking.clv_model} v{clv_version.version}")
+    segment_columns = _segment_behaviour(feature_set, features, clv_model, segments_version.version, cfg)
+    extra = _segment_extras(cfg, feature_set, features, orders, as_of)
+    del orders  # only the customer table is needed from here on
+    versions = {
+        "clv_model_version": str(clv_version.version),
+        "segments_model_version": str(segments_version.version),
+    }
+    for start in range(0, len(features), cfg.score.chunk_customers):
+        part = features.iloc[start : start + cfg.score.chunk_customers]
+        rows = part.reset_index(drop=True)
+        values = clv_model.predict(rows[clv_inputs], params=params)
+        inputs = _segment_inputs(
+            feature_set,
+            rows[segment_columns],
+            rows[clv_inputs],
+            clv_model,
+            horizon,
+            values,
+            extra.iloc[start : start + len(part)],
+        )
+        segments = segments_model.predict(inputs)
+        table = pd.concat([pd.DataFrame({"customer_id": part.index.to_numpy()}), segments, values], axis=1)
+        days = table["next_purchase_days"].where(table["next_purchase_days"] <= NO_DATE_BEYOND_DAYS)
+        table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
+        table["horizon_days"] = float(horizon)
+        table["as_of"] = as_of
+        yield table.assign(**versions)
+
+
+def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
+    """The registered CLV model's default horizon (its ``horizon_days`` parameter)."""
+    return next(p.default for p in clv_model.metadata.get_params_schema().params if p.name == "horizon_days")
+
+
+def model_inputs_present(model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame, name: str) -> list[str]:
+    """The registered model's input columns (its signature), or a one-line UserError when the customer
+    table lacks some: a model trained with amounts cannot score a log without them."""
+    columns = model.metadata.get_input_schema().input_names()
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        raise UserError(
+            f"the champion {name} needs column(s) {missing}, which a log without amounts "
+            "(data.columns.amount=null) does not give; train a model on this log first"
+        )
+    return columns
+
+
+def _segment_behaviour(
+    feature_set: FeatureSet,
+    features: pd.DataFrame,
+    clv_model: mlflow.pyfunc.PyFuncModel,
+    version: str,
+    cfg: DictConfig,
+) -> list[str]:
+    """The customer-table columns the segments champion clusters on (whichever exist for it), or a
+    one-line UserError naming what this log cannot give."""
+    columns = feature_set.rfm
+    clv_outputs = clv_model.metadata.get_output_schema().input_names()
+    missing = [c for c in columns if c not in features.columns]
+    missing += [c for c in feature_set.extra if c != "regularity" and c not in clv_outputs]
+    if missing:
+        raise UserError(
+            f"the champion {cfg.tracking.segments_model} v{version} clusters on {missing}, which this log "
+            "(no amounts) or the CLV champion does not give; train the segments on this log first"
+        )
+    return columns
+
+
+def _segment_extras(
+    cfg: DictConfig,
+    feature_set: FeatureSet,
+    features: pd.DataFrame,
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+) -> pd.DataFrame:
+    """Segment inputs that need more than a customer's own row, for every customer (in ``features``'
+    order, no index): purchase regularity from the orders, customer attributes (``score.attributes_path``)."""
+    extras = pd.DataFrame(index=range(len(features)))
+    if "regularity" in feature_set.extra:
+        extras["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
+    attributes = [*feature_set.numeric, *feature_set.categorical]
+    if attributes:
+        if cfg.score.attributes_path is None:
+            raise UserError(
+                f"the segments champion clusters on attribute columns {attributes}: set score.attributes_path"
+            )
+        spec = OmegaConf.create(
+            {
+                "path": cfg.score.attributes_path,
+                "customer_id": "customer_id",
+                "numeric": list(feature_set.numeric),
+                "categorical": list(feature_set.categorical),
+                "protected": [],
+            }
+        )
+        table, _ = load_attributes(spec)
+        extras = extras.join(join_attributes(features[[]], table, attributes).reset_index(drop=True))
+    return extras
+
+
+def _segment_inputs(
+    feature_set: FeatureSet,
+    behaviour: pd.DataFrame,
+    clv_rows: pd.DataFrame,
+    clv_model: mlflow.pyfunc.PyFuncModel,
+    horizon: float,
+    values: pd.DataFrame,
+    extras: pd.DataFrame,
+) -> pd.DataFrame:
+    """What the segments champion clusters on for these customers: its behaviour columns, and when it was
+    trained so, CLV outputs (at the CLV model's own default horizon, as in training) and the extras."""
+    inputs = behaviour
+    clv_columns = [c for c in feature_set.extra if c != "regularity"]
+    if clv_columns:
+        default = default_horizon(clv_model)
+        if float(default) != float(horizon):
+            values = clv_model.predict(clv_rows, params={"horizon_days": float(default), "intervals": False})
+        inputs = inputs.join(values[clv_columns])
+    return inputs.join(extras.reset_index(drop=True))
+
+
+def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
+    """Write to a temporary file in the target folder, then rename: readers see all or nothing."""
+    return write_chunks_atomically([table], output)[0]
+
+
+def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tuple[Path, int]:
+    """Append each chunk to a temporary file in the target folder, then rename it into place; returns
+    the path and the rows written. A failure in any chunk (or in producing it) leaves nothing behind."""
+    prefix = f".{output.name}.{processes.current_owner()}."  # the owner lets a later job clean up
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temp_files(output)
+        handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise UserError(f"score.output {output}: cannot write there ({exc.strerror})") from None
+    os.close(handle)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the table should read like any other file
+    rows = 0
+    try:
+        if output.suffix.lower() == ".csv":
+            for index, chunk in enumerate(chunks):
+                chunk.to_csv(tmp, index=False, mode="w" if index == 0 else "a", header=index == 0)
+                rows += len(chunk)
+        else:
+            rows = _write_parquet_chunks(chunks, tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output, rows
+
+
+def remove_abandoned_temp_files(output: Path) -> list[Path]:
+    """Delete the temporary files of earlier writes to ``output`` whose process has ended (a SIGKILLed
+    job runs no cleanup); a live writer's file, or one this cannot judge, is left alone. Best effort:
+    returns what was removed."""
+    named = re.compile(rf"\.{re.escape(output.name)}\.({processes.OWNER_PATTERN})\.[A-Za-z0-9_]+\.tmp")
+    removed: list[Path] = []
+    for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        match = named.fullmatch(leftover.name)
+        if match is None or processes.is_alive(match.group(1)):
+            continue
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s, left by an ended process (%s)", leftover, exc.strerror)
+            continue
+        removed.append(leftover)
+        log.warning("removed %s, left by an ended process", leftover)
+    return removed
+
+
+def _write_parquet_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, rows = None, 0
+    try:
+        for chunk in chunks:
+            if writer is None:  # the first chunk's types are the file's
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                writer = pq.ParquetWriter(path, table.schema)
+            else:
+                table = pa.Table.from_pandas(chunk, schema=writer.schema, preserve_index=False)
+            writer.write_table(table)
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("no rows to write")
+    return rows
+
+
+def score(cfg: DictConfig) -> Path | str:
+    """Score, then write the table (and, given ``score.previous``, the segment migration) atomically.
+
+    ``engine=spark`` hands the whole job to ``spark_scoring`` (its output may be a remote URI: a str)."""
+    if cfg.engine.name == "spark":
+        return spark_scoring.score(cfg)
+    previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
+    kept: list[pd.DataFrame] = []  # the few columns the migration and the summary line need
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for chunk in score_chunks(cfg):
+            kept.append(chunk[[*KEY_COLUMNS, "as_of", "clv_model_version", "segments_model_version"]])
+            yield chunk
+
+    output, rows = write_chunks_atomically(chunks(), Path(cfg.score.output))
+    table = pd.concat(kept, ignore_index=True)
+    if previous is not None:
+        _write_and_log_migration(cfg, transition_table(previous, table), output, table)
+    log.info(
+        f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
+        f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
+        f"v{table['segments_model_version'].iloc[0]} -> {output}"
+    )
+    return output
+
+
+def _write_and_log_migration(
+    cfg: DictConfig, migration: pd.DataFrame, output: Path, table: pd.DataFrame
+) -> None:
+    """Beside the scores as ``<name>.migration.csv``, and as a run in the scoring experiment (aggregates)."""
+    path = write_table_atomically(migration, output.with_name(f"{output.stem}.migration.csv"))
+    summary = migration_summary(migration)
+    tags = run_logging.git_state() | {"data.name": cfg.data.name}
+    with run_logging.run(cfg.tracking.scoring_experiment, cfg.tracking.artifact_root, None, tags):
+        mlflow.log_params(
+            {
+                "as_of": str(table["as_of"].iloc[0].date()),
+                "previous": str(cfg.score.previous),
+                "clv_model_version": table["clv_model_version"].iloc[0],
+                "segments_model_version": table["segments_model_version"].iloc[0],
+            }
+        )
+        run_logging.log_metrics(summary)
+        run_logging.log_table(migration, "migration/transitions.csv")
+        shares = transition_matrix(migration, "share_of_from")
+        run_logging.log_figure(plots.migration_heatmap(shares), "plots/migration.png")
+    log.info(
+        "migration: %s customers followed, %.1f%% changed segment -> %s",
+        f"{summary['migration.customers_matched']:,.0f}",
+        100 * summary["migration.share_changed_segment"],
+        path,
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    run_job(score, cfg)
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()

@@ -1,0 +1,152 @@
+"""Training job: fit CLV and segment models, evaluate on the holdout, log to MLflow, register with a gate.
+
+``train(cfg)`` is pure orchestration that tests call directly; ``main`` is the Hydra entry point and
+returns ``cfg.optimized_metric`` so a sweeper can optimise it. The stages live in ``clv_stage`` and
+``segments_stage``.
+
+Order matters for the bad-input rule: the config is validated before any run starts, both stages are
+fitted, evaluated and logged first, and only when both succeeded are the models registered. A job that
+exits non-zero therefore never leaves a new registered version behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig
+
+from customer_value.data.sources import load_orders
+from customer_value.errors import ModelFitError, UserError
+from customer_value.jobs.clv_stage import train_clv
+from customer_value.jobs.entrypoint import run_job
+from customer_value.jobs.segments_stage import train_segments
+from customer_value.jobs.stage import Candidate, log_config, log_data_report
+from customer_value.jobs.sweep import Sweep, record_candidate
+from customer_value.schema import clv_metric_for, data_has_amounts, register_configs, validate_train_config
+from customer_value.tracking import registry, run_logging
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run both training stages, then register both models; returns every logged metric by name."""
+    validate_train_config(cfg)
+    run_logging.configure(cfg.tracking.uri)
+    tags = run_logging.git_state() | {"data.name": cfg.data.name}
+    sweep = Sweep.from_env()
+
+    def run_tags(experiment: str) -> dict[str, str]:
+        return tags if sweep is None else tags | sweep.child_tags(experiment)
+
+    metrics: dict[str, float] = {}
+    clv_tags = run_tags(cfg.tracking.clv_experiment)
+    with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
+        log_config(cfg)
+        orders, report = load_orders(cfg.data)
+        log_data_report(report)
+        with naming_the_data(report.source):
+            clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
+        metrics |= clv_metrics
+    segments_tags = run_tags(cfg.tracking.segments_experiment)
+    with run_logging.run(
+        cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, segments_tags
+    ):
+        log_config(cfg)
+        log_data_report(report)
+        with naming_the_data(report.source):
+            segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
+        metrics |= segment_metrics
+    for candidate in (clv_candidate, segments_candidate):
+        with run_logging.fail_run_on_error(candidate.run_id):
+            if sweep is not None:  # the sweep registers its best run when every job has finished
+                record_candidate(candidate, _judge_champion(cfg, candidate))
+            elif cfg.tracking.register:
+                _register(cfg, candidate)
+    return metrics
+
+
+@contextlib.contextmanager
+def naming_the_data(source: str) -> Iterator[None]:
+    """A model that cannot be fitted on this data says which file (or dataset) it was: same error type,
+    the source in front of its one line."""
+    try:
+        yield
+    except ModelFitError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+
+
+# What an older version's artifacts or code can raise when today's code loads and re-scores it (missing
+# artifact, changed parameter layout, shape mismatch, a model that no longer fits this data). Anything
+# else (MemoryError, a bug in this run's own code) still stops the job.
+CHAMPION_LOAD_ERRORS = (
+    MlflowException,
+    OSError,
+    ImportError,
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    UserError,
+)
+
+
+def _judge_safely(candidate: Candidate, version: str) -> registry.ChampionJudgement:
+    """A champion this code cannot load or re-score is not compared (and keeps its alias), never a crash."""
+    try:
+        return candidate.judge(version)
+    except CHAMPION_LOAD_ERRORS as exc:
+        reason = f"champion v{version} could not be re-scored ({type(exc).__name__}: {exc})"[:300]
+        log.warning("%s: %s", candidate.name, reason)
+        return registry.ChampionJudgement(version, None, reason)
+
+
+def _judge_champion(cfg: DictConfig, candidate: Candidate) -> registry.ChampionJudgement | None:
+    """The current champion re-scored on this run's data; None when there is no champion yet."""
+    champion = registry.champion_version(candidate.name, cfg.tracking.alias)
+    return None if champion is None else _judge_safely(candidate, str(champion.version))
+
+
+def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
+    judgement = _judge_champion(cfg, candidate)
+    decision = registry.register_with_gate(
+        candidate.model_uri,
+        candidate.name,
+        alias=cfg.tracking.alias,
+        metric=candidate.metric,
+        new_score=candidate.score,
+        champion=judgement,
+        tags=candidate.tags,
+        card=candidate.card,
+    )
+    log.info(
+        "%s version %s -> %s (%s %.4f: %s)",
+        candidate.name,
+        decision.version,
+        decision.alias,
+        candidate.metric,
+        candidate.score,
+        decision.reason,
+    )
+    decision.tag_run(candidate.run_id)  # the run has ended: tagged by id, never through the fluent API
+    return decision
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Train; a sweep job that fails on bad input reports its one line and lets the other jobs go on."""
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    metrics = run_job(train, cfg, exit_on_error=not in_sweep)
+    metric = clv_metric_for(cfg.optimized_metric, data_has_amounts(cfg.data))  # no revenue without amounts
+    return float("nan") if metrics is None else metrics.get(metric, float("nan"))
+
+
+if __name__ == "__main__":
+    register_configs()
+    main()

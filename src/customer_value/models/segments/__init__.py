@@ -1,0 +1,1 @@
+"""Behavioural segments: clusterers, choosing k, distinctness, stability, names, attributes, migration."""

@@ -1,0 +1,1 @@
+"""The Spark engine: customer features and champion scoring on a cluster (``engine=spark``)."""
