@@ -33,6 +33,7 @@ from customer_value.btyd_likelihoods import (
     unique_patterns,
 )
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.pareto_likelihood import ParetoNBDLikelihood, fit_pareto_nbd
 
 # Scoring tables give no next-purchase date beyond a century: the wait then means "not expected".
 NO_DATE_BEYOND_DAYS = 36_525
@@ -275,17 +276,18 @@ def fit_purchase_model(
 ) -> dict[str, float]:
     """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster).
 
-    BG/NBD uses our analytic-gradient likelihood (``btyd_likelihoods``: lifetimes' objective, optimiser and
-    start, several times faster); MBG/NBD and Pareto/NBD use lifetimes' fitters.
+    BG/NBD and Pareto/NBD use our analytic-gradient likelihoods (``btyd_likelihoods``,
+    ``pareto_likelihood``: lifetimes' objectives from lifetimes' start, several times faster; Pareto/NBD
+    with BFGS instead of lifetimes' Nelder-Mead); MBG/NBD uses lifetimes' fitter.
     """
     spec = FAMILIES[family]
     patterns = purchase_patterns(inputs) if patterns is None else patterns
     failed = ModelFitError(
         f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
     )
-    if family == "bgnbd":
+    if family in ("bgnbd", "pareto_nbd"):
         try:
-            params = fit_bgnbd(patterns, penalizer)
+            params = (fit_bgnbd if family == "bgnbd" else fit_pareto_nbd)(patterns, penalizer)
         except FitFailed:
             raise failed from None
     else:
@@ -403,11 +405,9 @@ def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, we
     """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised."""
     spec = FAMILIES[family]
     values = np.array([params[k] for k in spec.params], dtype="float64")
+    if family == "pareto_nbd":  # natural parameters
+        return ParetoNBDLikelihood(x, t_x, T, weights).value_and_gradient(values)[0]
     with quiet_lifetimes():
-        if family == "pareto_nbd":  # lifetimes' Pareto/NBD likelihood takes natural parameters
-            return float(
-                np.sum(weights * StableParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T))
-            )
         mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
     return float(-mean_nll * np.sum(weights))
 
