@@ -109,10 +109,13 @@ class StableParetoNBDFitter(ParetoNBDFitter):
     log(A_0) = log(F1) - k log(q1) + log1p(-(F2 / F1)(q1 / q2)^k), whose last term is -inf when t_x = T;
     the likelihood then reduces to its first term, as it should.
 
-    The fit is lifetimes' Nelder-Mead from a fixed start: lifetimes draws the start from the *global*
-    NumPy generator, so on a short window whose likelihood has a ridge (s, beta -> infinity) the end point,
-    and minutes of hyp2f1, depended on whatever had run before (a CI run failed on it). A run that stops
-    without converging raises instead of returning its last simplex. Everything else is lifetimes' code.
+    Since issue 14 the project fits and evaluates Pareto/NBD with ``pareto_likelihood`` (quadrature, no
+    hyp2f1); this class stays as the hyp2f1 reference the tests compare against and as the carrier of
+    lifetimes' unconditional formulas (``lifetimes_fitter``). Its fit is lifetimes' Nelder-Mead from a fixed
+    start: lifetimes draws the start from the *global* NumPy generator, so on a short window whose
+    likelihood has a ridge (s, beta -> infinity) the end point, and minutes of hyp2f1, depended on whatever
+    had run before (a CI run failed on it). A run that stops without converging raises instead of
+    returning its last simplex. Everything else is lifetimes' code.
     """
 
     def _fit(  # noqa: ANN202 (lifetimes' signature)
