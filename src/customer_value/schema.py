@@ -91,7 +91,7 @@ class IntervalsConfig:
 
 @dataclass
 class CLVConfig:
-    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on the holdout)
+    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on an inner window)
     penalizer: float = 0.0  # the purchase model's L2 penalty (lifetimes' penalizer_coef)
     fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # purchase, in order
     spend_penalizer: float = 0.0  # Gamma-Gamma's own L2 penalty (on p^2 + q^2 + v^2; v in currency units)

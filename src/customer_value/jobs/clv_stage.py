@@ -28,6 +28,7 @@ from customer_value.jobs.stage import (
     sample_positions,
     version_tags,
 )
+from customer_value.models.clv.inner_windows import choose_inner_horizons, inner_origins
 from customer_value.models.clv.layer_selection import select_layers
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.predict import expected_repeat_purchases
@@ -66,7 +67,7 @@ def train_clv(
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
     family, model, scoring_model, predictions, metrics = _choose_family(
-        cfg, settings, calibration, holdout, split, full_history, primary
+        cfg, settings, calibration, holdout, split, full_history, primary, orders
     )
     settings["family"] = family
     if cfg.clv.layers.value and not has_amounts:
@@ -269,42 +270,103 @@ def _choose_family(
     split: Split,
     full_history: pd.DataFrame | None,
     primary: str,
+    orders: pd.DataFrame,
 ) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
-    """Fit the configured family, or with ``clv.family=auto`` every family, keeping the best holdout score.
+    """Fit the configured family, or with ``clv.family=auto`` choose one on an inner window first.
 
     Returns the family, its calibration fit, its scoring fit (refit on ``full_history`` when given), the
-    holdout predictions and metrics. With ``auto``, a family whose calibration fit or refit fails is
-    skipped (tag ``clv.skipped_families``); each candidate's holdout metrics are logged as
-    ``family.<name>.<metric>``. Note the chosen family's holdout score is the best of several on the same
-    holdout, so it is slightly optimistic.
+    holdout predictions and metrics. With ``auto`` every family is fitted on the calibration orders up to
+    an inner origin and scored with ``primary`` on what customers did between it and the calibration end
+    (``family.<name>.inner.<metric>``); only the best is then fitted on the calibration window, so the
+    holdout judges one model, not the best of three. The inner window is as long as the holdout when that
+    leaves enough history before it, else derived from the calibration window's length (the layers'
+    ``choose_inner_horizons``). When none fits the history the families are compared on the holdout as
+    before (optimistic: best of three), and tag ``clv.family_selection`` says so and why. A family whose
+    fit fails is skipped (tag ``clv.skipped_families``).
     """
-    auto = cfg.clv.family == "auto"
-    families = CLV_FAMILIES if auto else (cfg.clv.family,)
-    fitted, skipped = {}, {}
-    for family in families:  # three families at most
-        try:
-            model = CLVModel(family=family, **settings).fit(calibration)
-            scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
-        except ModelFitError as exc:
-            if not auto:
-                raise
-            skipped[family] = str(exc)
-            continue
-        predictions = model.predict(calibration, split.holdout_days)
-        scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
-        fitted[family] = (model, scoring, predictions, scores)
+    if cfg.clv.family != "auto":
+        family = cfg.clv.family
+        model, scoring, predictions, scores = _fit_family(
+            family, settings, calibration, holdout, split, full_history
+        )
+        return family, model, scoring, predictions, scores
+    skipped: dict[str, str] = {}
+    inner, reason = _inner_family_window(orders, split)
+    metrics: dict[str, float] = {}
+    if inner is not None:
+        features, outcome = calibration_and_holdout(orders[orders["date"] <= split.calibration_end], inner)
+        inner_scores = {}
+        for family in CLV_FAMILIES:  # three families at most
+            try:
+                model = CLVModel(family=family, **settings).fit(features)
+            except ModelFitError as exc:
+                skipped[family] = f"inner window: {exc}"
+                continue
+            scores = holdout_metrics.evaluate_clv(model.predict(features, inner.holdout_days), outcome)
+            inner_scores[family] = scores
+            metrics |= prefixed(f"family.{family}.inner.", scores)
+        inner_primary = primary.removeprefix("holdout.")
+        order = sorted(inner_scores, key=lambda f: inner_scores[f].get(inner_primary, -np.inf), reverse=True)
+        window = f"{inner.calibration_end.date()}..{split.calibration_end.date()}"
+        mlflow.set_tag("clv.family_selection", f"inner_window {window} ({reason})"[:5000])
+        chosen = None
+        for family in order:  # the best on the inner window that also fits the calibration window
+            try:
+                fitted = _fit_family(family, settings, calibration, holdout, split, full_history)
+            except ModelFitError as exc:
+                skipped[family] = str(exc)
+                continue
+            chosen = family
+            break
+    else:
+        mlflow.set_tag("clv.family_selection", f"holdout (best of the families; {reason})"[:5000])
+        candidates = {}
+        for family in CLV_FAMILIES:
+            try:
+                candidates[family] = _fit_family(family, settings, calibration, holdout, split, full_history)
+            except ModelFitError as exc:
+                skipped[family] = str(exc)
+        chosen = max(candidates, key=lambda f: candidates[f][3].get(primary, -np.inf)) if candidates else None
+        fitted = candidates.get(chosen)
+        if len(candidates) > 1:
+            for family, (*_, scores) in candidates.items():
+                metrics |= prefixed(f"family.{family}.", scores)
     if skipped:
         mlflow.set_tag("clv.skipped_families", "; ".join(f"{f}: {m}" for f, m in skipped.items())[:5000])
         log.warning("clv=auto skipped %s", skipped)
-    if not fitted:
+    if chosen is None:
         raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
-    best = max(fitted, key=lambda family: fitted[family][3].get(primary, -np.inf))
-    mlflow.set_tag("clv.chosen_family", best)
-    model, scoring, predictions, metrics = fitted[best]
-    if len(fitted) > 1:
-        for family, (*_, scores) in fitted.items():
-            metrics = metrics | prefixed(f"family.{family}.", scores)
-    return best, model, scoring, predictions, metrics
+    mlflow.set_tag("clv.chosen_family", chosen)
+    model, scoring, predictions, scores = fitted
+    return chosen, model, scoring, predictions, scores | metrics
+
+
+def _fit_family(
+    family: str,
+    settings: dict[str, object],
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    split: Split,
+    full_history: pd.DataFrame | None,
+) -> tuple[CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
+    """One family's calibration fit, scoring fit, holdout predictions and holdout metrics."""
+    model = CLVModel(family=family, **settings).fit(calibration)
+    scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
+    predictions = model.predict(calibration, split.holdout_days)
+    scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
+    return model, scoring, predictions, scores
+
+
+def _inner_family_window(orders: pd.DataFrame, split: Split) -> tuple[Split | None, str]:
+    """The inner window clv=auto chooses its family on: as long as the holdout if that fits the history
+    before the calibration end, else the longest window derived from the calibration window's length."""
+    horizons, reason = choose_inner_horizons(
+        orders["date"].min(), split.calibration_end, [int(round(split.holdout_days))]
+    )
+    if not horizons:
+        return None, f"no inner window fits the history: {reason}"
+    why = "as long as the holdout" if reason == "configured" else reason
+    return inner_origins(split.calibration_end, [max(horizons)])[0], why
 
 
 def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:

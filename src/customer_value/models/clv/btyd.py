@@ -33,6 +33,7 @@ from customer_value.models.clv.likelihoods import (
     fit_gamma_gamma_with_mean,
     unique_patterns,
 )
+from customer_value.models.clv.pareto_likelihood import ParetoNBDLikelihood, fit_pareto_nbd
 
 # Scoring tables give no next-purchase date beyond a century: the wait then means "not expected".
 NO_DATE_BEYOND_DAYS = 36_525
@@ -108,10 +109,13 @@ class StableParetoNBDFitter(ParetoNBDFitter):
     log(A_0) = log(F1) - k log(q1) + log1p(-(F2 / F1)(q1 / q2)^k), whose last term is -inf when t_x = T;
     the likelihood then reduces to its first term, as it should.
 
-    The fit is lifetimes' Nelder-Mead from a fixed start: lifetimes draws the start from the *global*
-    NumPy generator, so on a short window whose likelihood has a ridge (s, beta -> infinity) the end point,
-    and minutes of hyp2f1, depended on whatever had run before (a CI run failed on it). A run that stops
-    without converging raises instead of returning its last simplex. Everything else is lifetimes' code.
+    Since issue 14 the project fits and evaluates Pareto/NBD with ``pareto_likelihood`` (quadrature, no
+    hyp2f1); this class stays as the hyp2f1 reference the tests compare against and as the carrier of
+    lifetimes' unconditional formulas (``lifetimes_fitter``). Its fit is lifetimes' Nelder-Mead from a fixed
+    start: lifetimes draws the start from the *global* NumPy generator, so on a short window whose
+    likelihood has a ridge (s, beta -> infinity) the end point, and minutes of hyp2f1, depended on whatever
+    had run before (a CI run failed on it). A run that stops without converging raises instead of
+    returning its last simplex. Everything else is lifetimes' code.
     """
 
     def _fit(  # noqa: ANN202 (lifetimes' signature)
@@ -275,17 +279,18 @@ def fit_purchase_model(
 ) -> dict[str, float]:
     """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster).
 
-    BG/NBD uses our analytic-gradient likelihood (``btyd_likelihoods``: lifetimes' objective, optimiser and
-    start, several times faster); MBG/NBD and Pareto/NBD use lifetimes' fitters.
+    BG/NBD and Pareto/NBD use our analytic-gradient likelihoods (``btyd_likelihoods``,
+    ``pareto_likelihood``: lifetimes' objectives from lifetimes' start, several times faster; Pareto/NBD
+    with BFGS instead of lifetimes' Nelder-Mead); MBG/NBD uses lifetimes' fitter.
     """
     spec = FAMILIES[family]
     patterns = purchase_patterns(inputs) if patterns is None else patterns
     failed = ModelFitError(
         f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
     )
-    if family == "bgnbd":
+    if family in ("bgnbd", "pareto_nbd"):
         try:
-            params = fit_bgnbd(patterns, penalizer)
+            params = (fit_bgnbd if family == "bgnbd" else fit_pareto_nbd)(patterns, penalizer)
         except FitFailed:
             raise failed from None
     else:
@@ -403,11 +408,9 @@ def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, we
     """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised."""
     spec = FAMILIES[family]
     values = np.array([params[k] for k in spec.params], dtype="float64")
+    if family == "pareto_nbd":  # natural parameters
+        return ParetoNBDLikelihood(x, t_x, T, weights).value_and_gradient(values)[0]
     with quiet_lifetimes():
-        if family == "pareto_nbd":  # lifetimes' Pareto/NBD likelihood takes natural parameters
-            return float(
-                np.sum(weights * StableParetoNBDFitter._conditional_log_likelihood(values, x, t_x, T))
-            )
         mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
     return float(-mean_nll * np.sum(weights))
 

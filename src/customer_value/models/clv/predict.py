@@ -21,10 +21,10 @@ from customer_value.models.clv.btyd import (
     FAMILIES,
     CLVParams,
     ModelInputs,
-    StableParetoNBDFitter,
     lifetimes_fitter,
     quiet_lifetimes,
 )
+from customer_value.models.clv.pareto_likelihood import per_customer
 
 
 def churn_probability(
@@ -35,16 +35,16 @@ def churn_probability(
     BG/NBD and MBG/NBD: a customer alive at T buys with rate lambda and can only drop out right after a
     purchase, so no purchase in the window means exp(-lambda * h); lambda's posterior given alive is
     Gamma(r + x, alpha + T). Hence P(none) = 1 - P(alive) * (1 - ((alpha + T) / (alpha + T + h))^(r + x)).
-    Pareto/NBD: dropout can come at any time, so lifetimes' conditional P(X(T, T+h) = 0) (Fader & Hardie's
-    note 28) is used. Unlike 1 - P(alive), neither is 0 for every one-time buyer.
+    Pareto/NBD: dropout can come at any time. Seeing (x, t_x) and no purchase in (T, T + h] is the same
+    event as the history (x, t_x, T + h), so P(none) = L(x, t_x, T + h) / L(x, t_x, T) (equal to lifetimes'
+    conditional P(X(T, T+h) = 0), Fader & Hardie's note 28, whose hyp2f1 fails far out on the likelihood's
+    (s, beta) ridge). Unlike 1 - P(alive), neither is 0 for every one-time buyer.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     if params.family == "pareto_nbd":
-        fitter = lifetimes_fitter(StableParetoNBDFitter, params.purchase)
-        with quiet_lifetimes():
-            return np.clip(
-                fitter.conditional_probability_of_n_purchases_up_to_time(0, horizon, x, t_x, T), 0, 1
-            )
+        later = per_customer("log_likelihoods", params.purchase, x, t_x, T + horizon)
+        now = per_customer("log_likelihoods", params.purchase, x, t_x, T)
+        return np.clip(np.exp(later - now), 0, 1)
     r, alpha = params.purchase["r"], params.purchase["alpha"]
     no_purchase_if_alive = np.exp(-(r + x) * np.log1p(horizon / (alpha + T)))
     return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
@@ -101,13 +101,12 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
       depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair (thousands, not a million
       customers), and the recency term once per customer.
     - Pareto/NBD (Fader & Hardie's note 9, eq. 41): E[X(t)] = C(x, t_x, T) (1 - ((beta+T)/(beta+T+t))^(s-1))
-      / (s - 1), so its likelihood (hypergeometric functions) is evaluated once, not at every step.
+      / (s - 1), so its likelihood (``pareto_likelihood``'s quadrature) is evaluated once, not at every step.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     if params.family == "pareto_nbd":
         r, alpha, s, beta = (params.purchase[k] for k in ("r", "alpha", "s", "beta"))
-        with quiet_lifetimes():
-            likelihood = StableParetoNBDFitter._conditional_log_likelihood([r, alpha, s, beta], x, t_x, T)
+        likelihood = per_customer("log_likelihoods", params.purchase, x, t_x, T)
         log_scale = (
             gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta) - (r + x) * np.log(alpha + T)
         )
@@ -159,8 +158,11 @@ def predict_arrays(
     unit = params.time_unit_days
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
 
-    with quiet_lifetimes():
-        p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
+    if params.family == "pareto_nbd":  # lifetimes' hyp2f1 fails far out on the (s, beta) ridge
+        p_alive = per_customer("p_alive", params.purchase, x, t_x, T)
+    else:
+        with quiet_lifetimes():
+            p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
     churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
 
     # Discounted value: purchases expected in each step, discounted to today at the step's end.
