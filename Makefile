@@ -81,13 +81,17 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m customer_value.bench --customers $(BENCH_CUSTOMERS) $(BENCH_ARGS)
 
+# Tests run on one pytest-xdist worker per core (work stealing evens out the long end-to-end tests) and
+# print the 25 slowest, so drift shows in every run.
+PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal --durations=25
+
 ## test: the whole test suite, slow tests included (what CI runs; installs the [spark] extra too)
 test: $(SPARK_STAMP)
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 ## test-fast: the fast tests only (pytest's default selection)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 ## lint: ruff lint and format check
 lint: $(STAMP)

@@ -6,6 +6,7 @@ Call :func:`register_configs` before Hydra composes (the entry points do); nothi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,9 @@ from customer_value.errors import UserError
 from customer_value.models.clv.bounds import check_discount_step, check_horizon
 from customer_value.models.segments.attributes import refuse_protected_features
 
+# conf/ of the checkout, as an absolute path: Hydra resolves a relative config_path against the *module*
+# when a job's main runs under another name (the ``python -m customer_value.train`` shim), and fails.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 TIME_UNITS_DAYS = {"days": 1.0, "weeks": 7.0}
 
 

@@ -35,7 +35,7 @@ from customer_value.models.segments.migration import (
     transition_table,
 )
 from customer_value.models.segments.segmentation import FeatureSet
-from customer_value.schema import parse_day, register_configs, validate_score_config
+from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
 from customer_value.tracking import processes, registry, run_logging
 
@@ -337,7 +337,7 @@ def _write_and_log_migration(
     )
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="score")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
 def main(cfg: DictConfig) -> None:
     run_job(score, cfg)
 

@@ -17,9 +17,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 
 from customer_value.data.log_shapes import LOG_SHAPES, generate_shape
-from customer_value.schema import register_configs
+from customer_value.schema import CONF_DIR, register_configs
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 REPORTED = {  # column -> metric
     "churn AUC": "holdout.churn_auc",
     "recency AUC": "baseline.churn_auc",
@@ -36,7 +35,7 @@ REPORTED = {  # column -> metric
 
 def compose_config(name: str, overrides: list[str]) -> object:
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
 
 

@@ -28,7 +28,13 @@ from customer_value.jobs.entrypoint import run_job
 from customer_value.jobs.segments_stage import train_segments
 from customer_value.jobs.stage import Candidate, log_config, log_data_report
 from customer_value.jobs.sweep import Sweep, record_candidate
-from customer_value.schema import clv_metric_for, data_has_amounts, register_configs, validate_train_config
+from customer_value.schema import (
+    CONF_DIR,
+    clv_metric_for,
+    data_has_amounts,
+    register_configs,
+    validate_train_config,
+)
 from customer_value.tracking import registry, run_logging
 
 log = logging.getLogger(__name__)
@@ -138,7 +144,7 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
     return decision
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train; a sweep job that fails on bad input reports its one line and lets the other jobs go on."""
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
