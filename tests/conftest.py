@@ -11,6 +11,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import shutil  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mlflow  # noqa: E402
@@ -64,6 +65,59 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: P
     # Runs started without an experiment would put artifacts in ./mlruns/0 of the checkout.
     experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment(experiment_id=experiment)
+    yield uri
+    if mlflow.active_run():
+        mlflow.end_run()
+
+
+@dataclass(frozen=True)
+class TrainedStore:
+    """A store in which ``train`` ran once with the default settings on the generated 800-customer log."""
+
+    database: Path
+    orders_csv: Path
+    artifact_root: Path
+    metrics: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def trained_store(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_orders: pd.DataFrame, empty_store: Path
+) -> TrainedStore:
+    """One real training run per test process, shared by every test that only needs champions to read,
+    score or serve (each gets its own copy of the database through ``trained_tracking_uri``)."""
+    from hydra import compose, initialize_config_dir
+
+    from customer_value.jobs.train import train
+    from customer_value.schema import CONF_DIR, register_configs
+
+    folder = tmp_path_factory.mktemp("trained-store")
+    orders_csv, database = folder / "orders.csv", folder / "mlflow.db"
+    synthetic_orders.to_csv(orders_csv, index=False)
+    shutil.copyfile(empty_store, database)
+    overrides = [
+        "data=file",
+        f"data.path={orders_csv}",
+        f"tracking.uri=sqlite:///{database}",
+        f"tracking.artifact_root={folder / 'artifacts'}",
+    ]
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        metrics = train(compose(config_name="train", overrides=overrides))
+    return TrainedStore(database, orders_csv, folder / "artifacts", metrics)
+
+
+@pytest.fixture()
+def trained_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_store: TrainedStore) -> str:
+    """``tracking_uri`` with both champions already registered: this test's own copy of the trained store's
+    database (what it registers or logs stays here; the artifacts it adds go beside the shared ones)."""
+    (tmp_path / "mlruns").mkdir()
+    database = tmp_path / "mlruns" / "mlflow.db"
+    shutil.copyfile(trained_store.database, database)
+    uri = f"sqlite:///{database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()
