@@ -70,14 +70,19 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: P
         mlflow.end_run()
 
 
+TRAINED_STORE_OVERRIDES = ["segmentation.n_clusters=4"]
+
+
 @dataclass(frozen=True)
 class TrainedStore:
-    """A store in which ``train`` ran once with the default settings on the generated 800-customer log."""
+    """A store in which ``train`` ran once on the generated 800-customer log: the default settings with
+    four segments (``TRAINED_STORE_OVERRIDES``)."""
 
     database: Path
     orders_csv: Path
     artifact_root: Path
     metrics: dict[str, float]
+    overrides: tuple[str, ...] = tuple(TRAINED_STORE_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +105,7 @@ def trained_store(
         f"data.path={orders_csv}",
         f"tracking.uri=sqlite:///{database}",
         f"tracking.artifact_root={folder / 'artifacts'}",
+        *TRAINED_STORE_OVERRIDES,
     ]
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

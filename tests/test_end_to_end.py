@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -29,6 +30,9 @@ from customer_value.models.clv.value_layer import ValueLayer
 from customer_value.schema import register_configs
 from customer_value.tracking import registry
 from customer_value.tracking.pyfunc import clv_spec
+
+if TYPE_CHECKING:
+    from conftest import TrainedStore
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 pytestmark = pytest.mark.slow
@@ -60,9 +64,11 @@ def _runs(experiment: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
 
 
-def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
-    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
-    metrics = train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
+def test_train_then_score(trained_store: TrainedStore, trained_tracking_uri: str, tmp_path: Path) -> None:
+    """What the shared trained store's run recorded and registered, then scoring with its champions."""
+    orders_csv, tracking_uri = trained_store.orders_csv, trained_tracking_uri
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), *trained_store.overrides]
+    metrics = trained_store.metrics
     assert mlflow.active_run() is None
 
     for name in ("r", "alpha", "a", "b", "p", "q", "v"):
@@ -181,7 +187,7 @@ def test_train_then_score(orders_csv: Path, tracking_uri: str, tmp_path: Path) -
         assert (written["customer_id"].astype(str) == table["customer_id"].astype(str)).all()
 
     # A second identical run ties the champion: it becomes the challenger, the champion stays.
-    train(_compose("train", [*overrides, "segmentation.n_clusters=4"]))
+    train(_compose("train", overrides))
     assert client.get_model_version_by_alias("customer-clv", "champion").version == 1
     assert client.get_model_version_by_alias("customer-clv", "challenger").version == 2
 
@@ -647,13 +653,15 @@ def test_no_customer_id_reaches_mlflow_and_algorithms_share_metric_columns(
 
 
 def test_every_registered_version_carries_a_model_card(
-    orders_csv: Path, tracking_uri: str, tmp_path: Path
+    trained_store: TrainedStore, trained_tracking_uri: str, tmp_path: Path
 ) -> None:
     """Description and card.* tags: data window, row counts, metrics beside the champion's, config, commit
     and the producing run; the second version's card shows the first (champion) re-scored on its data."""
-    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
-    train(_compose("train", overrides))
-    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001", "segmentation.n_clusters=4"]))
+    overrides = [
+        *_overrides(trained_store.orders_csv, trained_tracking_uri, tmp_path),
+        *trained_store.overrides,
+    ]
+    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001"]))
     client = MlflowClient()
     for name, metric in (
         ("customer-clv", "holdout.revenue_spearman"),
@@ -687,12 +695,16 @@ def test_every_registered_version_carries_a_model_card(
 
 
 def test_same_data_config_and_seed_give_identical_models_and_segments(
-    orders_csv: Path, tracking_uri: str, tmp_path: Path
+    trained_store: TrainedStore, trained_tracking_uri: str, tmp_path: Path
 ) -> None:
     """Issue 7 reproducibility: two trainings on the same file, config and seed fit identical parameters,
-    and their segment models assign every customer to the same segment."""
-    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
-    first = train(_compose("train", overrides))
+    and their segment models assign every customer to the same segment (the first is the trained store's
+    run, earlier in this process)."""
+    overrides = [
+        *_overrides(trained_store.orders_csv, trained_tracking_uri, tmp_path),
+        *trained_store.overrides,
+    ]
+    first = trained_store.metrics
     second = train(_compose("train", overrides))
     fitted = {k: v for k, v in first.items() if k.startswith(("fitted.", "refit.", "segments."))}
     assert len(fitted) > 10 and fitted == {k: second[k] for k in fitted}
@@ -700,7 +712,7 @@ def test_same_data_config_and_seed_give_identical_models_and_segments(
     for key in ("calibration_params", "scoring_params", "churn_layer", "value_layer"):
         assert specs[0][key] == specs[1][key], key
     client = MlflowClient()
-    score_overrides = [*overrides[:2], f"tracking.uri={tracking_uri}", "score.intervals=false"]
+    score_overrides = [*overrides[:2], f"tracking.uri={trained_tracking_uri}", "score.intervals=false"]
     tables = []
     for version in ("1", "2"):
         for name in ("customer-clv", "customer-segments"):

@@ -28,9 +28,10 @@ PINNED = CLVParams(
 )
 LOAD_AND_PREDICT = """
 import sys, json, mlflow, pandas as pd
-uri, rows, out, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+uri, rows, out, calls = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 model = mlflow.pyfunc.load_model(uri)
-model.predict(pd.read_parquet(rows), params=params or None).to_parquet(out)
+for number, params in enumerate(calls):
+    model.predict(pd.read_parquet(rows), params=params or None).to_parquet(f"{out}.{number}")
 """
 
 
@@ -65,24 +66,18 @@ def _clv_spec(horizon_days: float = 365.0) -> dict:
 
 
 def _predict_in_fresh_process(
-    uri: str, rows: pd.DataFrame, tmp_path: Path, params: dict | None = None
-) -> pd.DataFrame:
+    uri: str, rows: pd.DataFrame, tmp_path: Path, *calls: dict
+) -> list[pd.DataFrame]:
+    """The model loaded in one new interpreter, which predicts once per parameter set in ``calls``."""
     rows_path, out_path = tmp_path / "rows.parquet", tmp_path / "out.parquet"
     rows.reset_index(drop=True).to_parquet(rows_path)
+    calls = calls or ({},)
     subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOAD_AND_PREDICT,
-            uri,
-            str(rows_path),
-            str(out_path),
-            json.dumps(params or {}),
-        ],
+        [sys.executable, "-c", LOAD_AND_PREDICT, uri, str(rows_path), str(out_path), json.dumps(calls)],
         check=True,
         timeout=300,
     )
-    return pd.read_parquet(out_path)
+    return [pd.read_parquet(f"{out_path}.{number}") for number in range(len(calls))]
 
 
 def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Path) -> None:
@@ -101,18 +96,21 @@ def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Pa
 
     # Scoring uses the refit; the calibration fit is kept for judging the version on a later holdout.
     expected = CLVModel.from_params(REFIT, 0.1, 30.4375).predict(customers, 180.0, intervals=True)
-    fresh = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0})
+    fresh, without, default_horizon = _predict_in_fresh_process(
+        uri,
+        customers[INPUT_COLUMNS],
+        tmp_path,
+        {"horizon_days": 180.0},
+        {"horizon_days": 180.0, "intervals": False},
+        {},
+    )
     pd.testing.assert_frame_equal(fresh, expected.reset_index(drop=True), check_dtype=False)
     assert (fresh["clv_high"] > fresh["clv_low"]).any()  # bootstrap draws, not a collapsed interval
-    without = _predict_in_fresh_process(
-        uri, customers[INPUT_COLUMNS], tmp_path, {"horizon_days": 180.0, "intervals": False}
-    )
     assert list(without.columns) == PREDICTION_COLUMNS
     judged = loaded.unwrap_python_model().evaluation_model().predict(customers, 180.0).reset_index(drop=True)
     calibration = CLVModel.from_params(PINNED, 0.1, 30.4375).predict(customers, 180.0).reset_index(drop=True)
     pd.testing.assert_frame_equal(judged, calibration)
     assert not np.allclose(judged["clv"], expected["clv"])
-    default_horizon = _predict_in_fresh_process(uri, customers[INPUT_COLUMNS], tmp_path)
     assert (default_horizon["expected_purchases"] >= fresh["expected_purchases"]).all()
     assert (default_horizon["expected_purchases"] > fresh["expected_purchases"]).any()
 
@@ -123,7 +121,7 @@ def test_segments_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_pat
     with mlflow.start_run():
         info = registry.log_segments_model(model, customers)
     version = mlflow.register_model(info.model_uri, "customer-segments").version
-    fresh = _predict_in_fresh_process(
+    (fresh,) = _predict_in_fresh_process(
         f"models:/customer-segments/{version}", customers[SEGMENT_FEATURES], tmp_path
     )
     expected = model.predict(customers).reset_index(drop=True)

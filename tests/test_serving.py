@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,6 @@ from hydra import compose, initialize_config_dir
 from customer_value.data.features import customer_features
 from customer_value.data.loading import load_transactions
 from customer_value.jobs.score import score_customers
-from customer_value.jobs.train import train
 from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from customer_value.schema import register_configs
 
@@ -61,16 +61,16 @@ def _post(url: str, payload: object) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def served_champion(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_orders: pd.DataFrame
+    tmp_path_factory: pytest.TempPathFactory, trained_store
 ) -> Iterator[tuple[str, object, Path]]:
-    """A champion trained into a fresh SQLite store and `mlflow models serve` on it (the Makefile's
-    command); one server for the module, killed in teardown."""
+    """`mlflow models serve` (the Makefile's command) on a copy of the trained store's champion; one server
+    for the module, killed in teardown."""
     tmp_path = tmp_path_factory.mktemp("serving")
-    orders_csv = tmp_path / "orders.csv"
-    synthetic_orders.to_csv(orders_csv, index=False)
+    orders_csv = trained_store.orders_csv
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(trained_store.database, tmp_path / "mlruns" / "mlflow.db")
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     overrides = ["data=file", f"data.path={orders_csv}", f"tracking.uri={tracking_uri}"]
-    train(_compose("train", [*overrides, f"tracking.artifact_root={tmp_path / 'artifacts'}"]))
     port = _free_port()
     command = [str(MLFLOW), "models", "serve", "-m", "models:/customer-clv@champion"]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]

@@ -25,7 +25,10 @@ def _sweep(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedPro
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
-        "clv.intervals.draws=50",
+        # what a sweep's plumbing does not need: intervals, backtest folds, stability resamples
+        "clv.intervals.draws=0",
+        "clv.backtest.folds=0",
+        "segmentation.stability.bootstrap_resamples=0",
         *args,
     ]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)

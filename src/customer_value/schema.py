@@ -192,7 +192,7 @@ class ScoreOptions:
 
 @dataclass
 class EngineConfig:
-    name: str = "pandas"  # pandas | spark (see spark_scoring.py)
+    name: str = "pandas"  # pandas | spark (see spark/scoring.py)
     master: str | None = "local[*]"  # spark only; null = whatever spark-submit / spark-defaults.conf set
     app_name: str = "customer-value-scoring"  # spark only
     conf: dict[str, Any] = field(default_factory=dict)  # spark only: spark.* settings (nested keys join)
