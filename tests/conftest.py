@@ -43,6 +43,15 @@ def orders_csv(tmp_path: Path, synthetic_orders: pd.DataFrame) -> Path:
     return path
 
 
+def _use_store(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point MLflow (and the jobs a test starts) at ``uri`` for this test only: MLflow's setters also
+    export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would otherwise outlive the test."""
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(variable, uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite database with every schema migration applied, made once per test process:
@@ -59,9 +68,7 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: P
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     (tmp_path / "mlruns").mkdir()
     shutil.copyfile(empty_store, tmp_path / "mlruns" / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _use_store(uri, monkeypatch)
     # Runs started without an experiment would put artifacts in ./mlruns/0 of the checkout.
     experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment(experiment_id=experiment)
@@ -121,9 +128,7 @@ def trained_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traine
     database = tmp_path / "mlruns" / "mlflow.db"
     shutil.copyfile(trained_store.database, database)
     uri = f"sqlite:///{database}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _use_store(uri, monkeypatch)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()

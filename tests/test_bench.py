@@ -22,6 +22,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "features only (clean orders -> table)",
         "features vs plain pandas",
         "BG/NBD + Gamma-Gamma fit",
+        "Pareto/NBD fit, 3,000 customers",
         "scoring vs lifetimes incl. CLV",
         "scoring vs lifetimes, no CLV",
         "segmentation fit",

@@ -19,19 +19,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from customer_value.jobs.entrypoint import STOPPED
+from test_end_to_end import PLUMBING_ONLY
 
 pytestmark = pytest.mark.slow
 MODELS = ("customer-clv", "customer-segments")
 EXPERIMENTS = ("customer-clv", "customer-segments")  # the default names of both (tracking=local)
-
-
-# Work a train job can skip when a test is about processes and stores, not about the models.
-PLUMBING_ONLY = [
-    "clv.backtest.folds=0",
-    "clv.intervals.draws=0",
-    "segmentation.n_clusters=4",
-    "segmentation.stability.bootstrap_resamples=0",
-]
 
 
 def _train_command(orders_csv: Path, folder: Path, artifact_root: Path | None = None) -> list[str]:

@@ -80,7 +80,11 @@ def served_champion(
         cwd=tmp_path,
         # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, as `make serve` puts it.
         env=os.environ
-        | {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{MLFLOW.parent}:{os.environ['PATH']}"},
+        | {
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_REGISTRY_URI": tracking_uri,  # mlflow.set_registry_uri exports it: not another test's
+            "PATH": f"{MLFLOW.parent}:{os.environ['PATH']}",
+        },
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

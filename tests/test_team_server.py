@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from customer_value.jobs import postgres_cluster, server
+from test_end_to_end import PLUMBING_ONLY
 
 
 def _free_ports(count: int) -> list[int]:
@@ -119,7 +120,7 @@ def test_train_register_score_against_the_team_server(
     data = ["data=file", f"data.path={orders_csv}"]
     trained = _cli(
         "customer_value.train",
-        [*data, f"tracking.artifact_root={local_artifacts}", "segmentation.n_clusters=4"],
+        [*data, f"tracking.artifact_root={local_artifacts}", *PLUMBING_ONLY],
         tmp_path,
         uri,
     )

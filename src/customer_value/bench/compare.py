@@ -28,9 +28,18 @@ from sklearn.metrics import adjusted_rand_score
 
 from customer_value.bench.timing import best_of, machine, max_relative_difference, pretouch_memory, timed
 from customer_value.data.features import customer_features
-from customer_value.data.loading import clean_transactions
+from customer_value.data.loading import clean_transactions, load_bundled
 from customer_value.data.synthetic import TrueParams, generate_orders
-from customer_value.models.clv.btyd import INPUT_COLUMNS, model_inputs, spend_sample
+from customer_value.models.clv.btyd import (
+    INPUT_COLUMNS,
+    StableParetoNBDFitter,
+    fit_purchase_model,
+    model_inputs,
+    purchase_log_likelihood,
+    purchase_patterns,
+    quiet_lifetimes,
+    spend_sample,
+)
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.segments.segmentation import SegmentModel, evaluation_space, quality_metrics
 from customer_value.tracking import registry, run_logging
@@ -41,6 +50,8 @@ BENCH_PARAMS = TrueParams(r=1.0, alpha=4.0, a=0.5, b=6.0)
 HORIZON_DAYS = 365.0
 WEEK_DAYS = 7.0  # the model time unit (CLVModel's default), in which lifetimes is fed
 SCORING_REPEATS = 3
+PARETO_SAMPLE = 20_000  # customers: lifetimes' Pareto/NBD evaluates hyp2f1 per pattern, per call
+CDNOW_SHORT_WINDOW = "1997-04-01"  # CDNOW's shortest inner window, the issue-14 case (57 s in lifetimes)
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,42 @@ def bench_fit(features: pd.DataFrame) -> tuple[Row, CLVModel]:
         worst <= 1e-4,
     )
     return row, model
+
+
+def bench_pareto(task: str, features: pd.DataFrame) -> Row:
+    """Pareto/NBD purchase fit on the (x, t_x, T) patterns with their counts: the project's likelihood
+    (quadrature, analytic gradient, BFGS) against lifetimes' (Nelder-Mead over hyp2f1, from a fixed start:
+    ``StableParetoNBDFitter``). Both minimise the same objective; they agree when the project's optimum is
+    at least as likely (on a ridge, where s and beta grow without bound, BFGS goes further out)."""
+    inputs = model_inputs(features, WEEK_DAYS, spend=False)
+    patterns = purchase_patterns(inputs)
+    ours, project_s = timed(lambda: fit_purchase_model(inputs, 0.0, "pareto_nbd", patterns))
+
+    def plain() -> StableParetoNBDFitter:
+        with quiet_lifetimes():
+            return StableParetoNBDFitter(penalizer_coef=0.0).fit(
+                patterns.frequency, patterns.recency, patterns.T, weights=patterns.weights, tol=1e-8
+            )
+
+    fitter, lifetimes_s = timed(plain)
+    theirs = {k: float(fitter.params_[k]) for k in ours}
+    arrays = (patterns.frequency, patterns.recency, patterns.T, patterns.weights)
+    ll_ours, ll_theirs = (purchase_log_likelihood("pareto_nbd", p, *arrays) for p in (ours, theirs))
+    worst = max_relative_difference(np.array(list(ours.values())), np.array(list(theirs.values())))
+    agreement = (
+        f"{len(patterns.weights):,} patterns; log-likelihood {ll_ours:.6f} vs {ll_theirs:.6f}; "
+        f"parameters max rel. diff {worst:.1e}"
+    )
+    agrees = ll_ours >= ll_theirs - 1e-9 * abs(ll_theirs)
+    return Row(
+        task, "pareto_likelihood fit", project_s, "lifetimes Nelder-Mead", lifetimes_s, agreement, agrees
+    )
+
+
+def cdnow_short_window() -> pd.DataFrame:
+    """CDNOW master's customers as of its shortest inner window's end (the likelihood has a ridge there)."""
+    orders, _ = load_bundled("cdnow_master")
+    return customer_features(orders, pd.Timestamp(CDNOW_SHORT_WINDOW))  # later orders are not seen
 
 
 def bench_scoring(model: CLVModel, features: pd.DataFrame, store: Path) -> list[Row]:
@@ -314,8 +361,10 @@ def run_benchmarks(
     train: bool = True,
     subsample: int = 100_000,
     pretouch_gib: float = 0.0,
+    cdnow: bool = False,
 ) -> dict[str, Any]:
-    """Generate orders, run every comparison, return rows, sizes and (with ``train``) the end-to-end run.
+    """Generate orders, run every comparison, return rows, sizes and (with ``train``) the end-to-end run;
+    ``cdnow`` adds the Pareto/NBD fit on CDNOW's shortest inner window (lifetimes' side takes a minute).
 
     The generated log is put in time order, as a shop's transaction log arrives (the generator writes
     each customer's orders together, which would flatter any sort by customer).
@@ -336,6 +385,10 @@ def run_benchmarks(
         del raw
         fit_row, model = bench_fit(features)
         rows.append(fit_row)
+        sample = features.sample(n=min(len(features), PARETO_SAMPLE), random_state=seed)
+        rows.append(bench_pareto(f"Pareto/NBD fit, {len(sample):,} customers", sample))
+        if cdnow:
+            rows.append(bench_pareto(f"Pareto/NBD fit, CDNOW to {CDNOW_SHORT_WINDOW}", cdnow_short_window()))
         rows.extend(bench_scoring(model, features, folder))
         rows.append(bench_segmentation(features, seed, subsample))
         result: dict[str, Any] = {
@@ -392,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     info = machine()
     result = run_benchmarks(
-        args.customers, args.seed, train=not args.no_train, pretouch_gib=args.pretouch_gib
+        args.customers, args.seed, train=not args.no_train, pretouch_gib=args.pretouch_gib, cdnow=True
     )
     _print(result, info)
     if args.json:
