@@ -280,9 +280,10 @@ def _choose_family(
     (``family.<name>.inner.<metric>``); only the best is then fitted on the calibration window, so the
     holdout judges one model, not the best of three. The inner window is as long as the holdout when that
     leaves enough history before it, else derived from the calibration window's length (the layers'
-    ``choose_inner_horizons``). When none fits the history the families are compared on the holdout as
-    before (optimistic: best of three), and tag ``clv.family_selection`` says so and why. A family whose
-    fit fails is skipped (tag ``clv.skipped_families``).
+    ``choose_inner_horizons``). When none fits the history, or no family can be fitted on it, the families
+    are compared on the holdout as before (optimistic: best of three), and tag ``clv.family_selection``
+    says so and why. A NaN score ranks last; a family whose fit fails is skipped (tag
+    ``clv.skipped_families``), and one that failed only on the inner window is tried last.
     """
     if cfg.clv.family != "auto":
         family = cfg.clv.family
@@ -293,6 +294,7 @@ def _choose_family(
     skipped: dict[str, str] = {}
     inner, reason = _inner_family_window(orders, split)
     metrics: dict[str, float] = {}
+    order: list[str] = []  # families to try on the calibration window, best on the inner window first
     if inner is not None:
         features, outcome = calibration_and_holdout(orders[orders["date"] <= split.calibration_end], inner)
         inner_scores = {}
@@ -306,10 +308,17 @@ def _choose_family(
             inner_scores[family] = scores
             metrics |= prefixed(f"family.{family}.inner.", scores)
         inner_primary = primary.removeprefix("holdout.")
-        order = sorted(inner_scores, key=lambda f: inner_scores[f].get(inner_primary, -np.inf), reverse=True)
-        window = f"{inner.calibration_end.date()}..{split.calibration_end.date()}"
-        mlflow.set_tag("clv.family_selection", f"inner_window {window} ({reason})"[:5000])
-        chosen = None
+        ranked = sorted(
+            inner_scores, key=lambda f: _finite_or_worst(inner_scores[f], inner_primary), reverse=True
+        )
+        if ranked:  # a family that failed on the inner window comes last: it may still fit the longer one
+            order = ranked + [family for family in CLV_FAMILIES if family not in inner_scores]
+            window = f"{inner.calibration_end.date()}..{split.calibration_end.date()}"
+            mlflow.set_tag("clv.family_selection", f"inner_window {window} ({reason})"[:5000])
+        else:
+            reason = "no family could be fitted on the inner window"
+    chosen = None
+    if order:
         for family in order:  # the best on the inner window that also fits the calibration window
             try:
                 fitted = _fit_family(family, settings, calibration, holdout, split, full_history)
@@ -326,8 +335,9 @@ def _choose_family(
                 candidates[family] = _fit_family(family, settings, calibration, holdout, split, full_history)
             except ModelFitError as exc:
                 skipped[family] = str(exc)
-        chosen = max(candidates, key=lambda f: candidates[f][3].get(primary, -np.inf)) if candidates else None
-        fitted = candidates.get(chosen)
+        if candidates:
+            chosen = max(candidates, key=lambda f: _finite_or_worst(candidates[f][3], primary))
+            fitted = candidates[chosen]
         if len(candidates) > 1:
             for family, (*_, scores) in candidates.items():
                 metrics |= prefixed(f"family.{family}.", scores)
@@ -339,6 +349,12 @@ def _choose_family(
     mlflow.set_tag("clv.chosen_family", chosen)
     model, scoring, predictions, scores = fitted
     return chosen, model, scoring, predictions, scores | metrics
+
+
+def _finite_or_worst(scores: dict[str, float], metric: str) -> float:
+    """A family's score for ranking: a NaN or missing metric (no purchases in a short window) ranks last."""
+    value = scores.get(metric, np.nan)
+    return float(value) if np.isfinite(value) else -np.inf
 
 
 def _fit_family(
