@@ -4,7 +4,9 @@ Why: a registered segments model is a pickle that names its classes by module
 (``customer_value.segmentation.SegmentModel``), and a model-from-code entry file logged before the move
 imports ``customer_value.pyfunc_models``. Each old name resolves to the module that now holds that code,
 so those versions still load and score. Old names that are now packages (``data``, ``tracking``,
-``evaluation``) cannot be aliased; no registered model refers to them.
+``evaluation``, ``jobs``, ``bench``) cannot be aliased: no registered model refers to them, but code of
+one's own that imported, say, ``customer_value.data.load_transactions`` now imports it from
+``customer_value.data.loading``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ MOVED = {
     "model_card": "tracking.model_card",
     "pyfunc_models": "tracking.pyfunc",
     "processes": "tracking.processes",
-    "model_code": "tracking.model_code",
 }
 PREFIX = "customer_value."
 
@@ -56,25 +57,25 @@ class _Alias(importlib.abc.Loader):
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self._spec: ModuleSpec | None = None
 
     def create_module(self, spec: ModuleSpec) -> ModuleType:
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self._spec = module.__spec__  # the import system sets the alias's spec on it next: put it back
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        return None
+        module.__spec__ = self._spec
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
-    """Resolves ``customer_value.<old name>`` (and ``model_code.*`` below it) to its new module."""
+    """Resolves ``customer_value.<old flat name>`` to the module that holds its code now."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
-        if not fullname.startswith(PREFIX):
+        old = fullname.removeprefix(PREFIX)
+        if old == fullname or old not in MOVED:
             return None
-        head, _, rest = fullname[len(PREFIX) :].partition(".")
-        if head not in MOVED:
-            return None
-        new = PREFIX + MOVED[head] + (f".{rest}" if rest else "")
-        return importlib.util.spec_from_loader(fullname, _Alias(new))
+        return importlib.util.spec_from_loader(fullname, _Alias(PREFIX + MOVED[old]))
 
 
 def install() -> None:
