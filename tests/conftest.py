@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # One BLAS/OpenMP thread per test process (set before numpy loads, inherited by the jobs tests start):
-# the suite runs on two pytest-xdist workers, and a second thread spinning on a core the other worker
+# the suite runs on one pytest-xdist worker per core, and a second thread spinning on a core the other worker
 # is using made scikit-learn's k-means on 800 customers 100 times slower (measured: 0.14 s a call).
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
@@ -43,10 +43,13 @@ def orders_csv(tmp_path: Path, synthetic_orders: pd.DataFrame) -> Path:
     return path
 
 
+STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def _use_store(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point MLflow (and the jobs a test starts) at ``uri`` for this test only: MLflow's setters also
     export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would otherwise outlive the test."""
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for variable in STORE_VARIABLES:
         monkeypatch.setenv(variable, uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -115,8 +118,17 @@ def trained_store(
         *TRAINED_STORE_OVERRIDES,
     ]
     register_configs()
+    exported = {variable: os.environ.get(variable) for variable in STORE_VARIABLES}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         metrics = train(compose(config_name="train", overrides=overrides))
+    mlflow.set_tracking_uri(None)  # train pointed MLflow, and exported, at this store: not past here
+    mlflow.set_registry_uri(None)
+    for variable, value in exported.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+    database.chmod(0o444)  # tests get copies; a write to the shared one would be a bug, so it fails
     return TrainedStore(database, orders_csv, folder / "artifacts", metrics)
 
 
@@ -129,6 +141,9 @@ def trained_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traine
     shutil.copyfile(trained_store.database, database)
     uri = f"sqlite:///{database}"
     _use_store(uri, monkeypatch)
+    # Runs started without an experiment would put artifacts in ./mlruns/0 of the checkout.
+    experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
+from customer_value.schema import register_configs
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +109,9 @@ def job(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Callable[[Callable[[], object], list[str], Path, str], Outcome]:
     """Run a job's ``main`` as its command would (``sys.argv``, working folder, environment): its exit
-    status and what it wrote to stderr. Anything but ``SystemExit`` escaping ``main`` fails the test, as a
-    traceback would have."""
+    status and what it wrote to stderr. An error that is not a user error reaches stderr as Hydra's
+    traceback (``_one_error_line`` refuses it) or escapes ``main`` and fails the test."""
+    register_configs()
 
     def run(main: Callable[[], object], args: list[str], cwd: Path, uri: str) -> Outcome:
         monkeypatch.chdir(cwd)
@@ -136,6 +138,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, trained_store) -> tuple[str,
 
 def _state(uri: str) -> tuple[int, dict[str, str]]:
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # not whichever registry an earlier test left MLflow pointing at
     client = MlflowClient()
     versions = sum(
         len(client.search_model_versions(f"name='{m}'")) for m in ("customer-clv", "customer-segments")

@@ -275,7 +275,8 @@ def test_reproduces_the_published_pareto_nbd_and_mbg_nbd_fits() -> None:
 
 
 def test_pareto_nbd_fit_does_not_depend_on_the_global_random_state() -> None:
-    """lifetimes draws Pareto/NBD's start from np.random; on CI a different state gave another fit."""
+    """lifetimes draws Pareto/NBD's start from np.random (on CI a different state once gave another fit);
+    the project's fit (``pareto_likelihood``, BFGS from a fixed start) must not read any global state."""
     calibration = _sample_calibration(keep_zero_amounts=True)
     fits = []
     for seed in (1, 2):

@@ -27,7 +27,7 @@ from customer_value.models.clv.btyd import INTERVAL_COLUMNS, PREDICTION_COLUMNS,
 from customer_value.models.clv.churn_layer import ChurnLayer
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.value_layer import ValueLayer
-from customer_value.schema import register_configs
+from customer_value.schema import CLV_FAMILIES, register_configs
 from customer_value.tracking import registry
 from customer_value.tracking.pyfunc import clv_spec
 
@@ -421,6 +421,32 @@ def test_auto_skips_a_family_that_cannot_be_fitted(
     assert run["tags.clv.chosen_family"] in {"bgnbd", "mbgnbd"}
 
 
+def test_auto_falls_back_to_the_holdout_when_no_family_fits_the_inner_window(
+    orders_csv: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every family failing on the inner window (its three fits come first) is no reason to fail the run:
+    the families are then compared on the holdout, and the tag says why."""
+    real_fit, calls = CLVModel.fit, []
+
+    def fit(self: CLVModel, features: pd.DataFrame) -> CLVModel:
+        calls.append(self.family)
+        if len(calls) <= len(CLV_FAMILIES):
+            raise ModelFitError("no fit on the inner window (forced by the test)")
+        return real_fit(self, features)
+
+    monkeypatch.setattr(CLVModel, "fit", fit)
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto", *PLUMBING_ONLY]
+    metrics = train(_compose("train", overrides))
+    run = _runs("customer-clv").iloc[-1]
+    assert run["status"] == "FINISHED"
+    assert run["tags.clv.family_selection"] == (
+        "holdout (best of the families; no family could be fitted on the inner window)"
+    )
+    chosen = run["tags.clv.chosen_family"]
+    scores = {family: metrics[f"family.{family}.holdout.revenue_spearman"] for family in CLV_FAMILIES}
+    assert scores[chosen] == max(scores.values())
+
+
 def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
     synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -671,7 +697,8 @@ def test_every_registered_version_carries_a_model_card(
         *_overrides(trained_store.orders_csv, trained_tracking_uri, tmp_path),
         *trained_store.overrides,
     ]
-    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001"]))
+    # another penalizer and another k than the trained store's, so each card compares two different models
+    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001", "segmentation.n_clusters=5"]))
     client = MlflowClient()
     for name, metric in (
         ("customer-clv", "holdout.revenue_spearman"),

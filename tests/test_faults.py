@@ -44,6 +44,7 @@ def _env(uri: str) -> dict[str, str]:
 
 def _versions(uri: str) -> dict[str, list[str]]:
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # not whichever registry an earlier test left MLflow pointing at
     client = MlflowClient()
     return {m: sorted(v.version for v in client.search_model_versions(f"name='{m}'")) for m in MODELS}
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sweep(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
+def _sweep(args: list[str], tmp_path: Path, uri: str, name: str = "multirun") -> subprocess.CompletedProcess:
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
     command = [
         sys.executable,
@@ -23,7 +23,7 @@ def _sweep(args: list[str], tmp_path: Path, uri: str) -> subprocess.CompletedPro
         "customer_value.train",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"hydra.sweep.dir={tmp_path / name}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
         # what a sweep's plumbing does not need: intervals, backtest folds, stability resamples
         "clv.intervals.draws=0",
@@ -92,7 +92,10 @@ def test_parallel_sweeps_group_their_runs_register_only_the_best_and_go_through_
     # sweep is registered with that comparison, and the champion moves only if it is beaten.
     common = ["data=file", f"data.path={orders_csv}", "segmentation.k_values=[]", "segmentation.n_clusters=6"]
     second = _sweep(
-        ["hparams_search=clv_grid", "clv=mbgnbd", "clv.penalizer=0.0,0.001", *common], tmp_path, uri
+        ["hparams_search=clv_grid", "clv=mbgnbd", "clv.penalizer=0.0,0.001", *common],
+        tmp_path,
+        uri,
+        name="second-multirun",
     )
     assert second.returncode == 0, second.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
