@@ -21,5 +21,5 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in COMMANDS:
         sys.exit(f"usage: customer-value {{{'|'.join(COMMANDS)}}} [arguments...]")
-    sys.argv = [f"customer-value {args[0]}", *args[1:]]
+    sys.argv = [sys.argv[0], *args[1:]]  # run_module sets argv[0] to the module's file
     runpy.run_module(COMMANDS[args[0]], run_name="__main__", alter_sys=True)
