@@ -3,7 +3,7 @@
 For every purchase family, fitted on the CDNOW 1/10 sample's full history (2,357 customers, as the
 registered model would be), every customer is predicted at each horizon with intervals off and on (the
 registered model's default: 100 bootstrap draws), and the wall time and peak memory are printed. The
-bounds in ``prediction_bounds`` were chosen from these figures (README "Bounds on predict-time
+bounds in ``models.clv.bounds`` were chosen from these figures (docs/configuration.md "Bounds on predict-time
 parameters"); the tests only check that a prediction at the bound completes.
 """
 

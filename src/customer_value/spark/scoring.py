@@ -1,7 +1,7 @@
-"""Scale-out scoring (``engine=spark``): customer features in Spark (``spark_features``), the champion
+"""Scale-out scoring (``engine=spark``): customer features in Spark (``spark.features``), the champion
 models applied with ``mlflow.pyfunc.spark_udf``, the table written as a Parquet directory.
 
-This module and ``spark_features`` are the only ones that import pyspark, and only inside functions, so
+This module and ``spark.features`` are the only ones that import pyspark, and only inside functions, so
 the project works without the ``[spark]`` extra. It produces the same table as ``score.score_customers``
 (checked on generated data by ``tests/test_spark_scoring.py``). Segment models that cluster on customer
 attributes need ``score.attributes_path`` and stay pandas-only; so does ``score.previous`` (the segment

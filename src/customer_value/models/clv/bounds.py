@@ -5,7 +5,8 @@ number of steps, horizon_days / discount_step_days, times 1 + the bootstrap draw
 purchase-count interval searches further with a longer horizon). `score.horizon_days=1e9` (32.9 million
 monthly steps) ran for more than nine minutes at 1.5 GiB before it was stopped, and one such REST request
 held `mlflow models serve`'s only worker. The bounds, and the cost measured at them for every family, are
-in README "Bounds on predict-time parameters" (`python -m customer_value.bench.bounds` measures them).
+in docs/configuration.md "Bounds on predict-time parameters" (``python -m customer_value.bench.bounds``
+measures them).
 
 One place checks them for training (`clv.horizon_days`, `clv.discount_step_days`), the score job (before
 any data is read) and the served model (an HTTP 400); this module imports nothing heavy.

@@ -279,7 +279,7 @@ def fit_purchase_model(
 ) -> dict[str, float]:
     """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster).
 
-    BG/NBD and Pareto/NBD use our analytic-gradient likelihoods (``btyd_likelihoods``,
+    BG/NBD and Pareto/NBD use our analytic-gradient likelihoods (``likelihoods``,
     ``pareto_likelihood``: lifetimes' objectives from lifetimes' start, several times faster; Pareto/NBD
     with BFGS instead of lifetimes' Nelder-Mead); MBG/NBD uses lifetimes' fitter.
     """
@@ -314,7 +314,7 @@ def fit_purchase_model(
 def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:
     """Gamma-Gamma on repeat buyers with positive mean repeat spend (it refuses zero spend).
 
-    Our analytic-gradient likelihood (``btyd_likelihoods``), which reproduces lifetimes' GammaGammaFitter.
+    Our analytic-gradient likelihood (``likelihoods``), which reproduces lifetimes' GammaGammaFitter.
     """
     usable = spend_sample(inputs)
     if usable.sum() < 2:

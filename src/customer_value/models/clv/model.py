@@ -213,7 +213,7 @@ class CLVModel:
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
         A purchase-only model leaves every value column out (``clv.prediction_columns``).
-        A horizon beyond ``prediction_bounds`` raises PredictionBoundError (a UserError) before any work.
+        A horizon beyond ``bounds`` raises PredictionBoundError (a UserError) before any work.
         """
         check_horizon(horizon_days, self.discount_step_days)
         table = self._predict_with(self.params_, features, horizon_days)

@@ -4,7 +4,7 @@ The pipeline (log1p -> winsorise -> standardise -> KMeans) is what gets register
 exactly the preprocessing training used. Winsorising at the training base's 1st and 99th percentiles keeps
 one extreme customer from owning a cluster. Clusters below ``min_share`` are merged into their nearest
 neighbour and pairs of segments that a marketer could not tell apart on the KPIs (see
-``segment_distinctness``) are merged, so the registered model maps raw clusters to merged segments.
+``distinctness``) are merged, so the registered model maps raw clusters to merged segments.
 Segment ids are renumbered by mean spend (0 = most valuable) so that the same behaviour keeps the same id
 across refits.
 """

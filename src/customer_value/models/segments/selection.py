@@ -1,7 +1,7 @@
 """Choosing the number of segments: criterion curves over a k range, a configured rule, floors on size
 and distinctness.
 
-Every candidate k is fitted (with its small and indistinct clusters merged, see ``segment_distinctness``)
+Every candidate k is fitted (with its small and indistinct clusters merged, see ``distinctness``)
 and judged in the same model-independent space (``evaluation_space``), so curves are comparable across
 algorithms and preprocessing. A solution is **eligible** only when every segment holds at least
 ``min_share`` of the customers, at least ``min_segments`` segments remain and every pair is at least
