@@ -12,7 +12,7 @@ Columns (index ``customer_id``):
 - ``days_since_last``: days since the last purchase, the "R" of RFM.
 - ``n_orders``, ``total_spend``, ``mean_order_value``: over all purchase days, the "F" and "M" of RFM.
 
-A log without amounts (orders without an ``amount`` column, see ``data``) gives the same table without
+A log without amounts (orders without an ``amount`` column, see ``loading``) gives the same table without
 the VALUE_FEATURES: they are left out, not zero-filled, so nothing downstream mistakes a visit for a sale.
 """
 
@@ -46,7 +46,7 @@ VALUE_FEATURES = ("monetary_value", "total_spend", "mean_order_value")  # only w
 
 
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Customer table from orders on or before ``as_of`` (orders as returned by ``data``)."""
+    """Customer table from orders on or before ``as_of`` (orders as returned by ``loading``)."""
     as_of = pd.Timestamp(as_of).normalize()
     days = epoch_days(orders["date"])
     as_of_day = int(epoch_days(np.array([as_of.to_datetime64()]))[0])

@@ -1,4 +1,4 @@
-"""Column parsing shared by the pandas loader (``data``) and the Spark engine: coercion of ids, timestamps
+"""Column parsing shared by the pandas loader (``loading``) and the Spark engine: coercion of ids, timestamps
 and amounts, and which rows a column cannot give a value for (``BadRows``), with the one-line error that
 names the file, column and row count."""
 

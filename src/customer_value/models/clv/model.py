@@ -1,7 +1,7 @@
 """The CLV estimator: a BTYD purchase model x Gamma-Gamma, optional learned layers, prediction intervals.
 
 scikit-learn style: ``__init__`` stores settings, ``fit`` validates and returns self, fitted state ends
-in ``_``. The lifetimes calls themselves live in ``clv``.
+in ``_``. The lifetimes calls themselves live in ``btyd``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and value, the median wait to the next purchase, and the repeat-purchase tracking curve.
 
 Formulas are lifetimes' own (called, or rewritten with its arithmetic where evaluating them per distinct
-history is much faster); fitting lives in ``clv``.
+history is much faster); fitting lives in ``btyd``.
 """
 
 from __future__ import annotations
