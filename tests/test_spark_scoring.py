@@ -7,6 +7,7 @@ mocks. The fast tests need no pyspark.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,18 @@ def _spark_orders(spark, data) -> pd.DataFrame:
     return table
 
 
-@pytest.mark.slow
-def test_spark_scores_equal_pandas_scores(spark, orders_csv: Path, tracking_uri: str, tmp_path: Path) -> None:
-    """A champion that segments on CLV outputs and regularity, scored at a horizon other than its default,
-    exercises every input path: features, both CLV calls, regularity, segments, dates."""
+@pytest.fixture(scope="module")
+def spark_champion(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_orders: pd.DataFrame, empty_store
+) -> tuple[list[str], str]:
+    """A champion that segments on CLV outputs and regularity (every input path: features, both CLV calls,
+    regularity, segments, dates), trained once for this module's parity tests: their ``data`` overrides
+    and the store."""
+    folder = tmp_path_factory.mktemp("spark-champion")
+    orders_csv, database = folder / "orders.csv", folder / "mlflow.db"
+    synthetic_orders.to_csv(orders_csv, index=False)
+    shutil.copyfile(empty_store, database)
+    tracking_uri, tmp_path = f"sqlite:///{database}", folder
     data = ["data=file", f"data.path={orders_csv}", f"tracking.uri={tracking_uri}"]
     train(
         _compose(
@@ -86,6 +95,15 @@ def test_spark_scores_equal_pandas_scores(spark, orders_csv: Path, tracking_uri:
             ],
         )
     )
+    return data, tracking_uri
+
+
+@pytest.mark.slow
+def test_spark_scores_equal_pandas_scores(
+    spark, spark_champion: tuple[list[str], str], tmp_path: Path
+) -> None:
+    """The champion scored at a horizon other than its default, in this session and at an earlier as_of."""
+    data, _ = spark_champion
     scoring = [*data, "score.horizon_days=90"]
     expected = score_customers(_compose("score", scoring))
     output = tmp_path / "out" / "scores.parquet"
@@ -107,8 +125,29 @@ def test_spark_scores_equal_pandas_scores(spark, orders_csv: Path, tracking_uri:
             assert got.astype(str).tolist() == want.astype(str).tolist(), column
     assert actual["next_purchase_date"].notna().any() and actual["segment"].nunique() > 1
 
-    # The command a user runs: its own local session (started and stopped by the job), the same table
-    # (without the intervals, which the session above has compared already).
+    # An earlier as_of, without intervals: orders after it are ignored the same way.
+    earlier = [*data, "score.as_of=2024-03-01", "score.intervals=false"]
+    expected = score_customers(_compose("score", earlier)).sort_values("customer_id", ignore_index=True)
+    actual = spark_scoring.score_customers(spark, _compose("score", [*earlier, "engine=spark"])).toPandas()
+    actual = actual.sort_values("customer_id", ignore_index=True)
+    assert list(actual.columns) == list(expected.columns) and len(actual) == len(expected) < 800
+    numeric = expected.select_dtypes("float").columns
+    np.testing.assert_allclose(
+        actual[numeric].to_numpy(), expected[numeric].to_numpy(), rtol=1e-9, atol=1e-12
+    )
+    assert (actual["segment"].to_numpy() == expected["segment"].to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_the_spark_score_command_writes_the_same_table(
+    spark_champion: tuple[list[str], str], tmp_path: Path
+) -> None:
+    """The command a user runs: its own local session (started and stopped by the job), the same table as
+    the pandas engine's (without the intervals, which the in-session test compares)."""
+    data, tracking_uri = spark_champion
+    scoring = [*data, "score.horizon_days=90"]
+    expected = score_customers(_compose("score", [*scoring, "score.intervals=false"]))
+    expected = expected.sort_values("customer_id", ignore_index=True)
     cli_output = tmp_path / "cli" / "scores.parquet"
     result = subprocess.run(
         [
@@ -131,19 +170,15 @@ def test_spark_scores_equal_pandas_scores(spark, orders_csv: Path, tracking_uri:
     assert result.returncode == 0, result.stderr[-3000:]
     from_cli = pd.read_parquet(cli_output).sort_values("customer_id", ignore_index=True)
     assert not set(INTERVAL_COLUMNS) & set(from_cli.columns)
-    pd.testing.assert_frame_equal(from_cli, actual.drop(columns=INTERVAL_COLUMNS))
-
-    # An earlier as_of, without intervals: orders after it are ignored the same way.
-    earlier = [*data, "score.as_of=2024-03-01", "score.intervals=false"]
-    expected = score_customers(_compose("score", earlier)).sort_values("customer_id", ignore_index=True)
-    actual = spark_scoring.score_customers(spark, _compose("score", [*earlier, "engine=spark"])).toPandas()
-    actual = actual.sort_values("customer_id", ignore_index=True)
-    assert list(actual.columns) == list(expected.columns) and len(actual) == len(expected) < 800
-    numeric = expected.select_dtypes("float").columns
-    np.testing.assert_allclose(
-        actual[numeric].to_numpy(), expected[numeric].to_numpy(), rtol=1e-9, atol=1e-12
-    )
-    assert (actual["segment"].to_numpy() == expected["segment"].to_numpy()).all()
+    assert list(from_cli.columns) == list(expected.columns) and len(from_cli) == len(expected) == 800
+    for column in expected.columns:
+        want, got = expected[column], from_cli[column]
+        if pd.api.types.is_float_dtype(want):
+            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column)
+        elif pd.api.types.is_datetime64_any_dtype(want):
+            assert (pd.to_datetime(got).astype("datetime64[s]") == want.astype("datetime64[s]")).all(), column
+        else:
+            assert got.astype(str).tolist() == want.astype(str).tolist(), column
 
 
 @pytest.mark.slow
