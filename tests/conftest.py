@@ -11,6 +11,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -55,6 +56,20 @@ def _use_store(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow.set_registry_uri(uri)
 
 
+def _store_copy(database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This test's own copy of ``database`` under ``tmp_path/mlruns``, MLflow pointed at it, with a default
+    experiment (runs started without one would put artifacts in ./mlruns/0 of the checkout)."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(database, tmp_path / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    _use_store(uri, monkeypatch)
+    experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    yield uri
+    if mlflow.active_run():
+        mlflow.end_run()
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite database with every schema migration applied, made once per test process:
@@ -68,16 +83,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> str:
     """A fresh SQLite tracking store and registry in a temporary folder (real MLflow, no mocks): a copy of
     the migrated empty store, which MLflow opens exactly as one it created itself."""
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    (tmp_path / "mlruns").mkdir()
-    shutil.copyfile(empty_store, tmp_path / "mlruns" / "mlflow.db")
-    _use_store(uri, monkeypatch)
-    # Runs started without an experiment would put artifacts in ./mlruns/0 of the checkout.
-    experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=experiment)
-    yield uri
-    if mlflow.active_run():
-        mlflow.end_run()
+    yield from _store_copy(empty_store, tmp_path, monkeypatch)
 
 
 TRAINED_STORE_OVERRIDES = ["segmentation.n_clusters=4"]
@@ -136,14 +142,4 @@ def trained_store(
 def trained_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_store: TrainedStore) -> str:
     """``tracking_uri`` with both champions already registered: this test's own copy of the trained store's
     database (what it registers or logs stays here; the artifacts it adds go beside the shared ones)."""
-    (tmp_path / "mlruns").mkdir()
-    database = tmp_path / "mlruns" / "mlflow.db"
-    shutil.copyfile(trained_store.database, database)
-    uri = f"sqlite:///{database}"
-    _use_store(uri, monkeypatch)
-    # Runs started without an experiment would put artifacts in ./mlruns/0 of the checkout.
-    experiment = mlflow.create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=experiment)
-    yield uri
-    if mlflow.active_run():
-        mlflow.end_run()
+    yield from _store_copy(trained_store.database, tmp_path, monkeypatch)

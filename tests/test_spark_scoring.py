@@ -67,6 +67,18 @@ def _spark_orders(spark, data) -> pd.DataFrame:
     return table
 
 
+def _assert_same_columns(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Every column equal: floats to 1e-9, dates to the second, the rest as text."""
+    for column in expected.columns:
+        want, got = expected[column], actual[column]
+        if pd.api.types.is_float_dtype(want):
+            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column)
+        elif pd.api.types.is_datetime64_any_dtype(want):
+            assert (pd.to_datetime(got).astype("datetime64[s]") == want.astype("datetime64[s]")).all(), column
+        else:
+            assert got.astype(str).tolist() == want.astype(str).tolist(), column
+
+
 @pytest.fixture(scope="module")
 def spark_champion(
     tmp_path_factory: pytest.TempPathFactory, synthetic_orders: pd.DataFrame, empty_store
@@ -115,14 +127,7 @@ def test_spark_scores_equal_pandas_scores(
     assert list(actual.columns) == list(expected.columns)
     assert len(actual) == len(expected) == 800
     assert actual["customer_id"].tolist() == expected["customer_id"].tolist()
-    for column in expected.columns:
-        want, got = expected[column], actual[column]
-        if pd.api.types.is_float_dtype(want):
-            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column)
-        elif pd.api.types.is_datetime64_any_dtype(want):
-            assert (pd.to_datetime(got).astype("datetime64[s]") == want.astype("datetime64[s]")).all(), column
-        else:
-            assert got.astype(str).tolist() == want.astype(str).tolist(), column
+    _assert_same_columns(actual, expected)
     assert actual["next_purchase_date"].notna().any() and actual["segment"].nunique() > 1
 
     # An earlier as_of, without intervals: orders after it are ignored the same way.
@@ -171,14 +176,7 @@ def test_the_spark_score_command_writes_the_same_table(
     from_cli = pd.read_parquet(cli_output).sort_values("customer_id", ignore_index=True)
     assert not set(INTERVAL_COLUMNS) & set(from_cli.columns)
     assert list(from_cli.columns) == list(expected.columns) and len(from_cli) == len(expected) == 800
-    for column in expected.columns:
-        want, got = expected[column], from_cli[column]
-        if pd.api.types.is_float_dtype(want):
-            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=column)
-        elif pd.api.types.is_datetime64_any_dtype(want):
-            assert (pd.to_datetime(got).astype("datetime64[s]") == want.astype("datetime64[s]")).all(), column
-        else:
-            assert got.astype(str).tolist() == want.astype(str).tolist(), column
+    _assert_same_columns(from_cli, expected)
 
 
 @pytest.mark.slow
