@@ -134,7 +134,7 @@ def trained_store(
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = value
-    database.chmod(0o444)  # tests get copies; a write to the shared one would be a bug, so it fails
+    database.chmod(0o444)  # tests get copies: a write to this one is a bug (refused, except for root)
     return TrainedStore(database, orders_csv, folder / "artifacts", metrics)
 
 
