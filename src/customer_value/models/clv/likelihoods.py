@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -212,19 +213,30 @@ def _check_histories(patterns: Patterns) -> None:
         raise ValueError("There exist non-integer values in the frequency vector.")
 
 
+def penalised_mean_objective(
+    likelihood: Any, scale: float, penalty: float
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """lifetimes' objective in log-parameter space: the mean negative log-likelihood (time scaled by
+    ``scale``) plus ``penalty * sum(params ** 2)``, with its gradient; ``likelihood`` has
+    ``value_and_gradient(params, scale)`` and ``total_weight``."""
+
+    def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        params = np.exp(log_params)
+        value, grad = likelihood.value_and_gradient(params, scale)
+        total = likelihood.total_weight
+        nll = -value / total + penalty * float(np.sum(params**2))
+        return nll, (-grad / total + 2.0 * penalty * params) * params
+
+    return objective
+
+
 def fit_bgnbd(patterns: Patterns, penalizer: float) -> dict[str, float]:
     """lifetimes' ``BetaGeoFitter(penalizer).fit`` estimates (r, alpha in the input's time unit, a, b)."""
     _check_histories(patterns)
     likelihood = BGNBDLikelihood(patterns.frequency, patterns.recency, patterns.T, patterns.weights)
     scale = 1.0 / float(np.max(patterns.T))  # lifetimes' _scale_time: the oldest customer's age becomes 1
 
-    def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
-        params = np.exp(log_params)
-        value, grad = likelihood.value_and_gradient(params, scale)
-        total = likelihood.total_weight
-        nll = -value / total + penalizer * float(np.sum(params**2))
-        return nll, (-grad / total + 2.0 * penalizer * params) * params
-
+    objective = penalised_mean_objective(likelihood, scale, penalizer)
     r, alpha, a, b = np.exp(_minimise(objective, 4))
     return {"r": float(r), "alpha": float(alpha / scale), "a": float(a), "b": float(b)}
 

@@ -37,7 +37,13 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from customer_value.models.clv.likelihoods import FitFailed, Patterns, _check_histories, _codes
+from customer_value.models.clv.likelihoods import (
+    FitFailed,
+    Patterns,
+    _check_histories,
+    _codes,
+    penalised_mean_objective,
+)
 
 NODES = 32  # Gauss-Legendre nodes: converged (roundoff, ~1e-12 relative) from 24 on over the tested range
 TAIL_NATS = 32.0  # the interval is cut where the integrand is exp(-32) of its value at t_x (see above)
@@ -200,14 +206,7 @@ def fit_pareto_nbd(patterns: Patterns, penalizer: float) -> dict[str, float]:
     frequency = np.floor(patterns.frequency)  # lifetimes casts frequencies to int
     likelihood = ParetoNBDLikelihood(frequency, patterns.recency, patterns.T, patterns.weights)
     scale = 1.0 / float(np.max(patterns.T))  # lifetimes' _scale_time: the oldest customer's age becomes 1
-    per_pattern_penalty = penalizer / len(frequency)
-
-    def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
-        params = np.exp(log_params)
-        value, grad = likelihood.value_and_gradient(params, scale)
-        total = likelihood.total_weight
-        nll = -value / total + per_pattern_penalty * float(np.sum(params**2))
-        return nll, (-grad / total + 2.0 * per_pattern_penalty * params) * params
+    objective = penalised_mean_objective(likelihood, scale, penalizer / len(frequency))  # per pattern
 
     with np.errstate(all="ignore"):  # trial steps may overflow; a non-finite value makes BFGS back off
         result = minimize(objective, np.zeros(4), jac=True, method="BFGS", tol=FIT_TOLERANCE)
