@@ -57,7 +57,7 @@ def test_train_killed_mid_run_registers_nothing_and_the_next_run_works(
     champion = MlflowClient().get_model_version_by_alias("customer-clv", "champion").version
 
     victim = subprocess.Popen(
-        _train_command(orders_csv, tmp_path),
+        [*_train_command(orders_csv, tmp_path), *PLUMBING_ONLY],
         env=_env(tracking_uri),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -74,7 +74,10 @@ def test_train_killed_mid_run_registers_nothing_and_the_next_run_works(
     assert MlflowClient().get_model_version_by_alias("customer-clv", "champion").version == champion
 
     after = subprocess.run(
-        _train_command(orders_csv, tmp_path), env=_env(tracking_uri), capture_output=True, text=True
+        [*_train_command(orders_csv, tmp_path), *PLUMBING_ONLY],
+        env=_env(tracking_uri),
+        capture_output=True,
+        text=True,
     )
     assert after.returncode == 0, after.stderr
     assert all(len(v) == len(before[m]) + 1 for m, v in _versions(tracking_uri).items())

@@ -179,12 +179,12 @@ def test_the_spark_score_command_writes_the_same_table(
     _assert_same_columns(from_cli, expected)
 
 
-@pytest.mark.slow
 def _string_ids(orders: pd.DataFrame) -> pd.DataFrame:
     """pandas loading returns customer ids as a categorical; Spark rows carry them as text."""
     return orders.assign(customer_id=orders["customer_id"].astype(str))
 
 
+@pytest.mark.slow
 def test_spark_reads_orders_like_pandas(spark, tmp_path: Path) -> None:
     """Same-day merging, dropped refunds and zero amounts, offsets in UTC, pandas' NA strings, Parquet."""
     text = (

@@ -15,14 +15,19 @@ pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sweep(args: list[str], tmp_path: Path, uri: str, name: str = "multirun") -> subprocess.CompletedProcess:
+def _sweep(
+    args: list[str], tmp_path: Path, uri: str, name: str = "multirun", parallel: bool = True
+) -> subprocess.CompletedProcess:
+    """A sweep as `make sweep` runs it (joblib, 2 workers) or, ``parallel=False``, as the plain
+    `python -m customer_value.train hparams_search=...` does: Hydra's basic launcher, jobs one after another
+    in the sweep's own process."""
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if parallel else []
     command = [
         sys.executable,
         "-m",
         "customer_value.train",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        *launcher,
         f"hydra.sweep.dir={tmp_path / name}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
         # what a sweep's plumbing does not need: intervals, backtest folds, stability resamples
@@ -40,7 +45,8 @@ def test_parallel_sweeps_group_their_runs_register_only_the_best_and_go_through_
     """Two workers on a store that does not exist yet: every job's runs recorded under one parent run per
     experiment, a failing cell (k=5000: more clusters than customers) reported without stopping the
     others, and one version per model registered: the best finished child's, through the gate. Then a
-    second sweep on the same store, judged against the first one's champion."""
+    second sweep on the same store, judged against the first one's champion: with the basic launcher (jobs
+    in the sweep's process, what the plain command does), which also spares two workers' imports."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     result = _sweep(
         [
@@ -96,6 +102,7 @@ def test_parallel_sweeps_group_their_runs_register_only_the_best_and_go_through_
         tmp_path,
         uri,
         name="second-multirun",
+        parallel=False,
     )
     assert second.returncode == 0, second.stderr[-3000:]
     mlflow.set_tracking_uri(uri)

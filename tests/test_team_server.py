@@ -70,9 +70,11 @@ def _assert_stopped(state: dict) -> None:
         assert not _port_open(state["pg_port"])
 
 
-@pytest.fixture()
-def team_server(tmp_path: Path) -> Iterator[dict]:
-    """A running team server (own PostgreSQL cluster); stopped in teardown, even when the test failed."""
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A running team server (own PostgreSQL cluster) for this module's tests (a cluster and a server cost
+    15-25 s to start); stopped in teardown, even when a test failed."""
+    tmp_path = tmp_path_factory.mktemp("team-server")
     folder = tmp_path / "server"
     port, pg_port = _free_ports(2)
     started = _server("start", folder, "--port", str(port), "--pg-port", str(pg_port))
@@ -172,7 +174,8 @@ def test_database_url_uses_that_database_and_creates_no_cluster(team_server: dic
     folder = tmp_path / "external"
     (port,) = _free_ports(1)
     database_url = team_server["backend_store_uri"].replace("postgresql+psycopg2://", "postgres://")
-    started = _server("start", folder, "--port", str(port), database_url=database_url)
+    # One worker: how many serve it is not the point here, and each costs an MLflow import at start.
+    started = _server("start", folder, "--port", str(port), "--workers", "1", database_url=database_url)
     state = json.loads((folder / "server.json").read_text()) if (folder / "server.json").exists() else None
     try:
         assert started.returncode == 0, started.stderr
