@@ -114,7 +114,7 @@ def spark_champion(
 def test_spark_scores_equal_pandas_scores(
     spark, spark_champion: tuple[list[str], str], tmp_path: Path
 ) -> None:
-    """The champion scored at a horizon other than its default, in this session and at an earlier as_of."""
+    """The champion scored in this session at a horizon other than its default, intervals included."""
     data, _ = spark_champion
     scoring = [*data, "score.horizon_days=90"]
     expected = score_customers(_compose("score", scoring))
@@ -125,22 +125,11 @@ def test_spark_scores_equal_pandas_scores(
     actual = pd.read_parquet(output).sort_values("customer_id", ignore_index=True)
 
     assert list(actual.columns) == list(expected.columns)
+    assert set(INTERVAL_COLUMNS) <= set(actual.columns)
     assert len(actual) == len(expected) == 800
     assert actual["customer_id"].tolist() == expected["customer_id"].tolist()
     _assert_same_columns(actual, expected)
     assert actual["next_purchase_date"].notna().any() and actual["segment"].nunique() > 1
-
-    # An earlier as_of, without intervals: orders after it are ignored the same way.
-    earlier = [*data, "score.as_of=2024-03-01", "score.intervals=false"]
-    expected = score_customers(_compose("score", earlier)).sort_values("customer_id", ignore_index=True)
-    actual = spark_scoring.score_customers(spark, _compose("score", [*earlier, "engine=spark"])).toPandas()
-    actual = actual.sort_values("customer_id", ignore_index=True)
-    assert list(actual.columns) == list(expected.columns) and len(actual) == len(expected) < 800
-    numeric = expected.select_dtypes("float").columns
-    np.testing.assert_allclose(
-        actual[numeric].to_numpy(), expected[numeric].to_numpy(), rtol=1e-9, atol=1e-12
-    )
-    assert (actual["segment"].to_numpy() == expected["segment"].to_numpy()).all()
 
 
 @pytest.mark.slow
@@ -148,9 +137,11 @@ def test_the_spark_score_command_writes_the_same_table(
     spark_champion: tuple[list[str], str], tmp_path: Path
 ) -> None:
     """The command a user runs: its own local session (started and stopped by the job), the same table as
-    the pandas engine's (without the intervals, which the in-session test compares)."""
+    the pandas engine's at an earlier as_of (orders after it ignored the same way), at the default horizon
+    and without the intervals (the in-session test compares another horizon and the intervals). One core:
+    one executor Python to start and load the models in, beside the test's own session."""
     data, tracking_uri = spark_champion
-    scoring = [*data, "score.horizon_days=90"]
+    scoring = [*data, "score.as_of=2024-03-01"]
     expected = score_customers(_compose("score", [*scoring, "score.intervals=false"]))
     expected = expected.sort_values("customer_id", ignore_index=True)
     cli_output = tmp_path / "cli" / "scores.parquet"
@@ -161,7 +152,7 @@ def test_the_spark_score_command_writes_the_same_table(
             "customer_value.score",
             *scoring,
             "engine=spark",
-            "engine.master='local[2]'",
+            "engine.master='local[1]'",
             "+engine.conf.spark.sql.shuffle.partitions=2",
             "score.intervals=false",
             f"score.output={cli_output}",
@@ -175,8 +166,9 @@ def test_the_spark_score_command_writes_the_same_table(
     assert result.returncode == 0, result.stderr[-3000:]
     from_cli = pd.read_parquet(cli_output).sort_values("customer_id", ignore_index=True)
     assert not set(INTERVAL_COLUMNS) & set(from_cli.columns)
-    assert list(from_cli.columns) == list(expected.columns) and len(from_cli) == len(expected) == 800
+    assert list(from_cli.columns) == list(expected.columns) and len(from_cli) == len(expected) < 800
     _assert_same_columns(from_cli, expected)
+    assert from_cli["segment"].nunique() > 1
 
 
 def _string_ids(orders: pd.DataFrame) -> pd.DataFrame:
