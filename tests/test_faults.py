@@ -263,13 +263,9 @@ def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
         text=True,
     )
     assert train.stdout is not None
-    for line in train.stdout:  # stop it once it is fitting
-        if "data:" in line:
+    for line in train.stdout:  # mid-CLV stage; a signal inside a store call waits for it
+        if "clv.layers." in line:
             break
-    # A second into the fit, not at a log line: a SIGTERM that lands inside an MLflow write on SQLite can
-    # leave the FAILED mark "database is locked" (seen once with the kill at the clv.layers log line;
-    # issue 14's closing note).
-    time.sleep(1.0)
     train.send_signal(signal.SIGTERM)
     _, stderr = train.communicate(timeout=120)
     assert train.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,38 @@ def test_a_job_turns_sigterm_into_an_unwinding_exit_and_restores_the_handler() -
         run_job(job, OmegaConf.create({}))
     assert stopped.value.code == 143 and cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+# A stand-in for a store write: a function whose module is SQLAlchemy's, as the handler sees its frames.
+_STORE_CALL = """
+def store_write(events):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the "transaction" is open
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # Python code in this frame: where the handler would raise
+        pass
+    events.append("committed")
+"""
+
+
+def test_sigterm_waits_for_a_store_call_to_return_then_unwinds() -> None:
+    """A SIGTERM landing inside an SQL store call (a FAILED mark on SQLite then met "database is locked")
+    is raised as soon as the call has returned, not inside it."""
+    namespace = {"__name__": "sqlalchemy.orm.session", "os": os, "signal": signal, "time": time}
+    exec(_STORE_CALL, namespace)
+    events: list[str] = []
+
+    def job(cfg: object) -> None:
+        try:
+            namespace["store_write"](events)
+            events.append("returned")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the retried signal arrives out here
+                pass
+            events.append("never stopped")
+        finally:
+            events.append("unwound")
+
+    with pytest.raises(Terminated) as stopped:
+        run_job(job, OmegaConf.create({}))
+    assert stopped.value.code == 143
+    assert events == ["committed", "returned", "unwound"]

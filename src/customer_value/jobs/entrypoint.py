@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
@@ -25,8 +27,44 @@ class Terminated(SystemExit):
     """Raised in the job by SIGTERM; exits with the shell's status for it (143)."""
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(128 + signum)
+# Code a SIGTERM must not interrupt: an exception raised inside an SQL store call can leave its
+# transaction open, and SQLite then answers the FAILED mark that follows with "database is locked".
+STORE_MODULES = (
+    "sqlalchemy.",
+    "sqlite3.",
+    "psycopg2.",
+    "mlflow.store.db.",
+    "mlflow.store.tracking.sqlalchemy",
+    "mlflow.store.model_registry.sqlalchemy",
+)
+DEFER_RETRY_S = 0.05
+DEFER_LIMIT_S = 10.0  # a store call stuck for longer is interrupted anyway
+
+
+def _in_store_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(STORE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Terminator:
+    """The SIGTERM handler: raises ``Terminated`` at once, or, inside a store call, asks again every
+    ``DEFER_RETRY_S`` until the call has returned (at most ``DEFER_LIMIT_S``)."""
+
+    def __init__(self) -> None:
+        self.deferred_since: float | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if _in_store_call(frame) and now - (self.deferred_since or now) < DEFER_LIMIT_S:
+            self.deferred_since = self.deferred_since or now
+            retry = threading.Timer(DEFER_RETRY_S, os.kill, (os.getpid(), signum))
+            retry.daemon = True
+            retry.start()
+            return
+        raise Terminated(128 + signum)
 
 
 def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool = True) -> T | None:
@@ -34,7 +72,7 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool
     None when ``exit_on_error`` is false (one job of a sweep must not stop the others). SIGTERM raises
     ``Terminated`` inside the job (Python's default would end the process on the spot, runs RUNNING)."""
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, _Terminator()) if main_thread else None
     try:
         return job(cfg)
     except Terminated:
