@@ -292,7 +292,7 @@ def test_gate_rescoring_replaces_a_worse_champion_and_skips_an_unfair_comparison
         planted.model_uri, "customer-clv", alias="champion", metric="m", new_score=0.0, champion=None, tags={}
     )
 
-    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), *PLUMBING_ONLY]  # the gate is the point
     metrics = train(_compose("train", overrides))
     client = MlflowClient()
     champion = client.get_model_version_by_alias("customer-clv", "champion")
@@ -315,6 +315,8 @@ def test_a_job_that_fails_late_registers_nothing(orders_csv: Path, tracking_uri:
             *_overrides(orders_csv, tracking_uri, tmp_path),
             "segmentation.k_values=[]",
             "segmentation.n_clusters=5000",
+            "clv.backtest.folds=0",  # plumbing: the CLV stage only has to succeed
+            "clv.intervals.draws=0",
         ],
         tmp_path,
         tracking_uri,
@@ -353,7 +355,13 @@ def test_auto_family_keeps_the_best_on_an_inner_window(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     """The family is chosen on an inner window inside calibration; the holdout then judges that one only."""
-    metrics = train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto"]))
+    quick = [
+        "clv.intervals.draws=0",
+        "segmentation.n_clusters=4",
+        "segmentation.stability.bootstrap_resamples=0",
+    ]
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto", *quick]
+    metrics = train(_compose("train", overrides))
     run = _runs("customer-clv").iloc[-1]
     scores = {
         family: metrics[f"family.{family}.inner.revenue_spearman"]
@@ -416,7 +424,7 @@ def test_auto_skips_a_family_that_cannot_be_fitted(
         return real_fit(self, features)
 
     monkeypatch.setattr(CLVModel, "fit", fit)
-    train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto"]))
+    train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto", *PLUMBING_ONLY]))
     run = _runs("customer-clv").iloc[-1]
     assert run["status"] == "FINISHED"
     reason = "pareto_nbd: inner window: every fallback failed (forced by the test)"
@@ -547,7 +555,7 @@ def test_scoring_with_a_previous_output_writes_and_logs_the_migration(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     overrides = _overrides(orders_csv, tracking_uri, tmp_path)
-    train(_compose("train", [*overrides, "clv.intervals.draws=0"]))
+    train(_compose("train", [*overrides, *PLUMBING_ONLY]))
     earlier, later = tmp_path / "earlier.parquet", tmp_path / "later.parquet"
     as_of = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
     base = [
