@@ -362,7 +362,9 @@ def test_auto_on_cdnow_picks_pareto_nbd_and_beats_every_anchor(tracking_uri: str
                 "clv=auto",
                 "clv.backtest.folds=0",
                 "clv.intervals.draws=10",
-                # the CLV anchors are the point: CDNOW's default segments have their own test
+                # the CLV anchors are the point: CDNOW's default segments have their own test (no k
+                # curves either: 7 segment fits with their quality metrics on 23,570 customers, 12 s)
+                "segmentation.k_values=[]",
                 "segmentation.n_clusters=4",
                 "segmentation.stability.bootstrap_resamples=0",
             ],
