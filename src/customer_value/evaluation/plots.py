@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 
 def _laid_out(fig: Figure) -> Figure:
     """Tight layout computed once, here. A figure that keeps the "tight" layout engine lays itself out on
-    every draw, and savefig draws twice (a measuring pass, then the pixels): half of a train's plotting
-    time (measured: 11 figures, 3.5 s -> 1.9 s)."""
+    every draw, and savefig draws twice (a measuring pass, then the pixels); laid out once, the PNG is the
+    same (byte for byte) and a train's 11 figures take about 0.5 s less of their ~4 s (profiled)."""
     fig.tight_layout()
     return fig
 

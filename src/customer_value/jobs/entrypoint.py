@@ -51,7 +51,8 @@ def _in_store_call(frame: FrameType | None) -> bool:
 
 class _Terminator:
     """The SIGTERM handler: raises ``Terminated`` at once, or, inside a store call, asks again every
-    ``DEFER_RETRY_S`` until the call has returned (at most ``DEFER_LIMIT_S``)."""
+    ``DEFER_RETRY_S`` until the call has returned (at most ``DEFER_LIMIT_S``). A retry that arrives after
+    the job has returned meets the process's own handler: the stop it was asked for, without the line."""
 
     def __init__(self) -> None:
         self.deferred_since: float | None = None
