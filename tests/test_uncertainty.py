@@ -7,12 +7,25 @@ import pandas as pd
 import pytest
 from lifetimes import BetaGeoFitter
 
-from customer_value.data.features import Split, calibration_and_holdout
+from customer_value.data.features import Split, calibration_and_holdout, resolve_split
 from customer_value.data.loading import LoadingRules, load_bundled
 from customer_value.evaluation.holdout_metrics import interval_metrics
-from customer_value.models.clv.btyd import FAMILIES, CLVParams, ModelInputs, lifetimes_fitter, model_inputs
+from customer_value.models.clv.btyd import (
+    FAMILIES,
+    CLVParams,
+    ModelInputs,
+    lifetimes_fitter,
+    model_inputs,
+    purchase_patterns,
+)
 from customer_value.models.clv.model import CLVModel
-from customer_value.models.clv.uncertainty import count_pmf_terms, parameter_draws, purchase_count_interval
+from customer_value.models.clv.pareto_likelihood import fit_pareto_nbd
+from customer_value.models.clv.uncertainty import (
+    count_pmf_terms,
+    log_parameter_covariance,
+    parameter_draws,
+    purchase_count_interval,
+)
 
 PUBLISHED = {  # CDNOW estimates in weeks: FHL 2005, BTYDplus MBG/NBD, Fader-Hardie-Lee Pareto/NBD
     "bgnbd": {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
@@ -137,3 +150,27 @@ def test_intervals_are_ordered_and_depend_on_the_customer_row_only(cdnow_interva
     sample = calibration.sample(300, random_state=0)
     alone = model.predict(sample, 273.0, intervals=True)
     pd.testing.assert_frame_equal(alone, predictions.loc[sample.index])
+
+
+# CLVTools' tests pin these Pareto/NBD standard errors (CDNOW 1/10 sample, calibration to 1997-09-30, weeks),
+# each to its last printed digit.
+CLVTOOLS_STANDARD_ERRORS = {
+    "r": (0.0476, 5e-5),
+    "alpha": (0.843, 5e-4),
+    "s": (0.187, 5e-4),
+    "beta": (6.21, 5e-3),
+}
+
+
+def test_pareto_nbd_standard_errors_equal_clvtools_on_the_cdnow_sample() -> None:
+    """The fitted covariance of the log-parameters (what the intervals draw from), mapped by the delta
+    method (se = value * sd of its log), gives CLVTools' standard errors."""
+    orders, _ = load_bundled("cdnow_sample", LoadingRules(keep_zero_amounts=True))
+    calibration, _ = calibration_and_holdout(orders, resolve_split(orders, "1997-09-30", 0.5))
+    inputs = model_inputs(calibration, 7.0, spend=False)
+    fitted = fit_pareto_nbd(purchase_patterns(inputs), 0.0)
+    covariance = log_parameter_covariance(CLVParams("pareto_nbd", fitted, None, 7.0), inputs)
+    assert covariance is not None
+    for i, name in enumerate(FAMILIES["pareto_nbd"].params):
+        expected, tolerance = CLVTOOLS_STANDARD_ERRORS[name]
+        assert fitted[name] * np.sqrt(covariance[i][i]) == pytest.approx(expected, abs=tolerance), name
