@@ -330,11 +330,7 @@ def test_auto_family_keeps_the_best_on_an_inner_window(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     """The family is chosen on an inner window inside calibration; the holdout then judges that one only."""
-    quick = [
-        "clv.intervals.draws=0",
-        "segmentation.n_clusters=4",
-        "segmentation.stability.bootstrap_resamples=0",
-    ]
+    quick = [o for o in PLUMBING_ONLY if not o.startswith("clv.backtest.")]  # its metrics are asserted
     overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "clv=auto", *quick]
     metrics = train(_compose("train", overrides))
     run = _runs("customer-clv").iloc[-1]
