@@ -25,6 +25,8 @@ from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.models.clv.covariate_likelihoods import covariate_patterns, fit_with_covariates
+from customer_value.models.clv.covariates import coefficient_design, customer_values, design_columns, encode
 from customer_value.models.clv.likelihoods import (
     FitFailed,
     Patterns,
@@ -207,8 +209,12 @@ class CLVParams:
     purchase: dict[str, float]
     spend: dict[str, float] | None
     time_unit_days: float
-    # Covariance of the log-parameters (purchase then spend, in FAMILIES/SPEND_PARAMS order); None = unknown
+    # Covariance of the log-parameters (purchase then spend, in FAMILIES/SPEND_PARAMS order, then the
+    # covariate coefficients in ``coefficient_names`` order, not logged); None = unknown
     log_covariance: list[list[float]] | None = None
+    # Time-invariant covariates (``covariates``): the design learned on the training base and the
+    # coefficients by set and design column; None = a model without covariates.
+    covariates: dict[str, object] | None = None
 
     @property
     def has_spend(self) -> bool:
@@ -230,8 +236,24 @@ class CLVParams:
         return cls(**values)
 
     def fitted(self) -> dict[str, float]:
-        """All model parameters by name (r, alpha, a, b or s, beta; p, q, v), as logged to MLflow."""
-        return self.purchase | (self.spend or {})
+        """All model parameters by name (r, alpha, a, b or s, beta; p, q, v; gamma_<set>.<column>), as
+        logged to MLflow."""
+        return self.purchase | (self.spend or {}) | self.coefficients()
+
+    def coefficients(self) -> dict[str, float]:
+        """The covariate coefficients as ``gamma_<set>.<design column>`` (none without covariates)."""
+        if self.covariates is None:
+            return {}
+        sets = self.covariates["coefficients"]
+        return {
+            f"gamma_{name}.{column}": float(g)
+            for name, gammas in sets.items()
+            for column, g in gammas.items()
+        }
+
+    def customer_values(self, inputs: ModelInputs) -> dict[str, float | np.ndarray]:
+        """Each customer's purchase parameters (arrays where covariates move them, else the scalars)."""
+        return customer_values(self.family, self.purchase, self.covariates, inputs.design)
 
 
 @dataclass(frozen=True)
@@ -243,11 +265,18 @@ class ModelInputs:
     recency: np.ndarray
     T: np.ndarray
     monetary_value: np.ndarray | None
+    design: np.ndarray | None = None  # customers x design columns (``covariates``); None = no covariates
 
 
-def model_inputs(features: pd.DataFrame, time_unit_days: float, spend: bool = True) -> ModelInputs:
+def model_inputs(
+    features: pd.DataFrame,
+    time_unit_days: float,
+    spend: bool = True,
+    covariates: dict[str, object] | None = None,
+) -> ModelInputs:
     """Convert the day-based customer table to lifetimes' (x, t_x, T, m) in model units; ``spend=False``
-    (a purchase-only model) neither needs nor reads ``monetary_value``."""
+    (a purchase-only model) neither needs nor reads ``monetary_value``; ``covariates`` (a fitted design)
+    encodes the customer table's covariate columns."""
     needed = BTYD_INPUT_COLUMNS if spend else PURCHASE_INPUT_COLUMNS
     missing = [c for c in needed if c not in features.columns]
     if missing:
@@ -258,6 +287,7 @@ def model_inputs(features: pd.DataFrame, time_unit_days: float, spend: bool = Tr
         recency=as_array["recency_days"] / time_unit_days,
         T=as_array["T_days"] / time_unit_days,
         monetary_value=as_array.get("monetary_value"),
+        design=None if covariates is None else encode(covariates, features)[0],
     )
 
 
@@ -309,6 +339,33 @@ def fit_purchase_model(
         params = {k: float(fitter.params_[k]) for k in spec.params}
     _require_finite(spec.label, params)
     return params
+
+
+def fit_covariate_purchase_model(
+    inputs: ModelInputs, penalizer: float, family: str, encoding: dict[str, object]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The purchase model with covariates (``covariate_likelihoods``): population parameters and the
+    coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns."""
+    spec = FAMILIES[family]
+    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    names = design_columns(encoding)
+    sets = coefficient_design(family, encoding)
+    positions = {name: [names.index(c) for c in columns] for name, columns in sets.items()}
+    try:
+        params, gammas = fit_with_covariates(family, patterns, positions, penalizer)
+    except FitFailed:
+        raise ModelFitError(
+            f"{spec.label} with covariates did not converge on {len(inputs.frequency):,} customers with "
+            f"penalizer {penalizer}"
+        ) from None
+    _require_finite(spec.label, params)
+    if not np.isfinite(gammas).all():
+        raise ModelFitError(f"{spec.label} with covariates produced non-finite coefficients")
+    coefficients, start = {}, 0
+    for name, columns in sets.items():
+        coefficients[name] = dict(zip(columns, gammas[start : start + len(columns)].tolist(), strict=True))
+        start += len(columns)
+    return params, coefficients
 
 
 def fit_spend_model(inputs: ModelInputs, penalizer: float) -> dict[str, float]:

@@ -25,6 +25,7 @@ from customer_value.models.clv.btyd import (
     SpendAnchor,
     SpendMeanUndefined,
     btyd_columns,
+    fit_covariate_purchase_model,
     fit_purchase_model,
     fit_spend_model,
     fit_spend_model_with_mean,
@@ -36,7 +37,8 @@ from customer_value.models.clv.btyd import (
     spend_frequency_correlation,
 )
 from customer_value.models.clv.churn_layer import ChurnLayer, layer_inputs
-from customer_value.models.clv.likelihoods import Patterns
+from customer_value.models.clv.covariate_likelihoods import covariate_patterns
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns
 from customer_value.models.clv.predict import predict_arrays
 from customer_value.models.clv.uncertainty import (
     expectation_interval,
@@ -67,6 +69,11 @@ class CLVModel:
 
     ``spend_model=False`` (a log without amounts: visits, logins) fits the purchase model only; its
     predictions have no value columns, and its purchase outputs equal a full model's on the same data.
+
+    ``covariates`` ({"purchase": [...], "dropout": [...]}: customer-file columns) fits BG/NBD or Pareto/NBD
+    with time-invariant covariates (see ``covariates``); a customer table without those columns takes them
+    from ``customers`` (the customer file indexed by customer id), so inner windows and backtest folds refit
+    with them too.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class CLVModel:
         heavy_tail_spend: str = "constrain_mean",
         heavy_tail_quantile: float = 0.99,
         spend_model: bool = True,
+        covariates: dict[str, list[str]] | None = None,
+        customers: pd.DataFrame | None = None,
     ) -> None:
         self.family = family
         self.penalizer = penalizer
@@ -98,6 +107,8 @@ class CLVModel:
         self.heavy_tail_spend = heavy_tail_spend
         self.heavy_tail_quantile = heavy_tail_quantile
         self.spend_model = spend_model
+        self.covariates = covariates
+        self.customers = customers
 
     @property
     def has_spend(self) -> bool:
@@ -109,17 +120,38 @@ class CLVModel:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
         if self.heavy_tail_spend not in HEAVY_TAIL_SPEND:
             raise ModelFitError(f"heavy_tail_spend must be one of {list(HEAVY_TAIL_SPEND)}")
-        inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model)
+        encoding = None
+        if self.wants_covariates:
+            if self.family not in COVARIATE_FAMILIES:
+                raise ModelFitError(
+                    f"{FAMILIES[self.family].label} has no covariate model; "
+                    f"use one of {list(COVARIATE_FAMILIES)}"
+                )
+            features = self._with_covariate_columns(
+                features, [*self.covariates["purchase"], *self.covariates["dropout"]]
+            )
+            encoding = fit_encoding(
+                features, list(self.covariates["purchase"]), list(self.covariates["dropout"])
+            )
+        inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model, covariates=encoding)
         patterns = purchase_patterns(inputs)
         self.fit_attempts_: list[tuple[str, float, str]] = []
         self.spend_fallback_: str | None = None
         anchor: SpendAnchor | None = None
 
+        coefficients: dict[str, dict[str, dict[str, float]]] = {}
+
         def purchase_model(penalizer: float) -> dict[str, float]:
-            purchase = fit_purchase_model(inputs, penalizer, self.family, patterns)
-            _require_finite_predictions(
-                CLVParams(self.family, purchase, NEUTRAL_SPEND, self.time_unit_days), patterns
+            covariates = None
+            if encoding is None:
+                purchase = fit_purchase_model(inputs, penalizer, self.family, patterns)
+            else:
+                purchase, gammas = fit_covariate_purchase_model(inputs, penalizer, self.family, encoding)
+                covariates = coefficients[penalizer] = encoding | {"coefficients": gammas}
+            neutral = CLVParams(
+                self.family, purchase, NEUTRAL_SPEND, self.time_unit_days, covariates=covariates
             )
+            _require_finite_predictions(neutral, inputs)
             return purchase
 
         def fit_spend(penalizer: float) -> dict[str, float]:
@@ -148,7 +180,8 @@ class CLVModel:
         purchase, self.purchase_penalizer_used_ = self._first_success(
             "purchase", _ladder(self.penalizer, self.fallback_penalizers), purchase_model
         )
-        params = CLVParams(self.family, purchase, spend, self.time_unit_days)
+        covariates = coefficients.get(self.purchase_penalizer_used_)
+        params = CLVParams(self.family, purchase, spend, self.time_unit_days, covariates=covariates)
         spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
         covariance = log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
         self.params_ = replace(params, log_covariance=covariance)
@@ -175,6 +208,22 @@ class CLVModel:
         )
         raise ModelFitError(f"every fallback failed ({tried})")
 
+    @property
+    def wants_covariates(self) -> bool:
+        return bool(self.covariates) and any(self.covariates.get(k) for k in ("purchase", "dropout"))
+
+    def _with_covariate_columns(self, features: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        """``features`` with the covariate columns, joined from ``customers`` by customer id when absent
+        (a customer missing from the file gets missing values: see ``covariates`` for the rule)."""
+        absent = [c for c in dict.fromkeys(columns) if c not in features.columns]
+        if not absent:
+            return features
+        if self.customers is None:
+            raise ModelFitError(
+                f"the customer table lacks covariate column(s) {absent} and no customer file is set"
+            )
+        return features.join(self.customers[absent], how="left")
+
     churn_layer_: ChurnLayer | None = None
     value_layer_: ValueLayer | None = None
 
@@ -188,8 +237,10 @@ class CLVModel:
         value_layer: ValueLayer | None = None,
         interval_level: float = 0.9,
         interval_draws: int = 100,
+        customers: pd.DataFrame | None = None,
     ) -> CLVModel:
-        """A fitted model from stored parameters (used by the registered pyfunc model)."""
+        """A fitted model from stored parameters (used by the registered pyfunc model); ``customers``: the
+        customer file, for tables without the covariate columns."""
         model = cls(
             family=params.family,
             time_unit_days=params.time_unit_days,
@@ -198,6 +249,7 @@ class CLVModel:
             interval_level=interval_level,
             interval_draws=interval_draws,
             spend_model=params.has_spend,
+            customers=customers,
         )
         model.params_ = params
         model.churn_layer_ = churn_layer
@@ -224,7 +276,9 @@ class CLVModel:
     def _predict_with(self, params: CLVParams, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
         """The prediction columns filled in one column-major matrix: one DataFrame block, no copies of it."""
         has_spend = params.has_spend
-        inputs = model_inputs(features, params.time_unit_days, spend=has_spend)
+        if params.covariates is not None:
+            features = self._with_covariate_columns(features, raw_columns(params.covariates))
+        inputs = model_inputs(features, params.time_unit_days, spend=has_spend, covariates=params.covariates)
         values = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
         btyd = pd.DataFrame(values, index=features.index, columns=btyd_columns(has_spend), copy=False)
         names = prediction_columns(has_spend)
@@ -273,7 +327,14 @@ class CLVModel:
             for column, values in samples.items():
                 low, high = expectation_interval(values, here[column].to_numpy(), self.interval_level)
                 columns[f"{column}_low"], columns[f"{column}_high"] = low, high
-            inputs = model_inputs(rows, self.params_.time_unit_days, spend=self.params_.has_spend)
+            if self.params_.covariates is not None:
+                rows = self._with_covariate_columns(rows, raw_columns(self.params_.covariates))
+            inputs = model_inputs(
+                rows,
+                self.params_.time_unit_days,
+                spend=self.params_.has_spend,
+                covariates=self.params_.covariates,
+            )
             low, high = purchase_count_interval(
                 self.params_,
                 inputs,
@@ -291,16 +352,24 @@ def _ladder(penalizer: float, fallbacks: tuple[float, ...]) -> list[float]:
     return [penalizer, *(p for p in fallbacks if p > penalizer)]
 
 
-def _require_finite_predictions(params: CLVParams, patterns: Patterns) -> None:
+def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
     """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
 
-    Checked on the unique (x, t_x, T) patterns at a one-year and a ten-year horizon, one step each.
+    Checked on the unique (x, t_x, T) patterns (with covariates: (x, t_x, T, design row)) at a one-year and
+    a ten-year horizon, one step each.
     """
+    if inputs.design is None:
+        patterns = purchase_patterns(inputs)
+        design = None
+    else:
+        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+        design = patterns.design
     unique = ModelInputs(
         patterns.frequency,
         patterns.recency,
         patterns.T,
         np.zeros(len(patterns.T)) if params.has_spend else None,
+        design,
     )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:

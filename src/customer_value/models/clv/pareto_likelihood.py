@@ -132,16 +132,17 @@ class ParetoNBDLikelihood:
     @staticmethod
     def _log_integral(
         r: float,
-        alpha: float,
+        alpha: float | np.ndarray,
         s: float,
-        beta: float,
+        beta: float | np.ndarray,
         x: np.ndarray,
         t_x: np.ndarray,
         big_t: np.ndarray,
         gradient: bool,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """ln I per pattern and, with ``gradient``, the mean of d ln f / d(r, alpha, s, beta) under the
-        quadrature's normalised weights (= d ln I / d params), one row per pattern."""
+        quadrature's normalised weights (= d ln I / d params), one row per pattern. ``alpha`` and ``beta``
+        may be one value per pattern (covariates)."""
         m, n = r + x, s + 1.0
         # Cut the interval where ln f has fallen by `drop` (f log-convex: its decay slows along tau, so
         # the rest of the interval adds at most exp(-drop) f(t_x) (T - t_x) < exp(-TAIL_NATS) I).
@@ -151,13 +152,15 @@ class ParetoNBDLikelihood:
         end = np.minimum(end, (beta + t_x) * np.exp(drop / n) - beta)
         # u = ln(c + tau), c the smaller of alpha, beta; the other factor is (d + e^u), d = |alpha - beta|.
         # With k the exponent on (c + tau) and l the other's, ln(f e^u) = (1 - k) u - l ln(d + e^u).
-        c, d = min(alpha, beta), abs(alpha - beta)
-        near, far = (m, np.full_like(m, n)) if alpha <= beta else (np.full_like(m, n), m)
+        near_alpha = np.broadcast_to(np.asarray(alpha) <= np.asarray(beta), m.shape)
+        c, d = np.minimum(alpha, beta), np.abs(np.asarray(alpha) - np.asarray(beta))
+        c, d = np.broadcast_to(c, m.shape), np.broadcast_to(d, m.shape)
+        near, far = np.where(near_alpha, m, n), np.where(near_alpha, n, m)
         u_start, u_end = np.log(c + t_x), np.log(c + end)
         half = 0.5 * (u_end - u_start)
         u = (u_start + half)[:, None] + half[:, None] * _LEGENDRE_NODES  # patterns x nodes
         e_u = np.exp(u)
-        other = d + e_u
+        other = d[:, None] + e_u
         log_other = np.log(other)
         # Shifted by the integrand at t_x (f decreases; the Jacobian e^u grows by at most (c+T)/(c+t_x)).
         shift = (1.0 - near) * u_start - far * np.log(d + c + t_x)
@@ -172,27 +175,92 @@ class ParetoNBDLikelihood:
         mean_log_other = np.einsum("ij,ij->i", p, log_other)
         mean_inv_near = np.einsum("ij,ij->i", p, 1.0 / e_u)
         mean_inv_other = np.einsum("ij,ij->i", p, 1.0 / other)
-        if alpha <= beta:
-            columns = (-mean_u, -m * mean_inv_near, -mean_log_other, -n * mean_inv_other)
-        else:
-            columns = (-mean_log_other, -m * mean_inv_other, -mean_u, -n * mean_inv_near)
+        columns = (
+            -np.where(near_alpha, mean_u, mean_log_other),
+            -m * np.where(near_alpha, mean_inv_near, mean_inv_other),
+            -np.where(near_alpha, mean_log_other, mean_u),
+            -n * np.where(near_alpha, mean_inv_other, mean_inv_near),
+        )
         mean_dphi = np.column_stack(columns)
         return log_i, mean_dphi
 
 
+def pattern_terms(
+    r: float,
+    alpha: float | np.ndarray,
+    s: float,
+    beta: float | np.ndarray,
+    x: np.ndarray,
+    t_x: np.ndarray,
+    big_t: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pattern's log-likelihood and d ll / d(r, alpha, s, beta) (patterns x 4), with ``alpha`` and
+    ``beta`` one value per pattern or shared: the covariate models' building block (same arithmetic as
+    ``ParetoNBDLikelihood``, per pattern instead of summed)."""
+    alpha_, beta_ = np.broadcast_to(alpha, x.shape), np.broadcast_to(beta, x.shape)
+    m = r + x
+    log_alpha_T, log_beta_T = np.log(alpha_ + big_t), np.log(beta_ + big_t)
+    first = -m * log_alpha_T - s * log_beta_T
+    second = np.full(len(x), -np.inf)
+    open_ = t_x < big_t
+    mean_dphi = np.zeros((len(x), 4))
+    log_i, dphi = ParetoNBDLikelihood._log_integral(
+        r, alpha_[open_], s, beta_[open_], x[open_], t_x[open_], big_t[open_], True
+    )
+    second[open_] = np.log(s) + log_i
+    mean_dphi[open_] = dphi
+    log_sum = np.logaddexp(first, second)
+    ll = gammaln(m) - gammaln(r) + r * np.log(alpha_) + s * np.log(beta_) + log_sum
+    share_first, share_second = np.exp(first - log_sum), np.exp(second - log_sum)
+    grad = np.column_stack(
+        [
+            digamma(m) - digamma(r) + np.log(alpha_) - share_first * log_alpha_T,
+            r / alpha_ - share_first * m / (alpha_ + big_t),
+            np.log(beta_) - share_first * log_beta_T + share_second / s,
+            s / beta_ - share_first * s / (beta_ + big_t),
+        ]
+    )
+    grad += share_second[:, None] * mean_dphi
+    return ll, grad
+
+
 def per_customer(
-    method: str, params: dict[str, float], frequency: np.ndarray, recency: np.ndarray, T: np.ndarray
+    method: str,
+    params: dict[str, float | np.ndarray],
+    frequency: np.ndarray,
+    recency: np.ndarray,
+    T: np.ndarray,
 ) -> np.ndarray:
-    """``ParetoNBDLikelihood.<method>`` (``log_likelihoods`` or ``p_alive``) for every customer,
-    evaluated once per distinct (x, t_x, T)."""
-    columns = [_codes(np.asarray(c, dtype="float64")) for c in (frequency, recency, T)]
+    """Each customer's log-likelihood (``method`` "log_likelihoods") or P(alive at T | x, t_x, T)
+    ("p_alive": the alive term's share of the likelihood), evaluated once per distinct (x, t_x, T) and,
+    with covariates (``alpha``/``beta`` one value per customer), per distinct (alpha, beta)."""
+    r, s = float(params["r"]), float(params["s"])
+    alpha, beta = params["alpha"], params["beta"]
+    per_row = [np.asarray(v, dtype="float64") for v in (alpha, beta) if np.ndim(v)]
+    columns = [_codes(np.asarray(c, dtype="float64")) for c in (frequency, recency, T, *per_row)]
     key = np.zeros(len(columns[0][1]), dtype="int64")
     for distinct, inverse in columns:  # mixed radix, renumbered before it could overflow
         key = _codes(key)[1] * len(distinct) + inverse
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    x, t_x, big_t = (distinct[index[first]] for distinct, index in columns)
-    likelihood = ParetoNBDLikelihood(x, t_x, big_t, np.ones(len(x)))
-    values = getattr(likelihood, method)(np.array([params[k] for k in ("r", "alpha", "s", "beta")]))
+    x, t_x, big_t = (distinct[index[first]] for distinct, index in columns[:3])
+    alpha_ = np.asarray(alpha, dtype="float64")[first] if np.ndim(alpha) else float(alpha)
+    beta_ = np.asarray(beta, dtype="float64")[first] if np.ndim(beta) else float(beta)
+    alpha_, beta_ = np.broadcast_to(alpha_, x.shape), np.broadcast_to(beta_, x.shape)
+    m = r + x
+    first_term = -m * np.log(alpha_ + big_t) - s * np.log(beta_ + big_t)
+    second = np.full(len(x), -np.inf)
+    open_ = t_x < big_t
+    log_i, _ = ParetoNBDLikelihood._log_integral(
+        r, alpha_[open_], s, beta_[open_], x[open_], t_x[open_], big_t[open_], False
+    )
+    second[open_] = np.log(s) + log_i
+    log_sum = np.logaddexp(first_term, second)
+    if method == "p_alive":
+        values = np.exp(first_term - log_sum)
+    elif method == "log_likelihoods":
+        values = gammaln(m) - gammaln(r) + r * np.log(alpha_) + s * np.log(beta_) + log_sum
+    else:
+        raise ValueError(f"unknown method {method!r}")
     return values[inverse.ravel()]
 
 

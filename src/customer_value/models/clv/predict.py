@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 from lifetimes import GammaGammaFitter
-from scipy.special import gammaln, hyp2f1
+from scipy.special import expit, gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError
 from customer_value.models.clv.btyd import (
@@ -24,7 +24,10 @@ from customer_value.models.clv.btyd import (
     lifetimes_fitter,
     quiet_lifetimes,
 )
+from customer_value.models.clv.covariates import customer_values
 from customer_value.models.clv.pareto_likelihood import per_customer
+
+TRACKING_DESIGN_ROWS = 200  # distinct covariate rows averaged for the unconditional tracking curve
 
 
 def churn_probability(
@@ -41,24 +44,58 @@ def churn_probability(
     (s, beta) ridge). Unlike 1 - P(alive), neither is 0 for every one-time buyer.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    values = params.customer_values(inputs)
     if params.family == "pareto_nbd":
-        later = per_customer("log_likelihoods", params.purchase, x, t_x, T + horizon)
-        now = per_customer("log_likelihoods", params.purchase, x, t_x, T)
+        later = per_customer("log_likelihoods", values, x, t_x, T + horizon)
+        now = per_customer("log_likelihoods", values, x, t_x, T)
         return np.clip(np.exp(later - now), 0, 1)
-    r, alpha = params.purchase["r"], params.purchase["alpha"]
+    r, alpha = values["r"], values["alpha"]
     no_purchase_if_alive = np.exp(-(r + x) * np.log1p(horizon / (alpha + T)))
     return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
 
 
-def expected_repeat_purchases(params: CLVParams, age_days: np.ndarray) -> np.ndarray:
-    """Unconditional expected repeat purchases of a new customer by each age (days): the tracking curve."""
-    fitter = lifetimes_fitter(FAMILIES[params.family].fitter, params.purchase)
+def probability_alive(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+    """P(alive at T | x, t_x, T): lifetimes' expressions (BG/NBD: Fader, Hardie & Lee's note 021; MBG/NBD:
+    Batislam et al. 2007, eq. 5), written out so each customer may carry its own parameters."""
+    values = params.customer_values(inputs)
+    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    if params.family == "pareto_nbd":
+        return per_customer("p_alive", values, x, t_x, T)
+    r, alpha, a, b = (values[k] for k in ("r", "alpha", "a", "b"))
+    if params.family == "mbgnbd":
+        return np.atleast_1d(1.0 / (1 + (a / (b + x)) * ((alpha + T) / (alpha + t_x)) ** (r + x)))
+    log_div = (r + x) * np.log((alpha + T) / (alpha + t_x)) + np.log(a / (b + np.maximum(x, 1) - 1))
+    return np.atleast_1d(np.where(x == 0, 1.0, expit(-log_div)))
+
+
+def expected_repeat_purchases(
+    params: CLVParams, age_days: np.ndarray, design: np.ndarray | None = None
+) -> np.ndarray:
+    """Unconditional expected repeat purchases of a new customer by each age (days): the tracking curve.
+
+    With covariates, the mean of the curves of the base's customers (``design``: their design rows; at most
+    ``TRACKING_DESIGN_ROWS`` distinct rows, a seeded sample beyond that), each with its own parameters."""
     ages = np.asarray(age_days, dtype="float64") / params.time_unit_days
-    with quiet_lifetimes():
-        values = np.asarray(
-            fitter.expected_number_of_purchases_up_to_time(np.maximum(ages, 0.0)), dtype="float64"
-        )
-    return np.where(ages > 0, values, 0.0)
+    if params.covariates is None or design is None:
+        rows, weights = [params.purchase], np.ones(1)
+    else:
+        distinct, counts = np.unique(design, axis=0, return_counts=True)
+        if len(distinct) > TRACKING_DESIGN_ROWS:
+            picked = np.random.default_rng(0).choice(len(design), TRACKING_DESIGN_ROWS, replace=False)
+            distinct, counts = np.unique(design[picked], axis=0, return_counts=True)
+        values = customer_values(params.family, params.purchase, params.covariates, distinct)
+        rows = [
+            {k: float(np.broadcast_to(v, counts.shape)[i]) for k, v in values.items()}
+            for i in range(len(counts))
+        ]
+        weights = counts / counts.sum()
+    curve = np.zeros_like(ages)
+    for row, weight in zip(rows, weights, strict=True):
+        fitter = lifetimes_fitter(FAMILIES[params.family].fitter, row)
+        with quiet_lifetimes():
+            values = fitter.expected_number_of_purchases_up_to_time(np.maximum(ages, 0.0))
+        curve += weight * np.asarray(values, dtype="float64")
+    return np.where(ages > 0, curve, 0.0)
 
 
 def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
@@ -67,7 +104,8 @@ def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.n
     Given active, lambda ~ Gamma(r + x, alpha + T) in every family here, so
     P(no purchase by t) = ((alpha + T) / (alpha + T + t))^(r + x) = 1/2 at t = (alpha + T)(2^(1/(r+x)) - 1).
     """
-    r, alpha = params.purchase["r"], params.purchase["alpha"]
+    values = params.customer_values(inputs)
+    r, alpha = values["r"], values["alpha"]
     return (alpha + inputs.T) * np.expm1(np.log(2.0) / (r + inputs.frequency)) * params.time_unit_days
 
 
@@ -104,9 +142,10 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
       / (s - 1), so its likelihood (``pareto_likelihood``'s quadrature) is evaluated once, not at every step.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    values = params.customer_values(inputs)
     if params.family == "pareto_nbd":
-        r, alpha, s, beta = (params.purchase[k] for k in ("r", "alpha", "s", "beta"))
-        likelihood = per_customer("log_likelihoods", params.purchase, x, t_x, T)
+        r, alpha, s, beta = (values[k] for k in ("r", "alpha", "s", "beta"))
+        likelihood = per_customer("log_likelihoods", values, x, t_x, T)
         log_scale = (
             gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta) - (r + x) * np.log(alpha + T)
         )
@@ -115,21 +154,27 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         for t in times:
             yield scale * -np.expm1((s - 1.0) * (np.log(beta + T) - np.log(beta + T + t)))
         return
-    r, alpha, a, b = (params.purchase[k] for k in ("r", "alpha", "a", "b"))
-    inverse, pairs = pd.factorize(x + 1j * T)
-    px, pT = pairs.real, pairs.imag
+    r, alpha, a, b = (values[k] for k in ("r", "alpha", "a", "b"))
+    if params.covariates is None or inputs.design is None:
+        inverse, pairs = pd.factorize(x + 1j * T)
+        px, pT = pairs.real, pairs.imag
+        p_alpha, pa, pb = alpha, a, b
+    else:  # each customer's own parameters: the pairs become (x, T, alpha, a, b) tuples
+        per_row = [np.broadcast_to(v, x.shape) for v in (alpha, a, b)]
+        inverse, tuples = pd.MultiIndex.from_arrays([x, T, *per_row]).factorize()
+        px, pT, p_alpha, pa, pb = (np.asarray(tuples.get_level_values(i), dtype="float64") for i in range(5))
     odds = ((alpha + T) / (alpha + t_x)) ** (r + x)
     if params.family == "bgnbd":
-        hyp_b, hyp_c = b + px, a + b + px - 1
+        hyp_b, hyp_c = pb + px, pa + pb + px - 1
         denominator = 1 + (x > 0) * (a / (b + x - 1)) * odds
     else:  # mbgnbd
-        hyp_b, hyp_c = b + px + 1, a + b + px
+        hyp_b, hyp_c = pb + px + 1, pa + pb + px
         denominator = 1 + (a / (b + x)) * odds
     hyp_a = r + px
-    first = hyp_c / (a - 1)
+    first = hyp_c / (pa - 1)
     with np.errstate(divide="ignore", invalid="ignore"), quiet_lifetimes():
         for t in times:
-            z = t / (alpha + pT + t)
+            z = t / (p_alpha + pT + t)
             ln_hyp = np.log(hyp2f1(hyp_a, hyp_b, hyp_c, z))
             overflow = np.isinf(ln_hyp)
             if overflow.any():  # Euler's transformation where the series overflows (lifetimes' BG/NBD)
@@ -137,7 +182,7 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
                 ln_hyp[overflow] = np.log(hyp2f1(c - hyp_a[overflow], c - hyp_b[overflow], c, zo)) + (
                     c - hyp_a[overflow] - hyp_b[overflow]
                 ) * np.log(1 - zo)
-            second = 1 - np.exp(ln_hyp + hyp_a * np.log((alpha + pT) / (alpha + t + pT)))
+            second = 1 - np.exp(ln_hyp + hyp_a * np.log((p_alpha + pT) / (p_alpha + t + pT)))
             yield (first * second)[inverse] / denominator
 
 
@@ -154,15 +199,10 @@ def predict_arrays(
     out, never zero-filled."""
     if not horizon_days > 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
-    purchases = lifetimes_fitter(FAMILIES[params.family].fitter, params.purchase)
     unit = params.time_unit_days
-    x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-
-    if params.family == "pareto_nbd":  # lifetimes' hyp2f1 fails far out on the (s, beta) ridge
-        p_alive = per_customer("p_alive", params.purchase, x, t_x, T)
-    else:
-        with quiet_lifetimes():
-            p_alive = np.asarray(purchases.conditional_probability_alive(x, t_x, T), dtype="float64")
+    x = inputs.frequency
+    with quiet_lifetimes():  # Pareto/NBD: quadrature (lifetimes' hyp2f1 fails far out on the ridge)
+        p_alive = np.asarray(probability_alive(params, inputs), dtype="float64")
     churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
 
     # Discounted value: purchases expected in each step, discounted to today at the step's end.

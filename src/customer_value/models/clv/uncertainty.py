@@ -34,6 +34,8 @@ from customer_value.models.clv.btyd import (
     purchase_patterns,
     spend_sample,
 )
+from customer_value.models.clv.covariate_likelihoods import CovariateLikelihood, covariate_patterns
+from customer_value.models.clv.covariates import coefficient_design, design_columns
 from customer_value.models.clv.likelihoods import (
     BGNBDLikelihood,
     GammaGammaLikelihood,
@@ -91,14 +93,17 @@ def log_parameter_covariance(
     Gamma-Gamma fit, whose two free parameters' covariance is mapped to (ln p, ln q, ln v) (rank 2).
     """
     names = FAMILIES[params.family].params
-    patterns = purchase_patterns(inputs) if patterns is None else patterns
     purchase_theta = np.log([params.purchase[k] for k in names])
-    if params.family == "bgnbd":
+    if params.covariates is not None:
+        purchase_hessian = _covariate_hessian(params, inputs)
+    elif params.family == "bgnbd":
+        patterns = purchase_patterns(inputs) if patterns is None else patterns
         likelihood = BGNBDLikelihood(patterns.frequency, patterns.recency, patterns.T, patterns.weights)
         purchase_hessian = log_space_hessian(
             lambda values: likelihood.value_and_gradient(values)[1], purchase_theta, HESSIAN_STEP
         )
     else:
+        patterns = purchase_patterns(inputs) if patterns is None else patterns
 
         def purchase(theta: np.ndarray) -> float:
             values = dict(zip(names, np.exp(theta), strict=True))
@@ -127,10 +132,36 @@ def log_parameter_covariance(
         return None
     if params.spend is None:  # purchase-only: the purchase block is the whole covariance
         return blocks[0].tolist()
+    # Order: purchase log-parameters, spend log-parameters, then the coefficients (which belong to the
+    # purchase block: the purchase likelihood is the one they enter).
     k1, k2 = len(names), len(SPEND_PARAMS)
-    covariance = np.zeros((k1 + k2, k1 + k2))
-    covariance[:k1, :k1], covariance[k1:, k1:] = blocks
+    k = len(blocks[0]) + k2
+    purchase_index = np.r_[np.arange(k1), np.arange(k1 + k2, k)]
+    covariance = np.zeros((k, k))
+    covariance[np.ix_(purchase_index, purchase_index)] = blocks[0]
+    covariance[k1 : k1 + k2, k1 : k1 + k2] = blocks[1]
     return covariance.tolist()
+
+
+def _covariate_hessian(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+    """Hessian of the covariate likelihood in (log population parameters, coefficients): central
+    differences of its analytic gradient, on the distinct (x, t_x, T, design row) patterns."""
+    encoding = params.covariates
+    names, sets = design_columns(encoding), coefficient_design(params.family, encoding)
+    positions = {name: [names.index(c) for c in columns] for name, columns in sets.items()}
+    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    likelihood = CovariateLikelihood(params.family, patterns, positions)
+    gammas = [encoding["coefficients"][name][column] for name, columns in sets.items() for column in columns]
+    theta = np.concatenate([np.log([params.purchase[k] for k in FAMILIES[params.family].params]), gammas])
+    shifts = np.eye(len(theta)) * HESSIAN_STEP
+    hessian = np.column_stack(
+        [
+            (likelihood.value_and_gradient(theta + h)[1] - likelihood.value_and_gradient(theta - h)[1])
+            / (2 * HESSIAN_STEP)
+            for h in shifts
+        ]
+    )
+    return (hessian + hessian.T) / 2.0
 
 
 def _constrained_spend_covariance(
@@ -159,17 +190,32 @@ def parameter_draws(params: CLVParams, n_draws: int, seed: int) -> list[CLVParam
     names = FAMILIES[params.family].params
     spend_names = SPEND_PARAMS if params.spend is not None else ()
     centre = np.log([*(params.purchase[k] for k in names), *((params.spend or {})[k] for k in spend_names)])
+    gammas = list(params.coefficients().values())  # in the covariance's order (after the log-parameters)
     rng = np.random.default_rng(seed)
-    draws = np.exp(rng.multivariate_normal(centre, np.asarray(params.log_covariance), size=n_draws))
-    k = len(names)
+    draws = rng.multivariate_normal(np.r_[centre, gammas], np.asarray(params.log_covariance), size=n_draws)
+    k, k_logs = len(names), len(centre)
     return [
         replace(
             params,
-            purchase=dict(zip(names, row[:k].tolist(), strict=True)),
-            spend=dict(zip(SPEND_PARAMS, row[k:].tolist(), strict=True)) if spend_names else None,
+            purchase=dict(zip(names, np.exp(row[:k]).tolist(), strict=True)),
+            spend=dict(zip(SPEND_PARAMS, np.exp(row[k:k_logs]).tolist(), strict=True))
+            if spend_names
+            else None,
+            covariates=_with_coefficients(params.covariates, row[k_logs:]),
         )
         for row in draws
     ]
+
+
+def _with_coefficients(covariates: dict[str, object] | None, gammas: np.ndarray) -> dict[str, object] | None:
+    """The covariate spec with its coefficients replaced, in ``CLVParams.coefficients`` order."""
+    if covariates is None:
+        return None
+    values, start = {}, 0
+    for name, current in covariates["coefficients"].items():
+        values[name] = dict(zip(current, gammas[start : start + len(current)].tolist(), strict=True))
+        start += len(current)
+    return covariates | {"coefficients": values}
 
 
 def _log_nbd_start(shape: np.ndarray, rate: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,11 +228,12 @@ def count_pmf_terms(params: CLVParams, inputs: ModelInputs, horizon: float) -> C
 
     Must be called with n = 0, 1, 2, ... in order: it keeps running terms in log space.
     """
-    r, alpha = params.purchase["r"], params.purchase["alpha"]
+    values = params.customer_values(inputs)
+    r, alpha = values["r"], values["alpha"]
     x, T = inputs.frequency, inputs.T
     shape, rate = r + x, alpha + T
     if params.family == "pareto_nbd":
-        s, beta = params.purchase["s"], params.purchase["beta"]
+        s, beta = values["s"], values["beta"]
         nodes, node_weights = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
         u = (nodes[:, None] + 1.0) * horizon / 2.0  # quadrature points in (0, horizon)
         life_rate = beta + T
@@ -208,7 +255,7 @@ def count_pmf_terms(params: CLVParams, inputs: ModelInputs, horizon: float) -> C
 
         return pareto
 
-    a, b = params.purchase["a"], params.purchase["b"]
+    a, b = values["a"], values["b"]
     b_post = b + x + (1.0 if params.family == "mbgnbd" else 0.0)
     log_m, step = _log_nbd_start(shape, rate, np.full_like(T, horizon))
     state = {"n": 0, "log_m": log_m, "m_cdf": np.zeros_like(T), "log_survive_g": np.zeros_like(T)}
