@@ -42,28 +42,93 @@ def generate_orders(
     with probability p ~ Beta(a, b), and spends Gamma(p, nu) per order with nu ~ Gamma(q, v).
     """
     rng = np.random.default_rng(seed)
-    unit = params.time_unit_days
     rate = rng.gamma(params.r, 1.0 / params.alpha, n_customers)  # purchases per unit
     dropout = rng.beta(params.a, params.b, n_customers)
-    spend_rate = rng.gamma(params.q, 1.0 / params.v, n_customers)
-    first_day = rng.uniform(0, acquisition_days, n_customers)
+    return _bgnbd_orders(rng, rate, dropout, params, start, acquisition_days, observation_days, max_repeats)
 
+
+def _bgnbd_orders(
+    rng: np.random.Generator,
+    rate: np.ndarray,
+    dropout: np.ndarray,
+    params: TrueParams,
+    start: str,
+    acquisition_days: int,
+    observation_days: int,
+    max_repeats: int,
+) -> pd.DataFrame:
+    """BG/NBD orders given each customer's purchase rate and dropout probability (shared by both generators).
+
+    The draws after ``rate`` and ``dropout`` keep generate_orders' order, so its seeded output is unchanged.
+    """
+    spend_rate, first_day = _spend_and_first_day(rng, params, len(rate), acquisition_days)
     # Dropout can only follow a repeat purchase, so the last possible one is L ~ Geometric(p) >= 1:
     # alive after x repeats with probability (1 - p)^x, as in the BG/NBD likelihood.
     lifetime_repeats = np.minimum(rng.geometric(dropout), max_repeats)
-    gaps = rng.exponential(1.0, (n_customers, max_repeats)) / np.maximum(rate, 1e-12)[:, None]
-    repeat_days = first_day[:, None] + np.cumsum(gaps, axis=1) * unit
+    repeat_days = _repeat_days(rng, rate, first_day, params.time_unit_days, max_repeats)
     keep = (np.arange(max_repeats)[None, :] < lifetime_repeats[:, None]) & (repeat_days < observation_days)
+    return _orders_frame(rng, first_day, repeat_days, keep, spend_rate, params.p, start)
 
-    customer = np.concatenate([np.arange(n_customers), np.nonzero(keep)[0]])
+
+def _pareto_orders(
+    rng: np.random.Generator,
+    rate: np.ndarray,
+    death_rate: np.ndarray,
+    params: TrueParams,
+    start: str,
+    acquisition_days: int,
+    observation_days: int,
+    max_repeats: int,
+) -> pd.DataFrame:
+    """Pareto/NBD orders: Poisson purchases at ``rate`` from the first one until death or the window end."""
+    unit = params.time_unit_days
+    spend_rate, first_day = _spend_and_first_day(rng, params, len(rate), acquisition_days)
+    death_day = first_day + rng.exponential(1.0, len(rate)) / np.maximum(death_rate, 1e-12) * unit
+    repeat_days = _repeat_days(rng, rate, first_day, unit, max_repeats)
+    keep = repeat_days < np.minimum(death_day, observation_days)[:, None]
+    return _orders_frame(rng, first_day, repeat_days, keep, spend_rate, params.p, start)
+
+
+def _spend_and_first_day(
+    rng: np.random.Generator, params: TrueParams, n_customers: int, acquisition_days: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each customer's Gamma-Gamma spend rate nu ~ Gamma(q, v) and first-purchase day."""
+    spend_rate = rng.gamma(params.q, 1.0 / params.v, n_customers)
+    return spend_rate, rng.uniform(0, acquisition_days, n_customers)
+
+
+def _repeat_days(
+    rng: np.random.Generator, rate: np.ndarray, first_day: np.ndarray, unit: float, max_repeats: int
+) -> np.ndarray:
+    """Days of the first ``max_repeats`` repeat purchases had the customer stayed alive (exponential gaps)."""
+    gaps = rng.exponential(1.0, (len(rate), max_repeats)) / np.maximum(rate, 1e-12)[:, None]
+    return first_day[:, None] + np.cumsum(gaps, axis=1) * unit
+
+
+def _orders_frame(
+    rng: np.random.Generator,
+    first_day: np.ndarray,
+    repeat_days: np.ndarray,
+    keep: np.ndarray,
+    spend_rate: np.ndarray,
+    p: float,
+    start: str,
+) -> pd.DataFrame:
+    """The first purchase plus the kept repeats, with Gamma(p, nu) amounts, sorted by customer then time."""
+    customer = np.concatenate([np.arange(len(first_day)), np.nonzero(keep)[0]])
     day = np.concatenate([first_day, repeat_days[keep]])
-    amount = rng.gamma(params.p, 1.0 / spend_rate[customer])
+    amount = rng.gamma(p, 1.0 / spend_rate[customer])
     order = np.lexsort((day, customer))
     timestamps = pd.Timestamp(start) + pd.to_timedelta(np.round(day[order] * 86_400), unit="s")
     return pd.DataFrame(
         {
-            "customer_id": np.char.add("c", customer[order].astype(str)),
+            "customer_id": _customer_ids(customer[order]),
             "timestamp": timestamps,
             "amount": np.round(amount[order], 2).clip(min=0.01),
         }
     )
+
+
+def _customer_ids(index: np.ndarray) -> np.ndarray:
+    """Customer ids "c0", "c1", ... in both generators."""
+    return np.char.add("c", index.astype(str))
