@@ -145,7 +145,7 @@ def encode(encoding: dict[str, object], frame: pd.DataFrame) -> tuple[np.ndarray
         levels = encoding["categorical"][column]
         values = _levels(frame[column])
         missing[column] = int((values == MISSING_LEVEL).sum())
-        codes = pd.Categorical(values, categories=levels).codes  # -1: a level the base did not have
+        codes = pd.Index(levels).get_indexer(values)  # -1: a level the base did not have
         unseen[column] = int((codes < 0).sum())
         for code, level in enumerate(levels[1:], start=1):
             design[:, position[f"{column}={level}"]] = codes == code
