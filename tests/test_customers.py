@@ -1,0 +1,71 @@
+"""The customer file: read with one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from customer_value.data.customers import load_customers
+from customer_value.errors import DataError
+
+PROTECTED = ["age", "gender", "marital_status"]
+
+
+def _customers() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_id": ["c1", " c2", "c3", "c4"],  # ids are stripped, as in the order log
+            "income": [10.5, np.nan, 30.0, 40.0],
+            "region": ["north", "", "south", None],
+            "Gender": ["f", "m", "f", "x"],
+            "notes": ["not", "read", "at", "all"],
+        }
+    )
+
+
+def test_a_csv_customer_file_is_read_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "customers.csv"
+    _customers().to_csv(path, index=False)
+    frame, protected = load_customers(str(path), "customer_id", ["income", "region"], PROTECTED)
+    assert protected == ["Gender"] and list(frame.columns) == ["income", "region", "Gender"]
+    assert list(frame.index) == ["c1", "c2", "c3", "c4"] and frame.index.name == "customer_id"
+    assert frame["income"].dtype == "float64" and frame["income"].isna().sum() == 1
+    assert frame["region"].tolist()[0::2] == ["north", "south"] and frame["region"].isna().sum() == 2
+
+
+def test_a_parquet_customer_file_gives_text_ids_and_float_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "customers.parquet"
+    pd.DataFrame({"cust": [101, 102], "employees": [3, 40], "tier": ["gold", " "]}).to_parquet(path)
+    frame, protected = load_customers(str(path), "cust", ["employees", "tier"], PROTECTED)
+    assert protected == [] and list(frame.index) == ["101", "102"]  # as the order log's ids
+    assert frame["employees"].dtype == "float64" and frame["employees"].tolist() == [3.0, 40.0]
+    assert frame["tier"].iloc[0] == "gold" and pd.isna(frame["tier"].iloc[1])  # blank is missing
+
+
+BAD_FILES = {
+    "missing": (None, "no such file"),
+    "empty": (b"", "file is empty (0 rows, no header)"),
+    "unreadable": (b"customer_id,\xff\xfe\n", "cannot read its header (UnicodeDecodeError)"),
+    "no_rows": (b"customer_id,income\n", "column customer_id has 0 rows; a customer file needs one row"),
+    "missing_column": (b"id,income\na,1\n", "missing column(s) ['customer_id']; the file has ['id', 'inc"),
+    "blank_id": (b"customer_id,income\na,1\n ,2\n,3\n", "column customer_id is blank in 2 of 3 rows"),
+    "repeated_id": (
+        b"customer_id,income\na,1\na,2\nb,3\nb,4\n",
+        "column customer_id repeats 2 id(s); a customer file needs one row per customer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_customer_file_is_a_one_line_error_naming_the_file(case: str, tmp_path: Path) -> None:
+    content, message = BAD_FILES[case]
+    path = tmp_path / "customers.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(message)) as raised:
+        load_customers(str(path), "customer_id", ["income"], PROTECTED)
+    assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
