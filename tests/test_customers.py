@@ -1,4 +1,4 @@
-"""The customer file: read with one-line errors."""
+"""The customer file: read with one-line errors, found by segmentation, covariates checked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 
 from customer_value.data.customers import load_customers
-from customer_value.errors import DataError
+from customer_value.errors import DataError, UserError
+from customer_value.jobs.segments_stage import segment_attributes
+from customer_value.models.segments.attributes import attributes_file
+from customer_value.schema import validate_train_config
+from test_config import _compose
 
 PROTECTED = ["age", "gender", "marital_status"]
 
@@ -69,3 +73,63 @@ def test_a_bad_customer_file_is_a_one_line_error_naming_the_file(case: str, tmp_
     with pytest.raises(DataError, match=re.escape(message)) as raised:
         load_customers(str(path), "customer_id", ["income"], PROTECTED)
     assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+def test_segmentation_reads_the_dataset_customer_file_unless_its_own_path_is_set(tmp_path: Path) -> None:
+    assert attributes_file(_compose("train", [])) is None
+    customers = tmp_path / "customers.csv"
+    _customers().rename(columns={"customer_id": "cust"}).to_csv(customers, index=False)
+    data_only = ["data.customers.id=cust", f"data.customers.path={customers}"]
+    file = attributes_file(_compose("train", [*data_only, "segmentation.attributes.customer_id=ignored"]))
+    assert file == (str(customers), "cust", "data.customers.path")  # data.customers.id goes with its path
+    older = ["segmentation.attributes.path=old.csv", "segmentation.attributes.customer_id=id"]
+    assert attributes_file(_compose("train", [*data_only, *older])) == (
+        "old.csv",
+        "id",
+        "segmentation.attributes.path",
+    )
+
+    cfg = _compose("train", [*data_only, "segmentation.attributes.categorical=[region]"])
+    validate_train_config(cfg)  # attributes without segmentation.attributes.path are fine now
+    table, protected = segment_attributes(cfg)
+    assert protected == ["Gender"] and table.loc["c2", "region"] == "(missing)" and table.index.name == "cust"
+    missing = _compose("train", ["data.customers.path=nowhere.csv", "segmentation.attributes.numeric=[x]"])
+    with pytest.raises(DataError, match=r"^data.customers.path nowhere.csv: no such file$"):
+        segment_attributes(missing)
+
+
+WITH_FILE = "data.customers.path=customers.csv"
+BAD_COVARIATES = {
+    ("segmentation.attributes.numeric=[income]",): (
+        "segmentation.attributes.numeric / categorical need a customer file: set data.customers.path "
+        "(or segmentation.attributes.path)"
+    ),
+    ("clv.covariates.purchase=[income]",): (
+        "clv.covariates need a customer file: set data.customers.path (its columns are the covariates)"
+    ),
+    (WITH_FILE, "clv.covariates.purchase=[income]", "clv.covariates.dropout=[Gender,Marital-Status]"): (
+        "clv.covariates: ['Gender', 'Marital-Status'] protected attribute(s) can never be covariates "
+        "(segmentation.attributes.protected); remove them from clv.covariates.purchase / dropout"
+    ),
+    (WITH_FILE, "clv=mbgnbd", "clv.covariates.dropout=[income]"): (
+        "clv.covariates need clv.family bgnbd, pareto_nbd or auto (MBG/NBD has no covariate model)"
+    ),
+    (WITH_FILE, "clv.covariates.purchase=[income,region,income]"): (
+        "clv.covariates.purchase lists ['income'] twice; name each column once"
+    ),
+}
+
+
+@pytest.mark.parametrize("overrides", BAD_COVARIATES, ids=[BAD_COVARIATES[o][:40] for o in BAD_COVARIATES])
+def test_bad_customer_columns_are_refused_before_anything_runs(overrides: tuple[str, ...]) -> None:
+    with pytest.raises(UserError, match=f"^{re.escape(BAD_COVARIATES[overrides])}$"):
+        validate_train_config(_compose("train", list(overrides)))
+
+
+@pytest.mark.parametrize("family", ["bgnbd", "pareto_nbd", "auto"])
+def test_covariates_of_a_customer_file_are_accepted(family: str) -> None:
+    both = ["clv.covariates.purchase=[income,region]", "clv.covariates.dropout=[income]"]  # one column, both
+    cfg = _compose("train", [f"clv={family}", WITH_FILE, *both])
+    validate_train_config(cfg)
+    assert list(cfg.clv.covariates.purchase) == ["income", "region"]
+    assert cfg.data.customers.id == "customer_id"

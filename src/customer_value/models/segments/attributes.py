@@ -35,6 +35,18 @@ def refuse_protected_features(attributes: DictConfig, features: list[str]) -> No
         )
 
 
+def attributes_file(cfg: DictConfig) -> CustomerFile | None:
+    """The file segmentation reads attributes from: ``segmentation.attributes.path`` when set (older
+    configs), else the dataset's customer file ``data.customers.path``, each with its own id column."""
+    attributes = cfg.segmentation.attributes
+    if attributes.path is not None:
+        return CustomerFile(str(attributes.path), attributes.customer_id, "segmentation.attributes.path")
+    customers = cfg.data.customers
+    if customers.path is not None:
+        return CustomerFile(str(customers.path), customers.id, "data.customers.path")
+    return None
+
+
 def load_attributes(
     attributes: DictConfig, file: CustomerFile | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
