@@ -1,4 +1,4 @@
-"""The customer file: read with one-line errors, found by segmentation, covariates checked."""
+"""The customer file: read with one-line errors, found by segmentation and scoring, covariates checked."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 
 from customer_value.data.customers import load_customers
 from customer_value.errors import DataError, UserError
+from customer_value.jobs.score import _segment_extras
 from customer_value.jobs.segments_stage import segment_attributes
 from customer_value.models.segments.attributes import attributes_file
+from customer_value.models.segments.segmentation import FeatureSet
 from customer_value.schema import validate_train_config
 from test_config import _compose
 
@@ -96,6 +98,25 @@ def test_segmentation_reads_the_dataset_customer_file_unless_its_own_path_is_set
     missing = _compose("train", ["data.customers.path=nowhere.csv", "segmentation.attributes.numeric=[x]"])
     with pytest.raises(DataError, match=r"^data.customers.path nowhere.csv: no such file$"):
         segment_attributes(missing)
+
+
+def test_scoring_joins_attributes_from_the_customer_file_or_the_older_override(tmp_path: Path) -> None:
+    customers, older = tmp_path / "customers.csv", tmp_path / "older.csv"
+    _customers().rename(columns={"customer_id": "cust"}).to_csv(customers, index=False)
+    _customers().assign(region="west").to_csv(older, index=False)
+    features = pd.DataFrame(index=pd.Index(["c1", "c2", "c9"], name="customer_id"))  # c9: no row in the file
+    feature_set = FeatureSet(numeric=("income",), categorical=("region",))
+
+    def extras(overrides: list[str]) -> pd.DataFrame:
+        cfg = _compose("score", overrides)
+        return _segment_extras(cfg, feature_set, features, pd.DataFrame(), pd.Timestamp("2024-01-01"))
+
+    data = [f"data.customers.path={customers}", "data.customers.id=cust"]
+    assert extras(data)["region"].tolist() == ["north", "(missing)", "(missing)"]
+    overridden = extras([*data, f"score.attributes_path={older}"])  # ids in customer_id, as before
+    assert overridden["region"].tolist() == ["west", "west", "(missing)"]
+    with pytest.raises(UserError, match=r"\['income', 'region'\]: set data.customers.path"):
+        extras([])
 
 
 WITH_FILE = "data.customers.path=customers.csv"
