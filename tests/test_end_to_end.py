@@ -584,7 +584,7 @@ def test_value_based_segments_on_attributes_train_audit_and_score(
     assert inputs[-4:] == ["clv", "churn_probability", "employees", "region"] and "gender" not in inputs
 
     base = [*overrides[:2], f"tracking.uri={tracking_uri}"]
-    with pytest.raises(UserError, match="set score.attributes_path"):
+    with pytest.raises(UserError, match="set data.customers.path"):
         score_customers(_compose("score", base))
     table = score_customers(_compose("score", [*base, f"score.attributes_path={attributes_path}"]))
     assert len(table) == len(customers) and table["segment_name"].notna().all()
@@ -594,6 +594,40 @@ def test_value_based_segments_on_attributes_train_audit_and_score(
     with pytest.raises(UserError, match="protected attribute"):
         train(_compose("train", [*overrides, "segmentation.attributes.categorical=[region,gender]"]))
     assert len(_runs("customer-clv")) == runs_before
+
+
+def test_segments_train_and_score_on_the_dataset_customer_file(
+    orders_csv: Path, synthetic_orders: pd.DataFrame, tracking_uri: str, tmp_path: Path
+) -> None:
+    """data.customers alone (no segmentation.attributes.path, no score.attributes_path) feeds both jobs."""
+    customers = sorted(synthetic_orders["customer_id"].astype(str).unique())
+    rng = np.random.default_rng(1)
+    customers_path = tmp_path / "customers.parquet"
+    pd.DataFrame(
+        {
+            "cust": customers[:-20],  # twenty customers have no row: imputed / '(missing)'
+            "region": rng.choice(["north", "south"], len(customers) - 20),
+            "age": rng.integers(18, 90, len(customers) - 20),
+        }
+    ).to_parquet(customers_path)
+    data = [
+        *_overrides(orders_csv, tracking_uri, tmp_path)[:2],
+        f"data.customers.path={customers_path}",
+        "data.customers.id=cust",
+    ]
+    overrides = [
+        *data,
+        *_overrides(orders_csv, tracking_uri, tmp_path)[2:],
+        *PLUMBING_ONLY,
+        "segmentation.attributes.categorical=[region]",
+    ]
+    train(_compose("train", overrides))
+    run = _runs("customer-segments").iloc[-1]
+    assert run["tags.segments.protected_audit"] == "age"  # in the file, audited, never a feature
+    loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
+    assert loaded.metadata.signature.inputs.input_names()[-1] == "region"
+    table = score_customers(_compose("score", [*data, f"tracking.uri={tracking_uri}"]))
+    assert len(table) == len(customers) and table["segment_name"].notna().all()
 
 
 def test_segments_on_purchase_regularity_train_and_score(

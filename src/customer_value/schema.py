@@ -13,9 +13,10 @@ import pandas as pd
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from customer_value.data.customers import canonical_name
 from customer_value.errors import UserError
 from customer_value.models.clv.bounds import check_discount_step, check_horizon
-from customer_value.models.segments.attributes import refuse_protected_features
+from customer_value.models.segments.attributes import attributes_file, refuse_protected_features
 
 # conf/ of the checkout, as an absolute path: Hydra resolves a relative config_path against the *module*
 # when a job's main runs under another name (the ``python -m customer_value.train`` shim), and fails.
@@ -46,6 +47,14 @@ class AnchorsConfig:
 
 
 @dataclass
+class CustomersConfig:
+    """The dataset's customer file: one row per customer, read by segmentation and the CLV covariates."""
+
+    path: str | None = None  # CSV or Parquet, chosen by extension; null = no customer file
+    id: str = "customer_id"  # its id column (matched to the order log's ids as stripped text)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     bundled: str | None = None  # a dataset shipped in a package (see data.BUNDLED), else read `path`
@@ -58,6 +67,7 @@ class DataConfig:
         0.0  # bad rows (blank id, bad or implausible date, bad or absurd amount) dropped up to this share
     )
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)  # logged beside the project's figures
+    customers: CustomersConfig = field(default_factory=CustomersConfig)
 
 
 @dataclass
@@ -94,6 +104,15 @@ class IntervalsConfig:
 
 
 @dataclass
+class CovariatesConfig:
+    """Customer-file columns that shift the purchase model's heterogeneity (numeric: standardised on the
+    training base; text: one-hot against its most frequent level)."""
+
+    purchase: list[str] = field(default_factory=list)  # alpha_i = alpha0 * exp(-gamma . z_i), both families
+    dropout: list[str] = field(default_factory=list)  # Pareto/NBD beta_i; BG/NBD a_i and b_i (own coefs)
+
+
+@dataclass
 class CLVConfig:
     family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on an inner window)
     penalizer: float = 0.0  # the purchase model's L2 penalty (lifetimes' penalizer_coef)
@@ -111,6 +130,7 @@ class CLVConfig:
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
+    covariates: CovariatesConfig = field(default_factory=CovariatesConfig)
 
 
 @dataclass
@@ -124,8 +144,8 @@ PROTECTED_DEFAULT = ["age", "gender", "sex", "race", "ethnicity", "religion", "d
 
 @dataclass
 class AttributesConfig:
-    path: str | None = None  # CSV or Parquet, one row per customer; null = behaviour only
-    customer_id: str = "customer_id"
+    path: str | None = None  # another customer file (older configs); null = data.customers.path, if any
+    customer_id: str = "customer_id"  # its id column (data.customers.id goes with data.customers.path)
     numeric: list[str] = field(default_factory=list)  # clustering features: median-imputed, standardised
     categorical: list[str] = field(default_factory=list)  # clustering features: one-hot
     protected: list[str] = field(default_factory=lambda: list(PROTECTED_DEFAULT))  # never features; audited
@@ -185,7 +205,7 @@ class ScoreOptions:
     output: str = "scores/customer_scores.parquet"  # .parquet or .csv
     horizon_days: float | None = None  # null = the registered model's default
     intervals: bool = True  # add the prediction-interval columns (see uncertainty.py)
-    attributes_path: str | None = None  # the attributes file, when the segments model clusters on attributes
+    attributes_path: str | None = None  # overrides data.customers.path for the segments model's attributes
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
     chunk_customers: int = 250_000  # customers scored and written at a time (bounds the outputs' memory)
 
@@ -326,9 +346,10 @@ def validate_train_config(cfg: DictConfig) -> None:
             "has no clv",
         ),
         (
-            cfg.segmentation.attributes.path is not None
+            attributes_file(cfg) is not None
             or not (cfg.segmentation.attributes.numeric or cfg.segmentation.attributes.categorical),
-            "segmentation.attributes.numeric / categorical need segmentation.attributes.path",
+            "segmentation.attributes.numeric / categorical need a customer file: set data.customers.path "
+            "(or segmentation.attributes.path)",
         ),
         (
             cfg.segmentation.stability.bootstrap_resamples >= 0
@@ -356,11 +377,43 @@ def validate_train_config(cfg: DictConfig) -> None:
         ),
     ]
     _raise_first(checks)
+    _raise_first(_covariate_checks(cfg))
     check_discount_step(cfg.clv.discount_step_days)
     check_horizon(cfg.clv.horizon_days, cfg.clv.discount_step_days, key="clv.horizon_days")
     refuse_protected_features(cfg.segmentation.attributes, list(cfg.segmentation.extra_features))
     parse_day(cfg.split.calibration_end, "split.calibration_end")
     parse_day(cfg.data.anchors.calibration_end, "data.anchors.calibration_end")
+
+
+def _covariate_checks(cfg: DictConfig) -> list[tuple[bool, str]]:
+    """CLV covariates name non-protected columns of a customer file, each once, for a family that has them."""
+    lists = {"purchase": list(cfg.clv.covariates.purchase), "dropout": list(cfg.clv.covariates.dropout)}
+    asked = [*lists["purchase"], *lists["dropout"]]
+    protected = {canonical_name(p) for p in cfg.segmentation.attributes.protected}
+    refused = list(dict.fromkeys(name for name in asked if canonical_name(name) in protected))
+    return [
+        (
+            not refused,
+            f"clv.covariates: {refused} protected attribute(s) can never be covariates "
+            "(segmentation.attributes.protected); remove them from clv.covariates.purchase / dropout",
+        ),
+        (
+            not asked or cfg.data.customers.path is not None,
+            "clv.covariates need a customer file: set data.customers.path (its columns are the covariates)",
+        ),
+        (
+            not asked or cfg.clv.family != "mbgnbd",
+            "clv.covariates need clv.family bgnbd, pareto_nbd or auto (MBG/NBD has no covariate model)",
+        ),
+        *(
+            (
+                len(set(names)) == len(names),
+                f"clv.covariates.{key} lists {sorted({n for n in names if names.count(n) > 1})} twice; "
+                "name each column once",
+            )
+            for key, names in lists.items()
+        ),
+    ]
 
 
 def validate_score_config(cfg: DictConfig) -> None:

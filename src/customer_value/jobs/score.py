@@ -19,6 +19,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from customer_value.data.customers import CustomerFile
 from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
@@ -162,26 +163,24 @@ def _segment_extras(
     as_of: pd.Timestamp,
 ) -> pd.DataFrame:
     """Segment inputs that need more than a customer's own row, for every customer (in ``features``'
-    order, no index): purchase regularity from the orders, customer attributes (``score.attributes_path``)."""
+    order, no index): purchase regularity from the orders, customer attributes (the customer file
+    ``data.customers.path``; ``score.attributes_path``, with ids in ``customer_id``, overrides it)."""
     extras = pd.DataFrame(index=range(len(features)))
     if "regularity" in feature_set.extra:
         extras["regularity"] = purchase_regularity(orders, as_of).reindex(features.index).to_numpy()
     attributes = [*feature_set.numeric, *feature_set.categorical]
     if attributes:
-        if cfg.score.attributes_path is None:
+        if cfg.score.attributes_path is not None:
+            file = CustomerFile(str(cfg.score.attributes_path), "customer_id", "score.attributes_path")
+        elif cfg.data.customers.path is not None:
+            file = CustomerFile(str(cfg.data.customers.path), cfg.data.customers.id, "data.customers.path")
+        else:
             raise UserError(
-                f"the segments champion clusters on attribute columns {attributes}: set score.attributes_path"
+                f"the segments champion clusters on attribute columns {attributes}: set data.customers.path "
+                "to a customer file with those columns"
             )
-        spec = OmegaConf.create(
-            {
-                "path": cfg.score.attributes_path,
-                "customer_id": "customer_id",
-                "numeric": list(feature_set.numeric),
-                "categorical": list(feature_set.categorical),
-                "protected": [],
-            }
-        )
-        table, _ = load_attributes(spec)
+        columns = {"numeric": list(feature_set.numeric), "categorical": list(feature_set.categorical)}
+        table, _ = load_attributes(OmegaConf.create({**columns, "protected": []}), file)
         extras = extras.join(join_attributes(features[[]], table, attributes).reset_index(drop=True))
     return extras
 

@@ -23,7 +23,12 @@ from customer_value.jobs.stage import (
     sample_positions,
     version_tags,
 )
-from customer_value.models.segments.attributes import join_attributes, load_attributes, protected_audit
+from customer_value.models.segments.attributes import (
+    attributes_file,
+    join_attributes,
+    load_attributes,
+    protected_audit,
+)
 from customer_value.models.segments.clusterers import TAKES_K
 from customer_value.models.segments.distinctness import (
     distinctness_table,
@@ -56,6 +61,13 @@ from customer_value.tracking import registry, run_logging
 log = logging.getLogger(__name__)
 
 
+def segment_attributes(cfg: DictConfig) -> tuple[pd.DataFrame | None, list[str]]:
+    """The attributes table and the protected columns found, from the customer file segmentation reads
+    (see :func:`attributes_file`); (None, []) when there is none."""
+    file = attributes_file(cfg)
+    return (None, []) if file is None else load_attributes(cfg.segmentation.attributes, file)
+
+
 def train_segments(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport, clv_outputs: pd.DataFrame | None = None
 ) -> tuple[dict[str, float], Candidate]:
@@ -70,7 +82,7 @@ def train_segments(
     feature_set = FeatureSet(
         tuple(seg.extra_features), tuple(seg.attributes.numeric), tuple(seg.attributes.categorical)
     )
-    attributes, protected = load_attributes(seg.attributes) if seg.attributes.path is not None else (None, [])
+    attributes, protected = segment_attributes(cfg)
     attribute_columns = [*feature_set.numeric, *feature_set.categorical]
 
     def with_attributes(table: pd.DataFrame) -> pd.DataFrame:
