@@ -98,7 +98,11 @@ def test_coefficients_of_zero_predict_exactly_like_the_model_without_covariates(
     family: str, calibration: pd.DataFrame
 ) -> None:
     purchase = dict(
-        zip(("r", "alpha", "a", "b") if family == "bgnbd" else ("r", "alpha", "s", "beta"), BASE[family])
+        zip(
+            ("r", "alpha", "a", "b") if family == "bgnbd" else ("r", "alpha", "s", "beta"),
+            BASE[family],
+            strict=True,
+        )
     )
     plain = CLVParams(family, purchase, {"p": 6.25, "q": 3.74, "v": 15.44}, 7.0)
     frame = calibration.assign(channel=np.where(np.arange(len(calibration)) % 3 == 0, "email", "web"))
@@ -139,7 +143,7 @@ def test_known_coefficients_are_recovered_from_simulated_customers(family: str) 
         interval_draws=0,
     ).fit(features)
     params = model.params_
-    estimates = params.fitted()
+    estimates = params.fitted() | params.coefficients()
     names = [*params.purchase, *params.spend, *params.coefficients()]
     log_scale = np.arange(len(names)) < 7  # population parameters: a covariance of their logarithms
     se = np.sqrt(np.diag(params.log_covariance))

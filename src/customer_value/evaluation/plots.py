@@ -223,3 +223,18 @@ def matrix_heatmap(table: pd.DataFrame, title: str, colorbar_label: str) -> Figu
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar_label)
     return _laid_out(fig)
+
+
+def covariate_coefficients(table: pd.DataFrame) -> Figure:
+    """Each covariate coefficient with its 95 % interval, one row per (set, column); 0 = no effect."""
+    labels = [f"{row.set}: {row.column}" for row in table.itertuples()]
+    positions = np.arange(len(table))[::-1]
+    fig = Figure(figsize=(7, 1.2 + 0.4 * len(table)))
+    ax = fig.subplots()
+    errors = np.vstack([table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]])
+    ax.errorbar(table["estimate"], positions, xerr=np.nan_to_num(errors), fmt="o", capsize=3)
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(positions, labels)
+    ax.set_xlabel("coefficient (95 % interval)")
+    ax.set_title("Covariate coefficients")
+    return _laid_out(fig)

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from customer_value.data.customers import load_customers
 from customer_value.data.features import Split, calibration_and_holdout, customer_features, resolve_split
 from customer_value.data.loading import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.evaluation import holdout_metrics, plots
 from customer_value.evaluation.backtest import backtest, plan_origins, summarise
+from customer_value.evaluation.fairness import prediction_audit
 from customer_value.jobs.stage import (
     Candidate,
     card_facts,
@@ -28,13 +30,21 @@ from customer_value.jobs.stage import (
     sample_positions,
     version_tags,
 )
+from customer_value.models.clv.btyd import model_inputs
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES, raw_columns
+from customer_value.models.clv.inference import (
+    covariate_table,
+    likelihood_ratio_test,
+    log_likelihood,
+    parameter_table,
+)
 from customer_value.models.clv.inner_windows import choose_inner_horizons, inner_origins
 from customer_value.models.clv.layer_selection import select_layers
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.predict import expected_repeat_purchases
 from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, clv_metric_for, parse_day
 from customer_value.tracking import registry, run_logging
-from customer_value.tracking.pyfunc import clv_spec, spec_has_amounts
+from customer_value.tracking.pyfunc import clv_spec, spec_covariate_columns, spec_has_amounts
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +67,9 @@ def train_clv(
     calibration, holdout = calibration_and_holdout(orders, split)
     has_amounts = report.has_amounts
     primary = gate_metric(cfg, has_amounts)
-    settings = model_settings(cfg, has_amounts)
+    covariates = covariate_columns(cfg)
+    customers, protected = load_customer_file(cfg, covariates)
+    settings = model_settings(cfg, has_amounts, customers)
     mlflow.log_params(
         {
             "time_unit": cfg.features.time_unit,
@@ -82,6 +94,9 @@ def train_clv(
     metrics |= prefixed("holdout.", holdout_metrics.interval_metrics(sampled, holdout.iloc[rows]))
     metrics["holdout.interval_customers"] = float(len(rows))
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
+    metrics |= _log_inference(model)
+    if covariates is not None:
+        metrics |= _covariate_evidence(cfg, settings, model, calibration, holdout, split)
     metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
     if cfg.clv.backtest.folds > 1:
@@ -90,7 +105,7 @@ def train_clv(
         "baseline.", holdout_metrics.evaluate_baseline(calibration, holdout, split.holdout_days)
     )
     _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
-    _log_tracking(model, orders, split)
+    _log_tracking(model, orders, split, calibration)
     _log_model_matrices(model, calibration, split)
 
     if cfg.clv.refit_full_history:
@@ -125,10 +140,15 @@ def train_clv(
         calibration_end=str(split.calibration_end.date()),
         trained_through=str(trained_through.date()),
     )
-    info = registry.log_clv_model(spec, calibration)
+    example = (
+        calibration
+        if covariates is None
+        else model._with_covariate_columns(calibration, raw_columns(model.params_.covariates))
+    )
+    info = registry.log_clv_model(spec, example)
 
     def judge(version: str) -> registry.ChampionJudgement:
-        return _judge_clv_champion(cfg, version, split, calibration, holdout, primary)
+        return _judge_clv_champion(cfg, version, split, calibration, holdout, primary, customers)
 
     window = {"calibration_end": spec["calibration_end"], "trained_through": spec["trained_through"]}
 
@@ -150,7 +170,86 @@ def train_clv(
         ),
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
-    return metrics, candidate, scoring_model.predict(today, cfg.clv.horizon_days)
+    outputs = scoring_model.predict(today, cfg.clv.horizon_days)
+    if protected:
+        _log_fairness_audit(outputs, customers[protected])
+    return metrics, candidate, outputs
+
+
+def covariate_columns(cfg: DictConfig) -> dict[str, list[str]] | None:
+    """``clv.covariates`` as {"purchase": [...], "dropout": [...]}, or None when both lists are empty."""
+    wanted = {k: list(cfg.clv.covariates[k]) for k in ("purchase", "dropout")}
+    return wanted if any(wanted.values()) else None
+
+
+def load_customer_file(
+    cfg: DictConfig, covariates: dict[str, list[str]] | None
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """The customer file's covariate columns (indexed by customer id) and the protected columns found in it
+    (read for the fairness audit only); (None, []) without ``data.customers.path``."""
+    if cfg.data.customers.path is None:
+        return None, []
+    columns = (
+        [] if covariates is None else list(dict.fromkeys([*covariates["purchase"], *covariates["dropout"]]))
+    )
+    table, protected = load_customers(
+        cfg.data.customers.path, cfg.data.customers.id, columns, list(cfg.segmentation.attributes.protected)
+    )
+    mlflow.log_param("data.customers.rows", len(table))
+    return table, protected
+
+
+def _log_inference(model: CLVModel) -> dict[str, float]:
+    """Every parameter with its standard error and 95 % interval (evaluation/parameters.csv, metrics)."""
+    table = parameter_table(model.params_)
+    run_logging.log_table(table, "evaluation/parameters.csv")
+    metrics = {}
+    for name, row in table.iterrows():
+        prefix = "fit." if row["model"] == "covariate" else "fitted."
+        if row["model"] == "covariate":
+            metrics[f"{prefix}{name}"] = row["estimate"]
+        metrics |= {f"{prefix}{name}.{k}": row[k] for k in ("se", "ci_low", "ci_high")}
+    return metrics
+
+
+def _covariate_evidence(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    model: CLVModel,
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    split: Split,
+) -> dict[str, float]:
+    """The coefficients' table and plot, the likelihood-ratio test against the same family without
+    covariates (fitted on the same calibration window) and that model's holdout metrics beside this one's."""
+    params = model.params_
+    table = covariate_table(params)
+    run_logging.log_table(table, "evaluation/covariates.csv")
+    run_logging.log_figure(plots.covariate_coefficients(table), "plots/covariates.png")
+    plain = CLVModel(**(settings | {"family": model.family, "covariates": None})).fit(calibration)
+    joined = model._with_covariate_columns(calibration, raw_columns(params.covariates))
+    inputs = model_inputs(joined, params.time_unit_days, spend=False, covariates=params.covariates)
+    test = likelihood_ratio_test(
+        log_likelihood(params, inputs), log_likelihood(plain.params_, inputs), len(table)
+    )
+    log.info(
+        "covariates: likelihood ratio %.2f on %d degrees of freedom, p = %.3g",
+        test["lr_statistic"],
+        len(table),
+        test["lr_p_value"],
+    )
+    scores = holdout_metrics.evaluate_clv(plain.predict(calibration, split.holdout_days), holdout)
+    return prefixed("covariates.", test) | prefixed("without_covariates.holdout.", scores)
+
+
+def _log_fairness_audit(outputs: pd.DataFrame, groups: pd.DataFrame) -> None:
+    """Predicted CLV and churn by protected group (aggregates only), when the customer file has them."""
+    columns = [c for c in ("clv", "churn_probability") if c in outputs.columns]
+    audit = prediction_audit(outputs, groups, columns)
+    run_logging.log_table(audit, "evaluation/fairness_audit.csv")
+    mlflow.set_tag(
+        "clv.fairness_audit", f"{len(groups.columns)} protected attribute(s): {list(groups.columns)}"
+    )
 
 
 def gate_metric(cfg: DictConfig, has_amounts: bool) -> str:
@@ -164,10 +263,14 @@ def gate_metric(cfg: DictConfig, has_amounts: bool) -> str:
     return metric
 
 
-def model_settings(cfg: DictConfig, has_amounts: bool = True) -> dict[str, object]:
+def model_settings(
+    cfg: DictConfig, has_amounts: bool = True, customers: pd.DataFrame | None = None
+) -> dict[str, object]:
     """CLVModel's keyword arguments (all but the family) from a train config: one place maps the keys.
-    A log without amounts gets the purchase model only."""
+    A log without amounts gets the purchase model only; ``customers``: the customer file (covariates)."""
     return {
+        "covariates": covariate_columns(cfg),
+        "customers": customers,
         "penalizer": cfg.clv.penalizer,
         "fallback_penalizers": tuple(cfg.clv.fallback_penalizers),
         "spend_penalizer": cfg.clv.spend_penalizer,
@@ -213,7 +316,9 @@ def _attach_layers(
         wanted,
         (  # a fresh model carries no layer; one discount step is enough for revenue
             calibration,
-            lambda days: CLVModel.from_params(model.params_, 0.0, days).predict(calibration, days),
+            lambda days: CLVModel.from_params(model.params_, 0.0, days, customers=model.customers).predict(
+                calibration, days
+            ),
         ),
         seed=cfg.seed,
         check=cfg.clv.layers.check,
@@ -292,13 +397,15 @@ def _choose_family(
         )
         return family, model, scoring, predictions, scores
     skipped: dict[str, str] = {}
+    # Covariates: only the families that have a covariate model (MBG/NBD has none).
+    families = [f for f in CLV_FAMILIES if settings.get("covariates") is None or f in COVARIATE_FAMILIES]
     inner, reason = _inner_family_window(orders, split)
     metrics: dict[str, float] = {}
     order: list[str] = []  # families to try on the calibration window, best on the inner window first
     if inner is not None:
         features, outcome = calibration_and_holdout(orders[orders["date"] <= split.calibration_end], inner)
         inner_scores = {}
-        for family in CLV_FAMILIES:  # three families at most
+        for family in families:  # three families at most
             try:
                 model = CLVModel(family=family, **settings).fit(features)
             except ModelFitError as exc:
@@ -312,7 +419,7 @@ def _choose_family(
             inner_scores, key=lambda f: _finite_or_worst(inner_scores[f], inner_primary), reverse=True
         )
         if ranked:  # a family that failed on the inner window comes last: it may still fit the longer one
-            order = ranked + [family for family in CLV_FAMILIES if family not in inner_scores]
+            order = ranked + [family for family in families if family not in inner_scores]
             window = f"{inner.calibration_end.date()}..{split.calibration_end.date()}"
             mlflow.set_tag("clv.family_selection", f"inner_window {window} ({reason})"[:5000])
         else:
@@ -330,7 +437,7 @@ def _choose_family(
     else:
         mlflow.set_tag("clv.family_selection", f"holdout (best of the families; {reason})"[:5000])
         candidates = {}
-        for family in CLV_FAMILIES:
+        for family in families:
             try:
                 candidates[family] = _fit_family(family, settings, calibration, holdout, split, full_history)
             except ModelFitError as exc:
@@ -465,12 +572,16 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
     run_logging.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
 
 
-def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split) -> None:
+def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split, calibration: pd.DataFrame) -> None:
+    design = None
+    if model.params_.covariates is not None:  # the curve averages the calibration customers' own curves
+        joined = model._with_covariate_columns(calibration, raw_columns(model.params_.covariates))
+        design = model_inputs(joined, 7.0, spend=False, covariates=model.params_.covariates).design
     table = holdout_metrics.cumulative_repeat_tracking(
         orders,
         split.calibration_end,
         split.holdout_end,
-        lambda ages: expected_repeat_purchases(model.params_, ages),
+        lambda ages: expected_repeat_purchases(model.params_, ages, design),
     )
     run_logging.log_table(table, "evaluation/cumulative_repeat_purchases.csv")
     figure = plots.cumulative_tracking(table, split.calibration_end)
@@ -497,6 +608,7 @@ def _judge_clv_champion(
     calibration: pd.DataFrame,
     holdout: pd.DataFrame,
     metric: str,
+    customers: pd.DataFrame | None = None,
 ) -> registry.ChampionJudgement:
     """Re-score the champion's calibration fit on this run's holdout, if its fit has not seen it and it can
     be judged on ``metric`` (a champion with a spend model needs amounts this run may not have, and a
@@ -513,7 +625,12 @@ def _judge_clv_champion(
     if champion_amounts and "monetary_value" not in calibration.columns:
         reason = "it was trained on a log with amounts and needs monetary inputs this run's log has not"
         return registry.ChampionJudgement(version, None, reason)
-    judged = champion.evaluation_model().predict(calibration, split.holdout_days)
+    needed = spec_covariate_columns(champion.spec)
+    absent = [c for c in needed if customers is None or c not in customers.columns]
+    if absent:
+        reason = f"it takes covariate column(s) {absent} that this run's customer file does not give"
+        return registry.ChampionJudgement(version, None, reason)
+    judged = champion.evaluation_model(customers).predict(calibration, split.holdout_days)
     scores = prefixed("holdout.", holdout_metrics.evaluate_clv(judged, holdout))
     if metric not in scores:
         kind = "" if champion_amounts else " (a purchase-only model)"

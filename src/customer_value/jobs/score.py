@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from customer_value.data.customers import CustomerFile
+from customer_value.data.customers import CustomerFile, load_customers
 from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
@@ -27,6 +27,7 @@ from customer_value.evaluation import plots
 from customer_value.jobs.entrypoint import run_job
 from customer_value.models.clv.bounds import check_horizon
 from customer_value.models.clv.btyd import NO_DATE_BEYOND_DAYS
+from customer_value.models.clv.covariates import encode
 from customer_value.models.segments.attributes import join_attributes, load_attributes
 from customer_value.models.segments.migration import (
     KEY_COLUMNS,
@@ -39,6 +40,7 @@ from customer_value.models.segments.segmentation import FeatureSet
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
 from customer_value.tracking import processes, registry, run_logging
+from customer_value.tracking.pyfunc import spec_covariate_columns
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
             f"{later:,}",
             f"{len(orders):,}",
         )
-    features = customer_features(orders, as_of)
+    features = with_covariates(cfg, clv_model, customer_features(orders, as_of))
 
     segments_model = mlflow.pyfunc.load_model(
         f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
@@ -114,6 +116,35 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         table["horizon_days"] = float(horizon)
         table["as_of"] = as_of
         yield table.assign(**versions)
+
+
+def with_covariates(
+    cfg: DictConfig, clv_model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame
+) -> pd.DataFrame:
+    """The customer table with the CLV champion's covariate columns from ``data.customers.path`` (none for a
+    model without covariates). Customers missing from the file, missing values and levels the training base
+    did not have are counted and logged (the design scores them by its documented rule)."""
+    spec = clv_model.unwrap_python_model().spec
+    columns = spec_covariate_columns(spec)
+    if not columns:
+        return features
+    if cfg.data.customers.path is None:
+        raise UserError(
+            f"the CLV champion takes covariate column(s) {columns}: set data.customers.path (a customer file)"
+        )
+    table, _ = load_customers(cfg.data.customers.path, cfg.data.customers.id, columns, [])
+    joined = features.join(table[columns], how="left")
+    absent = int((~features.index.isin(table.index)).sum())
+    _, report = encode(spec["scoring_params"]["covariates"], joined)
+    log.info(
+        "covariates %s: %s of %s customers are not in %s; filled in: %s",
+        columns,
+        f"{absent:,}",
+        f"{len(features):,}",
+        cfg.data.customers.path,
+        report.describe(),
+    )
+    return joined
 
 
 def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:

@@ -147,6 +147,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     # The champion's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
     signature = mlflow.models.get_model_info(clv_uri).signature
     input_columns = signature.inputs.input_names()
+    features = _with_covariates(spark, cfg, features, signature)
     clv_columns = [
         c for c in signature.outputs.input_names() if cfg.score.intervals or c not in INTERVAL_COLUMNS
     ]
@@ -185,6 +186,33 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
         F.lit(str(clv_version.version)).alias("clv_model_version"),
         F.lit(str(segments_version.version)).alias("segments_model_version"),
     )
+
+
+def _with_covariates(spark: SparkSession, cfg: DictConfig, features: DataFrame, signature: Any) -> DataFrame:
+    """The customer table with the CLV champion's covariate columns (its signature's inputs beyond the
+    history) joined from ``data.customers.path`` by customer id, typed as the signature says; customers
+    missing from the file get nulls, which the model fills by its design's rule (as in the pandas engine)."""
+    from pyspark.sql import functions as F
+
+    types = {spec.name: spec.type.name for spec in signature.inputs.inputs}
+    absent = [c for c in types if c not in features.columns]
+    if not absent:
+        return features
+    if cfg.data.customers.path is None:
+        raise UserError(
+            f"the CLV champion takes covariate column(s) {absent}: set data.customers.path (a customer file)"
+        )
+    path = str(cfg.data.customers.path)
+    reader = spark.read if path.lower().endswith((".parquet", ".pq")) else spark.read.option("header", True)
+    table = reader.parquet(path) if path.lower().endswith((".parquet", ".pq")) else reader.csv(path)
+    missing = [c for c in [cfg.data.customers.id, *absent] if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: no column(s) {missing}")
+    customers = table.select(
+        F.trim(F.col(cfg.data.customers.id).cast("string")).alias("customer_id"),
+        *(F.col(c).cast("double" if types[c] == "double" else "string").alias(c) for c in absent),
+    )
+    return features.join(customers, "customer_id", "left")
 
 
 def default_horizon(clv_uri: str) -> float:

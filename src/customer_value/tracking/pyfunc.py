@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.models.clv.bounds import PredictionBoundError, check_horizon
 from customer_value.models.clv.btyd import CLVParams, input_columns
 from customer_value.models.clv.churn_layer import ChurnLayer
+from customer_value.models.clv.covariates import raw_columns
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.value_layer import ValueLayer
 from customer_value.models.segments.segmentation import SegmentModel
@@ -70,14 +71,23 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
         self.spec = spec
         self.model = clv_model_from_spec(spec, "scoring_params")
 
-    def evaluation_model(self) -> CLVModel:
-        """The calibration-window fit, so champion and challenger are judged on the same holdout."""
-        return clv_model_from_spec(self.spec, "calibration_params")
+    def evaluation_model(self, customers: pd.DataFrame | None = None) -> CLVModel:
+        """The calibration-window fit, so champion and challenger are judged on the same holdout;
+        ``customers``: the customer file, for a model with covariates."""
+        return clv_model_from_spec(self.spec, "calibration_params", customers)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         features = validate_customer_rows(model_input, input_columns(spec_has_amounts(self.spec)))
+        covariates = spec_covariate_columns(self.spec)
+        if covariates:  # text or numbers; a missing value follows the design's rule (see covariates)
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            absent = [c for c in covariates if c not in frame.columns]
+            if absent:
+                raise invalid_input(f"input lacks covariate column(s) {absent}")
+            for column in covariates:
+                features[column] = frame[column].to_numpy()
         horizon = (params or {}).get("horizon_days")
         horizon = self.spec["horizon_days"] if horizon is None else horizon
         try:  # before any work: a horizon beyond the bounds would hold the worker for minutes
@@ -117,12 +127,26 @@ def clv_spec(
     }
 
 
+def spec_covariate_columns(spec: dict[str, Any]) -> list[str]:
+    """The customer-file columns a stored CLV spec takes as covariates (none for older specs)."""
+    covariates = spec["scoring_params"].get("covariates")
+    return [] if covariates is None else raw_columns(covariates)
+
+
+def spec_covariate_types(spec: dict[str, Any]) -> dict[str, str]:
+    """Each covariate column's signature type: ``double`` for a numeric one, ``string`` for text."""
+    covariates = spec["scoring_params"].get("covariates")
+    if covariates is None:
+        return {}
+    return {c: "double" if c in covariates["numeric"] else "string" for c in raw_columns(covariates)}
+
+
 def spec_has_amounts(spec: dict[str, Any]) -> bool:
     """Whether a stored CLV spec has a spend model (older specs, without the key, always do)."""
     return bool(spec.get("has_amounts", True))
 
 
-def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
+def clv_model_from_spec(spec: dict[str, Any], which: str, customers: pd.DataFrame | None = None) -> CLVModel:
     """A CLVModel from a stored spec; layers are optional (first-release specs have none)."""
     churn, value = spec.get("churn_layer"), spec.get("value_layer")
     return CLVModel.from_params(
@@ -133,6 +157,7 @@ def clv_model_from_spec(spec: dict[str, Any], which: str) -> CLVModel:
         None if value is None else ValueLayer.from_dict(value),
         interval_level=spec.get("interval_level", 0.9),
         interval_draws=spec.get("interval_draws", 100),
+        customers=customers,
     )
 
 

@@ -30,7 +30,13 @@ from customer_value.errors import RegistryError
 from customer_value.models.clv.btyd import input_columns, interval_columns, prediction_columns
 from customer_value.models.segments.segmentation import SegmentModel
 from customer_value.tracking.model_card import CardFacts, card_tags, describe
-from customer_value.tracking.pyfunc import CLV_SPEC_ARTIFACT, SEGMENT_ARTIFACT, spec_has_amounts
+from customer_value.tracking.pyfunc import (
+    CLV_SPEC_ARTIFACT,
+    SEGMENT_ARTIFACT,
+    spec_covariate_columns,
+    spec_covariate_types,
+    spec_has_amounts,
+)
 
 PACKAGE_DIR = Path(customer_value.__file__).parent
 MODEL_CODE_DIR = Path(__file__).parent / "model_code"
@@ -45,11 +51,15 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def clv_signature(horizon_days: float, has_amounts: bool = True) -> ModelSignature:
-    """Without amounts (a purchase-only model) neither monetary inputs nor value outputs are in it."""
+def clv_signature(
+    horizon_days: float, has_amounts: bool = True, covariates: dict[str, str] | None = None
+) -> ModelSignature:
+    """Without amounts (a purchase-only model) neither monetary inputs nor value outputs are in it;
+    ``covariates``: the covariate columns and their types (double or string), after the history columns."""
     outputs = [*prediction_columns(has_amounts), *interval_columns(has_amounts)]
+    extra = [ColSpec(kind, c) for c, kind in (covariates or {}).items()]
     return ModelSignature(
-        inputs=Schema([ColSpec("double", c) for c in input_columns(has_amounts)]),
+        inputs=Schema([ColSpec("double", c) for c in input_columns(has_amounts)] + extra),
         outputs=Schema([ColSpec("double", c) for c in outputs]),
         params=ParamSchema(
             [
@@ -82,8 +92,10 @@ def log_clv_model(spec: dict[str, Any], example: pd.DataFrame) -> ModelInfo:
             python_model=str(MODEL_CODE_DIR / "clv_model.py"),
             artifacts={CLV_SPEC_ARTIFACT: str(spec_path)},
             code_paths=[str(PACKAGE_DIR)],
-            signature=clv_signature(spec["horizon_days"], spec_has_amounts(spec)),
-            input_example=example[input_columns(spec_has_amounts(spec))].head(5).reset_index(drop=True),
+            signature=clv_signature(spec["horizon_days"], spec_has_amounts(spec), spec_covariate_types(spec)),
+            input_example=example[[*input_columns(spec_has_amounts(spec)), *spec_covariate_columns(spec)]]
+            .head(5)
+            .reset_index(drop=True),
             pip_requirements=_requirements(),
         )
 

@@ -192,7 +192,8 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v == v})  # drop NaN
+    """NaN dropped; '=' (a design column such as channel=email) written ':' as MLflow refuses it in keys."""
+    mlflow.log_metrics({f"{prefix}{k}".replace("=", ":"): float(v) for k, v in metrics.items() if v == v})
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:

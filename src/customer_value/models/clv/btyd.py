@@ -236,9 +236,9 @@ class CLVParams:
         return cls(**values)
 
     def fitted(self) -> dict[str, float]:
-        """All model parameters by name (r, alpha, a, b or s, beta; p, q, v; gamma_<set>.<column>), as
-        logged to MLflow."""
-        return self.purchase | (self.spend or {}) | self.coefficients()
+        """The population parameters by name (r, alpha, a, b or s, beta; p, q, v), as logged to MLflow
+        (covariate coefficients: ``coefficients``)."""
+        return self.purchase | (self.spend or {})
 
     def coefficients(self) -> dict[str, float]:
         """The covariate coefficients as ``gamma_<set>.<design column>`` (none without covariates)."""
