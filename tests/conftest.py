@@ -16,6 +16,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -114,21 +115,27 @@ def trained_store(
 ) -> TrainedStore:
     """One real training run per test process, shared by every test that only needs champions to read,
     score or serve (each gets its own copy of the database through ``trained_tracking_uri``)."""
+    folder = tmp_path_factory.mktemp("trained-store")
+    orders_csv = folder / "orders.csv"
+    synthetic_orders.to_csv(orders_csv, index=False)
+    return _train_store(folder, orders_csv, empty_store, TRAINED_STORE_OVERRIDES)
+
+
+def _train_store(folder: Path, orders_csv: Path, empty_store: Path, extra: list[str]) -> TrainedStore:
+    """``train`` once into a fresh store in ``folder`` (made read-only afterwards: tests take copies)."""
     from hydra import compose, initialize_config_dir
 
     from customer_value.jobs.train import train
     from customer_value.schema import CONF_DIR, register_configs
 
-    folder = tmp_path_factory.mktemp("trained-store")
-    orders_csv, database = folder / "orders.csv", folder / "mlflow.db"
-    synthetic_orders.to_csv(orders_csv, index=False)
+    database = folder / "mlflow.db"
     shutil.copyfile(empty_store, database)
     overrides = [
         "data=file",
         f"data.path={orders_csv}",
         f"tracking.uri=sqlite:///{database}",
         f"tracking.artifact_root={folder / 'artifacts'}",
-        *TRAINED_STORE_OVERRIDES,
+        *extra,
     ]
     register_configs()
     exported = {variable: os.environ.get(variable) for variable in STORE_VARIABLES}
@@ -142,7 +149,38 @@ def trained_store(
         else:
             os.environ[variable] = value
     database.chmod(0o444)  # tests get copies: a write to this one is a bug (refused, except for root)
-    return TrainedStore(database, orders_csv, folder / "artifacts", metrics)
+    return TrainedStore(database, orders_csv, folder / "artifacts", metrics, tuple(extra))
+
+
+# A BG/NBD champion with covariates: 1,500 simulated customers whose channel and tenure_score move their
+# purchase and dropout rates by known coefficients; the customer file also holds a protected column.
+COVARIATE_OVERRIDES = [
+    "clv=bgnbd",
+    "clv.covariates.purchase=[channel,tenure_score]",
+    "clv.covariates.dropout=[channel]",
+    "clv.backtest.folds=0",
+    "clv.intervals.draws=20",
+    "segmentation.n_clusters=4",
+    "segmentation.k_values=[]",
+    "segmentation.stability.bootstrap_resamples=0",
+]
+
+
+@pytest.fixture(scope="session")
+def covariate_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> TrainedStore:
+    """A store whose champions were trained with covariates from a customer file (``customers.csv`` beside
+    the orders; ``overrides`` include its data.customers.path)."""
+    from customer_value.data.synthetic import generate_covariate_world
+
+    folder = tmp_path_factory.mktemp("covariate-store")
+    world = generate_covariate_world(1_500, family="bgnbd", seed=3)
+    orders_csv, customers_csv = folder / "orders.csv", folder / "customers.csv"
+    world.orders.to_csv(orders_csv, index=False)
+    genders = np.random.default_rng(3).choice(["female", "male"], len(world.customers))
+    world.customers.assign(gender=genders).to_csv(customers_csv, index=False)
+    return _train_store(
+        folder, orders_csv, empty_store, [f"data.customers.path={customers_csv}", *COVARIATE_OVERRIDES]
+    )
 
 
 @pytest.fixture()

@@ -83,15 +83,32 @@ def _assert_same_columns(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
 def spark_champion(
     tmp_path_factory: pytest.TempPathFactory, synthetic_orders: pd.DataFrame, empty_store
 ) -> tuple[list[str], str]:
-    """A champion that segments on CLV outputs and regularity (every input path: features, both CLV calls,
-    regularity, segments, dates), trained once for this module's parity tests: their ``data`` overrides
-    and the store."""
+    """A champion that segments on CLV outputs and regularity, with covariates from a customer file (every
+    input path: features, the covariate join, both CLV calls, regularity, segments, dates), trained once for
+    this module's parity tests: their ``data`` overrides and the store. The customer file lacks one customer
+    and has a blank channel, so both engines must fill them in alike."""
     folder = tmp_path_factory.mktemp("spark-champion")
     orders_csv, database = folder / "orders.csv", folder / "mlflow.db"
     synthetic_orders.to_csv(orders_csv, index=False)
+    ids = synthetic_orders["customer_id"].unique()[1:]  # the first customer is not in the file
+    rng = np.random.default_rng(4)
+    customers = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "channel": rng.choice(["web", "email", "social"], len(ids)),
+            "score": rng.normal(size=len(ids)),
+        }
+    )
+    customers.loc[3, "channel"] = None
+    customers.to_csv(folder / "customers.csv", index=False)
     shutil.copyfile(empty_store, database)
     tracking_uri, tmp_path = f"sqlite:///{database}", folder
-    data = ["data=file", f"data.path={orders_csv}", f"tracking.uri={tracking_uri}"]
+    data = [
+        "data=file",
+        f"data.path={orders_csv}",
+        f"data.customers.path={folder / 'customers.csv'}",
+        f"tracking.uri={tracking_uri}",
+    ]
     train(
         _compose(
             "train",
@@ -104,6 +121,8 @@ def spark_champion(
                 "segmentation.stability.bootstrap_resamples=0",
                 "clv.backtest.folds=0",
                 "clv.intervals.draws=20",  # intervals still drawn in the UDF, at a fifth of the cost
+                "clv.covariates.purchase=[channel,score]",
+                "clv.covariates.dropout=[channel]",
             ],
         )
     )

@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -191,9 +192,15 @@ def log_params(params: Mapping[str, Any]) -> None:
     mlflow.log_params({k: ("null" if v is None else str(v))[:6000] for k, v in params.items()})
 
 
+def metric_key(name: str) -> str:
+    """A name MLflow accepts as a metric key: a design column's '=' (channel=email) becomes ':', and any
+    other character MLflow refuses (a category's own, e.g. the parentheses of '(missing)') becomes '_'."""
+    return re.sub(r"[^\w.\- :/]", "_", name.replace("=", ":"))
+
+
 def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
-    """NaN dropped; '=' (a design column such as channel=email) written ':' as MLflow refuses it in keys."""
-    mlflow.log_metrics({f"{prefix}{k}".replace("=", ":"): float(v) for k, v in metrics.items() if v == v})
+    """NaN dropped; keys made acceptable to MLflow (``metric_key``)."""
+    mlflow.log_metrics({metric_key(f"{prefix}{k}"): float(v) for k, v in metrics.items() if v == v})
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
