@@ -1,7 +1,8 @@
 """REST serving (`make serve`): `mlflow models serve` on the CLV champion answers like batch scoring.
 
-A champion is trained into a temporary SQLite store, served on a free port with the local environment
-(as the Makefile does), and sent real HTTP requests.
+The champion of the covariate store (trained with channel and tenure_score from a customer file: the
+widest input a CLV model takes) is served on a free port with the local environment (as the Makefile does)
+and sent real HTTP requests.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PRED
 from customer_value.schema import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+COVARIATES = ["channel", "tenure_score"]  # the covariate store's (conftest.COVARIATE_OVERRIDES)
 MLFLOW = Path(sys.executable).with_name("mlflow")
 pytestmark = pytest.mark.slow
 
@@ -61,16 +63,17 @@ def _post(url: str, payload: object) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def served_champion(
-    tmp_path_factory: pytest.TempPathFactory, trained_store
+    tmp_path_factory: pytest.TempPathFactory, covariate_store
 ) -> Iterator[tuple[str, object, Path]]:
-    """`mlflow models serve` (the Makefile's command) on a copy of the trained store's champion; one server
-    for the module, killed in teardown."""
+    """`mlflow models serve` (the Makefile's command) on a copy of the covariate store's champion; one
+    server for the module, killed in teardown."""
     tmp_path = tmp_path_factory.mktemp("serving")
-    orders_csv = trained_store.orders_csv
+    orders_csv = covariate_store.orders_csv
     (tmp_path / "mlruns").mkdir()
-    shutil.copyfile(trained_store.database, tmp_path / "mlruns" / "mlflow.db")
+    shutil.copyfile(covariate_store.database, tmp_path / "mlruns" / "mlflow.db")
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    overrides = ["data=file", f"data.path={orders_csv}", f"tracking.uri={tracking_uri}"]
+    customers = next(o for o in covariate_store.overrides if o.startswith("data.customers.path="))
+    overrides = ["data=file", f"data.path={orders_csv}", customers, f"tracking.uri={tracking_uri}"]
     port = _free_port()
     command = [str(MLFLOW), "models", "serve", "-m", "models:/customer-clv@champion"]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
@@ -127,10 +130,14 @@ def test_rest_predictions_equal_batch_scoring(served_champion: tuple[str, object
 
     orders, _ = load_transactions(orders_csv)
     features = customer_features(orders, orders["date"].max())  # as the score job does: as of the last day
-    chosen = features.iloc[::40]  # 20 customers, from one-time buyers to the most frequent
-    assert len(chosen) == 20 and chosen["frequency"].nunique() > 3
+    customers = pd.read_csv(orders_csv.with_name("customers.csv"), index_col="customer_id")
+    features = features.join(customers[COVARIATES])
+    chosen = features.iloc[::75]  # 20 customers, from one-time buyers to the most frequent
+    assert len(chosen) == 20 and chosen["frequency"].nunique() > 3 and chosen["channel"].nunique() == 3
     payload = {
-        "dataframe_split": chosen[INPUT_COLUMNS].reset_index(drop=True).to_dict(orient="split"),
+        "dataframe_split": chosen[[*INPUT_COLUMNS, *COVARIATES]]
+        .reset_index(drop=True)
+        .to_dict(orient="split"),
         "params": {"horizon_days": 90.0},
     }
     status, body = _post(f"{url}/invocations", payload)
@@ -155,10 +162,11 @@ def test_rest_predictions_equal_batch_scoring(served_champion: tuple[str, object
     ("change", "message"),
     [
         (lambda rows: rows.drop(columns="T_days"), "T_days"),
+        (lambda rows: rows.drop(columns="channel"), "channel"),
         (lambda rows: rows.assign(monetary_value=[None] + [1.0] * (len(rows) - 1)), "missing or non-numeric"),
         (lambda rows: rows.assign(recency_days=rows["T_days"] + 1), "recency_days > T_days"),
     ],
-    ids=["missing-column", "null-value", "recency-after-tenure"],
+    ids=["missing-column", "missing-covariate", "null-value", "recency-after-tenure"],
 )
 def test_bad_requests_get_a_4xx_with_a_clear_message_and_no_traceback(
     served_champion: tuple[str, object, Path], change, message: str
@@ -171,7 +179,8 @@ def test_bad_requests_get_a_4xx_with_a_clear_message_and_no_traceback(
             "T_days": [60.0, 10.0],
             "monetary_value": [20.0, 0.0],
         }
-    ).assign(mean_order_value=[21.0, 15.0])[INPUT_COLUMNS]
+    ).assign(mean_order_value=[21.0, 15.0], channel=["web", "email"], tenure_score=[0.5, -1.0])
+    rows = rows[[*INPUT_COLUMNS, *COVARIATES]]
     status, body = _post(f"{url}/invocations", {"dataframe_split": change(rows).to_dict(orient="split")})
     assert 400 <= status < 500, body
     assert message in body["message"]
@@ -180,7 +189,7 @@ def test_bad_requests_get_a_4xx_with_a_clear_message_and_no_traceback(
 
 def test_a_bad_horizon_parameter_is_a_400(served_champion: tuple[str, object, Path]) -> None:
     url, _, _ = served_champion
-    rows = {"columns": INPUT_COLUMNS, "data": [[2.0, 30.0, 60.0, 20.0, 21.0]]}
+    rows = {"columns": [*INPUT_COLUMNS, *COVARIATES], "data": [[2.0, 30.0, 60.0, 20.0, 21.0, "web", 0.5]]}
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": -3}})
     assert status == 400 and "horizon_days must be positive, got -3.0" in body["message"]
     assert "Traceback" not in json.dumps(body)
@@ -190,7 +199,7 @@ def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str,
     """horizon_days=1e9 in one request held the only worker past a 30 s client timeout; now it is refused
     before any work, and the worker answers the next request."""
     url, _, _ = served_champion
-    rows = {"columns": INPUT_COLUMNS, "data": [[2.0, 30.0, 60.0, 20.0, 21.0]]}
+    rows = {"columns": [*INPUT_COLUMNS, *COVARIATES], "data": [[2.0, 30.0, 60.0, 20.0, 21.0, "web", 0.5]]}
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 1e9}})
     assert status == 400, body
     assert "horizon_days=1e+09 is beyond the bound of 7,305 days (20 years)" in body["message"]
