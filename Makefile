@@ -54,6 +54,10 @@ sweep: $(STAMP)
 shapes: $(STAMP)
 	$(BIN)/python -m customer_value.jobs.shape_report --output docs/log-shapes.md
 
+## example-data: a simulated log and customer file with known covariate effects -> outputs/example/
+example-data: $(STAMP)
+	$(BIN)/python -m customer_value.jobs.example_data --output outputs/example
+
 ## score: score every customer with the champion models into scores/customer_scores.parquet
 score: $(STAMP)
 	$(BIN)/python -m customer_value.score $(ARGS)
@@ -102,4 +106,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep bench shapes score ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep bench shapes example-data score ui server server-stop serve test test-fast lint clean

@@ -233,10 +233,14 @@ def _covariate_evidence(
         log_likelihood(params, inputs), log_likelihood(plain.params_, inputs), len(table)
     )
     log.info(
-        "covariates: likelihood ratio %.2f on %d degrees of freedom, p = %.3g",
+        "covariates: likelihood ratio %.2f on %d degrees of freedom, p = %.3g; %s",
         test["lr_statistic"],
         len(table),
         test["lr_p_value"],
+        ", ".join(
+            f"gamma_{row.set}.{row.column} {row.estimate:+.3f} ({row.ci_low:+.3f}..{row.ci_high:+.3f})"
+            for row in table.itertuples()
+        ),
     )
     scores = holdout_metrics.evaluate_clv(plain.predict(calibration, split.holdout_days), holdout)
     return prefixed("covariates.", test) | prefixed("without_covariates.holdout.", scores)
