@@ -26,6 +26,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "scoring vs lifetimes incl. CLV",
         "scoring vs lifetimes, no CLV",
         "segmentation fit",
+        "BG/NBD fit with 2 covariates",
     }
     assert all(row["agrees"] for row in rows.values()), [r["agreement"] for r in rows.values()]
     assert result["customers"] == 3_000
