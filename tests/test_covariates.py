@@ -192,3 +192,30 @@ def test_customers_absent_from_the_customer_file_count_as_missing(calibration: p
     assert set(model.params_.covariates["categorical"]["channel"]) == {"web", "email", "(missing)"}
     predictions = model.predict(calibration, 90.0)
     assert predictions.notna().all().all() and len(predictions) == len(calibration)
+
+
+@BOTH
+def test_each_customer_is_predicted_with_its_own_parameters(family: str, calibration: pd.DataFrame) -> None:
+    """The covariate path (per-customer parameters, grouped by history and design row) equals the plain
+    model evaluated customer by customer at that customer's own parameters."""
+    names = ("r", "alpha", "a", "b") if family == "bgnbd" else ("r", "alpha", "s", "beta")
+    purchase = dict(zip(names, BASE[family], strict=True))
+    spend = {"p": 6.25, "q": 3.74, "v": 15.44}
+    rng = np.random.default_rng(5)
+    frame = calibration.assign(
+        channel=rng.choice(["web", "email", "social"], len(calibration)),
+        score=rng.normal(size=len(calibration)),
+    )
+    encoding = fit_encoding(frame, ["channel", "score"], ["channel"])
+    sets = {"bgnbd": ("purchase", "a", "b"), "pareto_nbd": ("purchase", "dropout")}[family]
+    gammas = {"purchase": {"channel=email": 0.4, "channel=social": -0.3, "score": 0.2}}
+    gammas |= {name: {"channel=email": -0.3, "channel=social": 0.5} for name in sets[1:]}
+    params = CLVParams(family, purchase, spend, 7.0, covariates=encoding | {"coefficients": gammas})
+    inputs = model_inputs(frame, 7.0, covariates=params.covariates)
+    together = predict_arrays(params, inputs, 365.0, 0.1, 30.4375)
+    values = params.customer_values(inputs)
+    for row in [0, 1, 7, 50, len(frame) - 1]:
+        own = {k: float(np.broadcast_to(v, inputs.frequency.shape)[row]) for k, v in values.items()}
+        alone = model_inputs(frame.iloc[[row]], 7.0)
+        expected = predict_arrays(CLVParams(family, own, spend, 7.0), alone, 365.0, 0.1, 30.4375)
+        np.testing.assert_allclose(together[row], expected[0], rtol=1e-10)

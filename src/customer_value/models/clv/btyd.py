@@ -266,6 +266,7 @@ class ModelInputs:
     T: np.ndarray
     monetary_value: np.ndarray | None
     design: np.ndarray | None = None  # customers x design columns (``covariates``); None = no covariates
+    design_codes: np.ndarray | None = None  # each customer's distinct design row, numbered (with ``design``)
 
 
 def model_inputs(
@@ -282,12 +283,14 @@ def model_inputs(
     if missing:
         raise ValueError(f"customer table lacks column(s) {missing}")
     as_array = {c: np.ascontiguousarray(features[c].to_numpy(dtype="float64")) for c in needed}
+    design = None if covariates is None else encode(covariates, features)[0]
     return ModelInputs(
         frequency=as_array["frequency"],
         recency=as_array["recency_days"] / time_unit_days,
         T=as_array["T_days"] / time_unit_days,
         monetary_value=as_array.get("monetary_value"),
-        design=None if covariates is None else encode(covariates, features)[0],
+        design=design,
+        design_codes=None if design is None else np.unique(design, axis=0, return_inverse=True)[1].ravel(),
     )
 
 

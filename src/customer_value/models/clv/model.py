@@ -273,12 +273,18 @@ class CLVModel:
             table = table.join(self._intervals(features, horizon_days, table))
         return table
 
-    def _predict_with(self, params: CLVParams, features: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-        """The prediction columns filled in one column-major matrix: one DataFrame block, no copies of it."""
+    def _predict_with(
+        self,
+        params: CLVParams,
+        features: pd.DataFrame,
+        horizon_days: float,
+        inputs: ModelInputs | None = None,
+    ) -> pd.DataFrame:
+        """The prediction columns filled in one column-major matrix: one DataFrame block, no copies of it.
+        ``inputs``: ``features`` already converted (the bootstrap draws share one design)."""
         has_spend = params.has_spend
-        if params.covariates is not None:
-            features = self._with_covariate_columns(features, raw_columns(params.covariates))
-        inputs = model_inputs(features, params.time_unit_days, spend=has_spend, covariates=params.covariates)
+        if inputs is None:
+            inputs = self._inputs(params, features)
         values = predict_arrays(params, inputs, horizon_days, self.discount_rate, self.discount_step_days)
         btyd = pd.DataFrame(values, index=features.index, columns=btyd_columns(has_spend), copy=False)
         names = prediction_columns(has_spend)
@@ -303,6 +309,14 @@ class CLVModel:
             out[:, column["clv"]] = revenue * discount
         return pd.DataFrame(out, index=features.index, columns=names, copy=False)
 
+    def _inputs(self, params: CLVParams, features: pd.DataFrame) -> ModelInputs:
+        """The model's arrays for ``features``, covariate columns joined from ``customers`` if absent."""
+        if params.covariates is not None:
+            features = self._with_covariate_columns(features, raw_columns(params.covariates))
+        return model_inputs(
+            features, params.time_unit_days, spend=params.has_spend, covariates=params.covariates
+        )
+
     def _intervals(self, features: pd.DataFrame, horizon_days: float, point: pd.DataFrame) -> pd.DataFrame:
         """Bootstrap intervals of the expectations and the predictive interval of the purchase count.
 
@@ -316,9 +330,10 @@ class CLVModel:
             samples: dict[str, list[np.ndarray]] = {"expected_purchases": []}
             if self.params_.has_spend:
                 samples["clv"] = []
+            inputs = self._inputs(self.params_, rows)  # the draws change coefficients, not the design
             for params in draws:
                 try:
-                    drawn = self._predict_with(params, rows, horizon_days)
+                    drawn = self._predict_with(params, rows, horizon_days, inputs)
                 except ModelFitError:  # a draw far in the tail can overflow a formula: leave it out
                     continue
                 for column, values in samples.items():
@@ -327,14 +342,6 @@ class CLVModel:
             for column, values in samples.items():
                 low, high = expectation_interval(values, here[column].to_numpy(), self.interval_level)
                 columns[f"{column}_low"], columns[f"{column}_high"] = low, high
-            if self.params_.covariates is not None:
-                rows = self._with_covariate_columns(rows, raw_columns(self.params_.covariates))
-            inputs = model_inputs(
-                rows,
-                self.params_.time_unit_days,
-                spend=self.params_.has_spend,
-                covariates=self.params_.covariates,
-            )
             low, high = purchase_count_interval(
                 self.params_,
                 inputs,

@@ -159,10 +159,16 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         inverse, pairs = pd.factorize(x + 1j * T)
         px, pT = pairs.real, pairs.imag
         p_alpha, pa, pb = alpha, a, b
-    else:  # each customer's own parameters: the pairs become (x, T, alpha, a, b) tuples
-        per_row = [np.broadcast_to(v, x.shape) for v in (alpha, a, b)]
-        inverse, tuples = pd.MultiIndex.from_arrays([x, T, *per_row]).factorize()
-        px, pT, p_alpha, pa, pb = (np.asarray(tuples.get_level_values(i), dtype="float64") for i in range(5))
+    else:  # each customer's own parameters: the pairs become (x, T, design row) triples
+        pair, _ = pd.factorize(x + 1j * T)
+        codes = inputs.design_codes
+        if codes is None:
+            codes = np.unique(inputs.design, axis=0, return_inverse=True)[1].ravel()
+        inverse, keys = pd.factorize(pair.astype("int64") * (int(codes.max()) + 1) + codes)
+        first = np.zeros(len(keys), dtype="int64")
+        first[inverse] = np.arange(len(inverse))  # a customer of each triple (any: they share parameters)
+        px, pT = x[first], T[first]
+        p_alpha, pa, pb = (np.broadcast_to(v, x.shape)[first] for v in (alpha, a, b))
     odds = ((alpha + T) / (alpha + t_x)) ** (r + x)
     if params.family == "bgnbd":
         hyp_b, hyp_c = pb + px, pa + pb + px - 1
