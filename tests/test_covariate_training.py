@@ -68,6 +68,7 @@ def test_the_run_logs_coefficients_intervals_and_the_likelihood_ratio_test(
             < metrics[f"fitted.{name}.ci_high"]
         )
     assert {"without_covariates.holdout.churn_auc", "holdout.churn_auc"} <= set(metrics)
+    assert metrics["covariates.customers_not_in_file"] == 0 and metrics["covariates.missing.channel"] == 0
 
     run = mlflow.search_runs(experiment_names=["customer-clv"]).iloc[0]
     assert run["metrics.fit.gamma_purchase.channel:email"] == pytest.approx(

@@ -31,7 +31,7 @@ from customer_value.jobs.stage import (
     version_tags,
 )
 from customer_value.models.clv.btyd import model_inputs
-from customer_value.models.clv.covariates import COVARIATE_FAMILIES, raw_columns
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES, encode, raw_columns
 from customer_value.models.clv.inference import (
     covariate_table,
     likelihood_ratio_test,
@@ -243,7 +243,18 @@ def _covariate_evidence(
         ),
     )
     scores = holdout_metrics.evaluate_clv(plain.predict(calibration, split.holdout_days), holdout)
-    return prefixed("covariates.", test) | prefixed("without_covariates.holdout.", scores)
+    # What the customer file did not say about the training base (filled in by the design's rule).
+    absent = int((~calibration.index.isin(model.customers.index)).sum())
+    filled = {"customers_not_in_file": float(absent)}
+    filled |= {
+        f"missing.{column}": float(n) for column, n in encode(params.covariates, joined)[1].missing.items()
+    }
+    log.info(
+        "covariates: %s of %s calibration customers are not in the customer file",
+        f"{absent:,}",
+        f"{len(calibration):,}",
+    )
+    return prefixed("covariates.", test | filled) | prefixed("without_covariates.holdout.", scores)
 
 
 def _log_fairness_audit(outputs: pd.DataFrame, groups: pd.DataFrame) -> None:
