@@ -214,8 +214,14 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     ``clv.covariates.purchase=[channel,tenure_score] clv.covariates.dropout=[channel]``) beside the same
     fit without them, on simulated customers whose coefficients are known. lifetimes has no covariate model,
     so the baseline is the project's own plain fit: the ratio says what the covariates cost. Agreement: every
-    parameter within 10 % of the truth or 3 standard errors (at 1M customers the SEs are small)."""
-    world = generate_covariate_world(n_customers, family=family, seed=seed)
+    parameter within 10 % of the truth or 3 standard errors. At 1M customers the SEs are so small that the
+    day resolution of the customer table shows: same-day purchases merge, which biases alpha up by ~5 %
+    against the continuous-time truth (measured: 4.19 vs 3.99 fitted on exact times), hence the 10 %."""
+    # tenure_score does not move dropout in this world, so the model fitted is the true one.
+    dropout_sets = ("a", "b") if family == "bgnbd" else ("dropout",)
+    world = generate_covariate_world(
+        n_customers, family=family, seed=seed, gammas={name: {"tenure_score": 0.0} for name in dropout_sets}
+    )
     orders, _ = clean_transactions(world.orders, source="covariate world")
     features = customer_features(orders, orders["date"].max())
     del orders
