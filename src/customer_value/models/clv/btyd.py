@@ -26,7 +26,12 @@ from scipy.special import gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.models.clv.covariate_likelihoods import covariate_patterns, fit_with_covariates
-from customer_value.models.clv.covariates import coefficient_design, customer_values, design_columns, encode
+from customer_value.models.clv.covariates import (
+    coefficient_design,
+    coefficient_positions,
+    customer_values,
+    encode,
+)
 from customer_value.models.clv.likelihoods import (
     FitFailed,
     Patterns,
@@ -210,7 +215,7 @@ class CLVParams:
     spend: dict[str, float] | None
     time_unit_days: float
     # Covariance of the log-parameters (purchase then spend, in FAMILIES/SPEND_PARAMS order, then the
-    # covariate coefficients in ``coefficient_names`` order, not logged); None = unknown
+    # covariate coefficients as they are, in ``coefficients()`` order); None = unknown
     log_covariance: list[list[float]] | None = None
     # Time-invariant covariates (``covariates``): the design learned on the training base and the
     # coefficients by set and design column; None = a model without covariates.
@@ -351,9 +356,8 @@ def fit_covariate_purchase_model(
     coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns."""
     spec = FAMILIES[family]
     patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
-    names = design_columns(encoding)
     sets = coefficient_design(family, encoding)
-    positions = {name: [names.index(c) for c in columns] for name, columns in sets.items()}
+    positions = coefficient_positions(family, encoding)
     try:
         params, gammas = fit_with_covariates(family, patterns, positions, penalizer)
     except FitFailed:

@@ -37,11 +37,6 @@ COEFFICIENT_SETS = {
 COVARIATE_FAMILIES = tuple(COEFFICIENT_SETS)
 
 
-def coefficient_names(family: str, design: dict[str, list[str]]) -> list[str]:
-    """``gamma_<set>.<column>`` for every coefficient, in the fitters' order (e.g. gamma_a.channel=email)."""
-    return [f"gamma_{name}.{column}" for name, columns in design.items() for column in columns]
-
-
 @dataclass(frozen=True)
 class EncodingReport:
     """What the base did not show, counted per raw column when a table is encoded."""
@@ -123,6 +118,15 @@ def coefficient_design(family: str, encoding: dict[str, object]) -> dict[str, li
     return {
         name: design_columns(encoding, encoding["columns"][reads])
         for name, (_, _, reads) in COEFFICIENT_SETS[family].items()
+    }
+
+
+def coefficient_positions(family: str, encoding: dict[str, object]) -> dict[str, list[int]]:
+    """Each coefficient set's columns as positions in the design matrix (``encode``'s column order)."""
+    names = design_columns(encoding)
+    return {
+        name: [names.index(c) for c in columns]
+        for name, columns in coefficient_design(family, encoding).items()
     }
 
 

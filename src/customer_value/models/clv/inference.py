@@ -21,8 +21,8 @@ from customer_value.models.clv.btyd import (
     purchase_log_likelihood,
     purchase_patterns,
 )
-from customer_value.models.clv.covariate_likelihoods import CovariateLikelihood, covariate_patterns
-from customer_value.models.clv.covariates import COEFFICIENT_SETS, coefficient_design, design_columns
+from customer_value.models.clv.covariates import COEFFICIENT_SETS
+from customer_value.models.clv.uncertainty import covariate_likelihood
 
 Z_95 = float(norm.ppf(0.975))
 
@@ -94,15 +94,7 @@ def log_likelihood(params: CLVParams, inputs: ModelInputs) -> float:
         return purchase_log_likelihood(
             params.family, params.purchase, patterns.frequency, patterns.recency, patterns.T, patterns.weights
         )
-    encoding = params.covariates
-    names, sets = design_columns(encoding), coefficient_design(params.family, encoding)
-    positions = {name: [names.index(c) for c in columns] for name, columns in sets.items()}
-    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
-    likelihood = CovariateLikelihood(params.family, patterns, positions)
-    theta = np.r_[
-        np.log([params.purchase[k] for k in FAMILIES[params.family].params]),
-        list(params.coefficients().values()),
-    ]
+    likelihood, theta = covariate_likelihood(params, inputs)
     return likelihood.value_and_gradient(theta)[0]
 
 

@@ -35,7 +35,7 @@ from customer_value.models.clv.btyd import (
     spend_sample,
 )
 from customer_value.models.clv.covariate_likelihoods import CovariateLikelihood, covariate_patterns
-from customer_value.models.clv.covariates import coefficient_design, design_columns
+from customer_value.models.clv.covariates import coefficient_positions
 from customer_value.models.clv.likelihoods import (
     BGNBDLikelihood,
     GammaGammaLikelihood,
@@ -143,16 +143,20 @@ def log_parameter_covariance(
     return covariance.tolist()
 
 
+def covariate_likelihood(params: CLVParams, inputs: ModelInputs) -> tuple[CovariateLikelihood, np.ndarray]:
+    """A covariate model's likelihood on these customers' (x, t_x, T, design row) patterns, and the fitted
+    theta (log population parameters, then the coefficients in ``CLVParams.coefficients`` order)."""
+    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    positions = coefficient_positions(params.family, params.covariates)
+    likelihood = CovariateLikelihood(params.family, patterns, positions)
+    logs = np.log([params.purchase[k] for k in FAMILIES[params.family].params])
+    return likelihood, np.r_[logs, list(params.coefficients().values())]
+
+
 def _covariate_hessian(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
     """Hessian of the covariate likelihood in (log population parameters, coefficients): central
     differences of its analytic gradient, on the distinct (x, t_x, T, design row) patterns."""
-    encoding = params.covariates
-    names, sets = design_columns(encoding), coefficient_design(params.family, encoding)
-    positions = {name: [names.index(c) for c in columns] for name, columns in sets.items()}
-    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
-    likelihood = CovariateLikelihood(params.family, patterns, positions)
-    gammas = [encoding["coefficients"][name][column] for name, columns in sets.items() for column in columns]
-    theta = np.concatenate([np.log([params.purchase[k] for k in FAMILIES[params.family].params]), gammas])
+    likelihood, theta = covariate_likelihood(params, inputs)
     shifts = np.eye(len(theta)) * HESSIAN_STEP
     hessian = np.column_stack(
         [
