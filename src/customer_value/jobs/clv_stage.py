@@ -143,7 +143,7 @@ def train_clv(
     example = (
         calibration
         if covariates is None
-        else model._with_covariate_columns(calibration, raw_columns(model.params_.covariates))
+        else model.with_covariate_columns(calibration, raw_columns(model.params_.covariates))
     )
     info = registry.log_clv_model(spec, example)
 
@@ -227,7 +227,7 @@ def _covariate_evidence(
     run_logging.log_table(table, "evaluation/covariates.csv")
     run_logging.log_figure(plots.covariate_coefficients(table), "plots/covariates.png")
     plain = CLVModel(**(settings | {"family": model.family, "covariates": None})).fit(calibration)
-    joined = model._with_covariate_columns(calibration, raw_columns(params.covariates))
+    joined = model.with_covariate_columns(calibration, raw_columns(params.covariates))
     inputs = model_inputs(joined, params.time_unit_days, spend=False, covariates=params.covariates)
     test = likelihood_ratio_test(
         log_likelihood(params, inputs), log_likelihood(plain.params_, inputs), len(table)
@@ -590,8 +590,10 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
 def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split, calibration: pd.DataFrame) -> None:
     design = None
     if model.params_.covariates is not None:  # the curve averages the calibration customers' own curves
-        joined = model._with_covariate_columns(calibration, raw_columns(model.params_.covariates))
-        design = model_inputs(joined, 7.0, spend=False, covariates=model.params_.covariates).design
+        joined = model.with_covariate_columns(calibration, raw_columns(model.params_.covariates))
+        design = model_inputs(
+            joined, model.time_unit_days, spend=False, covariates=model.params_.covariates
+        ).design
     table = holdout_metrics.cumulative_repeat_tracking(
         orders,
         split.calibration_end,

@@ -127,7 +127,7 @@ class CLVModel:
                     f"{FAMILIES[self.family].label} has no covariate model; "
                     f"use one of {list(COVARIATE_FAMILIES)}"
                 )
-            features = self._with_covariate_columns(
+            features = self.with_covariate_columns(
                 features, [*self.covariates["purchase"], *self.covariates["dropout"]]
             )
             encoding = fit_encoding(
@@ -212,7 +212,7 @@ class CLVModel:
     def wants_covariates(self) -> bool:
         return bool(self.covariates) and any(self.covariates.get(k) for k in ("purchase", "dropout"))
 
-    def _with_covariate_columns(self, features: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    def with_covariate_columns(self, features: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         """``features`` with the covariate columns, joined from ``customers`` by customer id when absent
         (a customer missing from the file gets missing values: see ``covariates`` for the rule)."""
         absent = [c for c in dict.fromkeys(columns) if c not in features.columns]
@@ -312,7 +312,7 @@ class CLVModel:
     def _inputs(self, params: CLVParams, features: pd.DataFrame) -> ModelInputs:
         """The model's arrays for ``features``, covariate columns joined from ``customers`` if absent."""
         if params.covariates is not None:
-            features = self._with_covariate_columns(features, raw_columns(params.covariates))
+            features = self.with_covariate_columns(features, raw_columns(params.covariates))
         return model_inputs(
             features, params.time_unit_days, spend=params.has_spend, covariates=params.covariates
         )
