@@ -185,6 +185,32 @@ class ParetoNBDLikelihood:
         return log_i, mean_dphi
 
 
+def _alive_and_dropout_terms(
+    r: float,
+    alpha: np.ndarray,
+    s: float,
+    beta: np.ndarray,
+    x: np.ndarray,
+    t_x: np.ndarray,
+    big_t: np.ndarray,
+    gradient: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per pattern (one alpha, beta each): the alive term -(r+x) ln(alpha+T) - s ln(beta+T), the dropout
+    term ln s + ln I (-inf for an empty interval t_x = T) and, with ``gradient``, d ln I / d params."""
+    first = -(r + x) * np.log(alpha + big_t) - s * np.log(beta + big_t)
+    second = np.full(len(x), -np.inf)
+    open_ = t_x < big_t
+    log_i, dphi = ParetoNBDLikelihood._log_integral(
+        r, alpha[open_], s, beta[open_], x[open_], t_x[open_], big_t[open_], gradient
+    )
+    second[open_] = np.log(s) + log_i
+    mean_dphi = None
+    if gradient:
+        mean_dphi = np.zeros((len(x), 4))
+        mean_dphi[open_] = dphi
+    return first, second, mean_dphi
+
+
 def pattern_terms(
     r: float,
     alpha: float | np.ndarray,
@@ -200,15 +226,7 @@ def pattern_terms(
     alpha_, beta_ = np.broadcast_to(alpha, x.shape), np.broadcast_to(beta, x.shape)
     m = r + x
     log_alpha_T, log_beta_T = np.log(alpha_ + big_t), np.log(beta_ + big_t)
-    first = -m * log_alpha_T - s * log_beta_T
-    second = np.full(len(x), -np.inf)
-    open_ = t_x < big_t
-    mean_dphi = np.zeros((len(x), 4))
-    log_i, dphi = ParetoNBDLikelihood._log_integral(
-        r, alpha_[open_], s, beta_[open_], x[open_], t_x[open_], big_t[open_], True
-    )
-    second[open_] = np.log(s) + log_i
-    mean_dphi[open_] = dphi
+    first, second, mean_dphi = _alive_and_dropout_terms(r, alpha_, s, beta_, x, t_x, big_t, True)
     log_sum = np.logaddexp(first, second)
     ll = gammaln(m) - gammaln(r) + r * np.log(alpha_) + s * np.log(beta_) + log_sum
     share_first, share_second = np.exp(first - log_sum), np.exp(second - log_sum)
@@ -247,13 +265,7 @@ def per_customer(
     beta_ = np.asarray(beta, dtype="float64")[first] if np.ndim(beta) else float(beta)
     alpha_, beta_ = np.broadcast_to(alpha_, x.shape), np.broadcast_to(beta_, x.shape)
     m = r + x
-    first_term = -m * np.log(alpha_ + big_t) - s * np.log(beta_ + big_t)
-    second = np.full(len(x), -np.inf)
-    open_ = t_x < big_t
-    log_i, _ = ParetoNBDLikelihood._log_integral(
-        r, alpha_[open_], s, beta_[open_], x[open_], t_x[open_], big_t[open_], False
-    )
-    second[open_] = np.log(s) + log_i
+    first_term, second, _ = _alive_and_dropout_terms(r, alpha_, s, beta_, x, t_x, big_t, False)
     log_sum = np.logaddexp(first_term, second)
     if method == "p_alive":
         values = np.exp(first_term - log_sum)
