@@ -187,6 +187,15 @@ class TrackingConfig:
 
 
 @dataclass
+class EngineConfig:
+    name: str = "pandas"  # pandas | spark (see spark/scoring.py, spark/training.py)
+    master: str | None = "local[*]"  # spark only; null = whatever spark-submit / spark-defaults.conf set
+    app_name: str = "customer-value"  # spark only
+    conf: dict[str, Any] = field(default_factory=dict)  # spark only: spark.* settings (nested keys join)
+    sample_customers: int = 200_000  # spark training: customers the driver holds (the rest: pattern counts)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -194,6 +203,7 @@ class TrainConfig:
     clv: CLVConfig = field(default_factory=CLVConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 42
     run_name: str | None = None
     optimized_metric: str = "holdout.revenue_spearman"
@@ -208,14 +218,6 @@ class ScoreOptions:
     attributes_path: str | None = None  # overrides data.customers.path for the segments model's attributes
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
     chunk_customers: int = 250_000  # customers scored and written at a time (bounds the outputs' memory)
-
-
-@dataclass
-class EngineConfig:
-    name: str = "pandas"  # pandas | spark (see spark/scoring.py)
-    master: str | None = "local[*]"  # spark only; null = whatever spark-submit / spark-defaults.conf set
-    app_name: str = "customer-value-scoring"  # spark only
-    conf: dict[str, Any] = field(default_factory=dict)  # spark only: spark.* settings (nested keys join)
 
 
 @dataclass
@@ -310,6 +312,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         (0 < cfg.clv.intervals.level < 1, "clv.intervals.level must be in (0, 1)"),
         (cfg.clv.intervals.draws >= 0, "clv.intervals.draws must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),
+        *_engine_checks(cfg),
         (cfg.clv.discount_rate > -1, "clv.discount_rate (annual) must be > -1"),
         (cfg.clv.discount_step_days > 0, "clv.discount_step_days must be > 0"),
         (
@@ -412,6 +415,26 @@ def _covariate_checks(cfg: DictConfig) -> list[tuple[bool, str]]:
                 "name each column once",
             )
             for key, names in lists.items()
+        ),
+    ]
+
+
+def _engine_checks(cfg: DictConfig) -> list[tuple[bool, str]]:
+    """What ``train engine=spark`` cannot do (yet), refused before any run starts."""
+    spark = cfg.engine.name == "spark"
+    attributes = [*cfg.segmentation.attributes.numeric, *cfg.segmentation.attributes.categorical]
+    return [
+        (cfg.engine.name in SCORE_ENGINES, f"engine.name must be one of {list(SCORE_ENGINES)}"),
+        (cfg.engine.sample_customers >= 1000, "engine.sample_customers must be >= 1000"),
+        (
+            not spark or data_has_amounts(cfg.data),
+            "engine=spark reads logs with amounts only: train on a log without amounts "
+            "(data.columns.amount=null) with engine=pandas",
+        ),
+        (
+            not spark or not attributes,
+            f"engine=spark does not join segment attributes {attributes} for everyone yet: "
+            "drop segmentation.attributes.numeric/categorical or use engine=pandas",
         ),
     ]
 

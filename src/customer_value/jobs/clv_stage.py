@@ -9,6 +9,7 @@ the model so a later run can re-score this version on its own holdout (see ``reg
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import mlflow
 import numpy as np
@@ -48,6 +49,9 @@ from customer_value.tracking.pyfunc import clv_spec, spec_covariate_columns, spe
 
 log = logging.getLogger(__name__)
 
+# The whole base's purchase patterns as of a day (frequency, recency_days, T_days, customers).
+PurchaseCounts = Callable[[pd.Timestamp], pd.DataFrame]
+
 NO_AMOUNTS_NOTE = (
     "Purchase-only model: the log had no amounts (data.columns.amount=null), so there is no spend model "
     "and no value outputs (expected_order_value, expected_revenue, clv); churn, P(alive), expected "
@@ -56,10 +60,12 @@ NO_AMOUNTS_NOTE = (
 
 
 def train_clv(
-    cfg: DictConfig, orders: pd.DataFrame, report: DataReport
+    cfg: DictConfig, orders: pd.DataFrame, report: DataReport, base: PurchaseCounts | None = None
 ) -> tuple[dict[str, float], Candidate, pd.DataFrame]:
     """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model.
 
+    ``base`` (``engine=spark``): the whole base's purchase patterns as of a day, when ``orders`` are a
+    sample of it; the purchase model's calibration and full-history fits use them (see ``spark.training``).
     Also returns the scoring model's outputs for every customer as of the last order (``clv.horizon_days``),
     which the segments stage profiles and may cluster on.
     """
@@ -79,7 +85,7 @@ def train_clv(
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
     family, model, scoring_model, predictions, metrics = _choose_family(
-        cfg, settings, calibration, holdout, split, full_history, primary, orders
+        cfg, settings, calibration, holdout, split, full_history, primary, orders, base
     )
     settings["family"] = family
     if cfg.clv.layers.value and not has_amounts:
@@ -391,6 +397,7 @@ def _choose_family(
     full_history: pd.DataFrame | None,
     primary: str,
     orders: pd.DataFrame,
+    base: PurchaseCounts | None = None,
 ) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
     """Fit the configured family, or with ``clv.family=auto`` choose one on an inner window first.
 
@@ -408,7 +415,7 @@ def _choose_family(
     if cfg.clv.family != "auto":
         family = cfg.clv.family
         model, scoring, predictions, scores = _fit_family(
-            family, settings, calibration, holdout, split, full_history
+            family, settings, calibration, holdout, split, full_history, base
         )
         return family, model, scoring, predictions, scores
     skipped: dict[str, str] = {}
@@ -443,7 +450,7 @@ def _choose_family(
     if order:
         for family in order:  # the best on the inner window that also fits the calibration window
             try:
-                fitted = _fit_family(family, settings, calibration, holdout, split, full_history)
+                fitted = _fit_family(family, settings, calibration, holdout, split, full_history, base)
             except ModelFitError as exc:
                 skipped[family] = str(exc)
                 continue
@@ -454,7 +461,9 @@ def _choose_family(
         candidates = {}
         for family in families:
             try:
-                candidates[family] = _fit_family(family, settings, calibration, holdout, split, full_history)
+                candidates[family] = _fit_family(
+                    family, settings, calibration, holdout, split, full_history, base
+                )
             except ModelFitError as exc:
                 skipped[family] = str(exc)
         if candidates:
@@ -486,10 +495,20 @@ def _fit_family(
     holdout: pd.DataFrame,
     split: Split,
     full_history: pd.DataFrame | None,
+    base: PurchaseCounts | None = None,
 ) -> tuple[CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
-    """One family's calibration fit, scoring fit, holdout predictions and holdout metrics."""
-    model = CLVModel(family=family, **settings).fit(calibration)
-    scoring = model if full_history is None else CLVModel(family=family, **settings).fit(full_history)
+    """One family's calibration fit, scoring fit, holdout predictions and holdout metrics; with ``base``
+    the purchase model is fitted to the whole base's patterns of the same windows."""
+
+    def counts(day: pd.Timestamp) -> pd.DataFrame | None:
+        return None if base is None else base(day)
+
+    model = CLVModel(family=family, **settings).fit(calibration, counts(split.calibration_end))
+    scoring = (
+        model
+        if full_history is None
+        else CLVModel(family=family, **settings).fit(full_history, counts(split.holdout_end))
+    )
     predictions = model.predict(calibration, split.holdout_days)
     scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
     return model, scoring, predictions, scores

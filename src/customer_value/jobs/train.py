@@ -14,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import hydra
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from customer_value.data.loading import DataReport
 from customer_value.data.sources import load_orders
 from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs.clv_stage import train_clv
 from customer_value.jobs.entrypoint import run_job
 from customer_value.jobs.segments_stage import train_segments
+from customer_value.jobs.spark_stage import log_everyone, log_sample
 from customer_value.jobs.stage import Candidate, log_config, log_data_report
 from customer_value.jobs.sweep import Sweep, record_candidate
 from customer_value.schema import (
@@ -36,6 +40,9 @@ from customer_value.schema import (
     validate_train_config,
 )
 from customer_value.tracking import registry, run_logging
+
+if TYPE_CHECKING:
+    from customer_value.spark.training import SparkBase
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +59,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     clv_tags = run_tags(cfg.tracking.clv_experiment)
-    with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
-        log_config(cfg)
-        orders, report = load_orders(cfg.data)
-        log_data_report(report)
-        with naming_the_data(report.source):
-            clv_metrics, clv_candidate, clv_outputs = train_clv(cfg, orders, report)
-        metrics |= clv_metrics
-    segments_tags = run_tags(cfg.tracking.segments_experiment)
-    with run_logging.run(
-        cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, segments_tags
-    ):
-        log_config(cfg)
-        log_data_report(report)
-        with naming_the_data(report.source):
-            segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
-        metrics |= segment_metrics
+    with contextlib.ExitStack() as engine:  # engine=spark: the session lives until both runs have ended
+        with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
+            log_config(cfg)
+            orders, report, base = _training_data(cfg, engine)
+            log_data_report(report)
+            if base is not None:
+                log_sample(base)
+            with naming_the_data(report.source):
+                clv_metrics, clv_candidate, clv_outputs = train_clv(
+                    cfg, orders, report, None if base is None else base.purchase_counts
+                )
+            metrics |= clv_metrics
+        segments_tags = run_tags(cfg.tracking.segments_experiment)
+        with run_logging.run(
+            cfg.tracking.segments_experiment, cfg.tracking.artifact_root, cfg.run_name, segments_tags
+        ):
+            log_config(cfg)
+            log_data_report(report)
+            if base is not None:
+                log_sample(base)
+            with naming_the_data(report.source):
+                segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
+            if base is not None:
+                segment_metrics |= log_everyone(
+                    cfg, base, (clv_candidate.model_uri, segments_candidate.model_uri)
+                )
+            metrics |= segment_metrics
     for candidate in (clv_candidate, segments_candidate):
         with run_logging.fail_run_on_error(candidate.run_id):
             if sweep is not None:  # the sweep registers its best run when every job has finished
@@ -75,6 +93,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
             elif cfg.tracking.register:
                 _register(cfg, candidate)
     return metrics
+
+
+def _training_data(
+    cfg: DictConfig, engine: contextlib.ExitStack
+) -> tuple[pd.DataFrame, DataReport, SparkBase | None]:
+    """The orders the stages train on and the log's report; with ``engine=spark`` the orders are a
+    seeded sample (or all) of a base that stays in Spark, returned too, its session closed by ``engine``."""
+    if cfg.engine.name != "spark":
+        return (*load_orders(cfg.data), None)
+    from customer_value.spark.training import spark_base
+
+    base = engine.enter_context(spark_base(cfg))
+    return base.orders, base.report, base
 
 
 @contextlib.contextmanager

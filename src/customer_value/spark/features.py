@@ -16,15 +16,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import DictConfig
 
 from customer_value.data.grouping import epoch_days
-from customer_value.data.loading import LoadingRules, load_bundled, require_columns
+from customer_value.data.loading import DataReport, LoadingRules, file_sha256, load_bundled, require_columns
 from customer_value.data.parsing import (
     MAX_AMOUNT,
     bad_rows_message,
@@ -68,6 +69,15 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
     handed to Spark (they are small); files are read by Spark itself: CSV (every field as text, pandas'
     NA strings) or Parquet, by extension; a Parquet path may also be a directory of part files.
     """
+    orders, report = read_orders_with_report(spark, data, count=False)
+    return orders, pd.Timestamp(report.last_date)
+
+
+def read_orders_with_report(
+    spark: SparkSession, data: DictConfig, count: bool = True
+) -> tuple[DataFrame, DataReport]:
+    """``read_orders`` plus the loader's ``DataReport``; ``count=False`` skips the passes that only the
+    report needs (orders, customers, duplicate rows: scoring does not log them, they stay 0 then)."""
     from pyspark.sql import functions as F
 
     rules = LoadingRules.from_config(data)
@@ -81,7 +91,7 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
             }
         )
         spark_orders = spark.createDataFrame(frame, "customer_id string, day long, amount double")
-        return _with_dates(spark_orders), pd.Timestamp(report.last_date)
+        return _with_dates(spark_orders), report
     if not data.path:
         raise UserError("data.path is required with data=file (e.g. data.path=orders.parquet)")
 
@@ -94,16 +104,43 @@ def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Ti
         fmt=rules.timestamp_format,
         na_values=PANDAS_CSV_NA_VALUES if is_csv else frozenset(),
     )
-    # Not cached: the file is read once to validate it, then again by the scoring plan (no memory held).
+    # Not cached: the file is read once to validate it, then again by the plan that uses it.
     parsed = raw.mapInPandas(parse, PARSED_SCHEMA)
-    last_day, usable_rows = _check(parsed, path, columns, rules)
+    checked = _check(parsed, path, columns, rules)
     kept = parsed.where(_usable(rules.keep_zero_amounts))
+    dropped, duplicates, used = dict(checked.dropped), 0, checked.kept
+    if rules.drop_duplicate_rows or count:
+        # The loader's duplicate rows: equal to another kept row in customer, timestamp and amount.
+        distinct = kept.select("customer_id", "instant", "amount").distinct().count()
+        duplicates = checked.kept - distinct
     if rules.drop_duplicate_rows:
-        unique = kept.dropDuplicates(["customer_id", "instant", "amount"])
-        log.info(f"{path}: dropped {usable_rows - unique.count():,} duplicate rows")
-        kept = unique
+        kept = kept.dropDuplicates(["customer_id", "instant", "amount"])
+        log.info(f"{path}: dropped {duplicates:,} duplicate rows")
+        if duplicates:
+            dropped["duplicate_row"] = duplicates
+            used -= duplicates
     orders = kept.groupBy("customer_id", "day").agg(F.sum("amount").alias("amount"))
-    return _with_dates(orders), last_day
+    n_orders = n_customers = 0
+    if count:
+        sizes = orders.agg(
+            F.count(F.lit(1)).alias("orders"), F.countDistinct("customer_id").alias("n")
+        ).first()
+        n_orders, n_customers = int(sizes["orders"]), int(sizes["n"])
+    local = Path(path)
+    report = DataReport(
+        source=path,
+        rows_read=checked.rows,
+        rows_used=used,
+        orders=n_orders,
+        customers=n_customers,
+        first_date=str((EPOCH + pd.Timedelta(days=checked.first_day)).date()),
+        last_date=str((EPOCH + pd.Timedelta(days=checked.last_day)).date()),
+        content_hash=file_sha256(local) if count and "://" not in path and local.is_file() else "",
+        dropped=dropped,
+        duplicate_rows=duplicates,
+        has_amounts=True,
+    )
+    return _with_dates(orders), report
 
 
 def _read_raw(spark: SparkSession, path: str, columns: list[str]) -> tuple[DataFrame, bool]:
@@ -206,12 +243,21 @@ def _usable(keep_zero_amounts: bool) -> Column:
     return fine & ((F.col("amount") >= 0) if keep_zero_amounts else (F.col("amount") > 0))
 
 
-def _check(
-    parsed: DataFrame, source: str, columns: list[str], rules: LoadingRules
-) -> tuple[pd.Timestamp, int]:
+@dataclass(frozen=True)
+class CheckedRows:
+    """What the validation pass found: rows read and kept, the usable rows' first and last day (days
+    since 1970-01-01), and the dropped rows by the loader's reasons."""
+
+    rows: int
+    kept: int
+    first_day: int
+    last_day: int
+    dropped: dict[str, int]
+
+
+def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRules) -> CheckedRows:
     """One pass over the parsed rows: the loader's checks, in its order and with its messages; bad rows
-    within ``rules.max_bad_row_share`` of the rows are dropped and counted as the loader counts them.
-    Returns the last order day and how many rows are kept."""
+    within ``rules.max_bad_row_share`` of the rows are dropped and counted as the loader counts them."""
     from pyspark.sql import functions as F
 
     def count(condition: Column) -> Column:
@@ -227,6 +273,7 @@ def _check(
         count(valid_amount & (F.col("amount") < 0)).alias("negative"),
         count(valid_amount & (F.col("amount") == 0)).alias("zero"),
         count(usable).alias("kept"),
+        F.min(F.when(usable, F.col("day"))).alias("first_day"),
         F.max(F.when(usable, F.col("day"))).alias("last_day"),
     ).first()
     rows = int(row["rows"])
@@ -254,7 +301,7 @@ def _check(
     if not rules.keep_zero_amounts:
         dropped["zero_amount"] = int(row["zero"])
     log.info(f"{source}: {rows:,} rows read, dropped {dropped}")
-    return EPOCH + pd.Timedelta(days=int(row["last_day"])), int(row["kept"])
+    return CheckedRows(rows, int(row["kept"]), int(row["first_day"]), int(row["last_day"]), dropped)
 
 
 def customer_features(orders: DataFrame, as_of: pd.Timestamp) -> DataFrame:

@@ -31,6 +31,7 @@ from customer_value.spark.features import customer_features, purchase_regularity
 from customer_value.tracking import registry, run_logging
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -140,37 +141,18 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     feature_set = _segments_feature_set(segments_uri)  # refuses what this engine cannot feed, before any work
     orders, last_day = read_orders(spark, cfg.data)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or last_day
-    features = customer_features(orders, as_of)
-
     default = default_horizon(clv_uri)
     horizon = default if cfg.score.horizon_days is None else float(cfg.score.horizon_days)
-    # The champion's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
-    signature = mlflow.models.get_model_info(clv_uri).signature
-    input_columns = signature.inputs.input_names()
-    features = _with_covariates(spark, cfg, features, signature)
-    clv_columns = [
-        c for c in signature.outputs.input_names() if cfg.score.intervals or c not in INTERVAL_COLUMNS
-    ]
-    clv_udf = _udf(
-        spark, clv_uri, clv_columns, {"horizon_days": horizon, "intervals": bool(cfg.score.intervals)}
+    scored, clv_columns = apply_models(
+        spark,
+        cfg.data,
+        orders,
+        as_of,
+        (clv_uri, segments_uri),
+        horizon,
+        bool(cfg.score.intervals),
+        feature_set,
     )
-    scored = features.withColumn("_clv", clv_udf(F.struct(*input_columns)))
-
-    inputs: list[Column] = [F.col(c) for c in feature_set.rfm]
-    if "regularity" in feature_set.extra:
-        scored = scored.join(purchase_regularity(orders, as_of), "customer_id", "left")
-        inputs.append(F.col("regularity"))
-    extra_clv = [c for c in feature_set.extra if c != "regularity"]
-    if extra_clv:
-        source = "_clv"
-        if horizon != default:  # segments were trained on CLV outputs at the model's default horizon
-            default_udf = _udf(spark, clv_uri, extra_clv, {"horizon_days": default, "intervals": False})
-            scored = scored.withColumn("_clv_default", default_udf(F.struct(*input_columns)))
-            source = "_clv_default"
-        inputs.extend(F.col(f"{source}.{c}").alias(c) for c in extra_clv)
-    segments_udf = _udf(spark, segments_uri, ["segment", "segment_name"], types=("long", "string"))
-    scored = scored.withColumn("_segments", segments_udf(F.struct(*inputs)))
-
     days = F.col("_clv.next_purchase_days")
     as_of_column = F.lit(as_of.date())
     return scored.select(
@@ -188,7 +170,51 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     )
 
 
-def _with_covariates(spark: SparkSession, cfg: DictConfig, features: DataFrame, signature: Any) -> DataFrame:
+def apply_models(
+    spark: SparkSession,
+    data: DictConfig,
+    orders: DataFrame,
+    as_of: pd.Timestamp,
+    model_uris: tuple[str, str],
+    horizon: float,
+    intervals: bool,
+    feature_set: FeatureSet | None = None,
+) -> tuple[DataFrame, list[str]]:
+    """Everyone's features as of ``as_of`` with the CLV model's outputs (struct ``_clv``) and the segment
+    model's (``_segments``) applied by ``spark_udf``; and the CLV output columns. ``model_uris``: the CLV
+    and segments models (registered versions or a run's logged models); ``data``: the customer file;
+    ``feature_set``: the segments model's, if already loaded."""
+    from pyspark.sql import functions as F
+
+    clv_uri, segments_uri = model_uris
+    feature_set = feature_set or _segments_feature_set(segments_uri)
+    features = customer_features(orders, as_of)
+    default = default_horizon(clv_uri)
+    # The model's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
+    signature = mlflow.models.get_model_info(clv_uri).signature
+    input_columns = signature.inputs.input_names()
+    features = _with_covariates(spark, data, features, signature)
+    clv_columns = [c for c in signature.outputs.input_names() if intervals or c not in INTERVAL_COLUMNS]
+    clv_udf = _udf(spark, clv_uri, clv_columns, {"horizon_days": horizon, "intervals": intervals})
+    scored = features.withColumn("_clv", clv_udf(F.struct(*input_columns)))
+
+    inputs: list[Column] = [F.col(c) for c in feature_set.rfm]
+    if "regularity" in feature_set.extra:
+        scored = scored.join(purchase_regularity(orders, as_of), "customer_id", "left")
+        inputs.append(F.col("regularity"))
+    extra_clv = [c for c in feature_set.extra if c != "regularity"]
+    if extra_clv:
+        source = "_clv"
+        if horizon != default:  # segments were trained on CLV outputs at the model's default horizon
+            default_udf = _udf(spark, clv_uri, extra_clv, {"horizon_days": default, "intervals": False})
+            scored = scored.withColumn("_clv_default", default_udf(F.struct(*input_columns)))
+            source = "_clv_default"
+        inputs.extend(F.col(f"{source}.{c}").alias(c) for c in extra_clv)
+    segments_udf = _udf(spark, segments_uri, ["segment", "segment_name"], types=("long", "string"))
+    return scored.withColumn("_segments", segments_udf(F.struct(*inputs))), clv_columns
+
+
+def _with_covariates(spark: SparkSession, data: DictConfig, features: DataFrame, signature: Any) -> DataFrame:
     """The customer table with the CLV champion's covariate columns (its signature's inputs beyond the
     history) joined from ``data.customers.path`` by customer id, typed as the signature says; customers
     missing from the file get nulls, which the model fills by its design's rule (as in the pandas engine)."""
@@ -198,18 +224,18 @@ def _with_covariates(spark: SparkSession, cfg: DictConfig, features: DataFrame, 
     absent = [c for c in types if c not in features.columns]
     if not absent:
         return features
-    if cfg.data.customers.path is None:
+    if data.customers.path is None:
         raise UserError(
-            f"the CLV champion takes covariate column(s) {absent}: set data.customers.path (a customer file)"
+            f"the CLV model takes covariate column(s) {absent}: set data.customers.path (a customer file)"
         )
-    path = str(cfg.data.customers.path)
+    path = str(data.customers.path)
     reader = spark.read if path.lower().endswith((".parquet", ".pq")) else spark.read.option("header", True)
     table = reader.parquet(path) if path.lower().endswith((".parquet", ".pq")) else reader.csv(path)
-    missing = [c for c in [cfg.data.customers.id, *absent] if c not in table.columns]
+    missing = [c for c in [data.customers.id, *absent] if c not in table.columns]
     if missing:
         raise UserError(f"{path}: no column(s) {missing}")
     customers = table.select(
-        F.trim(F.col(cfg.data.customers.id).cast("string")).alias("customer_id"),
+        F.trim(F.col(data.customers.id).cast("string")).alias("customer_id"),
         *(F.col(c).cast("double" if types[c] == "double" else "string").alias(c) for c in absent),
     )
     return features.join(customers, "customer_id", "left")

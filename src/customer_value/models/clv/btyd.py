@@ -312,6 +312,17 @@ def purchase_patterns(inputs: ModelInputs) -> Patterns:
     return unique_patterns(inputs.frequency, inputs.recency, inputs.T)
 
 
+def patterns_from_counts(counts: pd.DataFrame, time_unit_days: float) -> Patterns:
+    """Day-based pattern counts (``frequency, recency_days, T_days, customers``: e.g. grouped in Spark)
+    as the patterns ``purchase_patterns`` would give for those customers: same units, same order."""
+    x = counts["frequency"].to_numpy(dtype="float64")
+    t_x = counts["recency_days"].to_numpy(dtype="float64") / time_unit_days
+    big_t = counts["T_days"].to_numpy(dtype="float64") / time_unit_days
+    order = np.lexsort((big_t, t_x, x))
+    weights = counts["customers"].to_numpy(dtype="float64")
+    return Patterns(x[order], t_x[order], big_t[order], weights[order])
+
+
 def fit_purchase_model(
     inputs: ModelInputs, penalizer: float, family: str = "bgnbd", patterns: Patterns | None = None
 ) -> dict[str, float]:
@@ -323,8 +334,9 @@ def fit_purchase_model(
     """
     spec = FAMILIES[family]
     patterns = purchase_patterns(inputs) if patterns is None else patterns
+    customers = int(round(patterns.weights.sum()))
     failed = ModelFitError(
-        f"{spec.label} did not converge on {len(inputs.frequency):,} customers with penalizer {penalizer}"
+        f"{spec.label} did not converge on {customers:,} customers with penalizer {penalizer}"
     )
     if family in ("bgnbd", "pareto_nbd"):
         try:

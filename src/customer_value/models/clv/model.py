@@ -31,6 +31,7 @@ from customer_value.models.clv.btyd import (
     fit_spend_model_with_mean,
     interval_columns,
     model_inputs,
+    patterns_from_counts,
     prediction_columns,
     purchase_patterns,
     spend_anchor,
@@ -115,7 +116,11 @@ class CLVModel:
         """Whether the fitted model predicts value (it has Gamma-Gamma parameters)."""
         return self.params_.has_spend
 
-    def fit(self, features: pd.DataFrame) -> CLVModel:
+    def fit(self, features: pd.DataFrame, purchase_counts: pd.DataFrame | None = None) -> CLVModel:
+        """Fit on the customer table; ``purchase_counts`` (day-based pattern counts of a larger base, e.g.
+        from Spark: ``frequency, recency_days, T_days, customers``) replaces the table's own patterns in
+        the purchase model's fit and covariance (not with covariates, whose patterns carry design rows),
+        while Gamma-Gamma and the checks use the table (a sample of that base)."""
         if self.family not in FAMILIES:
             raise ModelFitError(f"unknown CLV family '{self.family}'; choose one of {sorted(FAMILIES)}")
         if self.heavy_tail_spend not in HEAVY_TAIL_SPEND:
@@ -134,7 +139,10 @@ class CLVModel:
                 features, list(self.covariates["purchase"]), list(self.covariates["dropout"])
             )
         inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model, covariates=encoding)
-        patterns = purchase_patterns(inputs)
+        if purchase_counts is not None and encoding is None:
+            patterns = patterns_from_counts(purchase_counts, self.time_unit_days)
+        else:
+            patterns = purchase_patterns(inputs)
         self.fit_attempts_: list[tuple[str, float, str]] = []
         self.spend_fallback_: str | None = None
         anchor: SpendAnchor | None = None
@@ -185,7 +193,7 @@ class CLVModel:
         spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
         covariance = log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
         self.params_ = replace(params, log_covariance=covariance)
-        self.n_customers_ = len(inputs.frequency)
+        self.n_customers_ = int(round(patterns.weights.sum())) if encoding is None else len(inputs.frequency)
         self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
         return self
 
