@@ -374,3 +374,101 @@ def test_a_missing_spark_extra_is_one_clear_line(tmp_path: Path, monkeypatch: py
     with pytest.raises(UserError) as caught:
         score(cfg)
     assert str(caught.value) == "engine=spark needs the [spark] extra: pip install -e '.[spark]'"
+
+
+# --- train engine=spark ----------------------------------------------------------------------------------
+
+
+def _registered(tracking_uri: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each registered model's champion version and the ``registered.*`` gate tags of its run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = {}
+    for model in client.search_registered_models():
+        version = client.get_model_version_by_alias(model.name, "champion")
+        tags = client.get_run(version.run_id).data.tags
+        found[model.name] = (version.version, {k: v for k, v in tags.items() if k.startswith("registered.")})
+    return found
+
+
+@pytest.mark.slow
+def test_spark_training_gives_the_pandas_answers(spark, trained_store, empty_store, tmp_path: Path) -> None:
+    """Below engine.sample_customers the driver holds the whole base: the same fitted parameters (the
+    purchase model fitted to pattern counts grouped in Spark), metrics, registered versions and gate
+    decisions as the pandas engine's run (the session's trained store), plus everyone's segments assigned
+    by spark_udf, which match the pandas segment sizes."""
+    database = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, database)
+    uri = f"sqlite:///{database}"
+    metrics = train(
+        _compose(
+            "train",
+            [
+                "data=file",
+                f"data.path={trained_store.orders_csv}",
+                f"tracking.uri={uri}",
+                f"tracking.artifact_root={tmp_path / 'artifacts'}",
+                "engine=spark",
+                *trained_store.overrides,
+            ],
+        )
+    )
+    expected = trained_store.metrics
+    assert set(metrics) - set(expected) == {k for k in metrics if k.startswith("everyone.")}
+    assert set(expected) <= set(metrics)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    assert metrics["everyone.customers"] == 800
+    shares = sorted(v for k, v in metrics.items() if k.startswith("everyone.segment."))
+    sizes = sorted(v for k, v in expected.items() if k.startswith("segments.size.") and k.count(".") == 2)
+    assert sizes and shares == pytest.approx([s / 800 for s in sizes])
+    assert _registered(uri) == _registered(f"sqlite:///{trained_store.database}")
+
+
+def test_spark_sample_is_seeded_and_spans_the_log(
+    spark, synthetic_orders: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Above engine.sample_customers: a seeded sample of that many customers (plus one on the log's first
+    and one on its last day), their orders exactly the loader's, and the same sample every time."""
+    from customer_value.spark.training import sample_orders
+
+    path = tmp_path / "orders.csv"
+    synthetic_orders.to_csv(path, index=False)
+    everyone, report = spark_features.read_orders_with_report(spark, _data(path))
+    orders, expected_report = load_transactions(path, timestamp="timestamp")
+    assert report == expected_report
+    first = sample_orders(everyone, report, 100, seed=3)
+    again = sample_orders(everyone, report, 100, seed=3)
+    other = sample_orders(everyone, report, 100, seed=4)
+    pd.testing.assert_frame_equal(first, again)
+    ids = set(first["customer_id"].cat.categories)
+    assert 100 <= len(ids) <= 102 and ids != set(other["customer_id"].cat.categories)
+    assert first["date"].min() == orders["date"].min() and first["date"].max() == orders["date"].max()
+    mine = orders[orders["customer_id"].isin(ids)].reset_index(drop=True)
+    mine["customer_id"] = mine["customer_id"].cat.remove_unused_categories()
+    pd.testing.assert_frame_equal(first, mine, check_exact=False, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_failing_spark_training_is_one_line_failed_and_registers_nothing(
+    spark, synthetic_orders: pd.DataFrame, empty_store, tmp_path: Path
+) -> None:
+    """A bad file read by Spark: the loader's one line, the run FAILED, no model registered."""
+    from mlflow import MlflowClient
+
+    path = tmp_path / "orders.csv"
+    bad = synthetic_orders.astype({"amount": object})
+    bad.loc[: len(bad) // 2, "amount"] = "n/a?"
+    bad.to_csv(path, index=False)
+    database = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, database)
+    uri = f"sqlite:///{database}"
+    config = _compose("train", ["data=file", f"data.path={path}", f"tracking.uri={uri}", "engine=spark"])
+    with pytest.raises(DataError, match=r"orders\.csv: column 'amount'"):
+        train(config)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert client.search_registered_models() == []
+    assert spark.range(3).count() == 3  # a session the job joined is left running
