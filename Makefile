@@ -85,6 +85,10 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m customer_value.bench --customers $(BENCH_CUSTOMERS) $(BENCH_ARGS)
 
+## bench-engines: train with engine=pandas beside engine=spark (local[2]) at 1M and 10M orders: time, driver peak RSS
+bench-engines: $(SPARK_STAMP)
+	$(BIN)/python -m customer_value.bench.engines --orders 1000000 10000000
+
 # Tests run on one pytest-xdist worker per core (work stealing evens out the long end-to-end tests) and
 # print the 25 slowest, so drift shows in every run.
 PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal --durations=25
@@ -106,4 +110,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep bench shapes example-data score ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep bench bench-engines shapes example-data score ui server server-stop serve test test-fast lint clean
