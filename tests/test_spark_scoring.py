@@ -472,3 +472,20 @@ def test_a_failing_spark_training_is_one_line_failed_and_registers_nothing(
     assert [run.info.status for run in runs] == ["FAILED"]
     assert client.search_registered_models() == []
     assert spark.range(3).count() == 3  # a session the job joined is left running
+
+
+def test_spark_reads_other_formats_and_tables(spark, synthetic_orders: pd.DataFrame, tmp_path: Path) -> None:
+    """engine.input_format: an ORC directory and a table (here a temporary view) read as the CSV is."""
+    path = tmp_path / "orders.csv"
+    synthetic_orders.to_csv(path, index=False)
+    expected = _spark_orders(spark, _data(path))
+    frame = spark.read.option("header", True).csv(str(path))
+    frame.write.orc(str(tmp_path / "orders_orc"))
+    frame.createOrReplaceTempView("orders_view")
+    for source, where in (("orc", tmp_path / "orders_orc"), ("table", "orders_view")):
+        orders, _ = spark_features.read_orders(spark, _data(where), spark_features.InputSource(source))
+        table = orders.toPandas().sort_values(["customer_id", "date"], ignore_index=True)
+        table["date"] = pd.to_datetime(table["date"])
+        pd.testing.assert_frame_equal(table, expected)
+    with pytest.raises(DataError, match="no_such_table: table not found"):
+        spark_features.read_orders(spark, _data("no_such_table"), spark_features.InputSource("table"))

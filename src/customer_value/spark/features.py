@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -61,20 +61,23 @@ PARSED_SCHEMA = (
 EPOCH = pd.Timestamp("1970-01-01")
 
 
-def read_orders(spark: SparkSession, data: DictConfig) -> tuple[DataFrame, pd.Timestamp]:
+def read_orders(
+    spark: SparkSession, data: DictConfig, source: InputSource | None = None
+) -> tuple[DataFrame, pd.Timestamp]:
     """Orders as Spark rows ``customer_id, day (date), amount``, one per customer and day, validated like
     ``data.load_transactions``; and the last order day (the default ``as_of``).
 
     Bundled datasets live inside an installed package on the driver, so they are loaded with pandas and
     handed to Spark (they are small); files are read by Spark itself: CSV (every field as text, pandas'
-    NA strings) or Parquet, by extension; a Parquet path may also be a directory of part files.
+    NA strings) or Parquet, by extension; a Parquet path may also be a directory of part files. ``source``
+    (``engine.input_format`` / ``input_options``) names any other format Spark reads, or ``table``.
     """
-    orders, report = read_orders_with_report(spark, data, count=False)
+    orders, report = read_orders_with_report(spark, data, count=False, source=source)
     return orders, pd.Timestamp(report.last_date)
 
 
 def read_orders_with_report(
-    spark: SparkSession, data: DictConfig, count: bool = True
+    spark: SparkSession, data: DictConfig, count: bool = True, source: InputSource | None = None
 ) -> tuple[DataFrame, DataReport]:
     """``read_orders`` plus the loader's ``DataReport``; ``count=False`` skips the passes that only the
     report needs (orders, customers, duplicate rows: scoring does not log them, they stay 0 then)."""
@@ -97,7 +100,7 @@ def read_orders_with_report(
 
     path = str(data.path)
     columns = [data.columns.customer_id, data.columns.timestamp, data.columns.amount]
-    raw, is_csv = _read_raw(spark, path, columns)
+    raw, is_csv = _read_raw(spark, path, columns, source or InputSource())
     parse = partial(
         _parse_batches,
         columns=columns,
@@ -143,23 +146,47 @@ def read_orders_with_report(
     return _with_dates(orders), report
 
 
-def _read_raw(spark: SparkSession, path: str, columns: list[str]) -> tuple[DataFrame, bool]:
+@dataclass(frozen=True)
+class InputSource:
+    """How Spark reads ``data.path``: ``format`` None = CSV or Parquet by extension; any format Spark
+    reads (``orc``, ``json``, ``delta``, ...) with ``options``; ``table``: ``data.path`` names a table."""
+
+    format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_engine(cls, engine: DictConfig) -> InputSource:
+        options = {str(k): str(v) for k, v in (engine.get("input_options") or {}).items()}
+        return cls(engine.get("input_format"), options)
+
+
+def _read_raw(
+    spark: SparkSession, path: str, columns: list[str], source: InputSource
+) -> tuple[DataFrame, bool]:
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
-    suffix = PurePosixPath(path.rstrip("/")).suffix.lower()
-    if suffix not in {".parquet", ".pq", ".csv", ".txt", ".gz"}:
-        raise DataError(f"{path}: unsupported file extension '{suffix}'; use .csv or .parquet")
-    is_csv = suffix not in {".parquet", ".pq"}
+    kind = source.format
+    if kind is None:
+        suffix = PurePosixPath(path.rstrip("/")).suffix.lower()
+        if suffix not in {".parquet", ".pq", ".csv", ".txt", ".gz"}:
+            raise DataError(f"{path}: unsupported file extension '{suffix}'; use .csv or .parquet")
+        kind = "parquet" if suffix in {".parquet", ".pq"} else "csv"
+    is_csv = kind.lower() == "csv"
     try:
-        raw = spark.read.option("header", True).csv(path) if is_csv else spark.read.parquet(path)
+        if kind == "table":
+            raw = spark.table(path)
+        elif is_csv:
+            raw = spark.read.option("header", True).options(**source.options).csv(path)
+        else:
+            raw = spark.read.format(kind).options(**source.options).load(path)
     except (PySparkException, Py4JJavaError) as exc:
         reason = re.search(r"\[([A-Z_.]+)\]", str(exc))
-        if reason and reason.group(1).startswith("PATH_NOT_FOUND"):
-            raise DataError(f"{path}: file not found") from None
-        kind = "CSV" if is_csv else "Parquet"
+        if reason and reason.group(1).startswith(("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND")):
+            raise DataError(f"{path}: {'table' if kind == 'table' else 'file'} not found") from None
+        label = {"csv": "CSV", "parquet": "Parquet"}.get(kind.lower(), kind)
         detail = reason.group(1) if reason else str(exc).splitlines()[0]
-        raise DataError(f"{path}: not readable by Spark as {kind} ({detail})") from None
+        raise DataError(f"{path}: not readable by Spark as {label} ({detail})") from None
     if not raw.columns:
         raise DataError(f"{path}: file is empty (0 rows, no header)")
     require_columns(path, columns, raw.columns)

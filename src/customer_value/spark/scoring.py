@@ -27,7 +27,7 @@ from customer_value.errors import UserError
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS
 from customer_value.models.segments.segmentation import FeatureSet
 from customer_value.schema import data_has_amounts, parse_day, validate_score_config
-from customer_value.spark.features import customer_features, purchase_regularity, read_orders
+from customer_value.spark.features import InputSource, customer_features, purchase_regularity, read_orders
 from customer_value.tracking import registry, run_logging
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     clv_uri = f"models:/{cfg.tracking.clv_model}/{clv_version.version}"
     segments_uri = f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
     feature_set = _segments_feature_set(segments_uri)  # refuses what this engine cannot feed, before any work
-    orders, last_day = read_orders(spark, cfg.data)
+    orders, last_day = read_orders(spark, cfg.data, InputSource.from_engine(cfg.engine))
     as_of = parse_day(cfg.score.as_of, "score.as_of") or last_day
     default = default_horizon(clv_uri)
     horizon = default if cfg.score.horizon_days is None else float(cfg.score.horizon_days)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from customer_value.data.grouping import customer_codes, days_to_timestamps
 from customer_value.data.loading import DataReport
 from customer_value.errors import UserError
-from customer_value.spark.features import customer_features, read_orders_with_report
+from customer_value.spark.features import InputSource, customer_features, read_orders_with_report
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,7 +80,8 @@ def spark_base(cfg: DictConfig) -> Iterator[SparkBase]:
     try:
         with spark_errors_as_user_errors(cfg):
             spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
-            everyone, report = read_orders_with_report(spark, cfg.data)
+            source = InputSource.from_engine(cfg.engine)
+            everyone, report = read_orders_with_report(spark, cfg.data, source=source)
             everyone = everyone.cache()
             sample = sample_orders(everyone, report, cfg.engine.sample_customers, cfg.seed)
             base = SparkBase(spark, everyone, report, sample, int(sample["customer_id"].cat.categories.size))
