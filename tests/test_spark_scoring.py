@@ -450,23 +450,48 @@ def test_spark_sample_is_seeded_and_spans_the_log(
     pd.testing.assert_frame_equal(first, mine, check_exact=False, rtol=1e-12)
 
 
-@pytest.mark.slow
-def test_a_failing_spark_training_is_one_line_failed_and_registers_nothing(
-    spark, synthetic_orders: pd.DataFrame, empty_store, tmp_path: Path
-) -> None:
-    """A bad file read by Spark: the loader's one line, the run FAILED, no model registered."""
-    from mlflow import MlflowClient
-
-    path = tmp_path / "orders.csv"
-    bad = synthetic_orders.astype({"amount": object})
+def _bad_amounts(orders: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "orders.csv"
+    bad = orders.astype({"amount": object})
     bad.loc[: len(bad) // 2, "amount"] = "n/a?"
     bad.to_csv(path, index=False)
+    return path
+
+
+def _corrupt_part(orders: pd.DataFrame, folder: Path) -> Path:
+    """A Parquet directory whose second part file is garbage: an executor task fails reading it."""
+    path = folder / "orders.parquet"
+    path.mkdir()
+    orders.to_parquet(path / "part-0.parquet", index=False)
+    good = (path / "part-0.parquet").read_bytes()
+    (path / "part-1.parquet").write_bytes(good[:4] + b"x" * 2000 + good[-8:])
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (_bad_amounts, DataError, r"orders\.csv: column 'amount'"),
+        (_corrupt_part, UserError, r"orders\.parquet: the Spark job failed \(.*FAILED_READ_FILE"),
+    ],
+    ids=["bad file", "failing executor task"],
+)
+def test_a_failing_spark_training_is_one_line_failed_and_registers_nothing(
+    spark, synthetic_orders: pd.DataFrame, empty_store, tmp_path: Path, make, error, match
+) -> None:
+    """A bad file, or an executor task that fails: one line, the run FAILED, no model registered, and the
+    session the job joined still running."""
+    from mlflow import MlflowClient
+
+    path = make(synthetic_orders, tmp_path)
     database = tmp_path / "mlflow.db"
     shutil.copyfile(empty_store, database)
     uri = f"sqlite:///{database}"
     config = _compose("train", ["data=file", f"data.path={path}", f"tracking.uri={uri}", "engine=spark"])
-    with pytest.raises(DataError, match=r"orders\.csv: column 'amount'"):
+    with pytest.raises(error, match=match) as raised:
         train(config)
+    assert "\n" not in str(raised.value)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [run.info.status for run in runs] == ["FAILED"]

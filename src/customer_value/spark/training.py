@@ -113,7 +113,9 @@ def spark_errors_as_user_errors(cfg: DictConfig) -> Iterator[None]:
     try:
         yield
     except (PySparkException, Py4JError) as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        java = getattr(exc, "java_exception", None)  # Py4JJavaError: the JVM's own message says why
+        text = str(java) if java is not None else str(exc)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
         source = cfg.data.bundled or cfg.data.path
         raise UserError(f"{source}: the Spark job failed ({first[:300]})") from None
 
