@@ -1,9 +1,9 @@
 """``train`` with ``engine=pandas`` beside ``engine=spark`` (local[2]) on generated logs of growing size:
 wall time and the driver's peak memory, to show the Spark driver's does not grow with the orders.
 
-Each train runs in its own process, which reports its own peak RSS (VmHWM) and the largest peak of the
-children it reaped (with Spark: the JVM, which in local mode also does the executors' work; on a
-cluster that work and its memory are on other machines).
+Each train runs in its own process, which reports its own peak RSS (VmHWM); its descendants' memory (with
+Spark: the JVM, which in local mode also does the executors' work, and the Python workers; on a cluster
+that work and its memory are on other machines) is sampled from /proc every 0.2 s and its peak total kept.
 
     python -m customer_value.bench.engines --orders 1000000 10000000
 """
@@ -26,7 +26,7 @@ from customer_value.data.synthetic import generate_orders
 ORDERS_PER_CUSTOMER = 11.6  # generate_orders with BENCH_PARAMS and max_repeats=100, measured at 1M customers
 
 TRAIN_WITH_PEAKS = """
-import json, resource, runpy, sys
+import json, runpy, sys
 from pathlib import Path
 report = Path(sys.argv.pop(1))
 try:
@@ -34,8 +34,7 @@ try:
 finally:
     status = Path("/proc/self/status").read_text().splitlines()
     own = int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    report.write_text(json.dumps({"driver_kib": own, "children_kib": children}))
+    report.write_text(json.dumps({"driver_kib": own}))
 """
 
 SPARK_ARGS = [
@@ -62,17 +61,47 @@ def train_once(orders_path: Path, folder: Path, engine: str) -> dict[str, float]
         *(SPARK_ARGS if engine == "spark" else []),
     ]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=7200)
+    log = folder / f"{engine}.log"
+    with log.open("w") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
+        descendants_kib = 0
+        while child.poll() is None:
+            descendants_kib = max(descendants_kib, _descendants_rss_kib(child.pid))
+            time.sleep(0.2)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    if child.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"train engine={engine} failed: " + " | ".join(tail))
     found = json.loads(peaks.read_text())
     return {
         "seconds": seconds,
         "driver_peak_gib": found["driver_kib"] / 2**20,
-        "children_peak_gib": found["children_kib"] / 2**20,
+        "children_peak_gib": descendants_kib / 2**20,
     }
+
+
+def _descendants_rss_kib(pid: int) -> int:
+    """Total resident memory of ``pid``'s descendants (not ``pid`` itself), from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+        parents[int(entry.name)] = int(fields["PPid"])
+        rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0])
+
+    def descends(candidate: int) -> bool:
+        while candidate in parents and candidate != pid:
+            candidate = parents[candidate]
+            if candidate == pid:
+                return True
+        return False
+
+    return sum(kib for proc, kib in rss.items() if proc != pid and descends(proc))
 
 
 def bench_engines(

@@ -500,15 +500,12 @@ def _fit_family(
     """One family's calibration fit, scoring fit, holdout predictions and holdout metrics; with ``base``
     the purchase model is fitted to the whole base's patterns of the same windows."""
 
-    def counts(day: pd.Timestamp) -> pd.DataFrame | None:
-        return None if base is None else base(day)
+    def fit(table: pd.DataFrame, day: pd.Timestamp) -> CLVModel:
+        model = CLVModel(family=family, **settings)
+        return model.fit(table) if base is None else model.fit(table, base(day))
 
-    model = CLVModel(family=family, **settings).fit(calibration, counts(split.calibration_end))
-    scoring = (
-        model
-        if full_history is None
-        else CLVModel(family=family, **settings).fit(full_history, counts(split.holdout_end))
-    )
+    model = fit(calibration, split.calibration_end)
+    scoring = model if full_history is None else fit(full_history, split.holdout_end)
     predictions = model.predict(calibration, split.holdout_days)
     scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
     return model, scoring, predictions, scores
