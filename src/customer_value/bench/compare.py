@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -363,42 +361,13 @@ def bench_segmentation(features: pd.DataFrame, seed: int, subsample: int) -> Row
     )
 
 
-# The train job runs in a child process that reports its own peak RSS (VmHWM) when it ends: the kernel's
-# ru_maxrss of a forked child also counts the parent's pages from before exec, which would be the
-# benchmark's own multi-GiB footprint.
-TRAIN_WITH_PEAK = """
-import runpy, sys
-from pathlib import Path
-report = Path(sys.argv.pop(1))
-try:
-    runpy.run_module("customer_value.train", run_name="__main__", alter_sys=True)
-finally:
-    status = Path("/proc/self/status").read_text().splitlines()
-    report.write_text(next(line.split()[1] for line in status if line.startswith("VmHWM")))
-"""
-
-
 def bench_train(orders_path: Path, store: Path) -> dict[str, float]:
-    """``python -m customer_value.train`` end to end on the file: wall time and its peak RSS."""
-    peak_file = store / "train-peak-kib"
-    command = [
-        sys.executable,
-        "-c",
-        TRAIN_WITH_PEAK,
-        str(peak_file),
-        "data=file",
-        f"data.path={orders_path}",
-        f"tracking.uri=sqlite:///{store / 'train.db'}",
-        f"tracking.artifact_root={store / 'train-artifacts'}",
-        f"hydra.run.dir={store / 'outputs'}",
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise RuntimeError("train failed: " + " | ".join(tail))
-    return {"train_seconds": seconds, "train_peak_rss_gib": int(peak_file.read_text()) / 2**20}
+    """``python -m customer_value.train`` end to end on the file: wall time and its peak RSS (measured by
+    ``engines.train_once``, which reports the job's own VmHWM, not the benchmark's pages)."""
+    from customer_value.bench.engines import train_once
+
+    run = train_once(orders_path, store, "pandas")
+    return {"train_seconds": run["seconds"], "train_peak_rss_gib": run["driver_peak_gib"]}
 
 
 def run_benchmarks(
