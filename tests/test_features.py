@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from lifetimes.utils import calibration_and_holdout_data, summary_data_from_transaction_data
 
@@ -149,3 +150,34 @@ def test_sorted_runs_group_like_a_stable_sort_by_customer_then_day(code_scale: i
     assert np.array_equal(runs.days_at(runs.starts), expected.index.get_level_values("day"))
     np.testing.assert_allclose(run_sums(amounts, runs), expected.to_numpy(), rtol=1e-12)
     assert np.array_equal(runs.order, np.lexsort((days, codes)))  # stable: ties keep row order
+
+
+@pytest.mark.parametrize("rows_per_thread", [10**9, 100])  # one Arrow encoding; slices in threads, unified
+@pytest.mark.parametrize("dtype", ["str", pd.ArrowDtype(pa.large_string()), object])
+def test_factorize_of_text_equals_pandas(
+    rows_per_thread: int, dtype: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader hashes ids with Arrow, in threads: the codes and uniques are pandas' own, sorted or not."""
+    from customer_value.data import grouping
+
+    monkeypatch.setattr(grouping, "ROWS_PER_THREAD", rows_per_thread)
+    rng = np.random.default_rng(5)
+    ids = rng.choice(np.array(["b", "a", " a", "é", "Z", "", "c1", "c10", "c2"], dtype=object), 2_000)
+    ids[rng.integers(0, 2_000, 40)] = None
+    values = pd.Series(ids, dtype=dtype)
+    for sort in (False, True):
+        codes, uniques = grouping.factorize(values, sort=sort)
+        expected_codes, expected_uniques = pd.factorize(values, sort=sort)
+        assert np.array_equal(codes, expected_codes)
+        assert list(uniques) == list(expected_uniques)
+
+
+def test_run_sums_of_runs_of_one_row_are_the_values_in_key_order() -> None:
+    from customer_value.data.grouping import run_sums, sorted_runs
+
+    codes, days = np.array([2, 0, 1]), np.array([5, 7, 6])
+    assert run_sums(np.array([1.0, 2.0, 3.0]), sorted_runs(codes, days, by_day=True)).tolist() == [
+        2.0,
+        3.0,
+        1.0,
+    ]

@@ -9,10 +9,14 @@ as ``data`` returns it, skips the sort.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ def _sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_sums(values: np.ndarray, runs: Runs) -> np.ndarray:
+    if len(runs.starts) == len(runs.keys):  # every run is one row: nothing to add up
+        return runs.take(values)
     return np.add.reduceat(runs.take(values), runs.starts) if len(runs.starts) else values[:0]
 
 
@@ -101,8 +107,57 @@ def run_lengths(runs: Runs, n_rows: int) -> np.ndarray:
 
 def customer_codes(ids: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes into the sorted unique ids (``-1`` for missing)."""
-    codes, uniques = pd.factorize(ids, sort=True)
+    codes, uniques = factorize(ids, sort=True)
     return codes, np.asarray(uniques, dtype=object)
+
+
+# Rows per thread below which hashing in threads costs more than it saves.
+ROWS_PER_THREAD = 1_000_000
+
+
+def factorize(values: pd.Series | np.ndarray, *, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize``, but Arrow-backed text (what the readers return) is hashed by Arrow on every core:
+    the hashing of millions of string ids was the largest single cost of loading a log."""
+    text = _arrow_text(values)
+    if text is None:
+        codes, uniques = pd.factorize(values, sort=sort)
+        return codes, pd.Index(uniques)
+    codes, uniques = _dictionary_encode(text)
+    if sort and len(uniques):
+        # Arrow orders strings by their UTF-8 bytes: code point order, as Python and pandas sort them.
+        order = pc.sort_indices(uniques).to_numpy()
+        rank = np.empty(len(order), dtype=codes.dtype)
+        rank[order] = np.arange(len(order), dtype=codes.dtype)
+        codes = np.where(codes >= 0, rank[codes], codes)
+        uniques = uniques.take(pa.array(order))
+    return codes, pd.Index(uniques.to_pandas())
+
+
+def _arrow_text(values: pd.Series | np.ndarray) -> pa.ChunkedArray | None:
+    """The Arrow strings behind a pandas text column, or None for any other column."""
+    array = values.array if isinstance(values, pd.Series) else values
+    if not hasattr(array, "__arrow_array__") or not pd.api.types.is_string_dtype(array.dtype):
+        return None
+    data = pa.array(array)
+    if isinstance(data, pa.Array):
+        data = pa.chunked_array([data])
+    is_text = pa.types.is_string(data.type) or pa.types.is_large_string(data.type)
+    return data if is_text else None
+
+
+def _dictionary_encode(text: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Per-row codes (``-1`` for null) into the uniques in order of first appearance. Each thread
+    encodes a contiguous slice; the slices' dictionaries (each about as large as the whole's) are then
+    unified, which hashes only the uniques again."""
+    threads = max(1, min(len(os.sched_getaffinity(0)), len(text) // ROWS_PER_THREAD))
+    cuts = [len(text) * i // threads for i in range(threads + 1)]
+    pieces = [text.slice(cuts[i], cuts[i + 1] - cuts[i]).combine_chunks() for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        encoded = list(pool.map(pc.dictionary_encode, pieces))
+    if threads > 1:
+        encoded = pa.chunked_array(encoded).unify_dictionaries().chunks
+    codes = np.concatenate([pc.fill_null(piece.indices, -1).to_numpy() for piece in encoded])
+    return codes.astype(np.int64, copy=False), encoded[0].dictionary
 
 
 NS_PER_DAY = 86_400 * 10**9

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from customer_value.data.grouping import customer_codes, epoch_days
+from customer_value.data.grouping import customer_codes, epoch_days, factorize
 from customer_value.errors import DataError
 
 
@@ -117,8 +117,8 @@ def parse_customer_ids(
 ) -> tuple[np.ndarray, np.ndarray, list[BadRows]]:
     """Per-row codes into the sorted unique ids. Ids are cleaned once per distinct value, not per row:
     a million customers' ids instead of twelve million orders' (ids equal after stripping merge)."""
-    raw_codes, raw_ids = pd.factorize(values)
-    text = coerce_customer_ids(pd.Series(np.asarray(raw_ids, dtype=object), dtype=object))
+    raw_codes, raw_ids = factorize(values)
+    text = coerce_customer_ids(pd.Series(raw_ids, dtype=raw_ids.dtype))
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
     problems = _bad_rows("blank_customer_id", blank, values, source, column)
