@@ -111,6 +111,16 @@ def customer_codes(ids: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return codes, np.asarray(uniques, dtype=object)
 
 
+def sorted_distinct(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """For ids known to be distinct and present: each one's position in sorted order, and the sorted ids
+    (``customer_codes`` without hashing them again)."""
+    text = _arrow_text(ids)
+    if text is None:
+        return customer_codes(ids)
+    rank, ordered = _ranks(text.combine_chunks(), np.int64)
+    return rank, np.asarray(ordered.to_pandas(), dtype=object)
+
+
 # Rows per thread below which hashing in threads costs more than it saves.
 ROWS_PER_THREAD = 1_000_000
 
@@ -124,13 +134,18 @@ def factorize(values: pd.Series | np.ndarray, *, sort: bool = False) -> tuple[np
         return codes, pd.Index(uniques)
     codes, uniques = _dictionary_encode(text)
     if sort and len(uniques):
-        # Arrow orders strings by their UTF-8 bytes: code point order, as Python and pandas sort them.
-        order = pc.sort_indices(uniques).to_numpy()
-        rank = np.empty(len(order), dtype=codes.dtype)
-        rank[order] = np.arange(len(order), dtype=codes.dtype)
+        rank, uniques = _ranks(uniques, codes.dtype)
         codes = np.where(codes >= 0, rank[codes], codes)
-        uniques = uniques.take(pa.array(order))
     return codes, pd.Index(uniques.to_pandas())
+
+
+def _ranks(uniques: pa.Array, dtype: np.dtype) -> tuple[np.ndarray, pa.Array]:
+    """Each distinct string's position in sorted order, and the strings sorted. Arrow orders strings by
+    their UTF-8 bytes: code point order, as Python and pandas sort them."""
+    order = pc.sort_indices(uniques).to_numpy()
+    rank = np.empty(len(order), dtype=dtype)
+    rank[order] = np.arange(len(order), dtype=dtype)
+    return rank, uniques.take(pa.array(order))
 
 
 def _arrow_text(values: pd.Series | np.ndarray) -> pa.ChunkedArray | None:
@@ -151,13 +166,22 @@ def _dictionary_encode(text: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     unified, which hashes only the uniques again."""
     threads = max(1, min(len(os.sched_getaffinity(0)), len(text) // ROWS_PER_THREAD))
     cuts = [len(text) * i // threads for i in range(threads + 1)]
-    pieces = [text.slice(cuts[i], cuts[i + 1] - cuts[i]).combine_chunks() for i in range(threads)]
+    pieces = [text.slice(cuts[i], cuts[i + 1] - cuts[i]) for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
-        encoded = list(pool.map(pc.dictionary_encode, pieces))
+        encoded = [_one_dictionary(piece) for piece in pool.map(pc.dictionary_encode, pieces)]
     if threads > 1:
         encoded = pa.chunked_array(encoded).unify_dictionaries().chunks
     codes = np.concatenate([pc.fill_null(piece.indices, -1).to_numpy() for piece in encoded])
-    return codes.astype(np.int64, copy=False), encoded[0].dictionary
+    return codes, encoded[0].dictionary
+
+
+def _one_dictionary(encoded: pa.ChunkedArray) -> pa.DictionaryArray:
+    """An encoded slice as one array: its chunks share one dictionary, so only their indices are joined
+    (unifying chunk by chunk would hash that dictionary once per chunk)."""
+    if encoded.num_chunks == 0:
+        return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
+    indices = pa.concat_arrays([chunk.indices for chunk in encoded.chunks])
+    return pa.DictionaryArray.from_arrays(indices, encoded.chunk(0).dictionary)
 
 
 NS_PER_DAY = 86_400 * 10**9

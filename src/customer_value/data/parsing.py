@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from customer_value.data.grouping import customer_codes, epoch_days, factorize
+from customer_value.data.grouping import customer_codes, epoch_days, factorize, sorted_distinct
 from customer_value.errors import DataError
 
 
@@ -122,7 +122,10 @@ def parse_customer_ids(
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
     problems = _bad_rows("blank_customer_id", blank, values, source, column)
-    codes, ids = customer_codes(text)
+    if not blank_id[:-1].any() and bool((text == pd.Series(raw_ids)).all()):
+        codes, ids = sorted_distinct(text)  # stripping changed nothing: the ids are already distinct
+    else:
+        codes, ids = customer_codes(text)
     return codes[raw_codes], ids, problems
 
 
