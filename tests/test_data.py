@@ -209,3 +209,20 @@ def test_a_few_bad_rows_are_dropped_and_counted_under_a_configured_share(tmp_pat
         load_transactions(path, rules=LoadingRules(max_bad_row_share=0.3))
     with pytest.raises(DataError, match=r"'customer_id' is blank in 1 of 10 rows \(e\.g\. data row 3"):
         load_transactions(path)
+
+
+def test_iso_timestamps_parse_the_same_through_arrow_or_pandas(tmp_path: Path) -> None:
+    """Plain local ISO timestamps are parsed by Arrow; one zone offset sends the column to pandas. Either
+    way the days are pandas' own reading of the text."""
+    from customer_value.data.parsing import coerce_timestamps
+
+    stamps = ["2024-01-01", "2024-01-02 10:00", "2024-01-03T23:59:59.5", "2024-01-04 10", None]
+    plain = pd.Series(stamps, dtype="str")
+    expected = pd.to_datetime(pd.Series(stamps), format="ISO8601", errors="coerce")
+    assert coerce_timestamps(plain, None).tolist() == expected.tolist()
+    rows = "".join(f"c{i % 2},{stamp},1\n" for i, stamp in enumerate(stamps[:4]))
+    arrow_read, _ = load_transactions(_write(tmp_path, "a.csv", "customer_id,timestamp,amount\n" + rows))
+    offset = rows.replace("2024-01-04 10", "2024-01-04T12:00+02:00")
+    pandas_read, _ = load_transactions(_write(tmp_path, "b.csv", "customer_id,timestamp,amount\n" + offset))
+    assert arrow_read["date"].tolist() == pandas_read["date"].tolist()
+    assert arrow_read["date"].dt.day.tolist() == [1, 3, 2, 4]

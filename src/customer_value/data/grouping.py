@@ -114,7 +114,7 @@ def customer_codes(ids: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def sorted_distinct(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """For ids known to be distinct and present: each one's position in sorted order, and the sorted ids
     (``customer_codes`` without hashing them again)."""
-    text = _arrow_text(ids)
+    text = arrow_text(ids)
     if text is None:
         return customer_codes(ids)
     rank, ordered = _ranks(text.combine_chunks(), np.int64)
@@ -128,7 +128,7 @@ ROWS_PER_THREAD = 1_000_000
 def factorize(values: pd.Series | np.ndarray, *, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
     """``pd.factorize``, but Arrow-backed text (what the readers return) is hashed by Arrow on every core:
     the hashing of millions of string ids was the largest single cost of loading a log."""
-    text = _arrow_text(values)
+    text = arrow_text(values)
     if text is None:
         codes, uniques = pd.factorize(values, sort=sort)
         return codes, pd.Index(uniques)
@@ -148,7 +148,7 @@ def _ranks(uniques: pa.Array, dtype: np.dtype) -> tuple[np.ndarray, pa.Array]:
     return rank, uniques.take(pa.array(order))
 
 
-def _arrow_text(values: pd.Series | np.ndarray) -> pa.ChunkedArray | None:
+def arrow_text(values: pd.Series | np.ndarray) -> pa.ChunkedArray | None:
     """The Arrow strings behind a pandas text column, or None for any other column."""
     array = values.array if isinstance(values, pd.Series) else values
     if not hasattr(array, "__arrow_array__") or not pd.api.types.is_string_dtype(array.dtype):

