@@ -21,6 +21,8 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "features (log -> customer table)",
         "features only (clean orders -> table)",
         "features vs plain pandas",
+        "parquet file -> customer table",
+        "csv file -> customer table",
         "BG/NBD + Gamma-Gamma fit",
         "Pareto/NBD fit, 3,000 customers",
         "scoring vs lifetimes incl. CLV",

@@ -67,6 +67,7 @@ def machine() -> dict[str, str]:
         "memory_gib": f"{memory:.0f}",
         "python": platform.python_version(),
         "packages": ", ".join(
-            f"{name} {version(name)}" for name in ("lifetimes", "scikit-learn", "pandas", "numpy", "mlflow")
+            f"{name} {version(name)}"
+            for name in ("lifetimes", "scikit-learn", "pandas", "numpy", "pyarrow", "mlflow", "duckdb")
         ),
     }
