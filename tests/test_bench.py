@@ -23,6 +23,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "features vs plain pandas",
         "parquet file -> customer table",
         "csv file -> customer table",
+        "parquet file -> validated orders frame",
         "BG/NBD + Gamma-Gamma fit",
         "Pareto/NBD fit, 3,000 customers",
         "scoring vs lifetimes incl. CLV",
