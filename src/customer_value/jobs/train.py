@@ -39,7 +39,7 @@ from customer_value.schema import (
     register_configs,
     validate_train_config,
 )
-from customer_value.tracking import registry, run_logging
+from customer_value.tracking import registry, run_logging, run_summary
 
 if TYPE_CHECKING:
     from customer_value.spark.training import SparkBase
@@ -64,12 +64,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log_config(cfg)
             orders, report, base = _training_data(cfg, engine)
             log_data_report(report)
+            run_summary.log_training_data(report, cfg.data.name, orders)
             if base is not None:
                 log_sample(base)
             with naming_the_data(report.source):
                 clv_metrics, clv_candidate, clv_outputs = train_clv(
                     cfg, orders, report, None if base is None else base.purchase_counts
                 )
+            run_summary.summarise_clv_run(
+                clv_candidate.run_id,
+                cfg.run_name,
+                cfg.data.name,
+                report,
+                clv_candidate.tags["calibration_end"],
+                clv_metrics,
+            )
             metrics |= clv_metrics
         segments_tags = run_tags(cfg.tracking.segments_experiment)
         with run_logging.run(
@@ -77,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ):
             log_config(cfg)
             log_data_report(report)
+            run_summary.log_training_data(report, cfg.data.name, orders)
             if base is not None:
                 log_sample(base)
             with naming_the_data(report.source):
@@ -85,6 +95,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 segment_metrics |= log_everyone(
                     cfg, base, (clv_candidate.model_uri, segments_candidate.model_uri)
                 )
+            run_summary.summarise_segments_run(
+                segments_candidate.run_id,
+                cfg.run_name,
+                cfg.data.name,
+                report,
+                cfg.segmentation.algorithm,
+                segment_metrics,
+            )
             metrics |= segment_metrics
     for candidate in (clv_candidate, segments_candidate):
         with run_logging.fail_run_on_error(candidate.run_id):
