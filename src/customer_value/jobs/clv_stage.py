@@ -17,11 +17,18 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value.data.customers import load_customers
-from customer_value.data.features import Split, calibration_and_holdout, customer_features, resolve_split
+from customer_value.data.features import (
+    FEATURE_COLUMNS,
+    Split,
+    calibration_and_holdout,
+    customer_features,
+    resolve_split,
+)
 from customer_value.data.loading import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.evaluation import holdout_metrics, plots
 from customer_value.evaluation.backtest import backtest, plan_origins, summarise
+from customer_value.evaluation.drift import REFERENCE_ARTIFACT, reference_distribution
 from customer_value.evaluation.fairness import prediction_audit
 from customer_value.jobs.stage import (
     Candidate,
@@ -176,6 +183,8 @@ def train_clv(
         ),
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
+    # What monitoring compares a later scoring base with (evaluation.drift): the base the model was fit to.
+    run_logging.log_json(reference_distribution(today, FEATURE_COLUMNS), REFERENCE_ARTIFACT)
     outputs = scoring_model.predict(today, cfg.clv.horizon_days)
     if protected:
         _log_fairness_audit(outputs, customers[protected])
