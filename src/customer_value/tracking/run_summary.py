@@ -76,9 +76,8 @@ def log_training_data(report: DataReport, data_name: str, orders: pd.DataFrame) 
     """The orders the run trained on as an MLflow dataset input: the source file, the file's content hash
     as digest (so runs on the same bytes match) and the loaded orders' schema. No rows are stored."""
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", UserWarning
-        )  # MLflow registers its local-file source twice, and warns
+        # MLflow registers its local-file source twice and warns that a path matches both.
+        warnings.simplefilter("ignore", UserWarning)
         try:
             source = resolve_dataset_source(report.source)
         except Exception:  # not a location MLflow knows: a table the Spark engine read
