@@ -53,6 +53,7 @@ def test_a_base_like_the_training_one_is_stable_and_a_shifted_one_is_not() -> No
     assert shifted[["frequency", "monetary_value"]].max() < 0.01  # what did not move stays put
 
 
+@pytest.mark.slow  # reads the session's training run (one train per worker)
 def test_every_clv_training_run_logs_the_reference_of_its_base(trained_tracking_uri: str) -> None:
     client = MlflowClient(trained_tracking_uri)
     experiment = client.get_experiment_by_name("customer-clv")

@@ -9,6 +9,7 @@ import re
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from customer_value.data.loading import file_sha256
@@ -24,6 +25,7 @@ def _runs(uri: str) -> dict[str, mlflow.entities.Run]:
     return found
 
 
+@pytest.mark.slow  # reads the session's training run (one train per worker)
 def test_training_runs_are_named_described_and_list_their_data(
     trained_tracking_uri: str, trained_store
 ) -> None:

@@ -426,6 +426,7 @@ def test_spark_training_gives_the_pandas_answers(spark, trained_store, empty_sto
     assert _registered(uri) == _registered(f"sqlite:///{trained_store.database}")
 
 
+@pytest.mark.slow  # a JVM: the design keeps Spark out of the fast suite
 def test_spark_sample_is_seeded_and_spans_the_log(
     spark, synthetic_orders: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -499,6 +500,7 @@ def test_a_failing_spark_training_is_one_line_failed_and_registers_nothing(
     assert spark.range(3).count() == 3  # a session the job joined is left running
 
 
+@pytest.mark.slow  # a JVM: the design keeps Spark out of the fast suite
 def test_spark_reads_other_formats_and_tables(spark, synthetic_orders: pd.DataFrame, tmp_path: Path) -> None:
     """engine.input_format: an ORC directory and a table (here a temporary view) read as the CSV is."""
     path = tmp_path / "orders.csv"
