@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 cfg.run_name,
                 cfg.data.name,
                 report,
-                cfg.segmentation.algorithm,
+                segments_candidate.tags,
                 segment_metrics,
             )
             metrics |= segment_metrics

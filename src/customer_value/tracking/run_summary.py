@@ -115,12 +115,12 @@ def summarise_segments_run(
     given_name: str | None,
     data_name: str,
     report: DataReport,
-    algorithm: str,
+    version_tags: Mapping[str, str],
     metrics: Mapping[str, float],
 ) -> None:
-    """Name and describe a segments run from its algorithm, number of segments and as-of day."""
-    k = sum(1 for metric in metrics if metric.startswith("segments.size."))
-    model = f"{algorithm} k={k}"
+    """Name and describe a segments run from its model's algorithm and number of segments (the tags its
+    registered version gets) and the as-of day."""
+    model = f"{version_tags['algorithm']} k={version_tags['n_segments']}"
     title = f"{model} on {data_name}: {report.customers:,} customers as of {report.last_date}"
     name = None if given_name else run_name("segments", model, data_name, f"as of {report.last_date}")
     name_and_describe(run_id, name, description(title, metrics, SEGMENT_HEADLINES))
