@@ -193,9 +193,8 @@ class EngineConfig:
     app_name: str = "customer-value"  # spark only
     conf: dict[str, Any] = field(default_factory=dict)  # spark only: spark.* settings (nested keys join)
     sample_customers: int = 200_000  # spark training: customers the driver holds (the rest: pattern counts)
-    input_format: str | None = (
-        None  # spark: null = csv/parquet by data.path's extension; orc, delta, table...
-    )
+    # spark: null = csv/parquet by data.path's extension; orc, delta, table...
+    input_format: str | None = None
     input_options: dict[str, Any] = field(default_factory=dict)  # spark: reader options for input_format
 
 

@@ -212,12 +212,13 @@ def _read_csv(path: Path, columns: list[str], text: list[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.csv as csv
 
+    not_utf8 = f"{path}: not UTF-8 text; save the file as UTF-8 CSV"
     try:
         header = pd.read_csv(path, nrows=0)  # pandas' wording for empty and non-UTF-8 files
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (0 rows, no header)") from None
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8 CSV") from None
+        raise DataError(not_utf8) from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: cannot be parsed as CSV ({_first_line(exc)})") from None
     require_columns(path, columns, list(header.columns))
@@ -230,7 +231,7 @@ def _read_csv(path: Path, columns: list[str], text: list[str]) -> pd.DataFrame:
         table = csv.read_csv(path, convert_options=options)
     except pa.ArrowInvalid as exc:
         if "UTF8" in str(exc):
-            raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8 CSV") from None
+            raise DataError(not_utf8) from None
         raise DataError(f"{path}: cannot be parsed as CSV ({_first_line(exc)})") from None
     return table.to_pandas()
 

@@ -144,11 +144,12 @@ def parse_customer_ids(
     """Per-row codes into the sorted unique ids. Ids are cleaned once per distinct value, not per row:
     a million customers' ids instead of twelve million orders' (ids equal after stripping merge)."""
     raw_codes, raw_ids = factorize(values)
-    text = coerce_customer_ids(pd.Series(raw_ids, dtype=raw_ids.dtype))
+    raw = pd.Series(raw_ids, dtype=raw_ids.dtype)
+    text = coerce_customer_ids(raw)
     blank_id = np.append(text.isna().to_numpy(), True)  # the extra slot is code -1: missing
     blank = blank_id[raw_codes]
     problems = _bad_rows("blank_customer_id", blank, values, source, column)
-    if not blank_id[:-1].any() and bool((text == pd.Series(raw_ids)).all()):
+    if not blank_id[:-1].any() and bool((text == raw).all()):
         codes, ids = sorted_distinct(text)  # stripping changed nothing: the ids are already distinct
     else:
         codes, ids = customer_codes(text)

@@ -10,7 +10,7 @@ acting on; the monitoring config holds the thresholds that are acted on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,12 +26,7 @@ def reference_distribution(base: pd.DataFrame, columns: Sequence[str]) -> dict[s
     Bins are (-inf, e1], (e1, e2], ..., (ek, inf); tied values (six in ten customers with frequency 0) give
     fewer, wider bins rather than empty ones."""
     reference = {}
-    for column in columns:
-        if column not in base.columns:
-            continue
-        values = _finite(base[column])
-        if len(values) == 0:
-            continue
+    for column, values in _finite_columns(base, columns):
         edges = np.unique(np.quantile(values, QUANTILES))
         reference[column] = {"edges": edges.tolist(), "shares": _shares(values, edges).tolist()}
     return reference
@@ -40,14 +35,9 @@ def reference_distribution(base: pd.DataFrame, columns: Sequence[str]) -> dict[s
 def population_stability(reference: Mapping[str, Mapping[str, Any]], base: pd.DataFrame) -> pd.Series:
     """PSI of each referenced column that ``base`` has, named by column."""
     psi = {}
-    for column, distribution in reference.items():
-        if column not in base.columns:
-            continue
-        values = _finite(base[column])
-        if len(values) == 0:
-            continue
-        current = _shares(values, np.asarray(distribution["edges"], dtype="float64"))
-        psi[column] = stability_index(np.asarray(distribution["shares"], dtype="float64"), current)
+    for column, values in _finite_columns(base, list(reference)):
+        current = _shares(values, np.asarray(reference[column]["edges"], dtype="float64"))
+        psi[column] = stability_index(np.asarray(reference[column]["shares"], dtype="float64"), current)
     return pd.Series(psi, dtype="float64", name="psi")
 
 
@@ -63,6 +53,12 @@ def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.bincount(bins, minlength=len(edges) + 1) / len(values)
 
 
-def _finite(values: pd.Series) -> np.ndarray:
-    numbers = values.to_numpy(dtype="float64", na_value=np.nan)
-    return numbers[np.isfinite(numbers)]
+def _finite_columns(base: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Each wanted column ``base`` has, as its finite values; absent or all-missing columns are skipped."""
+    for column in columns:
+        if column not in base.columns:
+            continue
+        numbers = base[column].to_numpy(dtype="float64", na_value=np.nan)
+        numbers = numbers[np.isfinite(numbers)]
+        if len(numbers):
+            yield column, numbers
