@@ -62,6 +62,10 @@ example-data: $(STAMP)
 score: $(STAMP)
 	$(BIN)/python -m customer_value.score $(ARGS)
 
+## monitor: judge earlier scorings on what happened since (realised churn, purchases, revenue), drift, report
+monitor: $(STAMP)
+	$(BIN)/python -m customer_value.monitor $(ARGS)
+
 ## ui: MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
@@ -110,4 +114,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep bench bench-engines shapes example-data score ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

@@ -179,7 +179,8 @@ class TrackingConfig:
     artifact_root: str = "mlruns/artifacts"  # used for a local (SQLite) store only
     clv_experiment: str = "customer-clv"
     segments_experiment: str = "customer-segments"
-    scoring_experiment: str = "customer-scoring"  # scoring runs that log a segment migration
+    scoring_experiment: str = "customer-scoring"  # one run per scoring: its report (and migration)
+    monitoring_experiment: str = "customer-monitoring"  # one run per monitored scoring
     clv_model: str = "customer-clv"
     segments_model: str = "customer-segments"
     alias: str = "champion"
@@ -221,6 +222,7 @@ class ScoreOptions:
     attributes_path: str | None = None  # overrides data.customers.path for the segments model's attributes
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
     chunk_customers: int = 250_000  # customers scored and written at a time (bounds the outputs' memory)
+    report: bool = True  # write the segment report beside the table (<name>.report.html) and log it
 
 
 @dataclass
@@ -232,10 +234,45 @@ class ScoreConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
+@dataclass
+class RetrainConfig:
+    """When monitoring recommends a retrain: a watched metric short of the version's own holdout figure."""
+
+    # metric -> how far (absolute) it may fall short: churn_auc, top_decile_revenue_capture,
+    # revenue_spearman (higher is better) or churn_brier (lower is better)
+    tolerances: dict[str, float] = field(
+        default_factory=lambda: {"churn_auc": 0.05, "top_decile_revenue_capture": 0.05}
+    )
+    min_elapsed_share: float = 0.5  # no verdict before this share of the scoring's horizon has passed
+
+
+@dataclass
+class DriftThresholds:
+    moderate_psi: float = 0.1  # PSI above this: a moderate shift (named in monitor.drift_columns)
+    major_psi: float = 0.25  # above this: a shift worth acting on (tag monitor.drift=major)
+
+
+@dataclass
+class MonitorOptions:
+    scores: list[str] = field(default_factory=lambda: ["scores/customer_scores.parquet"])
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    drift: DriftThresholds = field(default_factory=DriftThresholds)
+    report: bool = True  # rewrite each scoring's segment report with the realised outcomes
+
+
+@dataclass
+class MonitorConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused when monitoring
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    monitor: MonitorOptions = field(default_factory=MonitorOptions)
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="score_schema", node=ScoreConfig)
+    store.store(name="monitor_schema", node=MonitorConfig)
 
 
 # Gate metrics are "higher is better"; a sweep may optimise any metric listed here.
@@ -457,6 +494,27 @@ def validate_score_config(cfg: DictConfig) -> None:
     if horizon is not None:  # the model's discount step is checked once the model is loaded
         check_horizon(horizon, None, key="score.horizon_days")
     parse_day(cfg.score.as_of, "score.as_of")
+
+
+def validate_monitor_config(cfg: DictConfig) -> None:
+    from customer_value.evaluation.monitoring import WATCHABLE
+
+    options = cfg.monitor
+    unknown = [m for m in options.retrain.tolerances if m not in WATCHABLE]
+    checks = [
+        (len(options.scores) > 0, "monitor.scores is empty: give one or more scoring outputs"),
+        (not unknown, f"monitor.retrain.tolerances: {unknown} cannot be watched; use {list(WATCHABLE)}"),
+        (
+            all(v >= 0 for v in options.retrain.tolerances.values()),
+            "monitor.retrain.tolerances must be >= 0",
+        ),
+        (0 <= options.retrain.min_elapsed_share <= 1, "monitor.retrain.min_elapsed_share must be in [0, 1]"),
+        (
+            0 < options.drift.moderate_psi <= options.drift.major_psi,
+            "monitor.drift needs 0 < moderate_psi <= major_psi",
+        ),
+    ]
+    _raise_first(checks)
 
 
 def _raise_first(checks: list[tuple[bool, str]]) -> None:

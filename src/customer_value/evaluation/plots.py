@@ -238,3 +238,48 @@ def covariate_coefficients(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("coefficient (95 % interval)")
     ax.set_title("Covariate coefficients")
     return _laid_out(fig)
+
+
+def retention_by_segment(outcomes: pd.DataFrame) -> Figure:
+    """Predicted vs realised retention (a purchase in the elapsed window) per segment."""
+    positions = np.arange(len(outcomes))
+    fig = Figure(figsize=(8, 0.5 * len(outcomes) + 2))
+    ax = fig.subplots()
+    ax.barh(positions - 0.2, outcomes["predicted_retention"], height=0.4, label="predicted")
+    ax.barh(positions + 0.2, outcomes["realised_retention"], height=0.4, label="realised")
+    ax.set_yticks(positions, list(outcomes.index))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of customers who purchased in the window")
+    ax.set_title("Retention by segment, predicted and realised")
+    ax.legend(loc="lower right")
+    return _laid_out(fig)
+
+
+def churn_calibration(table: pd.DataFrame) -> Figure:
+    """Realised vs predicted churn per decile of predicted churn (``monitoring.calibration_by_decile``)."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.plot(table["predicted_churn"], table["realised_churn"], marker="o")
+    ax.set_xlabel("predicted churn probability")
+    ax.set_ylabel("realised churn rate")
+    ax.set_title("Churn calibration by decile, after scoring")
+    return _laid_out(fig)
+
+
+def population_stability(psi: pd.Series, moderate: float, major: float) -> Figure:
+    """PSI per model input (and segment shares) with the configured thresholds drawn in."""
+    fig = Figure(figsize=(7, 0.45 * len(psi) + 1.8))
+    ax = fig.subplots()
+    colours = ["#c0392b" if v > major else "#e6a23c" if v > moderate else "#4a7bb7" for v in psi]
+    positions = np.arange(len(psi))
+    ax.barh(positions, psi.to_numpy(), color=colours)
+    ax.set_yticks(positions, list(psi.index))
+    ax.invert_yaxis()
+    for threshold, label in ((moderate, "moderate"), (major, "major")):
+        ax.axvline(threshold, color="grey", linestyle="--", linewidth=1)
+        ax.text(threshold, -0.6, f" {label}", color="grey", va="bottom")
+    ax.set_xlabel("population stability index (scoring base vs training base)")
+    ax.set_title("Drift")
+    return _laid_out(fig)

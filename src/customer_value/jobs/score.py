@@ -24,6 +24,7 @@ from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
 from customer_value.evaluation import plots
+from customer_value.jobs import reporting
 from customer_value.jobs.entrypoint import run_job
 from customer_value.models.clv.bounds import check_horizon
 from customer_value.models.clv.btyd import NO_DATE_BEYOND_DAYS
@@ -36,13 +37,25 @@ from customer_value.models.segments.migration import (
     transition_matrix,
     transition_table,
 )
-from customer_value.models.segments.segmentation import FeatureSet
+from customer_value.models.segments.segmentation import PROFILE_COLUMNS, FeatureSet
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
 from customer_value.tracking import processes, registry, run_logging
 from customer_value.tracking.pyfunc import spec_covariate_columns
 
 log = logging.getLogger(__name__)
+
+# Scoring-table columns kept in memory while the table is written (migration, report, summary line).
+REPORT_COLUMNS = [
+    *KEY_COLUMNS,
+    "segment",
+    "clv",
+    "churn_probability",
+    "horizon_days",
+    "as_of",
+    "clv_model_version",
+    "segments_model_version",
+]
 
 
 def score_customers(cfg: DictConfig) -> pd.DataFrame:
@@ -58,6 +71,12 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
     after loading); the models' outputs, intervals included, exist for one chunk at a time, so their
     memory is bounded by the chunk size, not by the number of customers.
     """
+    for table, _ in _scored_parts(cfg):
+        yield table
+
+
+def _scored_parts(cfg: DictConfig) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``score_chunks``' tables, each with the customer-table rows it scored (the report profiles them)."""
     validate_score_config(cfg)
     run_logging.configure(cfg.tracking.uri)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
@@ -115,7 +134,7 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
         table["horizon_days"] = float(horizon)
         table["as_of"] = as_of
-        yield table.assign(**versions)
+        yield table.assign(**versions), part
 
 
 def with_covariates(
@@ -245,18 +264,7 @@ def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
 def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tuple[Path, int]:
     """Append each chunk to a temporary file in the target folder, then rename it into place; returns
     the path and the rows written. A failure in any chunk (or in producing it) leaves nothing behind."""
-    prefix = f".{output.name}.{processes.current_owner()}."  # the owner lets a later job clean up
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_temp_files(output)
-        handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=output.parent)
-    except OSError as exc:
-        raise UserError(f"score.output {output}: cannot write there ({exc.strerror})") from None
-    os.close(handle)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the table should read like any other file
+    tmp = _temporary_beside(output)
     rows = 0
     try:
         if output.suffix.lower() == ".csv":
@@ -269,6 +277,36 @@ def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tup
     finally:
         tmp.unlink(missing_ok=True)
     return output, rows
+
+
+def write_text_atomically(text: str, output: Path, key: str) -> Path:
+    """Write text (a report page) as ``write_chunks_atomically`` writes tables: all or nothing; ``key``
+    names the setting that chose ``output`` in an error."""
+    tmp = _temporary_beside(output, key)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def _temporary_beside(output: Path, key: str = "score.output") -> Path:
+    """An empty temporary file in the target's folder, named after its owner (so that a later job can
+    remove it if this one is killed) and readable like any other file."""
+    prefix = f".{output.name}.{processes.current_owner()}."
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temp_files(output)
+        handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise UserError(f"{key} {output}: cannot write there ({exc.strerror})") from None
+    os.close(handle)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the output should read like any other file
+    return tmp
 
 
 def remove_abandoned_temp_files(output: Path) -> list[Path]:
@@ -314,23 +352,32 @@ def _write_parquet_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
 
 
 def score(cfg: DictConfig) -> Path | str:
-    """Score, then write the table (and, given ``score.previous``, the segment migration) atomically.
+    """Score, then write the table, its segment report and (given ``score.previous``) the segment
+    migration, each atomically, and log them in a scoring run.
 
     ``engine=spark`` hands the whole job to ``spark_scoring`` (its output may be a remote URI: a str)."""
     if cfg.engine.name == "spark":
         return spark_scoring.score(cfg)
     previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
-    kept: list[pd.DataFrame] = []  # the few columns the migration and the summary line need
+    kept: list[pd.DataFrame] = []  # the few columns the migration, the report and the summary line need
+    profiled: list[pd.DataFrame] = []
 
     def chunks() -> Iterator[pd.DataFrame]:
-        for chunk in score_chunks(cfg):
-            kept.append(chunk[[*KEY_COLUMNS, "as_of", "clv_model_version", "segments_model_version"]])
+        for chunk, part in _scored_parts(cfg):
+            kept.append(chunk[[c for c in REPORT_COLUMNS if c in chunk.columns]])
+            profiled.append(part[[c for c in PROFILE_COLUMNS if c in part.columns]])
             yield chunk
 
     output, rows = write_chunks_atomically(chunks(), Path(cfg.score.output))
     table = pd.concat(kept, ignore_index=True)
+    transitions = None
     if previous is not None:
-        _write_and_log_migration(cfg, transition_table(previous, table), output, table)
+        transitions = transition_table(previous, table)
+        write_table_atomically(transitions, reporting.migration_path(output))
+    report = None
+    if cfg.score.report:
+        report = _write_report(cfg, table, pd.concat(profiled), transitions, output)
+    _log_scoring_run(cfg, table, transitions, report)
     log.info(
         f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
@@ -339,32 +386,68 @@ def score(cfg: DictConfig) -> Path | str:
     return output
 
 
-def _write_and_log_migration(
-    cfg: DictConfig, migration: pd.DataFrame, output: Path, table: pd.DataFrame
+def _write_report(
+    cfg: DictConfig,
+    table: pd.DataFrame,
+    base: pd.DataFrame,
+    transitions: pd.DataFrame | None,
+    output: Path,
+) -> Path:
+    """The scoring's segment report, beside the scores (``<name>.report.html``)."""
+    clv_version, segments_version = (
+        table["clv_model_version"].iloc[0],
+        table["segments_model_version"].iloc[0],
+    )
+    as_of = table["as_of"].iloc[0]
+    actions = reporting.segment_actions(cfg.tracking.segments_model, segments_version)
+    facts = reporting.scoring_facts(
+        cfg.data.name, as_of, len(table), clv_version, segments_version, table["horizon_days"].iloc[0]
+    )
+    page = reporting.scoring_report(
+        f"Customer segments as of {as_of.date()}",
+        facts,
+        reporting.scoring_profile(base, table, actions),
+        transitions,
+    )
+    return write_text_atomically(page, reporting.report_path(output), "score.output")
+
+
+def _log_scoring_run(
+    cfg: DictConfig, table: pd.DataFrame, transitions: pd.DataFrame | None, report: Path | None
 ) -> None:
-    """Beside the scores as ``<name>.migration.csv``, and as a run in the scoring experiment (aggregates)."""
-    path = write_table_atomically(migration, output.with_name(f"{output.stem}.migration.csv"))
-    summary = migration_summary(migration)
+    """A run in the scoring experiment: what was scored with which versions, the segment shares, the
+    report and the migration (aggregates only)."""
     tags = run_logging.git_state() | {"data.name": cfg.data.name}
-    with run_logging.run(cfg.tracking.scoring_experiment, cfg.tracking.artifact_root, None, tags):
+    as_of = str(table["as_of"].iloc[0].date())
+    name = f"score · {cfg.data.name} · as of {as_of}"
+    with run_logging.run(cfg.tracking.scoring_experiment, cfg.tracking.artifact_root, name, tags):
         mlflow.log_params(
             {
-                "as_of": str(table["as_of"].iloc[0].date()),
+                "as_of": as_of,
+                "horizon_days": table["horizon_days"].iloc[0],
+                "output": str(cfg.score.output),
                 "previous": str(cfg.score.previous),
                 "clv_model_version": table["clv_model_version"].iloc[0],
                 "segments_model_version": table["segments_model_version"].iloc[0],
             }
         )
-        run_logging.log_metrics(summary)
-        run_logging.log_table(migration, "migration/transitions.csv")
-        shares = transition_matrix(migration, "share_of_from")
-        run_logging.log_figure(plots.migration_heatmap(shares), "plots/migration.png")
-    log.info(
-        "migration: %s customers followed, %.1f%% changed segment -> %s",
-        f"{summary['migration.customers_matched']:,.0f}",
-        100 * summary["migration.share_changed_segment"],
-        path,
-    )
+        shares = table["segment_name"].value_counts(normalize=True)
+        run_logging.log_metrics(
+            {"scored.customers": len(table)} | {f"share.{k}": v for k, v in shares.items()}
+        )
+        if report is not None:
+            mlflow.log_artifact(str(report), "report")
+        if transitions is not None:
+            summary = migration_summary(transitions)
+            run_logging.log_metrics(summary)
+            run_logging.log_table(transitions, "migration/transitions.csv")
+            matrix = transition_matrix(transitions, "share_of_from")
+            run_logging.log_figure(plots.migration_heatmap(matrix), "plots/migration.png")
+            log.info(
+                "migration: %s customers followed, %.1f%% changed segment",
+                f"{summary['migration.customers_matched']:,.0f}",
+                100 * summary["migration.share_changed_segment"],
+            )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")

@@ -15,6 +15,8 @@ from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.loading import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.evaluation import plots
+from customer_value.evaluation.segment_report import ReportInputs, render
+from customer_value.jobs.reporting import REPORT_ARTIFACT
 from customer_value.jobs.stage import (
     Candidate,
     card_facts,
@@ -148,8 +150,16 @@ def train_segments(
     mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
     table = segment_profile(features, segments, model.names_, dict(seg.actions), clv_outputs)
     run_logging.log_table(table, "segments/profile.csv")
-    run_logging.log_figure(plots.segment_sizes(table), "plots/segment_sizes.png")
-    run_logging.log_figure(plots.profile_heatmap(table), "plots/segment_profile_heatmap.png")
+    figures = {
+        "Segment size and value share": plots.segment_sizes(table),
+        "Segment profiles": plots.profile_heatmap(table),
+    }
+    run_logging.log_figure(figures["Segment size and value share"], "plots/segment_sizes.png")
+    run_logging.log_figure(figures["Segment profiles"], "plots/segment_profile_heatmap.png")
+    facts = {"data": cfg.data.name, "as of": str(as_of.date()), "customers": f"{len(features):,}"}
+    facts["model"] = f"{seg.algorithm}, {len(sizes)} segments"
+    page = ReportInputs(f"Customer segments as of {as_of.date()} (training)", facts, table, figures=figures)
+    mlflow.log_text(render(page), REPORT_ARTIFACT)
     points, sampled, explained = projection_2d(model, features, cfg.seed)
     run_logging.log_figure(
         plots.segment_projection(points, sampled, model.names_, explained), "plots/segment_projection.png"
