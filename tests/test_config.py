@@ -13,7 +13,12 @@ from omegaconf import OmegaConf
 from customer_value.data.loading import LoadingRules
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
-from customer_value.schema import register_configs, validate_score_config, validate_train_config
+from customer_value.schema import (
+    register_configs,
+    validate_monitor_config,
+    validate_score_config,
+    validate_train_config,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -31,6 +36,7 @@ def _compose(config: str, overrides: list[str]):
 GROUPS = {
     "train": ("data", "features", "clv", "segmentation", "tracking"),
     "score": ("data", "tracking", "engine"),
+    "monitor": ("data", "tracking"),
 }
 GROUP_OPTIONS = [
     (config, group, option)
@@ -141,6 +147,37 @@ def test_typos_fail_at_composition(override: str) -> None:
 def test_score_typos_fail_at_composition(override: str) -> None:
     with pytest.raises(ConfigCompositionException):
         _compose("score", [override])
+
+
+@pytest.mark.parametrize(
+    "override", ["monitor.score=[x.parquet]", "monitor.drift.major=0.3", "monitor.report=maybe"]
+)
+def test_monitor_typos_fail_at_composition(override: str) -> None:
+    with pytest.raises(ConfigCompositionException):
+        _compose("monitor", [override])
+
+
+BAD_MONITOR_VALUES = {
+    "monitor.scores=[]": "monitor.scores is empty",
+    "+monitor.retrain.tolerances.purchases_mae=1": "['purchases_mae'] cannot be watched",
+    "monitor.retrain.tolerances.churn_auc=-0.1": "tolerances must be >= 0",
+    "monitor.retrain.min_elapsed_share=2": "min_elapsed_share must be in [0, 1]",
+    "monitor.drift.moderate_psi=0.5": "moderate_psi <= major_psi",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD_MONITOR_VALUES))
+def test_bad_monitor_values_are_one_line_errors(override: str) -> None:
+    with pytest.raises(UserError, match=re.escape(BAD_MONITOR_VALUES[override])):
+        validate_monitor_config(_compose("monitor", [override]))
+
+
+def test_monitor_defaults_watch_the_gate_metrics_and_read_the_default_scoring() -> None:
+    cfg = _compose("monitor", [])
+    validate_monitor_config(cfg)
+    assert list(cfg.monitor.scores) == [_compose("score", []).score.output]
+    assert dict(cfg.monitor.retrain.tolerances) == {"churn_auc": 0.05, "top_decile_revenue_capture": 0.05}
+    assert cfg.tracking.monitoring_experiment == "customer-monitoring"
 
 
 def test_file_data_requires_a_path() -> None:

@@ -219,7 +219,8 @@ def test_cli_train_and_score(orders_csv: Path, tracking_uri: str, tmp_path: Path
     table = pd.read_csv(output)
     assert (table["as_of"] == "2024-06-01").all()
     assert table["horizon_days"].eq(365.0).all()
-    assert [p.name for p in output.parent.iterdir()] == ["scores.csv"]  # no temporary leftovers
+    written = sorted(p.name for p in output.parent.iterdir())
+    assert written == ["scores.csv", "scores.report.html"]  # the table, its report, no temporary leftovers
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600

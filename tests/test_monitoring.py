@@ -8,6 +8,8 @@ monitoring recommend a retrain.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -20,11 +22,14 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from customer_value.data.features import customer_features
 from customer_value.data.loading import load_transactions
+from customer_value.errors import DataError
 from customer_value.evaluation import monitoring
-from customer_value.jobs.monitor import monitor
+from customer_value.jobs.monitor import SCORE_COLUMNS, monitor, read_scoring
 from customer_value.jobs.reporting import report_path
 from customer_value.jobs.score import score
+from customer_value.jobs.train import train
 from customer_value.schema import CONF_DIR, register_configs
+from test_end_to_end import PLUMBING_ONLY
 
 HORIZON_DAYS = 90
 
@@ -199,3 +204,90 @@ def test_monitoring_equals_a_direct_computation_and_a_stale_champion_is_told_to_
     assert stale["realised.churn_auc"] < metrics["realised.churn_auc"] - 0.1
     assert newest.data.tags["monitor.retrain_recommended"] == "true"
     assert newest.data.tags["monitor.retrain_reason"].startswith("churn_auc ")
+
+
+def test_an_unusable_scoring_output_is_a_one_line_error(tmp_path: Path, orders_csv: Path) -> None:
+    with pytest.raises(DataError, match=r"monitor.scores .*nope.parquet: no such file"):
+        read_scoring(tmp_path / "nope.parquet")
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) \['segment', 'segment_name'.*is it a scoring output"
+    ):
+        read_scoring(orders_csv)
+    table = pd.DataFrame({column: ["x", "y"] for column in SCORE_COLUMNS})
+    table["as_of"] = pd.to_datetime(["2024-01-01", "2024-02-01"])
+    table.to_parquet(tmp_path / "two_days.parquet")
+    with pytest.raises(DataError, match="column as_of holds 2 values, one expected"):
+        read_scoring(tmp_path / "two_days.parquet")
+
+
+def test_the_monitor_command_fails_in_one_line_before_any_run(tmp_path: Path) -> None:
+    missing = tmp_path / "never_scored.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "customer_value.monitor", f"monitor.scores=[{missing}]"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: monitor.scores {missing}: no such file (give a scoring output, score.output)"
+    )
+    assert not (tmp_path / "mlruns").exists()  # refused before the store was opened
+
+
+@pytest.mark.slow  # trains on CDNOW (the published data is the point: issue 17's "done when")
+def test_cdnow_scored_at_the_calibration_end_and_monitored_on_the_full_log_gives_the_holdout_figures(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """A champion fit on CDNOW's calibration window (to 1997-09-30), scored as of that day for the 39
+    weeks ahead, then monitored on the full log: the realised figures are the training run's holdout."""
+    store = [f"tracking.uri={tracking_uri}", f"tracking.artifact_root={tmp_path / 'artifacts'}"]
+    metrics = train(
+        _compose(
+            "train",
+            [*store, "clv=bgnbd", "clv.refit_full_history=false", *PLUMBING_ONLY, "segmentation.k_values=[]"],
+        )
+    )
+    output = tmp_path / "cdnow_scores.parquet"
+    holdout_days = _holdout_days()
+    score(
+        _compose(
+            "score",
+            [
+                *store,
+                "score.as_of=1997-09-30",
+                f"score.horizon_days={holdout_days}",
+                f"score.output={output}",
+            ],
+        )
+    )
+    realised = monitor(_compose("monitor", [*store, f"monitor.scores=[{output}]"]))[str(output)]
+    # CDNOW's 23,570 customers less the 70 whose only orders were worth $0 (dropped by default).
+    assert realised["realised.customers"] == metrics["split.calibration_customers"] == 23_500
+    assert len(pd.read_parquet(output)) == 23_500
+    assert realised["realised.elapsed_share"] == 1.0
+    for name in (
+        "churn_auc",
+        "churn_brier",
+        "purchases_mae",
+        "aggregate_purchase_error_pct",
+        "top_decile_revenue_capture",
+        "revenue_spearman",
+        "aggregate_revenue_error_pct",
+    ):
+        assert realised[f"realised.{name}"] == pytest.approx(
+            metrics[f"holdout.{name}"], rel=1e-9, abs=1e-12
+        ), name
+        assert realised[f"training.holdout.{name}"] == metrics[f"holdout.{name}"]
+    # The scored base is the base the champion was fit to, so no input has drifted.
+    inputs = [key for key in realised if key.startswith("drift.psi.") and key != "drift.psi.segment_shares"]
+    assert len(inputs) == 8 and all(abs(realised[key]) < 1e-12 for key in inputs)
+    page = report_path(output).read_text()
+    assert "realised retention" in page and "Customer segments as of 1997-09-30" in page
+
+
+def _holdout_days() -> float:
+    """The CLV run's holdout length in days (39 weeks on CDNOW: 273)."""
+    run = mlflow.search_runs(experiment_names=["customer-clv"], order_by=["start_time DESC"]).iloc[0]
+    return float(run["params.split.holdout_days"])

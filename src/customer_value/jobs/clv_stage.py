@@ -183,8 +183,10 @@ def train_clv(
         ),
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
-    # What monitoring compares a later scoring base with (evaluation.drift): the base the model was fit to.
-    run_logging.log_json(reference_distribution(today, FEATURE_COLUMNS), REFERENCE_ARTIFACT)
+    # What monitoring compares a later scoring base with (evaluation.drift): the base the registered model
+    # was fit to (the calibration base when it is the calibration fit, clv.refit_full_history=false).
+    fitted_base = today if cfg.clv.refit_full_history else calibration
+    run_logging.log_json(reference_distribution(fitted_base, FEATURE_COLUMNS), REFERENCE_ARTIFACT)
     outputs = scoring_model.predict(today, cfg.clv.horizon_days)
     if protected:
         _log_fairness_audit(outputs, customers[protected])
