@@ -46,7 +46,8 @@ class ReportInputs:
     profile: pd.DataFrame
     outcomes: pd.DataFrame | None = None
     migration: pd.DataFrame | None = None
-    figures: Mapping[str, Figure] = field(default_factory=dict)  # caption -> figure
+    # caption -> figure, or its PNG bytes when the caller has rendered it already (figure_png)
+    figures: Mapping[str, Figure | bytes] = field(default_factory=dict)
     notes: Sequence[str] = ()
 
 
@@ -93,11 +94,17 @@ def render(report: ReportInputs) -> str:
     )
 
 
-def figure_data_uri(figure: Figure) -> str:
-    """A PNG data URI of ``figure``: the page carries its images."""
+def figure_png(figure: Figure) -> bytes:
+    """``figure`` as PNG bytes: rendered once where the same image is also logged as a run's plot."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def figure_data_uri(figure: Figure | bytes) -> str:
+    """A PNG data URI of ``figure`` (or of its PNG bytes): the page carries its images."""
+    png = figure if isinstance(figure, bytes) else figure_png(figure)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _overview(report: ReportInputs) -> str:

@@ -15,7 +15,7 @@ from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.loading import DataReport
 from customer_value.errors import ModelFitError
 from customer_value.evaluation import plots
-from customer_value.evaluation.segment_report import ReportInputs, render
+from customer_value.evaluation.segment_report import ReportInputs, figure_png, render
 from customer_value.jobs.reporting import REPORT_ARTIFACT
 from customer_value.jobs.stage import (
     Candidate,
@@ -150,12 +150,13 @@ def train_segments(
     mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
     table = segment_profile(features, segments, model.names_, dict(seg.actions), clv_outputs)
     run_logging.log_table(table, "segments/profile.csv")
+    # Drawn once, for the run's plots and the report's images alike.
     figures = {
-        "Segment size and value share": plots.segment_sizes(table),
-        "Segment profiles": plots.profile_heatmap(table),
+        "Segment size and value share": figure_png(plots.segment_sizes(table)),
+        "Segment profiles": figure_png(plots.profile_heatmap(table)),
     }
-    run_logging.log_figure(figures["Segment size and value share"], "plots/segment_sizes.png")
-    run_logging.log_figure(figures["Segment profiles"], "plots/segment_profile_heatmap.png")
+    run_logging.log_png(figures["Segment size and value share"], "plots/segment_sizes.png")
+    run_logging.log_png(figures["Segment profiles"], "plots/segment_profile_heatmap.png")
     facts = {"data": cfg.data.name, "as of": str(as_of.date()), "customers": f"{len(features):,}"}
     facts["model"] = f"{seg.algorithm}, {len(sizes)} segments"
     page = ReportInputs(f"Customer segments as of {as_of.date()} (training)", facts, table, figures=figures)

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -205,6 +206,14 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
+
+
+def log_png(png: bytes, artifact_file: str) -> None:
+    """An image already rendered (``segment_report.figure_png``), logged without drawing it again."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(artifact_file).name
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), str(Path(artifact_file).parent))
 
 
 def log_table(table: pd.DataFrame, artifact_file: str) -> None:
