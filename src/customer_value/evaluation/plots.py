@@ -37,13 +37,20 @@ def churn_by_decile(churn_probability: np.ndarray, churned: np.ndarray) -> Figur
     deciles = pd.qcut(pd.Series(churn_probability).rank(method="first"), 10, labels=False)
     frame = pd.DataFrame({"decile": deciles, "predicted": churn_probability, "observed": churned})
     table = frame.groupby("decile")[["predicted", "observed"]].mean()
+    return _calibration(
+        table["predicted"], table["observed"], "observed churn rate (holdout)", "Churn calibration by decile"
+    )
+
+
+def _calibration(predicted: pd.Series, observed: pd.Series, ylabel: str, title: str) -> Figure:
+    """Observed against predicted churn per decile, with the diagonal a calibrated model would follow."""
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    ax.plot(table["predicted"], table["observed"], marker="o")
+    ax.plot(predicted, observed, marker="o")
     ax.set_xlabel("predicted churn probability")
-    ax.set_ylabel("observed churn rate (holdout)")
-    ax.set_title("Churn calibration by decile")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     return _laid_out(fig)
 
 
@@ -258,14 +265,12 @@ def retention_by_segment(outcomes: pd.DataFrame) -> Figure:
 
 def churn_calibration(table: pd.DataFrame) -> Figure:
     """Realised vs predicted churn per decile of predicted churn (``monitoring.calibration_by_decile``)."""
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    ax.plot(table["predicted_churn"], table["realised_churn"], marker="o")
-    ax.set_xlabel("predicted churn probability")
-    ax.set_ylabel("realised churn rate")
-    ax.set_title("Churn calibration by decile, after scoring")
-    return _laid_out(fig)
+    return _calibration(
+        table["predicted_churn"],
+        table["realised_churn"],
+        "realised churn rate",
+        "Churn calibration by decile, after scoring",
+    )
 
 
 def population_stability(psi: pd.Series, moderate: float, major: float) -> Figure:
