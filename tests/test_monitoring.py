@@ -29,7 +29,7 @@ from customer_value.jobs.reporting import report_path
 from customer_value.jobs.score import score
 from customer_value.jobs.train import train
 from customer_value.schema import CONF_DIR, register_configs
-from test_end_to_end import PLUMBING_ONLY
+from test_end_to_end import PLUMBING_ONLY, _overrides
 
 HORIZON_DAYS = 90
 
@@ -38,15 +38,6 @@ def _compose(config: str, overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config, overrides=overrides)
-
-
-def _data(orders_csv: Path, uri: str, tmp_path: Path) -> list[str]:
-    return [
-        "data=file",
-        f"data.path={orders_csv}",
-        f"tracking.uri={uri}",
-        f"tracking.artifact_root={tmp_path / 'artifacts'}",
-    ]
 
 
 def test_elapsed_window_is_the_part_of_the_horizon_the_log_covers() -> None:
@@ -132,7 +123,7 @@ def test_monitoring_equals_a_direct_computation_and_a_stale_champion_is_told_to_
     last = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
     as_of = last - pd.Timedelta(days=150)
     output = tmp_path / "scores.parquet"
-    data = _data(orders_csv, trained_tracking_uri, tmp_path)
+    data = _overrides(orders_csv, trained_tracking_uri, tmp_path)
     score(
         _compose(
             "score",
@@ -195,9 +186,8 @@ def test_monitoring_equals_a_direct_computation_and_a_stale_champion_is_told_to_
     assert "realised retention" in page and "not known yet" not in page
 
     stale_log = _shuffled_future(orders_csv, as_of, tmp_path / "shuffled.csv")
-    stale = monitor(
-        _compose("monitor", [*_data(stale_log, trained_tracking_uri, tmp_path), f"monitor.scores=[{output}]"])
-    )[str(output)]
+    stale_data = _overrides(stale_log, trained_tracking_uri, tmp_path)
+    stale = monitor(_compose("monitor", [*stale_data, f"monitor.scores=[{output}]"]))[str(output)]
     newest = client.search_runs(
         [client.get_experiment_by_name("customer-monitoring").experiment_id], order_by=["start_time DESC"]
     )[0]
