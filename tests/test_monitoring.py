@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
@@ -28,16 +27,9 @@ from customer_value.jobs.monitor import SCORE_COLUMNS, monitor, read_scoring
 from customer_value.jobs.reporting import report_path
 from customer_value.jobs.score import score
 from customer_value.jobs.train import train
-from customer_value.schema import CONF_DIR, register_configs
-from test_end_to_end import PLUMBING_ONLY, _overrides
+from test_end_to_end import PLUMBING_ONLY, _compose, _overrides
 
 HORIZON_DAYS = 90
-
-
-def _compose(config: str, overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=config, overrides=overrides)
 
 
 def test_elapsed_window_is_the_part_of_the_horizon_the_log_covers() -> None:

@@ -18,7 +18,7 @@ from customer_value.evaluation.segment_report import render as render_page
 from customer_value.jobs.monitor import monitor
 from customer_value.jobs.reporting import REPORT_ARTIFACT, report_path
 from customer_value.jobs.score import score
-from test_monitoring import _compose, _data
+from test_end_to_end import _compose, _overrides
 
 
 def _self_contained(page: str) -> None:
@@ -72,7 +72,7 @@ def test_scoring_and_training_reports_open_in_a_browser_with_every_segment(
     orders_csv = trained_store.orders_csv
     last = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()
     earlier, latest = tmp_path / "earlier.parquet", tmp_path / "latest.parquet"
-    data = _data(orders_csv, trained_tracking_uri, tmp_path)
+    data = _overrides(orders_csv, trained_tracking_uri, tmp_path)
     quick = ["score.intervals=false", "score.horizon_days=90"]
     score(
         _compose(
