@@ -12,16 +12,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import Outcome
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
-from customer_value.schema import register_configs
 
 pytestmark = pytest.mark.slow
 
@@ -90,42 +89,12 @@ CORPUS: dict[str, tuple[str, bytes, list[str]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Outcome:
-    returncode: int
-    stderr: str
-
-
 def _cli(module: str, args: list[str], cwd: Path, uri: str) -> Outcome:
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
     result = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     return Outcome(result.returncode, result.stderr)
-
-
-@pytest.fixture()
-def job(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[[Callable[[], object], list[str], Path, str], Outcome]:
-    """Run a job's ``main`` as its command would (``sys.argv``, working folder, environment): its exit
-    status and what it wrote to stderr. An error that is not a user error reaches stderr as Hydra's
-    traceback (``_one_error_line`` refuses it) or escapes ``main`` and fails the test."""
-    register_configs()
-
-    def run(main: Callable[[], object], args: list[str], cwd: Path, uri: str) -> Outcome:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.setattr(sys, "argv", ["customer_value", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        return Outcome(code, capsys.readouterr().err)
-
-    return run
 
 
 @pytest.fixture(scope="module")

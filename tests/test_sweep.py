@@ -30,10 +30,11 @@ def _sweep(
         *launcher,
         f"hydra.sweep.dir={tmp_path / name}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
-        # what a sweep's plumbing does not need: intervals, backtest folds, stability resamples
+        # what a sweep's plumbing does not need: intervals, backtest folds, stability resamples, figures
         "clv.intervals.draws=0",
         "clv.backtest.folds=0",
         "segmentation.stability.bootstrap_resamples=0",
+        "tracking.plots=false",
         *args,
     ]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -185,6 +185,7 @@ class TrackingConfig:
     segments_model: str = "customer-segments"
     alias: str = "champion"
     register: bool = True
+    plots: bool = True  # false: no figures in the runs or the reports (sweeps and plumbing: ~3 s a train)
 
 
 @dataclass

@@ -90,7 +90,7 @@ def render(report: ReportInputs) -> str:
         f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head><body>"
         f'<h1>{html.escape(report.title)}</h1><p class="facts">{facts}</p>{notes}'
         f'<h2>Segments</h2>{_overview(report)}<div class="segments">{cards}</div>'
-        f"<h2>Plots</h2>{figures}</body></html>\n"
+        f"{'<h2>Plots</h2>' if figures else ''}{figures}</body></html>\n"
     )
 
 

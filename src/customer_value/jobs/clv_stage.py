@@ -242,7 +242,7 @@ def _covariate_evidence(
     params = model.params_
     table = covariate_table(params)
     run_logging.log_table(table, "evaluation/covariates.csv")
-    run_logging.log_figure(plots.covariate_coefficients(table), "plots/covariates.png")
+    run_logging.log_figure(lambda: plots.covariate_coefficients(table), "plots/covariates.png")
     plain = CLVModel(**(settings | {"family": model.family, "covariates": None})).fit(calibration)
     joined = model.with_covariate_columns(calibration, raw_columns(params.covariates))
     inputs = model_inputs(joined, params.time_unit_days, spend=False, covariates=params.covariates)
@@ -600,9 +600,13 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
         holdout["purchases"].to_numpy(),
     )
     run_logging.log_table(by_frequency, "evaluation/purchases_by_frequency.csv")
-    run_logging.log_figure(plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png")
     run_logging.log_figure(
-        plots.churn_by_decile(predictions["churn_probability"].to_numpy(), holdout_metrics.churned(holdout)),
+        lambda: plots.purchases_by_frequency(by_frequency), "plots/purchases_by_frequency.png"
+    )
+    run_logging.log_figure(
+        lambda: plots.churn_by_decile(
+            predictions["churn_probability"].to_numpy(), holdout_metrics.churned(holdout)
+        ),
         "plots/churn_by_decile.png",
     )
     if "expected_revenue" not in predictions.columns:  # a log without amounts: no gains chart
@@ -611,7 +615,9 @@ def _log_clv_diagnostics(calibration: pd.DataFrame, holdout: pd.DataFrame, predi
         "model": predictions["expected_revenue"].to_numpy(),
         "historic spend": calibration["total_spend"].to_numpy(),
     }
-    run_logging.log_figure(plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png")
+    run_logging.log_figure(
+        lambda: plots.gains_chart(curves, holdout["revenue"].to_numpy()), "plots/gains_chart.png"
+    )
 
 
 def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split, calibration: pd.DataFrame) -> None:
@@ -628,8 +634,10 @@ def _log_tracking(model: CLVModel, orders: pd.DataFrame, split: Split, calibrati
         lambda ages: expected_repeat_purchases(model.params_, ages, design),
     )
     run_logging.log_table(table, "evaluation/cumulative_repeat_purchases.csv")
-    figure = plots.cumulative_tracking(table, split.calibration_end)
-    run_logging.log_figure(figure, "plots/cumulative_repeat_purchases.png")
+    run_logging.log_figure(
+        lambda: plots.cumulative_tracking(table, split.calibration_end),
+        "plots/cumulative_repeat_purchases.png",
+    )
 
 
 def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split) -> None:
@@ -642,7 +650,10 @@ def _log_model_matrices(model: CLVModel, calibration: pd.DataFrame, split: Split
     ):
         matrix = holdout_metrics.grid_matrix(grid, outputs[column])
         run_logging.log_table(matrix, f"evaluation/{column}_matrix.csv")
-        run_logging.log_figure(plots.matrix_heatmap(matrix, title, column), f"plots/{column}_matrix.png")
+        run_logging.log_figure(
+            lambda: plots.matrix_heatmap(matrix, title, column),  # noqa: B023 (drawn before the next pass)
+            f"plots/{column}_matrix.png",
+        )
 
 
 def _judge_clv_champion(

@@ -110,8 +110,9 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     run_logging.configure(cfg.tracking.uri)
     orders, report = load_orders(cfg.data)
     results = {}
-    for scoring in scorings:
-        results[str(scoring.path)] = monitor_scoring(cfg, scoring, orders, report.last_date)
+    with run_logging.figures(cfg.tracking.plots):
+        for scoring in scorings:
+            results[str(scoring.path)] = monitor_scoring(cfg, scoring, orders, report.last_date)
     return results
 
 
@@ -207,7 +208,8 @@ def _log_drift(
         mlflow.set_tag("monitor.drift_columns", ", ".join(shifted.index))
     run_logging.log_table(psi.to_frame(), "drift/psi.csv")
     run_logging.log_figure(
-        plots.population_stability(psi, thresholds.moderate_psi, thresholds.major_psi), "plots/drift.png"
+        lambda: plots.population_stability(psi, thresholds.moderate_psi, thresholds.major_psi),
+        "plots/drift.png",
     )
     log.info("monitor drift: %s (%s)", level, ", ".join(f"{k} {v:.3f}" for k, v in psi.items()))
     return {f"drift.psi.{column.replace(' ', '_')}": float(value) for column, value in psi.items()}
@@ -238,8 +240,8 @@ def _log_realised(
     outcomes = monitoring.segment_outcomes(scores["segment_name"], predictions, realised)
     run_logging.log_table(deciles, "monitor/churn_calibration_by_decile.csv")
     run_logging.log_table(outcomes, "monitor/segments.csv")
-    run_logging.log_figure(plots.churn_calibration(deciles), "plots/churn_calibration.png")
-    run_logging.log_figure(plots.retention_by_segment(outcomes), "plots/retention_by_segment.png")
+    run_logging.log_figure(lambda: plots.churn_calibration(deciles), "plots/churn_calibration.png")
+    run_logging.log_figure(lambda: plots.retention_by_segment(outcomes), "plots/retention_by_segment.png")
 
     trained = MlflowClient().get_run(clv_run_id).data.metrics
     own = {k.removeprefix(WATCHED_PREFIX): v for k, v in trained.items() if k.startswith(WATCHED_PREFIX)}

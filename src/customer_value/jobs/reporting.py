@@ -16,6 +16,7 @@ from customer_value.evaluation import plots
 from customer_value.evaluation.segment_report import ReportInputs, render
 from customer_value.models.segments.migration import transition_matrix
 from customer_value.models.segments.segmentation import profile
+from customer_value.tracking import run_logging
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +84,22 @@ def scoring_report(
     transitions: pd.DataFrame | None = None,
     outcomes: pd.DataFrame | None = None,
 ) -> str:
-    """The page for one scoring, with its plots."""
-    figures = {
-        "Segment size and value share": plots.segment_sizes(segment_profile),
-        "Segment profiles": plots.profile_heatmap(segment_profile),
-    }
-    if outcomes is not None:
-        figures["Retention, predicted and realised"] = plots.retention_by_segment(outcomes)
+    """The page for one scoring, with its plots (none when the job turned figures off)."""
     migration = None
     if transitions is not None and len(transitions):
         migration = migration_by_segment(transitions)
-        figures["Migration since the previous scoring"] = plots.migration_heatmap(
-            transition_matrix(transitions, "share_of_from")
-        )
+    figures = {}
+    if run_logging.figures_on():
+        figures = {
+            "Segment size and value share": plots.segment_sizes(segment_profile),
+            "Segment profiles": plots.profile_heatmap(segment_profile),
+        }
+        if outcomes is not None:
+            figures["Retention, predicted and realised"] = plots.retention_by_segment(outcomes)
+        if migration is not None:
+            figures["Migration since the previous scoring"] = plots.migration_heatmap(
+                transition_matrix(transitions, "share_of_from")
+            )
     inputs = ReportInputs(title, facts, segment_profile, outcomes, migration, figures)
     return render(inputs)
 

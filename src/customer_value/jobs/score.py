@@ -374,10 +374,11 @@ def score(cfg: DictConfig) -> Path | str:
     if previous is not None:
         transitions = transition_table(previous, table)
         write_table_atomically(transitions, reporting.migration_path(output))
-    report = None
-    if cfg.score.report:
-        report = _write_report(cfg, table, pd.concat(profiled), transitions, output)
-    _log_scoring_run(cfg, table, transitions, report)
+    with run_logging.figures(cfg.tracking.plots):
+        report = None
+        if cfg.score.report:
+            report = _write_report(cfg, table, pd.concat(profiled), transitions, output)
+        _log_scoring_run(cfg, table, transitions, report)
     log.info(
         f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
@@ -442,7 +443,7 @@ def _log_scoring_run(
             run_logging.log_metrics(summary)
             run_logging.log_table(transitions, "migration/transitions.csv")
             matrix = transition_matrix(transitions, "share_of_from")
-            run_logging.log_figure(plots.migration_heatmap(matrix), "plots/migration.png")
+            run_logging.log_figure(lambda: plots.migration_heatmap(matrix), "plots/migration.png")
             log.info(
                 "migration: %s customers followed, %.1f%% changed segment",
                 f"{summary['migration.customers_matched']:,.0f}",

@@ -150,23 +150,26 @@ def train_segments(
     mlflow.set_tags({f"segment.{s}": name for s, name in model.names_.items()})
     table = segment_profile(features, segments, model.names_, dict(seg.actions), clv_outputs)
     run_logging.log_table(table, "segments/profile.csv")
-    # Drawn once, for the run's plots and the report's images alike.
-    figures = {
-        "Segment size and value share": figure_png(plots.segment_sizes(table)),
-        "Segment profiles": figure_png(plots.profile_heatmap(table)),
-    }
-    run_logging.log_png(figures["Segment size and value share"], "plots/segment_sizes.png")
-    run_logging.log_png(figures["Segment profiles"], "plots/segment_profile_heatmap.png")
+    figures = {}
+    if run_logging.figures_on():  # drawn once, for the run's plots and the report's images alike
+        figures = {
+            "Segment size and value share": figure_png(plots.segment_sizes(table)),
+            "Segment profiles": figure_png(plots.profile_heatmap(table)),
+        }
+        run_logging.log_png(figures["Segment size and value share"], "plots/segment_sizes.png")
+        run_logging.log_png(figures["Segment profiles"], "plots/segment_profile_heatmap.png")
     facts = {"data": cfg.data.name, "as of": str(as_of.date()), "customers": f"{len(features):,}"}
     facts["model"] = f"{seg.algorithm}, {len(sizes)} segments"
     page = ReportInputs(f"Customer segments as of {as_of.date()} (training)", facts, table, figures=figures)
     mlflow.log_text(render(page), REPORT_ARTIFACT)
-    points, sampled, explained = projection_2d(model, features, cfg.seed)
+    if run_logging.figures_on():
+        points, sampled, explained = projection_2d(model, features, cfg.seed)
+        run_logging.log_figure(
+            lambda: plots.segment_projection(points, sampled, model.names_, explained),
+            "plots/segment_projection.png",
+        )
     run_logging.log_figure(
-        plots.segment_projection(points, sampled, model.names_, explained), "plots/segment_projection.png"
-    )
-    run_logging.log_figure(
-        plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
+        lambda: plots.segment_scatter(features, segments, model.names_, cfg.seed), "plots/segments.png"
     )
     log.info(
         "segments (%s, k=%d): silhouette %.3f, Davies-Bouldin %.3f, bootstrap ARI %.3f, sizes %s",
@@ -293,7 +296,7 @@ def _fit_substantial(
                 curves, seg.min_share, seg.min_segments, seg.min_distinctness
             )
             run_logging.log_table(curves, "segments/k_selection.csv")
-            run_logging.log_figure(plots.k_selection(curves, seg.k_rule), "plots/k_selection.png")
+            run_logging.log_figure(lambda: plots.k_selection(curves, seg.k_rule), "plots/k_selection.png")
             run_logging.log_metrics(
                 {
                     f"k_selection.{column}.k{k}": float(value)

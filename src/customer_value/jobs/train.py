@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     clv_tags = run_tags(cfg.tracking.clv_experiment)
-    with contextlib.ExitStack() as engine:  # engine=spark: the session lives until both runs have ended
+    # engine=spark: the session lives until both runs have ended
+    with contextlib.ExitStack() as engine, run_logging.figures(cfg.tracking.plots):
         with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
             log_config(cfg)
             orders, report, base = _training_data(cfg, engine)

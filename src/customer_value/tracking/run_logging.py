@@ -10,8 +10,9 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +205,28 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
     mlflow.log_metrics({metric_key(f"{prefix}{k}"): float(v) for k, v in metrics.items() if v == v})
 
 
-def log_figure(figure: Figure, artifact_file: str) -> None:
-    mlflow.log_figure(figure, artifact_file)
+# tracking.plots of the job running: false = no figure drawn (a train's ~12 take ~3 s on 800 customers).
+_FIGURES_ON: ContextVar[bool] = ContextVar("figures_on", default=True)
+
+
+@contextmanager
+def figures(enabled: bool) -> Iterator[None]:
+    """The job's ``tracking.plots`` for every figure logged or embedded inside this block."""
+    token = _FIGURES_ON.set(enabled)
+    try:
+        yield
+    finally:
+        _FIGURES_ON.reset(token)
+
+
+def figures_on() -> bool:
+    return _FIGURES_ON.get()
+
+
+def log_figure(draw: Callable[[], Figure], artifact_file: str) -> None:
+    """``draw()``'s figure logged as a PNG; not drawn at all when the job turned figures off."""
+    if figures_on():
+        mlflow.log_figure(draw(), artifact_file)
 
 
 def log_png(png: bytes, artifact_file: str) -> None:
