@@ -23,6 +23,7 @@ from customer_value.data.loading import load_transactions
 from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
+from customer_value.jobs.reporting import REPORT_ARTIFACT
 from customer_value.jobs.score import score, score_customers, write_chunks_atomically
 from customer_value.jobs.train import train
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
@@ -561,6 +562,17 @@ def test_scoring_with_a_previous_output_writes_and_logs_the_migration(
     assert run["status"] == "FINISHED" and run["metrics.migration.customers_matched"] == len(before)
     logged = mlflow.artifacts.load_text(f"runs:/{run['run_id']}/migration/transitions.csv")
     assert not any(customer in logged for customer in after["customer_id"].head(50))  # aggregates only
+    client = MlflowClient()
+    assert "plots/migration.png" in {a.path for a in client.list_artifacts(run["run_id"], "plots")}
+    assert later.with_name("later.report.html").read_text().count("<img") == 3  # sizes, profiles, migration
+
+    # The training ran with tracking.plots=false: tables and the report as usual, no figure drawn.
+    for experiment in ("customer-clv", "customer-segments"):
+        trained = _runs(experiment).iloc[-1]["run_id"]
+        logged_folders = {a.path for a in client.list_artifacts(trained)}
+        assert "plots" not in logged_folders and "config" in logged_folders
+    page = mlflow.artifacts.load_text(f"runs:/{trained}/{REPORT_ARTIFACT}")
+    assert "<img" not in page and "<h2>Plots</h2>" not in page and "<h2>Segments</h2>" in page
 
 
 def test_value_based_segments_on_attributes_train_audit_and_score(
