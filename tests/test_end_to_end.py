@@ -832,24 +832,3 @@ def test_a_path_full_of_shell_syntax_is_only_ever_a_file_name(
     metrics = train(_compose("train", [*overrides, "clv.backtest.folds=0", "clv.intervals.draws=0"]))
     assert metrics["holdout.churn_auc"] > 0.5
     assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
-
-
-def test_heavy_tailed_spend_trains_with_defaults_and_says_what_it_did(
-    tracking_uri: str, tmp_path: Path
-) -> None:
-    """The corpus shape whose Gamma-Gamma fit has q <= 1 used to fail `train` with the defaults ("every
-    fallback failed (spend penalizer 0.0: ... q=0.727 <= 1 ...)"); now the spend model is mean-constrained,
-    the run says so in a tag and a metric, and the registered model scores."""
-    from customer_value.data.log_shapes import generate_shape
-
-    orders_csv = tmp_path / "orders.csv"
-    generate_shape("heavy_tailed_spend").to_csv(orders_csv, index=False)
-    overrides = _overrides(orders_csv, tracking_uri, tmp_path)
-    metrics = train(_compose("train", overrides))
-    assert metrics["fit.spend_mean_constrained"] == 1.0 and metrics["fitted.q"] > 1
-    run = _runs("customer-clv").iloc[-1]
-    assert run["status"] == "FINISHED"
-    assert run["tags.clv.spend_fallback"].startswith("mean-constrained Gamma-Gamma (plain fit had q <= 1)")
-    assert "spend 0.0: converged mean-constrained" in run["tags.clv.fit_attempts"]
-    scores = score_customers(_compose("score", [*overrides, "score.intervals=false"]))
-    assert np.isfinite(scores[["expected_order_value", "expected_revenue", "clv"]].to_numpy()).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -49,6 +50,16 @@ def test_every_shape_trains_registers_and_scores_with_the_defaults(
     assert metrics["segments.n_segments"] >= 3
     assert metrics["segments.smallest_segment_share"] >= 0.05
     assert metrics["segments.min_distinctness"] >= 0.5
+    if shape == "heavy_tailed_spend":
+        # Its plain Gamma-Gamma fit has q <= 1 (it used to fail `train` with the defaults: "every fallback
+        # failed (spend penalizer 0.0: ... q=0.727 <= 1 ...)"); the spend model is mean-constrained instead,
+        # and the run says so in a tag and a metric.
+        assert metrics["fit.spend_mean_constrained"] == 1.0 and metrics["fitted.q"] > 1
+        run = client.search_runs([client.get_experiment_by_name("customer-clv").experiment_id])[0]
+        assert run.data.tags["clv.spend_fallback"].startswith(
+            "mean-constrained Gamma-Gamma (plain fit had q <= 1)"
+        )
+        assert "spend 0.0: converged mean-constrained" in run.data.tags["clv.fit_attempts"]
     if shape == "single_day_cohort" and "btyd.aggregate_revenue_error_pct" in metrics:
         # The apparel cohort of the issue: no layer makes the purchase model's aggregate revenue worse.
         with_layers, plain = (abs(metrics[f"{p}.aggregate_revenue_error_pct"]) for p in ("holdout", "btyd"))
@@ -60,6 +71,7 @@ def test_every_shape_trains_registers_and_scores_with_the_defaults(
     assert len(table) == orders["customer_id"].nunique() and table["customer_id"].is_unique
     assert table["segment_name"].notna().all() and table["churn_probability"].between(0, 1).all()
     has_values = set(VALUE_COLUMNS) <= set(table.columns)
+    assert not has_values or np.isfinite(table[VALUE_COLUMNS].to_numpy()).all()
     assert has_values == LOG_SHAPES[shape].has_amounts  # no amounts: value columns left out, not zero
     row = report_row(shape, metrics, table)
     assert row["customers"] == len(table) and row["segments"] == metrics["segments.n_segments"]
