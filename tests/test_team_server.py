@@ -22,6 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from customer_value.jobs import postgres_cluster, server
+from customer_value.jobs import score as score_job
+from customer_value.jobs import train as train_job
 from test_end_to_end import PLUMBING_ONLY
 
 
@@ -51,13 +53,6 @@ def _server(command: str, folder: Path, *args: str, database_url: str | None = N
         text=True,
         timeout=300,
         env=env,
-    )
-
-
-def _cli(module: str, args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )
 
 
@@ -111,8 +106,9 @@ def _postgres_rows(backend_store_uri: str, query: str) -> list[tuple]:
 
 @pytest.mark.slow
 def test_train_register_score_against_the_team_server(
-    team_server: dict, orders_csv: Path, tmp_path: Path
+    team_server: dict, orders_csv: Path, tmp_path: Path, job
 ) -> None:
+    """Train and score as their commands do (in this process: ``job``) against the server over HTTP."""
     uri = team_server["tracking_uri"]
     assert team_server["backend_store_uri"].startswith("postgresql+psycopg2://postgres:")
     assert _postgres_rows(team_server["backend_store_uri"], "SELECT version()")[0][0].startswith("PostgreSQL")
@@ -120,8 +116,8 @@ def test_train_register_score_against_the_team_server(
         assert Path(team_server["pgdata"]).stat().st_uid == pwd.getpwnam("postgres").pw_uid
     local_artifacts = tmp_path / "local-artifacts"  # only a local store may use tracking.artifact_root
     data = ["data=file", f"data.path={orders_csv}"]
-    trained = _cli(
-        "customer_value.train",
+    trained = job(
+        train_job.main,
         [*data, f"tracking.artifact_root={local_artifacts}", *PLUMBING_ONLY],
         tmp_path,
         uri,
@@ -151,9 +147,7 @@ def test_train_register_score_against_the_team_server(
     ]
 
     output = tmp_path / "scores.csv"
-    scored = _cli(
-        "customer_value.score", [*data, f"score.output={output}", "score.intervals=false"], tmp_path, uri
-    )
+    scored = job(score_job.main, [*data, f"score.output={output}", "score.intervals=false"], tmp_path, uri)
     assert scored.returncode == 0, scored.stderr[-3000:]
     table = pd.read_csv(output)
     assert len(table) == 800 and table["customer_id"].is_unique
