@@ -378,6 +378,7 @@ def test_auto_on_cdnow_picks_pareto_nbd_and_beats_every_anchor(tracking_uri: str
                 "segmentation.k_values=[]",
                 "segmentation.n_clusters=4",
                 "segmentation.stability.bootstrap_resamples=0",
+                "tracking.plots=false",
             ],
         )
     )
@@ -470,7 +471,7 @@ def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
     for name, frame in (("clean", orders), ("tampered", tampered)):
         path = tmp_path / f"{name}.csv"
         frame.to_csv(path, index=False)
-        train(_compose("train", [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0"]))
+        train(_compose("train", [*_overrides(path, tracking_uri, tmp_path), *PLUMBING_ONLY]))
         latest = max(int(v.version) for v in MlflowClient().search_model_versions("name='customer-clv'"))
         specs.append(mlflow.pyfunc.load_model(f"models:/customer-clv/{latest}").unwrap_python_model().spec)
         run = _runs("customer-clv").iloc[-1]
@@ -501,7 +502,8 @@ def test_a_segmentation_that_is_not_substantial_fails_the_run_and_registers_noth
 def test_segments_run_logs_k_selection_and_stability(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
-    metrics = train(_compose("train", [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation=gmm"]))
+    overrides = [*_overrides(orders_csv, tracking_uri, tmp_path), "segmentation=gmm", "tracking.plots=false"]
+    metrics = train(_compose("train", overrides))
     run = _runs("customer-segments").iloc[-1]
     curves = pd.read_csv(
         mlflow.artifacts.download_artifacts(f"runs:/{run['run_id']}/segments/k_selection.csv")
@@ -525,6 +527,7 @@ def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
         *_overrides(orders_csv, tracking_uri, tmp_path),
         "segmentation.selection_sample=300",
         "clv.intervals.evaluation_sample=200",
+        "tracking.plots=false",
     ]
     metrics = train(_compose("train", overrides))
     assert metrics["holdout.interval_customers"] == 200
@@ -597,6 +600,7 @@ def test_value_based_segments_on_attributes_train_audit_and_score(
         "segmentation.attributes.numeric=[employees]",
         "segmentation.attributes.categorical=[region]",
         "segmentation.extra_features=[clv,churn_probability]",
+        "tracking.plots=false",
     ]
     train(_compose("train", overrides))
     run = _runs("customer-segments").iloc[-1]
@@ -663,6 +667,7 @@ def test_segments_on_purchase_regularity_train_and_score(
         *_overrides(orders_csv, tracking_uri, tmp_path),
         "clv.intervals.draws=0",
         "segmentation.extra_features=[regularity]",
+        "tracking.plots=false",
     ]
     metrics = train(_compose("train", overrides))
     assert -1 <= metrics["segments.stability.window_ari"] <= 1  # the earlier window gets its own regularity
@@ -680,7 +685,7 @@ def test_no_customer_id_reaches_mlflow_and_algorithms_share_metric_columns(
     orders = synthetic_orders.assign(customer_id="cust-secret-" + synthetic_orders["customer_id"].astype(str))
     path = tmp_path / "orders.csv"
     orders.to_csv(path, index=False)
-    overrides = [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0"]
+    overrides = [*_overrides(path, tracking_uri, tmp_path), "clv.intervals.draws=0", "tracking.plots=false"]
     train(_compose("train", overrides))
     train(_compose("train", [*overrides, "segmentation=rfm_quintiles", "segmentation.min_share=0.01"]))
 
@@ -742,7 +747,8 @@ def test_every_registered_version_carries_a_model_card(
         *trained_store.overrides,
     ]
     # another penalizer and another k than the trained store's, so each card compares two different models
-    metrics = train(_compose("train", [*overrides, "clv.penalizer=0.001", "segmentation.n_clusters=5"]))
+    changed = ["clv.penalizer=0.001", "segmentation.n_clusters=5", "tracking.plots=false"]
+    metrics = train(_compose("train", [*overrides, *changed]))
     client = MlflowClient()
     for name, metric in (
         ("customer-clv", "holdout.revenue_spearman"),
@@ -786,7 +792,7 @@ def test_same_data_config_and_seed_give_identical_models_and_segments(
         *trained_store.overrides,
     ]
     first = trained_store.metrics
-    second = train(_compose("train", overrides))
+    second = train(_compose("train", [*overrides, "tracking.plots=false"]))  # figures change no model
     fitted = {k: v for k, v in first.items() if k.startswith(("fitted.", "refit.", "segments."))}
     assert len(fitted) > 10 and fitted == {k: second[k] for k in fitted}
     specs = [mlflow.pyfunc.load_model(f"models:/customer-clv/{v}").unwrap_python_model().spec for v in (1, 2)]
@@ -829,6 +835,7 @@ def test_a_path_full_of_shell_syntax_is_only_ever_a_file_name(
     synthetic_orders.to_csv(path, index=False)
     overrides = _overrides(path, tracking_uri, tmp_path)
     overrides[1] = f"data.path='{path}'"
-    metrics = train(_compose("train", [*overrides, "clv.backtest.folds=0", "clv.intervals.draws=0"]))
+    plumbing = ["clv.backtest.folds=0", "clv.intervals.draws=0", "tracking.plots=false"]
+    metrics = train(_compose("train", [*overrides, *plumbing]))
     assert metrics["holdout.churn_auc"] > 0.5
     assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
