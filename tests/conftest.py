@@ -186,10 +186,11 @@ def covariate_store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path)
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended: its exit status and what it wrote to stderr."""
+    """How a job ended: its exit status and what it wrote to stderr (and stdout)."""
 
     returncode: int
     stderr: str
+    stdout: str = ""
 
 
 @pytest.fixture()
@@ -214,7 +215,8 @@ def job(
             code = 0
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else 1
-        return Outcome(code, capsys.readouterr().err)
+        written = capsys.readouterr()
+        return Outcome(code, written.err, written.out)
 
     return run
 

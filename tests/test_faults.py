@@ -18,6 +18,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from customer_value.jobs import score as score_job
+from customer_value.jobs import train as train_job
 from customer_value.jobs.entrypoint import STOPPED
 from test_end_to_end import PLUMBING_ONLY
 
@@ -50,7 +52,7 @@ def _versions(uri: str) -> dict[str, list[str]]:
 
 
 def test_train_killed_mid_run_registers_nothing_and_the_next_run_works(
-    trained_store, trained_tracking_uri: str, tmp_path: Path
+    trained_store, trained_tracking_uri: str, tmp_path: Path, job
 ) -> None:
     orders_csv, tracking_uri = trained_store.orders_csv, trained_tracking_uri
     before = _versions(tracking_uri)
@@ -73,11 +75,9 @@ def test_train_killed_mid_run_registers_nothing_and_the_next_run_works(
     assert _versions(tracking_uri) == before
     assert MlflowClient().get_model_version_by_alias("customer-clv", "champion").version == champion
 
-    after = subprocess.run(
-        [*_train_command(orders_csv, tmp_path), *PLUMBING_ONLY],
-        env=_env(tracking_uri),
-        capture_output=True,
-        text=True,
+    # The next job (its command's main, in this process) finds the killed one's process gone.
+    after = job(
+        train_job.main, [*_train_command(orders_csv, tmp_path)[3:], *PLUMBING_ONLY], tmp_path, tracking_uri
     )
     assert after.returncode == 0, after.stderr
     assert all(len(v) == len(before[m]) + 1 for m, v in _versions(tracking_uri).items())
@@ -188,7 +188,7 @@ def _score_writing(uri: str, store: Path, orders_csv: Path, output: Path) -> sub
 
 
 def test_score_killed_mid_write_leaves_no_output_and_the_next_score_cleans_up(
-    faults_store: tuple[str, Path, Path], tmp_path: Path
+    faults_store: tuple[str, Path, Path], tmp_path: Path, job
 ) -> None:
     uri, store, orders_csv = faults_store
     output = tmp_path / "scores.parquet"
@@ -199,9 +199,9 @@ def test_score_killed_mid_write_leaves_no_output_and_the_next_score_cleans_up(
     assert not output.exists()
     assert len(list(tmp_path.glob(".scores.parquet.*.tmp"))) == 1  # hidden, and named after its process
 
-    after = subprocess.run(
-        _score_command(orders_csv, store, output), env=_env(uri), capture_output=True, text=True
-    )
+    after = job(
+        score_job.main, _score_command(orders_csv, store, output)[3:], tmp_path, uri
+    )  # in this process
     assert after.returncode == 0, after.stderr[-3000:]
     assert output.exists() and not list(tmp_path.glob(".scores.parquet.*.tmp"))
     assert "left by an ended process" in after.stdout + after.stderr
