@@ -143,40 +143,17 @@ def spark_champion(
 
 
 @pytest.mark.slow
-def test_spark_scores_equal_pandas_scores(
-    spark, spark_champion: tuple[list[str], str], tmp_path: Path
-) -> None:
-    """The champion scored in this session at a horizon other than its default, intervals included."""
-    data, _ = spark_champion
-    scoring = [*data, "score.horizon_days=90"]
-    expected = score_customers(_compose("score", scoring))
-    output = tmp_path / "out" / "scores.parquet"
-    written = score(_compose("score", [*scoring, "engine=spark", f"score.output={output}"]))
-    assert written == output.as_uri()
-    assert [p.name for p in output.parent.iterdir()] == ["scores.parquet"]  # no staging leftovers
-    actual = pd.read_parquet(output).sort_values("customer_id", ignore_index=True)
-
-    assert list(actual.columns) == list(expected.columns)
-    assert set(INTERVAL_COLUMNS) <= set(actual.columns)
-    assert len(actual) == len(expected) == 800
-    assert actual["customer_id"].tolist() == expected["customer_id"].tolist()
-    _assert_same_columns(actual, expected)
-    assert actual["next_purchase_date"].notna().any() and actual["segment"].nunique() > 1
-
-
-@pytest.mark.slow
-def test_the_spark_score_command_writes_the_same_table(
+def test_the_spark_score_command_writes_the_pandas_table(
     spark_champion: tuple[list[str], str], tmp_path: Path
 ) -> None:
-    """The command a user runs: its own local session (started and stopped by the job), the same table as
-    the pandas engine's at an earlier as_of (orders after it ignored the same way), at the default horizon
-    and without the intervals (the in-session test compares another horizon and the intervals). One core:
-    one executor Python to start and load the models in, beside the test's own session."""
+    """The command a user runs, with its own local session (started and stopped by the job): the pandas
+    engine's table at an earlier as_of (orders after it ignored the same way) and a horizon other than the
+    champion's default, intervals included, written without staging leftovers. One core: one executor
+    Python to start and load the models in, beside the module's own session."""
     data, tracking_uri = spark_champion
-    scoring = [*data, "score.as_of=2024-03-01"]
-    expected = score_customers(_compose("score", [*scoring, "score.intervals=false"]))
-    expected = expected.sort_values("customer_id", ignore_index=True)
-    cli_output = tmp_path / "cli" / "scores.parquet"
+    scoring = [*data, "score.as_of=2024-03-01", "score.horizon_days=90"]
+    expected = score_customers(_compose("score", scoring)).sort_values("customer_id", ignore_index=True)
+    output = tmp_path / "cli" / "scores.parquet"
     result = subprocess.run(
         [
             sys.executable,
@@ -186,8 +163,7 @@ def test_the_spark_score_command_writes_the_same_table(
             "engine=spark",
             "engine.master='local[1]'",
             "+engine.conf.spark.sql.shuffle.partitions=2",
-            "score.intervals=false",
-            f"score.output={cli_output}",
+            f"score.output={output}",
         ],
         cwd=tmp_path,
         env=os.environ | {"MLFLOW_TRACKING_URI": tracking_uri},
@@ -196,11 +172,14 @@ def test_the_spark_score_command_writes_the_same_table(
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    from_cli = pd.read_parquet(cli_output).sort_values("customer_id", ignore_index=True)
-    assert not set(INTERVAL_COLUMNS) & set(from_cli.columns)
+    assert f"-> {output.as_uri()}" in result.stdout + result.stderr
+    assert [p.name for p in output.parent.iterdir()] == ["scores.parquet"]  # no staging leftovers
+    from_cli = pd.read_parquet(output).sort_values("customer_id", ignore_index=True)
+    assert set(INTERVAL_COLUMNS) <= set(from_cli.columns)
     assert list(from_cli.columns) == list(expected.columns) and len(from_cli) == len(expected) < 800
+    assert from_cli["customer_id"].tolist() == expected["customer_id"].tolist()
     _assert_same_columns(from_cli, expected)
-    assert from_cli["segment"].nunique() > 1
+    assert from_cli["next_purchase_date"].notna().any() and from_cli["segment"].nunique() > 1
 
 
 def _string_ids(orders: pd.DataFrame) -> pd.DataFrame:
