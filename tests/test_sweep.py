@@ -133,6 +133,7 @@ def test_optuna_search_runs_trials_as_child_runs_and_registers_the_best(
         ],
         tmp_path,
         uri,
+        parallel=False,  # the joblib launcher is the test above's; trials in the sweep's process here
     )
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
