@@ -28,11 +28,23 @@ from customer_value.data.synthetic import generate_orders  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Modules whose module-scoped fixture is a server or a JVM (10-30 s to start): run first, so that they stay
+# on the first worker. Stealing takes tests from the end of a worker's queue; left in the middle, the Spark
+# module was split between both workers and started two sessions.
+SHARED_START_MODULES = ("test_spark_scoring.py", "test_team_server.py", "test_serving.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first, each group in collection order. pytest-xdist's worksteal hands each worker a
-    contiguous range and never steals a worker's last two tests: with the sweeps and the team server last
-    (alphabetical), a worker could sit idle for a minute and a half at the end while the other ran them."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Slow tests first (those of SHARED_START_MODULES before the rest), each group in collection order.
+    pytest-xdist's worksteal hands each worker a contiguous range and never steals a worker's last two
+    tests: with the sweeps and the team server last (alphabetical), a worker could sit idle for a minute and
+    a half at the end while the other ran them."""
+
+    def rank(item: pytest.Item) -> tuple[bool, bool]:
+        slow = item.get_closest_marker("slow") is not None
+        return (not slow, item.path.name not in SHARED_START_MODULES)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
