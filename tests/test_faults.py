@@ -41,7 +41,19 @@ def _train_command(orders_csv: Path, folder: Path, artifact_root: Path | None = 
 
 
 def _env(uri: str) -> dict[str, str]:
-    return os.environ | {"MLFLOW_TRACKING_URI": uri}
+    # faulthandler: a job that hangs can be made to print every thread's stack (``_stderr_once_ended``)
+    return os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONFAULTHANDLER": "1"}
+
+
+def _stderr_once_ended(job: subprocess.Popen, timeout: float = 120) -> str:
+    """The job's stderr after it ended; one still running after ``timeout`` s fails the test with the
+    stacks of all its threads (SIGABRT: faulthandler prints them), to show where it hung."""
+    try:
+        return job.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        job.send_signal(signal.SIGABRT)
+        _, stderr = job.communicate(timeout=60)
+        pytest.fail(f"the job still ran {timeout:.0f} s after SIGTERM; its threads:\n{stderr[-8000:]}")
 
 
 def _versions(uri: str) -> dict[str, list[str]]:
@@ -267,7 +279,7 @@ def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
         if "clv.layers." in line:
             break
     train.send_signal(signal.SIGTERM)
-    _, stderr = train.communicate(timeout=120)
+    stderr = _stderr_once_ended(train)
     assert train.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [f"error: {STOPPED}"]
     runs = mlflow.search_runs(experiment_names=list(EXPERIMENTS), order_by=["attributes.start_time DESC"])
@@ -277,6 +289,6 @@ def test_sigterm_unwinds_train_and_score_with_one_line_and_leaves_nothing(
     output = tmp_path / "scores.parquet"
     score = _score_writing(uri, store, orders_csv, output)
     score.send_signal(signal.SIGTERM)
-    _, stderr = score.communicate(timeout=120)
+    stderr = _stderr_once_ended(score)
     assert score.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
     assert not output.exists() and not list(tmp_path.glob(".scores.parquet*"))
