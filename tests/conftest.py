@@ -211,8 +211,9 @@ def job(
 ) -> Callable[[Callable[[], object], list[str], Path, str], Outcome]:
     """Run a job's ``main`` as its command would (``sys.argv``, working folder, environment) but in this
     process: a job's interpreter start is 7 s on a 2-core EPYC. An error that is not a user error reaches
-    stderr as Hydra's traceback (the tests refuse it) or escapes ``main`` and fails the test. The real
-    commands in child processes are test_end_to_end's test_cli_train_and_score and test_bad_inputs'."""
+    stderr as Hydra's traceback (the tests refuse it) or escapes ``main`` and fails the test. Tests where the
+    process is the point (the CLI train and score, one bad input, kills, SIGTERM, sweeps) start the real
+    commands instead."""
     from customer_value.schema import register_configs
 
     register_configs()

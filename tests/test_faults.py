@@ -211,9 +211,8 @@ def test_score_killed_mid_write_leaves_no_output_and_the_next_score_cleans_up(
     assert not output.exists()
     assert len(list(tmp_path.glob(".scores.parquet.*.tmp"))) == 1  # hidden, and named after its process
 
-    after = job(
-        score_job.main, _score_command(orders_csv, store, output)[3:], tmp_path, uri
-    )  # in this process
+    # The next score (its command's main, in this process) removes the killed one's temporary file.
+    after = job(score_job.main, _score_command(orders_csv, store, output)[3:], tmp_path, uri)
     assert after.returncode == 0, after.stderr[-3000:]
     assert output.exists() and not list(tmp_path.glob(".scores.parquet.*.tmp"))
     assert "left by an ended process" in after.stdout + after.stderr
