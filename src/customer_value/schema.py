@@ -89,11 +89,26 @@ class BacktestConfig:
 
 @dataclass
 class LayersConfig:
-    churn: bool = True  # learned churn layer on RFM + BTYD outputs (see churn_layer.py)
+    churn: bool = False  # the churn layer alone (needs clv.churn.select=false; it is one of its candidates)
     value: bool = True  # learned value layer on RFM + BTYD outputs (see value_layer.py)
     # Days before the calibration end; derived from the calibration window when they do not fit it.
     inner_horizons_days: list[int] = field(default_factory=lambda: [91, 133, 182])
     check: bool = True  # keep a layer only if it beats the purchase model on a check (layer_selection)
+
+
+@dataclass
+class ChurnConfig:
+    """The churn output: chosen per horizon band among candidates (see models/clv/churn_selection.py)."""
+
+    select: bool = True  # false: the purchase model's own probability (or clv.layers.churn's layer)
+    # Band horizons (days): each band's candidate is chosen on windows this long (or the longest that fit).
+    horizons_days: list[int] = field(default_factory=lambda: [91, 182, 273, 365])
+    candidates: list[str] = field(
+        default_factory=lambda: ["purchase_model", "recency", "recency_frequency_tenure", "layer"]
+    )
+    folds: int = 2  # backtest windows per band, ending step_days apart (fewer when the history is short)
+    step_days: int = 91
+    gate: bool = True  # a model whose holdout churn AUC loses to a baseline beyond its interval: challenger
 
 
 @dataclass
@@ -129,6 +144,7 @@ class CLVConfig:
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
     intervals: IntervalsConfig = field(default_factory=IntervalsConfig)
     covariates: CovariatesConfig = field(default_factory=CovariatesConfig)
 
@@ -291,6 +307,8 @@ OPTIMIZABLE_METRICS = (
 REVENUE_METRICS = ("holdout.revenue_spearman", "holdout.top_decile_revenue_capture")
 PURCHASE_ONLY_GATE_METRIC = "holdout.churn_auc"
 CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+# Keys of models/clv/churn_selection.CANDIDATES (a test keeps them equal; no model import at config time).
+CHURN_CANDIDATES = ("purchase_model", "recency", "recency_frequency_tenure", "layer")
 HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # as clv.HEAVY_TAIL_SPEND (schema must not import lifetimes)
 
 
@@ -350,6 +368,22 @@ def validate_train_config(cfg: DictConfig) -> None:
             "clv.layers.inner_horizons_days must be a non-empty list of positive day counts",
         ),
         (cfg.clv.penalizer >= 0, "clv.penalizer must be >= 0"),
+        (
+            not (cfg.clv.churn.select and cfg.clv.layers.churn),
+            "clv.layers.churn=true needs clv.churn.select=false (the churn layer is one of its candidates)",
+        ),
+        (
+            len(cfg.clv.churn.horizons_days) > 0 and min(cfg.clv.churn.horizons_days) > 0,
+            "clv.churn.horizons_days must be a non-empty list of positive day counts",
+        ),
+        (
+            len(cfg.clv.churn.candidates) > 0 and set(cfg.clv.churn.candidates) <= set(CHURN_CANDIDATES),
+            f"clv.churn.candidates must be a non-empty subset of {list(CHURN_CANDIDATES)}",
+        ),
+        (
+            cfg.clv.churn.folds >= 1 and cfg.clv.churn.step_days > 0,
+            "clv.churn needs folds >= 1, step_days > 0",
+        ),
         (0 < cfg.clv.intervals.level < 1, "clv.intervals.level must be in (0, 1)"),
         (cfg.clv.intervals.draws >= 0, "clv.intervals.draws must be >= 0"),
         (cfg.clv.horizon_days > 0, "clv.horizon_days must be > 0"),

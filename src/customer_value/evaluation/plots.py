@@ -54,6 +54,20 @@ def _calibration(predicted: pd.Series, observed: pd.Series, ylabel: str, title: 
     return _laid_out(fig)
 
 
+def churn_reliability(tables: dict[str, pd.DataFrame]) -> Figure:
+    """Observed against predicted churn by decile for the model and each calibrated baseline (holdout)."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for name, table in tables.items():
+        ax.plot(table["predicted"], table["observed"], marker="o", label=name)
+    ax.set_xlabel("predicted churn probability")
+    ax.set_ylabel("observed churn rate (holdout)")
+    ax.set_title("Churn calibration: model and calibrated baselines")
+    ax.legend(loc="upper left", fontsize="small")
+    return _laid_out(fig)
+
+
 def cumulative_tracking(table: pd.DataFrame, calibration_end: pd.Timestamp) -> Figure:
     """Cumulative repeat purchases, actual vs model, with the calibration end marked."""
     fig = Figure(figsize=(8, 4))

@@ -9,7 +9,6 @@ the model so a later run can re-score this version on its own holdout (see ``reg
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import mlflow
 import numpy as np
@@ -25,11 +24,12 @@ from customer_value.data.features import (
     resolve_split,
 )
 from customer_value.data.loading import DataReport
-from customer_value.errors import ModelFitError
 from customer_value.evaluation import holdout_metrics, plots
 from customer_value.evaluation.backtest import backtest, plan_origins, summarise
 from customer_value.evaluation.drift import REFERENCE_ARTIFACT, reference_distribution
 from customer_value.evaluation.fairness import prediction_audit
+from customer_value.jobs.churn_stage import attach_churn_selection, churn_evidence
+from customer_value.jobs.family_choice import PurchaseCounts, choose_family
 from customer_value.jobs.stage import (
     Candidate,
     card_facts,
@@ -39,25 +39,21 @@ from customer_value.jobs.stage import (
     version_tags,
 )
 from customer_value.models.clv.btyd import model_inputs
-from customer_value.models.clv.covariates import COVARIATE_FAMILIES, encode, raw_columns
+from customer_value.models.clv.covariates import encode, raw_columns
 from customer_value.models.clv.inference import (
     covariate_table,
     likelihood_ratio_test,
     log_likelihood,
     parameter_table,
 )
-from customer_value.models.clv.inner_windows import choose_inner_horizons, inner_origins
 from customer_value.models.clv.layer_selection import select_layers
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.predict import expected_repeat_purchases
-from customer_value.schema import CLV_FAMILIES, TIME_UNITS_DAYS, clv_metric_for, parse_day
+from customer_value.schema import TIME_UNITS_DAYS, clv_metric_for, parse_day
 from customer_value.tracking import registry, run_logging
 from customer_value.tracking.pyfunc import clv_spec, spec_covariate_columns, spec_has_amounts
 
 log = logging.getLogger(__name__)
-
-# The whole base's purchase patterns as of a day (frequency, recency_days, T_days, customers).
-PurchaseCounts = Callable[[pd.Timestamp], pd.DataFrame]
 
 NO_AMOUNTS_NOTE = (
     "Purchase-only model: the log had no amounts (data.columns.amount=null), so there is no spend model "
@@ -91,7 +87,7 @@ def train_clv(
         }
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
-    family, model, scoring_model, predictions, metrics = _choose_family(
+    family, model, scoring_model, predictions, metrics = choose_family(
         cfg, settings, calibration, holdout, split, full_history, primary, orders, base
     )
     settings["family"] = family
@@ -99,8 +95,18 @@ def train_clv(
         mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
         metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
+    calibrated_baselines = {}
+    if cfg.clv.churn.select:
+        selection, calibrated_baselines = attach_churn_selection(
+            cfg, settings, model, orders, split, calibration
+        )
+        metrics |= selection
     predictions = model.predict(calibration, split.holdout_days)
     metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
+    evidence, blocked = churn_evidence(
+        cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
+    )
+    metrics |= evidence
     # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
     rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
     sampled = model.predict(calibration.iloc[rows], split.holdout_days, intervals=True)
@@ -123,6 +129,7 @@ def train_clv(
 
     if cfg.clv.refit_full_history:
         scoring_model.churn_layer_ = model.churn_layer_
+        scoring_model.churn_selector_ = model.churn_selector_
         scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     metrics |= _anchor_metrics(cfg, split, metrics)
@@ -179,8 +186,9 @@ def train_clv(
             {k: v for k, v in metrics.items() if k.startswith("holdout.")},
             ["clv", "features", "split"],
             window | {"data.calibration_customers": f"{len(calibration):,}"},
-            () if has_amounts else (NO_AMOUNTS_NOTE,),
+            _card_notes(model, has_amounts, blocked),
         ),
+        blocked=blocked,
     )
     today = full_history if full_history is not None else customer_features(orders, split.holdout_end)
     # What monitoring compares a later scoring base with (evaluation.drift): the base the registered model
@@ -191,6 +199,18 @@ def train_clv(
     if protected:
         _log_fairness_audit(outputs, customers[protected])
     return metrics, candidate, outputs
+
+
+def _card_notes(model: CLVModel, has_amounts: bool, blocked: str | None) -> tuple[str, ...]:
+    notes = [] if has_amounts else [NO_AMOUNTS_NOTE]
+    if model.churn_selector_ is not None:
+        notes.append(
+            "Churn probability by horizon band (the band nearest the asked horizon serves): "
+            + model.churn_selector_.describe()
+        )
+    if blocked is not None:
+        notes.append(f"Not eligible for champion: {blocked}.")
+    return tuple(notes)
 
 
 def covariate_columns(cfg: DictConfig) -> dict[str, list[str]] | None:
@@ -397,141 +417,6 @@ def _backtest(
         return {}
     run_logging.log_table(folds, "evaluation/backtest_folds.csv")
     return prefixed("backtest.", summarise(folds))
-
-
-def _choose_family(
-    cfg: DictConfig,
-    settings: dict[str, object],
-    calibration: pd.DataFrame,
-    holdout: pd.DataFrame,
-    split: Split,
-    full_history: pd.DataFrame | None,
-    primary: str,
-    orders: pd.DataFrame,
-    base: PurchaseCounts | None = None,
-) -> tuple[str, CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
-    """Fit the configured family, or with ``clv.family=auto`` choose one on an inner window first.
-
-    Returns the family, its calibration fit, its scoring fit (refit on ``full_history`` when given), the
-    holdout predictions and metrics. With ``auto`` every family is fitted on the calibration orders up to
-    an inner origin and scored with ``primary`` on what customers did between it and the calibration end
-    (``family.<name>.inner.<metric>``); only the best is then fitted on the calibration window, so the
-    holdout judges one model, not the best of three. The inner window is as long as the holdout when that
-    leaves enough history before it, else derived from the calibration window's length (the layers'
-    ``choose_inner_horizons``). When none fits the history, or no family can be fitted on it, the families
-    are compared on the holdout as before (optimistic: best of three), and tag ``clv.family_selection``
-    says so and why. A NaN score ranks last; a family whose fit fails is skipped (tag
-    ``clv.skipped_families``), and one that failed only on the inner window is tried last.
-    """
-    if cfg.clv.family != "auto":
-        family = cfg.clv.family
-        model, scoring, predictions, scores = _fit_family(
-            family, settings, calibration, holdout, split, full_history, base
-        )
-        return family, model, scoring, predictions, scores
-    skipped: dict[str, str] = {}
-    # Covariates: only the families that have a covariate model (MBG/NBD has none).
-    families = [f for f in CLV_FAMILIES if settings.get("covariates") is None or f in COVARIATE_FAMILIES]
-    inner, reason = _inner_family_window(orders, split)
-    metrics: dict[str, float] = {}
-    order: list[str] = []  # families to try on the calibration window, best on the inner window first
-    if inner is not None:
-        features, outcome = calibration_and_holdout(orders[orders["date"] <= split.calibration_end], inner)
-        inner_scores = {}
-        for family in families:  # three families at most
-            try:
-                model = CLVModel(family=family, **settings).fit(features)
-            except ModelFitError as exc:
-                skipped[family] = f"inner window: {exc}"
-                continue
-            scores = holdout_metrics.evaluate_clv(model.predict(features, inner.holdout_days), outcome)
-            inner_scores[family] = scores
-            metrics |= prefixed(f"family.{family}.inner.", scores)
-        inner_primary = primary.removeprefix("holdout.")
-        ranked = sorted(
-            inner_scores, key=lambda f: _finite_or_worst(inner_scores[f], inner_primary), reverse=True
-        )
-        if ranked:  # a family that failed on the inner window comes last: it may still fit the longer one
-            order = ranked + [family for family in families if family not in inner_scores]
-            window = f"{inner.calibration_end.date()}..{split.calibration_end.date()}"
-            mlflow.set_tag("clv.family_selection", f"inner_window {window} ({reason})"[:5000])
-        else:
-            reason = "no family could be fitted on the inner window"
-    chosen = None
-    if order:
-        for family in order:  # the best on the inner window that also fits the calibration window
-            try:
-                fitted = _fit_family(family, settings, calibration, holdout, split, full_history, base)
-            except ModelFitError as exc:
-                skipped[family] = str(exc)
-                continue
-            chosen = family
-            break
-    else:
-        mlflow.set_tag("clv.family_selection", f"holdout (best of the families; {reason})"[:5000])
-        candidates = {}
-        for family in families:
-            try:
-                candidates[family] = _fit_family(
-                    family, settings, calibration, holdout, split, full_history, base
-                )
-            except ModelFitError as exc:
-                skipped[family] = str(exc)
-        if candidates:
-            chosen = max(candidates, key=lambda f: _finite_or_worst(candidates[f][3], primary))
-            fitted = candidates[chosen]
-        if len(candidates) > 1:
-            for family, (*_, scores) in candidates.items():
-                metrics |= prefixed(f"family.{family}.", scores)
-    if skipped:
-        mlflow.set_tag("clv.skipped_families", "; ".join(f"{f}: {m}" for f, m in skipped.items())[:5000])
-        log.warning("clv=auto skipped %s", skipped)
-    if chosen is None:
-        raise ModelFitError(f"clv=auto: no family could be fitted ({skipped})")
-    mlflow.set_tag("clv.chosen_family", chosen)
-    model, scoring, predictions, scores = fitted
-    return chosen, model, scoring, predictions, scores | metrics
-
-
-def _finite_or_worst(scores: dict[str, float], metric: str) -> float:
-    """A family's score for ranking: a NaN or missing metric (no purchases in a short window) ranks last."""
-    value = scores.get(metric, np.nan)
-    return float(value) if np.isfinite(value) else -np.inf
-
-
-def _fit_family(
-    family: str,
-    settings: dict[str, object],
-    calibration: pd.DataFrame,
-    holdout: pd.DataFrame,
-    split: Split,
-    full_history: pd.DataFrame | None,
-    base: PurchaseCounts | None = None,
-) -> tuple[CLVModel, CLVModel, pd.DataFrame, dict[str, float]]:
-    """One family's calibration fit, scoring fit, holdout predictions and holdout metrics; with ``base``
-    the purchase model is fitted to the whole base's patterns of the same windows."""
-
-    def fit(table: pd.DataFrame, day: pd.Timestamp) -> CLVModel:
-        model = CLVModel(family=family, **settings)
-        return model.fit(table) if base is None else model.fit(table, base(day))
-
-    model = fit(calibration, split.calibration_end)
-    scoring = model if full_history is None else fit(full_history, split.holdout_end)
-    predictions = model.predict(calibration, split.holdout_days)
-    scores = prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
-    return model, scoring, predictions, scores
-
-
-def _inner_family_window(orders: pd.DataFrame, split: Split) -> tuple[Split | None, str]:
-    """The inner window clv=auto chooses its family on: as long as the holdout if that fits the history
-    before the calibration end, else the longest window derived from the calibration window's length."""
-    horizons, reason = choose_inner_horizons(
-        orders["date"].min(), split.calibration_end, [int(round(split.holdout_days))]
-    )
-    if not horizons:
-        return None, f"no inner window fits the history: {reason}"
-    why = "as long as the holdout" if reason == "configured" else reason
-    return inner_origins(split.calibration_end, [max(horizons)])[0], why
 
 
 def _fit_diagnostics(cfg: DictConfig, model: CLVModel) -> dict[str, float]:

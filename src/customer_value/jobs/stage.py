@@ -30,6 +30,7 @@ class Candidate:
     judge: Callable[[str], registry.ChampionJudgement]  # champion version -> its judgement
     tags: dict[str, str]
     card: CardFacts | None = None
+    blocked: str | None = None  # why this model may not take the alias (it loses to a baseline), or None
 
 
 def version_tags(cfg: DictConfig, report: DataReport) -> dict[str, str]:

@@ -63,6 +63,7 @@ def record_candidate(candidate: Candidate, judgement: registry.ChampionJudgement
         "tags": candidate.tags,
         "card": None if candidate.card is None else asdict(candidate.card),
         "judgement": None if judgement is None else asdict(judgement),
+        "blocked": candidate.blocked,
     }
     client.log_text(candidate.run_id, json.dumps(payload, indent=2, default=str), CANDIDATE_ARTIFACT)
     client.set_tag(candidate.run_id, "sweep.candidate.metric", candidate.metric)
@@ -145,6 +146,7 @@ def _register(best: Run, alias: str) -> registry.GateDecision:
         champion=judgement,
         tags=payload["tags"] | {"sweep.id": best.data.tags["sweep.id"]},
         card=card,
+        blocked=payload.get("blocked"),
     )
 
 

@@ -180,7 +180,10 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
         champion=judgement,
         tags=candidate.tags,
         card=candidate.card,
+        blocked=candidate.blocked,
     )
+    if candidate.blocked is not None:
+        log.warning("%s version %s is not champion: %s", candidate.name, decision.version, candidate.blocked)
     log.info(
         "%s version %s -> %s (%s %.4f: %s)",
         candidate.name,

@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from customer_value.models.clv.bounds import PredictionBoundError, check_horizon
 from customer_value.models.clv.btyd import CLVParams, input_columns
 from customer_value.models.clv.churn_layer import ChurnLayer
+from customer_value.models.clv.churn_selection import ChurnSelector
 from customer_value.models.clv.covariates import raw_columns
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.value_layer import ValueLayer
@@ -123,6 +124,9 @@ def clv_spec(
         "interval_level": float(scoring.interval_level),
         "interval_draws": int(scoring.interval_draws),
         "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
+        "churn_selector": None
+        if calibration.churn_selector_ is None
+        else calibration.churn_selector_.as_dict(),
         "value_layer": None if calibration.value_layer_ is None else calibration.value_layer_.as_dict(),
     }
 
@@ -147,9 +151,9 @@ def spec_has_amounts(spec: dict[str, Any]) -> bool:
 
 
 def clv_model_from_spec(spec: dict[str, Any], which: str, customers: pd.DataFrame | None = None) -> CLVModel:
-    """A CLVModel from a stored spec; layers are optional (first-release specs have none)."""
+    """A CLVModel from a stored spec; layers and the churn selector are optional (earlier specs lack them)."""
     churn, value = spec.get("churn_layer"), spec.get("value_layer")
-    return CLVModel.from_params(
+    model = CLVModel.from_params(
         CLVParams.from_dict(spec[which]),
         spec["discount_rate"],
         spec["discount_step_days"],
@@ -159,6 +163,9 @@ def clv_model_from_spec(spec: dict[str, Any], which: str, customers: pd.DataFram
         interval_draws=spec.get("interval_draws", 100),
         customers=customers,
     )
+    selector = spec.get("churn_selector")
+    model.churn_selector_ = None if selector is None else ChurnSelector.from_dict(selector)
+    return model
 
 
 class SegmentsPyfunc(mlflow.pyfunc.PythonModel):

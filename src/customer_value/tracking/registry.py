@@ -2,8 +2,10 @@
 
 Gate: a new version takes ``champion`` when there is none yet, or when its primary metric beats the
 current champion's **on the same evaluation data** (the caller re-scores the champion on this run's
-holdout); otherwise it takes ``challenger``. Ties keep the champion, and so does a champion that cannot be
-compared fairly (the caller says why, e.g. its fit has seen this holdout).
+holdout); otherwise it takes ``challenger``. A version its run blocked (its churn ranking loses to a
+baseline on its own holdout, see ``jobs.churn_stage``) always takes ``challenger``. Ties keep the
+champion, and so does a champion that cannot be compared fairly (the caller says why, e.g. its fit has
+seen this holdout).
 """
 
 from __future__ import annotations
@@ -174,8 +176,13 @@ class GateDecision:
             client.set_tag(run_id, f"registered.{key}", value)
 
 
-def decide(new_score: float, champion: ChampionJudgement | None) -> tuple[bool, str]:
-    """Whether the new version takes the alias (higher is better; ties keep the champion), and why."""
+def decide(
+    new_score: float, champion: ChampionJudgement | None, blocked: str | None = None
+) -> tuple[bool, str]:
+    """Whether the new version takes the alias (higher is better; ties keep the champion), and why.
+    ``blocked``: why the run found this model unfit to ship (it loses to a baseline); it never wins then."""
+    if blocked is not None:
+        return False, f"blocked: {blocked}"
     if champion is None:
         return True, "no champion yet"
     if champion.score is None:
@@ -195,14 +202,16 @@ def register_with_gate(
     champion: ChampionJudgement | None,
     tags: dict[str, str],
     card: CardFacts | None = None,
+    blocked: str | None = None,
 ) -> GateDecision:
     """Register ``model_uri`` as a new version of ``name`` and give it ``alias`` or ``challenger``.
 
-    With ``card``, the version also gets the model card: a description and ``card.*`` tags."""
+    With ``card``, the version also gets the model card: a description and ``card.*`` tags. ``blocked``
+    (the run's reason this model must not ship): ``challenger`` whatever the champion's score."""
     client = MlflowClient()
     all_tags = tags if card is None else tags | card_tags(card)
     version = str(mlflow.register_model(model_uri, name, tags=all_tags).version)
-    wins, reason = decide(new_score, champion)
+    wins, reason = decide(new_score, champion, blocked)
     decision = GateDecision(
         version=version,
         alias=alias if wins else CHALLENGER,

@@ -108,8 +108,16 @@ def fit_churn_layer(windows: list[InnerWindow], seed: int = 0) -> ChurnLayer:
             "shorten them or set clv.layers.churn=false"
         )
     names = LAYER_FEATURES if "monetary_value" in windows[0].features.columns else PURCHASE_ONLY_FEATURES
+    return fit_logistic(np.vstack(inputs), np.concatenate(labels), names, horizons, seed)
+
+
+def fit_logistic(
+    inputs: np.ndarray, labels: np.ndarray, names: list[str], horizons: list[float], seed: int = 0
+) -> ChurnLayer:
+    """Standardise the ``names`` columns of ``inputs`` (AVAILABLE_FEATURES, from ``layer_inputs``) and fit
+    a logistic regression of ``labels`` (1 = no purchase) on them."""
     used = [AVAILABLE_FEATURES.index(name) for name in names]
-    x, y = np.vstack(inputs)[:, used], np.concatenate(labels)
+    x, y = inputs[:, used], labels
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     model = LogisticRegression(max_iter=2000, random_state=seed).fit((x - scaler.mean_) / scale, y)
@@ -118,6 +126,6 @@ def fit_churn_layer(windows: list[InnerWindow], seed: int = 0) -> ChurnLayer:
         scale=scale.tolist(),
         coef=model.coef_[0].tolist(),
         intercept=float(model.intercept_[0]),
-        inner_horizons_days=horizons,
+        inner_horizons_days=list(horizons),
         features=list(names),
     )

@@ -34,13 +34,15 @@ from customer_value.models.clv.btyd import (
     patterns_from_counts,
     prediction_columns,
     purchase_patterns,
+    quiet_lifetimes,
     spend_anchor,
     spend_frequency_correlation,
 )
 from customer_value.models.clv.churn_layer import ChurnLayer, layer_inputs
+from customer_value.models.clv.churn_selection import ChurnSelector
 from customer_value.models.clv.covariate_likelihoods import covariate_patterns
 from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns
-from customer_value.models.clv.predict import predict_arrays
+from customer_value.models.clv.predict import churn_probability, predict_arrays, probability_alive
 from customer_value.models.clv.uncertainty import (
     expectation_interval,
     log_parameter_covariance,
@@ -233,6 +235,7 @@ class CLVModel:
         return features.join(self.customers[absent], how="left")
 
     churn_layer_: ChurnLayer | None = None
+    churn_selector_: ChurnSelector | None = None
     value_layer_: ValueLayer | None = None
 
     @classmethod
@@ -267,8 +270,9 @@ class CLVModel:
     def predict(self, features: pd.DataFrame, horizon_days: float, intervals: bool = False) -> pd.DataFrame:
         """Per-customer outputs over the next ``horizon_days`` days after each customer's ``T``.
 
-        ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the learned churn
-        layer's when one is attached (see ``churn_layer``), else the same number. Likewise
+        ``btyd_churn_probability`` is the purchase model's own; ``churn_probability`` is the churn
+        selector's when one is attached (see ``churn_selection``), else an earlier release's learned churn
+        layer's (``churn_layer``), else the same number. Likewise
         ``expected_revenue`` is the value layer's when attached (see ``value_layer``), and ``clv`` then
         applies the BTYD model's per-customer discount factor (its clv / expected revenue) to it.
         With ``intervals``, the INTERVAL_COLUMNS at ``interval_level`` are added (see ``uncertainty``).
@@ -302,8 +306,19 @@ class CLVModel:
         out[:, column["btyd_churn_probability"]] = btyd["churn_probability"]
         if has_spend:
             out[:, column["btyd_expected_revenue"]] = btyd["expected_revenue"]
-        if self.churn_layer_ is not None:
+        churn = None
+        if self.churn_selector_ is not None:
+
+            def btyd_at(days: float) -> pd.DataFrame:
+                if np.isclose(days, horizon_days):
+                    return btyd
+                values = predict_arrays(params, inputs, days, self.discount_rate, self.discount_step_days)
+                return pd.DataFrame(values, index=features.index, columns=btyd_columns(has_spend), copy=False)
+
+            churn = self.churn_selector_.predict(features, btyd_at, horizon_days)
+        elif self.churn_layer_ is not None:
             churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
+        if churn is not None:
             out[:, column["churn_probability"]] = churn
             out[:, column["purchase_probability"]] = 1.0 - churn
         if self.value_layer_ is not None and has_spend:
@@ -316,6 +331,18 @@ class CLVModel:
             out[:, column["expected_revenue"]] = revenue
             out[:, column["clv"]] = revenue * discount
         return pd.DataFrame(out, index=features.index, columns=names, copy=False)
+
+    def btyd_churn_curve(self, features: pd.DataFrame) -> Callable[[float], np.ndarray]:
+        """The purchase model's churn probability for ``features`` as a function of the horizon in days:
+        P(alive) and the inputs computed once, each horizon one vectorised formula."""
+        inputs = self._inputs(self.params_, features)
+        with quiet_lifetimes():
+            p_alive = np.asarray(probability_alive(self.params_, inputs), dtype="float64")
+
+        def curve(days: float) -> np.ndarray:
+            return churn_probability(self.params_, inputs, days / self.params_.time_unit_days, p_alive)
+
+        return curve
 
     def _inputs(self, params: CLVParams, features: pd.DataFrame) -> ModelInputs:
         """The model's arrays for ``features``, covariate columns joined from ``customers`` if absent."""

@@ -1,0 +1,143 @@
+"""The CLV stage's churn steps: choose the churn output per horizon band, judge it against the baselines.
+
+``attach_churn_selection`` runs ``churn_selection`` on windows before the calibration end and logs every
+candidate's backtest figures; ``churn_evidence`` judges the shipped churn probability on the holdout
+beside the baselines a marketer would use without us (days since the last purchase, purchase days), each
+also calibrated through the same bands, and says whether the model loses to the best of them beyond a
+paired-bootstrap interval: such a model is registered as ``challenger``, never ``champion``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import pandas as pd
+from omegaconf import DictConfig
+
+from customer_value.data.features import Split
+from customer_value.evaluation import plots
+from customer_value.evaluation.calibration import (
+    calibration_table,
+    churn_calibration,
+    paired_auc_difference,
+)
+from customer_value.evaluation.holdout_metrics import churned
+from customer_value.jobs.stage import prefixed, sample_positions
+from customer_value.models.clv.churn_selection import ChurnSelector, select_churn
+from customer_value.models.clv.model import CLVModel
+from customer_value.tracking import run_logging
+
+log = logging.getLogger(__name__)
+
+# The rules a marketer sorts customers by without a model; higher = more likely to churn.
+BASELINES = {
+    "recency": lambda features: features["days_since_last"].to_numpy(dtype="float64"),
+    "purchase_days": lambda features: -features["frequency"].to_numpy(dtype="float64"),
+}
+# The baselines again, each calibrated through the same bands and windows as the model (churn_selection).
+CALIBRATED_BASELINES = ("recency", "recency_frequency_tenure")
+LEVEL_SAMPLE = 20_000  # calibration customers the bands' level offsets are averaged over (seeded sample)
+
+
+def attach_churn_selection(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    model: CLVModel,
+    orders: pd.DataFrame,
+    split: Split,
+    calibration: pd.DataFrame,
+) -> tuple[dict[str, float], dict[str, ChurnSelector]]:
+    """Choose each band's churn candidate before the calibration end and attach the selector to ``model``.
+
+    Returns the selection's metrics and, for the holdout's calibrated baselines, one selector per
+    baseline candidate with the same bands (empty when no band could be chosen: the purchase model's own
+    probability then stands, tagged ``clv.churn.selection``)."""
+    churn = cfg.clv.churn
+    rows = sample_positions(len(calibration), LEVEL_SAMPLE, cfg.seed)
+    selector, report = select_churn(
+        orders,
+        split.calibration_end,
+        list(churn.horizons_days),
+        lambda features: CLVModel(**settings).fit(features),
+        candidates=list(churn.candidates),
+        folds=churn.folds,
+        step_days=churn.step_days,
+        seed=cfg.seed,
+        level_on=model.btyd_churn_curve(calibration.iloc[rows]),
+    )
+    if not report.scores.empty:
+        run_logging.log_table(
+            report.scores.set_index(["band_days", "candidate"]), "evaluation/churn_candidates.csv"
+        )
+    if selector is None:
+        why = "; ".join(report.notes) or "no band"
+        mlflow.set_tag("clv.churn.selection", f"purchase model's own probability: {why}"[:5000])
+        log.warning(
+            "clv.churn: no band could be chosen, the purchase model's own probability stands: %s", why
+        )
+        return {}, {}
+    model.churn_selector_ = selector
+    tags = {"clv.churn.selection": selector.describe()[:5000]}
+    tags |= {f"clv.churn.band_{band.horizon_days:.0f}": band.reason[:5000] for band in selector.bands}
+    if report.notes:
+        tags["clv.churn.notes"] = "; ".join(report.notes)[:5000]
+    mlflow.set_tags(tags)
+    for band in selector.bands:
+        log.info("clv.churn band %.0f days: %s", band.horizon_days, band.reason)
+    metrics = {}
+    for row in report.scores.itertuples():
+        for figure in ("auc", "brier", "ece"):
+            key = f"churn_selection.band_{row.band_days:.0f}.{row.candidate}.{figure}"
+            metrics[key] = float(getattr(row, figure))
+    return metrics, {name: report.refit[name] for name in CALIBRATED_BASELINES if name in report.refit}
+
+
+def churn_evidence(
+    cfg: DictConfig,
+    model: CLVModel,
+    predictions: pd.DataFrame,
+    calibration: pd.DataFrame,
+    holdout: pd.DataFrame,
+    holdout_days: float,
+    calibrated_baselines: dict[str, ChurnSelector],
+) -> tuple[dict[str, float], str | None]:
+    """The shipped churn probability beside the baselines on the holdout, and the gate's verdict.
+
+    Logs the calibration table of the model and of each calibrated baseline; returns the metrics
+    (``holdout.churn_ece``, ``holdout.churn_brier_skill``, ``baseline.<name>.*``, ``gate.vs_<name>.*``)
+    and the reason the model must not become champion, or None."""
+    label = churned(holdout)
+    shipped = predictions["churn_probability"].to_numpy()
+    metrics = prefixed("holdout.", churn_calibration(shipped, label))
+    tables = {"model": calibration_table(shipped, label)}
+    btyd = predictions["btyd_churn_probability"].to_numpy()
+    metrics |= prefixed("btyd.holdout.", churn_calibration(btyd, label))
+    for name, selector in calibrated_baselines.items():
+        judged = CLVModel.from_params(model.params_, 0.0, holdout_days, customers=model.customers)
+        judged.churn_selector_ = selector
+        probability = judged.predict(calibration, holdout_days)["churn_probability"].to_numpy()
+        metrics |= prefixed(f"baseline.calibrated_{name}.", churn_calibration(probability, label))
+        tables[f"calibrated {name}"] = calibration_table(probability, label)
+    run_logging.log_table(pd.concat(tables, names=["score"]), "evaluation/churn_calibration.csv")
+    run_logging.log_figure(lambda: plots.churn_reliability(tables), "plots/churn_calibration_curve.png")
+    blocked = None
+    if not cfg.clv.churn.gate or not 0 < label.sum() < len(label):
+        return metrics, blocked
+    verdicts = {}
+    for name, score in BASELINES.items():
+        figures = paired_auc_difference(label, shipped, score(calibration), seed=cfg.seed)
+        metrics |= prefixed(f"gate.vs_{name}.auc_", figures)
+        verdicts[name] = figures
+    worst = min(verdicts, key=lambda n: verdicts[n]["diff"])
+    figures = verdicts[worst]
+    if figures["ci_high"] < 0:
+        blocked = (
+            f"holdout churn AUC {metrics['holdout.churn_auc']:.3f} is below the {worst} baseline's by "
+            f"{-figures['diff']:.3f} (95% paired-bootstrap interval of the difference "
+            f"{figures['ci_low']:+.3f}..{figures['ci_high']:+.3f})"
+        )
+        mlflow.set_tag("gate.blocked", blocked[:5000])
+        log.warning("clv.churn gate: %s", blocked)
+    metrics["gate.loses_to_baseline"] = float(blocked is not None)
+    return metrics, blocked

@@ -1,0 +1,327 @@
+"""Which churn probability a model ships, chosen per horizon band on windows as long as the horizon.
+
+The purchase model's own churn probability assumes Poisson buying; real buyers are regular, slow down and
+pause, and on real logs cut at a date "days since last purchase" out-ranked it on four of six futures. So
+the churn output is chosen among candidates, each a calibrated (logistic) probability of no purchase:
+
+- ``purchase_model``: the purchase model's churn probability, Platt-calibrated (its logit, refitted);
+- ``recency``: days since the last purchase alone (a monotone logistic fit: the marketer's rule);
+- ``recency_frequency_tenure``: recency with purchase days and tenure;
+- ``layer``: RFM plus every purchase-model output (the learned churn layer of ``churn_layer``).
+
+For each band horizon ``h`` (``clv.churn.horizons_days``), rolling-origin windows end at the calibration
+end: at each origin a purchase model is fitted on the orders before it, and the label is "no purchase in
+the next ``w`` days", with ``w = h`` when the history allows it and otherwise the longest window that
+leaves a quarter of the calibration window as history (the band says so). Candidates are compared on
+out-of-fold predictions (customers split into folds; a customer's rows stay in one fold), by mean AUC
+over the windows, ties (within ``AUC_TIE``) going to the lower Brier score; the winner is refitted on all
+windows of the band. Only orders up to the calibration end are read, so the holdout never takes part.
+
+At prediction time the band nearest the asked horizon (in log days) serves. When the asked horizon is not
+the band's window, the band's log-odds are shifted by how much the purchase model's mean log-odds of churn
+change between the two horizons on the training base (``offsets``): one number per horizon, so the
+candidate's ranking of customers is kept and only its level follows the horizon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, logit
+
+from customer_value.data.features import Split, calibration_and_holdout
+from customer_value.errors import ModelFitError
+from customer_value.evaluation.calibration import auc, expected_calibration_error
+from customer_value.models.clv.churn_layer import (
+    LAYER_FEATURES,
+    PURCHASE_ONLY_FEATURES,
+    ChurnLayer,
+    fit_logistic,
+    layer_inputs,
+)
+from customer_value.models.clv.inner_windows import MIN_HISTORY_SHARE, MIN_WINDOW_DAYS
+
+CANDIDATES: dict[str, list[str]] = {
+    "purchase_model": ["btyd_churn_logit"],
+    "recency": ["log_days_since_last"],
+    "recency_frequency_tenure": ["log_days_since_last", "log_frequency", "log_tenure"],
+    "layer": LAYER_FEATURES,
+}
+AUC_TIE = 0.002  # candidates this close in mean AUC are told apart by their Brier score
+CV_FOLDS = 5
+# Horizons (days) the level offsets are stored for; a horizon between them is interpolated in log days.
+OFFSET_HORIZONS = np.geomspace(1.0, 20 * 365.25, 64)
+
+
+@dataclass(frozen=True)
+class ChurnBand:
+    """One horizon band: the candidate it ships and the window its choice and fit were made on."""
+
+    horizon_days: float
+    window_days: float
+    candidate: str
+    model: ChurnLayer
+    reason: str
+    offsets: list[float]  # purchase-model mean log-odds shift from window_days to each OFFSET_HORIZONS
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "horizon_days": self.horizon_days,
+            "window_days": self.window_days,
+            "candidate": self.candidate,
+            "model": self.model.as_dict(),
+            "reason": self.reason,
+            "offsets": list(self.offsets),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> ChurnBand:
+        return cls(**(values | {"model": ChurnLayer.from_dict(values["model"])}))
+
+    def offset(self, horizon_days: float) -> float:
+        """The log-odds shift from this band's window to ``horizon_days`` (0 at the window itself)."""
+        if np.isclose(horizon_days, self.window_days):
+            return 0.0
+        return float(np.interp(np.log(horizon_days), np.log(OFFSET_HORIZONS), self.offsets))
+
+
+@dataclass(frozen=True)
+class ChurnSelector:
+    """The chosen candidate per band; predicts P(no purchase within the horizon) row by row."""
+
+    bands: list[ChurnBand]
+
+    def band_for(self, horizon_days: float) -> ChurnBand:
+        """The band whose nominal horizon is nearest ``horizon_days`` in log days."""
+        return min(self.bands, key=lambda b: abs(np.log(horizon_days / b.horizon_days)))
+
+    def predict(
+        self,
+        features: pd.DataFrame,
+        btyd_at: Callable[[float], pd.DataFrame],
+        horizon_days: float,
+    ) -> np.ndarray:
+        """``btyd_at(days)``: the purchase model's outputs (churn_probability, p_alive, expected_purchases)
+        for ``features`` at a horizon; the band's model reads them at its own window."""
+        band = self.band_for(horizon_days)
+        window = btyd_at(band.window_days)
+        churn = band.model.predict(layer_inputs(features, window, band.window_days))
+        shift = band.offset(horizon_days)
+        if shift == 0.0:
+            return churn
+        return expit(logit(np.clip(churn, 1e-9, 1 - 1e-9)) + shift)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"bands": [band.as_dict() for band in self.bands]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> ChurnSelector:
+        return cls([ChurnBand.from_dict(band) for band in values["bands"]])
+
+    def describe(self) -> str:
+        """One line per band, for tags and the model card."""
+        return "; ".join(
+            f"{b.horizon_days:.0f} d: {b.candidate} ({b.window_days:.0f}-day windows)" for b in self.bands
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    """One backtest window: customers as of the origin, the purchase model's view, what happened next."""
+
+    origin: pd.Timestamp
+    features: pd.DataFrame
+    btyd: pd.DataFrame
+    outcome: pd.DataFrame
+    days: float
+
+
+@dataclass
+class SelectionReport:
+    """Every candidate's backtest figures per band (for the run to log) and why bands were skipped."""
+
+    scores: pd.DataFrame = field(default_factory=pd.DataFrame)  # band, window, candidate, auc, brier, ece
+    notes: list[str] = field(default_factory=list)
+    refit: dict[str, ChurnSelector] = field(default_factory=dict)  # every candidate, in the same bands
+
+
+def window_length(first_date: pd.Timestamp, calibration_end: pd.Timestamp, horizon_days: float) -> int:
+    """The band's label window: the horizon, or the longest that leaves MIN_HISTORY_SHARE of history."""
+    longest = int((calibration_end - first_date).days * (1 - MIN_HISTORY_SHARE))
+    return int(min(round(horizon_days), longest))
+
+
+def backtest_origins(
+    first_date: pd.Timestamp, calibration_end: pd.Timestamp, window_days: int, folds: int, step_days: int
+) -> list[pd.Timestamp]:
+    """Origins whose window ends by the calibration end and that keep MIN_HISTORY_SHARE of it before them."""
+    history = (calibration_end - first_date).days * MIN_HISTORY_SHARE
+    origins = []
+    for fold in range(folds):
+        origin = calibration_end - pd.Timedelta(days=window_days + fold * step_days)
+        if (origin - first_date).days >= history:
+            origins.append(origin)
+    return origins
+
+
+def select_churn(
+    orders: pd.DataFrame,
+    calibration_end: pd.Timestamp,
+    horizons_days: list[float],
+    fit_btyd: Callable[[pd.DataFrame], object],
+    *,
+    candidates: list[str] | None = None,
+    folds: int = 2,
+    step_days: int = 91,
+    seed: int = 0,
+    level_on: Callable[[float], np.ndarray] | None = None,
+) -> tuple[ChurnSelector | None, SelectionReport]:
+    """Choose and fit each band's candidate on backtest windows before ``calibration_end``.
+
+    ``fit_btyd(features)`` returns a fitted purchase model (``.predict(features, days)``); ``level_on(days)``:
+    the purchase model's churn probabilities for (a sample of) the training base at a horizon, for the
+    bands' level offsets.
+    Returns None (the purchase model's own probability then stands) when no band has a usable window,
+    with the reasons in the report.
+    """
+    known = orders[orders["date"] <= calibration_end]
+    first = known["date"].min()
+    names = list(candidates or CANDIDATES)
+    has_amounts = "amount" in known.columns
+    report = SelectionReport()
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object] | None] = {}
+    bands, rows = [], []
+    per_candidate: dict[str, list[ChurnBand]] = {}
+    for horizon in sorted(set(float(h) for h in horizons_days)):
+        days = window_length(first, calibration_end, horizon)
+        if days < MIN_WINDOW_DAYS:
+            report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
+            continue
+        windows = []
+        for origin in backtest_origins(first, calibration_end, days, folds, step_days):
+            window = _window(known, origin, days, fit_btyd, fits)
+            if window is not None:
+                windows.append(window)
+        if not windows:
+            report.notes.append(
+                f"{horizon:.0f} d: no purchase model could be fitted before a {days}-day window"
+            )
+            continue
+        labels = np.concatenate([_label(w) for w in windows])
+        if not 0 < labels.sum() < len(labels):
+            report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
+            continue
+        scores = _compare(windows, names, has_amounts, seed)
+        scores.insert(0, "window_days", float(days))
+        scores.insert(0, "band_days", horizon)
+        rows.append(scores.reset_index())
+        chosen = _choose(scores)
+        offsets = _offsets(level_on, days)
+        pooled = _pooled(windows)
+        for name in names:  # every candidate refitted (a few logistic fits): the baselines are logged too
+            fitted = fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
+            figures = f"mean AUC {scores.loc[name, 'auc']:.3f}, Brier {scores.loc[name, 'brier']:.4f}"
+            why = f"{name}: {figures} on {len(windows)} window(s) of {days} days"
+            if days < horizon:
+                why += f" (the longest the history allows; the horizon is {horizon:.0f} days)"
+            per_candidate.setdefault(name, []).append(
+                ChurnBand(horizon, float(days), name, fitted, why, offsets)
+            )
+        bands.append(per_candidate[chosen][-1])
+    report.scores = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    report.refit = {name: ChurnSelector(fitted) for name, fitted in per_candidate.items()}
+    return (ChurnSelector(bands) if bands else None), report
+
+
+def _features(candidate: str, has_amounts: bool) -> list[str]:
+    wanted = CANDIDATES[candidate]
+    return wanted if has_amounts else [name for name in wanted if name in PURCHASE_ONLY_FEATURES]
+
+
+def _window(
+    known: pd.DataFrame,
+    origin: pd.Timestamp,
+    days: int,
+    fit_btyd: Callable[[pd.DataFrame], object],
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object] | None],
+) -> Window | None:
+    """The window at ``origin``; the purchase model fitted there is shared by every band that uses it."""
+    if origin not in fits:
+        features, _ = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=1)))
+        try:
+            fits[origin] = (features, fit_btyd(features))
+        except ModelFitError:  # too little history before this origin for a purchase model
+            fits[origin] = None
+    if fits[origin] is None:
+        return None
+    features, model = fits[origin]
+    _, outcome = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=days)))
+    return Window(origin, features, model.predict(features, float(days)), outcome, float(days))
+
+
+def _label(window: Window) -> np.ndarray:
+    return (window.outcome["purchases"].to_numpy() == 0).astype(int)
+
+
+def _pooled(windows: list[Window]) -> np.ndarray:
+    return np.vstack([layer_inputs(w.features, w.btyd, w.days) for w in windows])
+
+
+def _compare(windows: list[Window], names: list[str], has_amounts: bool, seed: int) -> pd.DataFrame:
+    """Each candidate's out-of-fold mean AUC, Brier and ECE over the windows (customers in CV_FOLDS folds,
+    a customer's rows in every window in the same fold)."""
+    inputs, labels = _pooled(windows), np.concatenate([_label(w) for w in windows])
+    ids = np.concatenate([w.features.index.to_numpy() for w in windows])
+    codes, unique = pd.factorize(ids)
+    fold = np.random.default_rng(seed).integers(0, CV_FOLDS, len(unique))[codes]
+    bounds = np.cumsum([0] + [len(w.features) for w in windows])
+    rows = {}
+    for name in names:
+        used = _features(name, has_amounts)
+        predicted = np.empty(len(labels))
+        for k in range(CV_FOLDS):
+            test = fold == k
+            train = ~test
+            if not test.any():
+                continue
+            if not 0 < labels[train].sum() < train.sum():
+                predicted[test] = labels[train].mean()
+                continue
+            model = fit_logistic(inputs[train], labels[train], used, [], seed)
+            predicted[test] = model.predict(inputs[test])
+        per_window = [
+            _figures(predicted[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        rows[name] = {key: float(np.nanmean([f[key] for f in per_window])) for key in ("auc", "brier", "ece")}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("candidate")
+
+
+def _figures(predicted: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    return {
+        "auc": auc(label, predicted),
+        "brier": float(np.mean((predicted - label) ** 2)),
+        "ece": expected_calibration_error(predicted, label),
+    }
+
+
+def _choose(scores: pd.DataFrame) -> str:
+    """The best mean AUC; candidates within AUC_TIE of it are told apart by Brier (then by order)."""
+    best = scores["auc"].max()
+    close = scores[scores["auc"] >= best - AUC_TIE]
+    return str(close["brier"].idxmin())
+
+
+def _offsets(level_on: Callable[[float], np.ndarray] | None, window_days: float) -> list[float]:
+    """Mean purchase-model log-odds of churn on the training base at each OFFSET_HORIZONS minus at the
+    window (zeros without ``level_on``: the band's level then stays the window's)."""
+    if level_on is None:
+        return [0.0] * len(OFFSET_HORIZONS)
+
+    def mean_logit(days: float) -> float:
+        return float(np.mean(logit(np.clip(level_on(float(days)), 1e-9, 1 - 1e-9))))
+
+    at_window = mean_logit(window_days)
+    return [mean_logit(days) - at_window for days in OFFSET_HORIZONS]
