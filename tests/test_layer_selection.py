@@ -135,7 +135,7 @@ def test_the_value_layer_keeps_the_purchase_models_level_at_every_horizon(synthe
 
 def test_layers_and_backtest_adapt_to_a_three_month_log(tmp_path: Path, tracking_uri: str) -> None:
     """A young shop trains: inner windows and backtest folds derived from its 45-day calibration window,
-    every decision tagged, and without a kept layer the model is the purchase model itself."""
+    every decision tagged, and without a kept value layer the revenue outputs are the purchase model's."""
     path = tmp_path / "orders.csv"
     generate_shape("three_months").to_csv(path, index=False)
     register_configs()
@@ -150,10 +150,13 @@ def test_layers_and_backtest_adapt_to_a_three_month_log(tmp_path: Path, tracking
     assert "derived" in logged.tags["clv.layers.inner_horizons"]
     assert "3 folds 11 days apart" in logged.tags["clv.backtest"]
     assert {"backtest.churn_auc.mean", "backtest.churn_auc.std"} <= set(metrics)
-    decided = [logged.tags.get(f"clv.layers.{name}", "") for name in ("churn", "value")]
-    assert all(d.startswith(("kept (", "dropped (")) for d in decided) or "clv.layers.skipped" in logged.tags
+    decided = logged.tags.get("clv.layers.value", "")
+    assert decided.startswith(("kept (", "dropped (")) or "clv.layers.skipped" in logged.tags
+    assert "clv.layers.churn" not in logged.tags  # the churn layer is a candidate of clv.churn now
+    # The churn output is chosen on windows derived from the 45-day calibration window, and says so.
+    assert "the longest the history allows" in logged.tags["clv.churn.band_91"]
     if logged.tags["clv.layers"] == "none":
-        for name in ("churn_auc", "churn_brier", "revenue_spearman", "aggregate_revenue_error_pct"):
+        for name in ("revenue_spearman", "aggregate_revenue_error_pct"):
             assert metrics[f"holdout.{name}"] == metrics[f"btyd.{name}"]
 
 

@@ -15,7 +15,6 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig
 
-from customer_value.data.features import Split
 from customer_value.evaluation import plots
 from customer_value.evaluation.calibration import (
     calibration_table,
@@ -45,50 +44,57 @@ def attach_churn_selection(
     settings: dict[str, object],
     model: CLVModel,
     orders: pd.DataFrame,
-    split: Split,
-    calibration: pd.DataFrame,
+    end: pd.Timestamp,
+    base: pd.DataFrame,
+    scoring: bool = False,
 ) -> tuple[dict[str, float], dict[str, ChurnSelector]]:
-    """Choose each band's churn candidate before the calibration end and attach the selector to ``model``.
+    """Choose each band's churn candidate on windows ending by ``end`` and attach the selector to ``model``
+    (``base``: the customers it was fitted to, for the bands' level offsets).
 
-    Returns the selection's metrics and, for the holdout's calibrated baselines, one selector per
-    baseline candidate with the same bands (empty when no band could be chosen: the purchase model's own
-    probability then stands, tagged ``clv.churn.selection``)."""
+    The calibration fit's selection (``end`` = the calibration end) is the one the holdout judges; with
+    ``scoring`` the same procedure runs on the whole history for the registered scoring fit, its figures
+    logged under ``clv.churn.scoring_*`` / ``evaluation/churn_candidates_scoring.csv``. Returns the
+    selection's metrics and, for the holdout's calibrated baselines, one selector per baseline candidate
+    in the same bands (empty when no band could be chosen: the purchase model's own probability then
+    stands, tagged)."""
     churn = cfg.clv.churn
-    rows = sample_positions(len(calibration), LEVEL_SAMPLE, cfg.seed)
+    rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
     selector, report = select_churn(
         orders,
-        split.calibration_end,
+        end,
         list(churn.horizons_days),
         lambda features: CLVModel(**settings).fit(features),
         candidates=list(churn.candidates),
         folds=churn.folds,
         step_days=churn.step_days,
         seed=cfg.seed,
-        level_on=model.btyd_churn_curve(calibration.iloc[rows]),
+        level_on=model.btyd_churn_curve(base.iloc[rows]),
     )
+    kind = "scoring_" if scoring else ""
     if not report.scores.empty:
         run_logging.log_table(
-            report.scores.set_index(["band_days", "candidate"]), "evaluation/churn_candidates.csv"
+            report.scores.set_index(["band_days", "candidate"]),
+            f"evaluation/churn_candidates{'_scoring' if scoring else ''}.csv",
         )
     if selector is None:
         why = "; ".join(report.notes) or "no band"
-        mlflow.set_tag("clv.churn.selection", f"purchase model's own probability: {why}"[:5000])
+        mlflow.set_tag(f"clv.churn.{kind}selection", f"purchase model's own probability: {why}"[:5000])
         log.warning(
             "clv.churn: no band could be chosen, the purchase model's own probability stands: %s", why
         )
         return {}, {}
     model.churn_selector_ = selector
-    tags = {"clv.churn.selection": selector.describe()[:5000]}
-    tags |= {f"clv.churn.band_{band.horizon_days:.0f}": band.reason[:5000] for band in selector.bands}
+    tags = {f"clv.churn.{kind}selection": selector.describe()[:5000]}
+    tags |= {f"clv.churn.{kind}band_{band.horizon_days:.0f}": band.reason[:5000] for band in selector.bands}
     if report.notes:
-        tags["clv.churn.notes"] = "; ".join(report.notes)[:5000]
+        tags[f"clv.churn.{kind}notes"] = "; ".join(report.notes)[:5000]
     mlflow.set_tags(tags)
     for band in selector.bands:
-        log.info("clv.churn band %.0f days: %s", band.horizon_days, band.reason)
+        log.info("clv.churn %sband %.0f days: %s", kind.replace("_", " "), band.horizon_days, band.reason)
     metrics = {}
     for row in report.scores.itertuples():
         for figure in ("auc", "brier", "ece"):
-            key = f"churn_selection.band_{row.band_days:.0f}.{row.candidate}.{figure}"
+            key = f"churn_{kind}selection.band_{row.band_days:.0f}.{row.candidate}.{figure}"
             metrics[key] = float(getattr(row, figure))
     return metrics, {name: report.refit[name] for name in CALIBRATED_BASELINES if name in report.refit}
 

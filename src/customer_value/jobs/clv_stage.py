@@ -98,7 +98,7 @@ def train_clv(
     calibrated_baselines = {}
     if cfg.clv.churn.select:
         selection, calibrated_baselines = attach_churn_selection(
-            cfg, settings, model, orders, split, calibration
+            cfg, settings, model, orders, split.calibration_end, calibration
         )
         metrics |= selection
     predictions = model.predict(calibration, split.holdout_days)
@@ -129,7 +129,10 @@ def train_clv(
 
     if cfg.clv.refit_full_history:
         scoring_model.churn_layer_ = model.churn_layer_
-        scoring_model.churn_selector_ = model.churn_selector_
+        if cfg.clv.churn.select:  # the same procedure on the whole history (the holdout judged it above)
+            metrics |= attach_churn_selection(
+                cfg, settings, scoring_model, orders, split.holdout_end, full_history, scoring=True
+            )[0]
         scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     metrics |= _anchor_metrics(cfg, split, metrics)
@@ -186,7 +189,7 @@ def train_clv(
             {k: v for k, v in metrics.items() if k.startswith("holdout.")},
             ["clv", "features", "split"],
             window | {"data.calibration_customers": f"{len(calibration):,}"},
-            _card_notes(model, has_amounts, blocked),
+            _card_notes(scoring_model, has_amounts, blocked),
         ),
         blocked=blocked,
     )

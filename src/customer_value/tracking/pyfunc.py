@@ -124,7 +124,10 @@ def clv_spec(
         "interval_level": float(scoring.interval_level),
         "interval_draws": int(scoring.interval_draws),
         "churn_layer": None if calibration.churn_layer_ is None else calibration.churn_layer_.as_dict(),
-        "churn_selector": None
+        # Chosen per fit: the calibration fit's on windows before the calibration end, the scoring fit's
+        # on the whole history (see jobs.churn_stage).
+        "churn_selector": None if scoring.churn_selector_ is None else scoring.churn_selector_.as_dict(),
+        "calibration_churn_selector": None
         if calibration.churn_selector_ is None
         else calibration.churn_selector_.as_dict(),
         "value_layer": None if calibration.value_layer_ is None else calibration.value_layer_.as_dict(),
@@ -163,7 +166,7 @@ def clv_model_from_spec(spec: dict[str, Any], which: str, customers: pd.DataFram
         interval_draws=spec.get("interval_draws", 100),
         customers=customers,
     )
-    selector = spec.get("churn_selector")
+    selector = spec.get("churn_selector" if which == "scoring_params" else "calibration_churn_selector")
     model.churn_selector_ = None if selector is None else ChurnSelector.from_dict(selector)
     return model
 

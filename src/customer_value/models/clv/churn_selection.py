@@ -50,6 +50,8 @@ CANDIDATES: dict[str, list[str]] = {
     "recency_frequency_tenure": ["log_days_since_last", "log_frequency", "log_tenure"],
     "layer": LAYER_FEATURES,
 }
+BTYD_FEATURES = ("btyd_churn_logit", "btyd_alive_logit", "log_expected_purchases")
+BTYD_OUTPUTS = ("churn_probability", "p_alive", "expected_purchases")  # what those are computed from
 AUC_TIE = 0.002  # candidates this close in mean AUC are told apart by their Brier score
 CV_FOLDS = 5
 # Horizons (days) the level offsets are stored for; a horizon between them is interpolated in log days.
@@ -134,7 +136,7 @@ class Window:
 
     origin: pd.Timestamp
     features: pd.DataFrame
-    btyd: pd.DataFrame
+    btyd: pd.DataFrame | None  # None: no purchase model could be fitted before the origin
     outcome: pd.DataFrame
     days: float
 
@@ -192,7 +194,7 @@ def select_churn(
     names = list(candidates or CANDIDATES)
     has_amounts = "amount" in known.columns
     report = SelectionReport()
-    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object] | None] = {}
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None]] = {}
     bands, rows = [], []
     per_candidate: dict[str, list[ChurnBand]] = {}
     for horizon in sorted(set(float(h) for h in horizons_days)):
@@ -200,28 +202,34 @@ def select_churn(
         if days < MIN_WINDOW_DAYS:
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
-        windows = []
-        for origin in backtest_origins(first, calibration_end, days, folds, step_days):
-            window = _window(known, origin, days, fit_btyd, fits)
-            if window is not None:
-                windows.append(window)
+        windows = [
+            _window(known, origin, days, fit_btyd, fits)
+            for origin in backtest_origins(first, calibration_end, days, folds, step_days)
+        ]
         if not windows:
-            report.notes.append(
-                f"{horizon:.0f} d: no purchase model could be fitted before a {days}-day window"
-            )
+            report.notes.append(f"{horizon:.0f} d: no {days}-day window leaves enough history before it")
             continue
+        usable = [n for n in names if all(w.btyd is not None for w in windows) or not _needs_btyd(n)]
+        if not usable:
+            report.notes.append(f"{horizon:.0f} d: no purchase model before a {days}-day window for {names}")
+            continue
+        if len(usable) < len(names):
+            report.notes.append(
+                f"{horizon:.0f} d: {sorted(set(names) - set(usable))} left out (no purchase model could "
+                f"be fitted before every {days}-day window)"
+            )
         labels = np.concatenate([_label(w) for w in windows])
         if not 0 < labels.sum() < len(labels):
             report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
             continue
-        scores = _compare(windows, names, has_amounts, seed)
+        scores = _compare(windows, usable, has_amounts, seed)
         scores.insert(0, "window_days", float(days))
         scores.insert(0, "band_days", horizon)
         rows.append(scores.reset_index())
         chosen = _choose(scores)
         offsets = _offsets(level_on, days)
         pooled = _pooled(windows)
-        for name in names:  # every candidate refitted (a few logistic fits): the baselines are logged too
+        for name in usable:  # every candidate refitted (a few logistic fits): the baselines are logged too
             fitted = fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
             figures = f"mean AUC {scores.loc[name, 'auc']:.3f}, Brier {scores.loc[name, 'brier']:.4f}"
             why = f"{name}: {figures} on {len(windows)} window(s) of {days} days"
@@ -246,20 +254,24 @@ def _window(
     origin: pd.Timestamp,
     days: int,
     fit_btyd: Callable[[pd.DataFrame], object],
-    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object] | None],
-) -> Window | None:
-    """The window at ``origin``; the purchase model fitted there is shared by every band that uses it."""
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None]],
+) -> Window:
+    """The window at ``origin``; the purchase model fitted there (None when none could be) is shared by
+    every band that uses it."""
     if origin not in fits:
         features, _ = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=1)))
         try:
             fits[origin] = (features, fit_btyd(features))
-        except ModelFitError:  # too little history before this origin for a purchase model
-            fits[origin] = None
-    if fits[origin] is None:
-        return None
+        except ModelFitError:  # too little history for a purchase model: the other candidates still judge
+            fits[origin] = (features, None)
     features, model = fits[origin]
     _, outcome = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=days)))
-    return Window(origin, features, model.predict(features, float(days)), outcome, float(days))
+    btyd = None if model is None else model.predict(features, float(days))
+    return Window(origin, features, btyd, outcome, float(days))
+
+
+def _needs_btyd(candidate: str) -> bool:
+    return bool(set(CANDIDATES[candidate]) & set(BTYD_FEATURES))
 
 
 def _label(window: Window) -> np.ndarray:
@@ -267,7 +279,14 @@ def _label(window: Window) -> np.ndarray:
 
 
 def _pooled(windows: list[Window]) -> np.ndarray:
-    return np.vstack([layer_inputs(w.features, w.btyd, w.days) for w in windows])
+    """AVAILABLE_FEATURES rows of every window; the purchase model's columns NaN where it had none."""
+    parts = []
+    for w in windows:
+        btyd = w.btyd
+        if btyd is None:
+            btyd = pd.DataFrame(np.nan, index=w.features.index, columns=list(BTYD_OUTPUTS))
+        parts.append(layer_inputs(w.features, btyd, w.days))
+    return np.vstack(parts)
 
 
 def _compare(windows: list[Window], names: list[str], has_amounts: bool, seed: int) -> pd.DataFrame:
