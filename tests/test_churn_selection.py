@@ -1,0 +1,214 @@
+"""The churn output chosen per horizon band (models/clv/churn_selection.py), its calibration figures and the
+gate that keeps a model losing to a baseline from becoming champion."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from customer_value.data.features import Split, calibration_and_holdout
+from customer_value.data.synthetic import generate_orders
+from customer_value.errors import ModelFitError
+from customer_value.evaluation.calibration import (
+    auc,
+    brier_skill_score,
+    calibration_table,
+    expected_calibration_error,
+    paired_auc_difference,
+)
+from customer_value.jobs.churn_stage import churn_evidence
+from customer_value.models.clv.btyd import CLVParams
+from customer_value.models.clv.churn_selection import (
+    CANDIDATES,
+    ChurnSelector,
+    _choose,
+    select_churn,
+)
+from customer_value.models.clv.model import CLVModel
+from customer_value.schema import CHURN_CANDIDATES
+from customer_value.tracking import registry
+from customer_value.tracking.pyfunc import clv_model_from_spec, clv_spec
+
+PINNED = CLVParams("bgnbd", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}, None, 7.0)
+END = pd.Timestamp("2025-03-31")
+
+
+@pytest.fixture(scope="module")
+def orders() -> pd.DataFrame:
+    """Two years of a BG/NBD log (800 customers), as loading returns it (one row per customer and day)."""
+    raw = generate_orders(800, seed=3, start="2024-01-01", acquisition_days=120, observation_days=730)
+    raw["date"] = raw["timestamp"].dt.normalize()
+    return raw.groupby(["customer_id", "date"], as_index=False)["amount"].sum()
+
+
+def _fit(features: pd.DataFrame) -> CLVModel:
+    return CLVModel(spend_model=False).fit(features)
+
+
+@pytest.fixture(scope="module")
+def selection(orders: pd.DataFrame) -> tuple[ChurnSelector, object, CLVModel, pd.DataFrame]:
+    features, _ = calibration_and_holdout(orders, Split(END, END + pd.Timedelta(days=1)))
+    model = _fit(features)
+    selector, report = select_churn(
+        orders, END, [91, 182, 365], _fit, seed=0, level_on=model.btyd_churn_curve(features)
+    )
+    return selector, report, model, features
+
+
+def test_schema_candidates_match_the_selection_module() -> None:
+    assert tuple(CANDIDATES) == CHURN_CANDIDATES
+
+
+def test_every_band_is_chosen_on_windows_as_long_as_it_or_the_longest_the_history_allows(selection) -> None:
+    """15 months before the end: 91 and 182 days fit; 365 does not (a quarter of the history must stay
+    before an origin), so that band is judged on the longest window and says so."""
+    selector, report, _, _ = selection
+    windows = {band.horizon_days: band.window_days for band in selector.bands}
+    history = (END - pd.Timestamp("2024-01-01")).days
+    assert windows[91.0] == 91 and windows[182.0] == 182
+    assert windows[365.0] == int(history * 0.75) < 365
+    assert "the longest the history allows" in selector.band_for(365).reason
+    assert set(report.scores["candidate"]) == set(CANDIDATES)
+    assert set(report.refit) == set(CANDIDATES)
+    for band in selector.bands:  # the chosen candidate is the best (or tied best) on its band's windows
+        scores = report.scores[report.scores["band_days"] == band.horizon_days].set_index("candidate")
+        assert scores.loc[band.candidate, "auc"] >= scores["auc"].max() - 0.002
+
+
+def test_orders_after_the_end_do_not_change_the_selection(orders: pd.DataFrame, selection) -> None:
+    selector, _, model, features = selection
+    later = orders.sample(300, random_state=1).assign(date=END + pd.Timedelta(days=5))
+    again, _ = select_churn(
+        pd.concat([orders, later]),
+        END,
+        [91, 182, 365],
+        _fit,
+        seed=0,
+        level_on=model.btyd_churn_curve(features),
+    )
+    assert again.as_dict() == selector.as_dict()
+
+
+def test_the_nearest_band_serves_and_its_ranking_is_kept_at_other_horizons(selection) -> None:
+    selector, _, model, features = selection
+    assert selector.band_for(100).horizon_days == 91
+    assert selector.band_for(140).horizon_days == 182  # nearer in log days: 140/91 > 182/140
+    assert selector.band_for(5000).horizon_days == 365
+    model.churn_selector_ = selector
+    band = selector.band_for(182)
+    at_window = model.predict(features, band.window_days)["churn_probability"].to_numpy()
+    beyond = model.predict(features, 250.0)["churn_probability"].to_numpy()  # same band, longer horizon
+    assert spearmanr(at_window, beyond).statistic == pytest.approx(1.0)
+    assert beyond.mean() < at_window.mean()  # fewer customers go 250 days without a purchase than 182
+    model.churn_selector_ = None
+
+
+def test_the_selector_travels_in_the_spec_and_old_specs_still_load(selection) -> None:
+    selector, _, model, features = selection
+    scoring = CLVModel.from_params(PINNED, 0.1, 30.4375)
+    scoring.churn_selector_ = selector
+    spec = clv_spec(
+        model, scoring, horizon_days=365.0, calibration_end="2025-03-31", trained_through="2025-12-31"
+    )
+    loaded = clv_model_from_spec(spec, "scoring_params")
+    assert ChurnSelector.from_dict(spec["churn_selector"]) == selector
+    expected = scoring.predict(features, 120.0)["churn_probability"]
+    pd.testing.assert_series_equal(loaded.predict(features, 120.0)["churn_probability"], expected)
+    assert clv_model_from_spec(spec, "calibration_params").churn_selector_ is None  # the fit had none
+    older = {k: v for k, v in spec.items() if k not in ("churn_selector", "calibration_churn_selector")}
+    plain = clv_model_from_spec(older, "scoring_params").predict(features, 120.0)
+    np.testing.assert_array_equal(plain["churn_probability"], plain["btyd_churn_probability"])
+
+
+def test_without_a_purchase_model_the_rules_are_still_judged(orders: pd.DataFrame) -> None:
+    def failing(features: pd.DataFrame) -> CLVModel:
+        raise ModelFitError("no purchase model here")
+
+    selector, report = select_churn(orders, END, [91], failing, seed=0)
+    assert selector.bands[0].candidate in ("recency", "recency_frequency_tenure")
+    assert set(report.scores["candidate"]) == {"recency", "recency_frequency_tenure"}
+    assert "left out" in report.notes[0]
+
+
+def test_ties_in_auc_go_to_the_lower_brier() -> None:
+    scores = pd.DataFrame(
+        {"auc": [0.80, 0.799, 0.75], "brier": [0.20, 0.15, 0.10]},
+        index=pd.Index(["a", "b", "c"], name="candidate"),
+    )
+    assert _choose(scores) == "b"  # c has the lowest Brier but ranks far worse
+
+
+def test_calibration_figures() -> None:
+    rng = np.random.default_rng(0)
+    predicted = rng.random(20_000)
+    label = (rng.random(20_000) < predicted).astype(int)  # calibrated by construction
+    assert auc(label, predicted) == pytest.approx(roc_auc_score(label, predicted))
+    assert expected_calibration_error(predicted, label) < 0.02
+    assert expected_calibration_error(np.clip(predicted + 0.2, 0, 1), label) > 0.15
+    assert brier_skill_score(np.full(len(label), label.mean()), label) == pytest.approx(0.0)
+    table = calibration_table(predicted, label)
+    assert len(table) == 10 and table["customers"].sum() == len(label)
+    assert table["predicted"].is_monotonic_increasing
+
+
+def test_the_paired_interval_is_that_of_the_difference() -> None:
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=4000)
+    label = (signal + rng.normal(size=4000) > 0).astype(int)
+    same = paired_auc_difference(label, signal, signal)
+    assert same == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    worse = paired_auc_difference(label, signal + rng.normal(scale=2.0, size=4000), signal)
+    assert worse["ci_low"] <= worse["diff"] <= worse["ci_high"] < 0
+
+
+def test_a_model_that_loses_to_recency_is_blocked_and_registered_as_challenger(tracking_uri: str) -> None:
+    """On a holdout where days since the last purchase decides churn, a churn score that ignores it loses
+    beyond the interval: the run says why, and the registry gives it challenger even with no champion."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    calibration = pd.DataFrame(
+        {
+            "days_since_last": rng.integers(0, 400, n).astype(float),
+            "frequency": rng.integers(0, 5, n).astype(float),
+        }
+    )
+    holdout = pd.DataFrame({"purchases": (calibration["days_since_last"] < 150).astype(float)})
+    cfg = OmegaConf.create({"seed": 0, "clv": {"churn": {"gate": True}}})
+    model = CLVModel.from_params(PINNED, 0.1, 30.4375)
+    reasons = []
+    for churn, blocked_expected in ((rng.random(n), True), (calibration["days_since_last"] / 400, False)):
+        predictions = pd.DataFrame({"churn_probability": churn, "btyd_churn_probability": rng.random(n)})
+        with mlflow.start_run():
+            metrics, blocked = churn_evidence(cfg, model, predictions, calibration, holdout, 180.0, {})
+            tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+        assert (blocked is not None) is blocked_expected
+        assert metrics["gate.loses_to_baseline"] == float(blocked_expected)
+        assert ("gate.blocked" in tags) is blocked_expected
+        reasons.append(blocked)
+    assert "below the recency baseline's" in reasons[0]
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="m", python_model=_Constant(), input_example=calibration.head(2))
+    decision = registry.register_with_gate(
+        info.model_uri,
+        "m",
+        alias="champion",
+        metric="x",
+        new_score=1.0,
+        champion=None,
+        tags={},
+        blocked="loses",
+    )
+    assert decision.alias == "challenger" and decision.reason == "blocked: loses"
+    assert MlflowClient().get_model_version("m", decision.version).tags["gate.alias"] == "challenger"
+
+
+class _Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return np.zeros(len(model_input))
