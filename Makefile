@@ -13,6 +13,7 @@ UI_PORT ?= 5000
 SEARCH ?= clv_grid
 BENCH_CUSTOMERS ?= 1000000
 BENCH_ARGS ?=
+EVALUATE_ARGS ?=
 WORKERS ?= 2
 # make server: the team tracking server (MLflow on PostgreSQL) on 127.0.0.1; DATABASE_URL = use that database
 SERVER_DIR ?= .server
@@ -85,6 +86,10 @@ serve: $(STAMP)
 	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
 	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
+## evaluate: churn on real futures (CDNOW cut at four dates, generated non-BTYD logs) -> docs/churn-evaluation.md
+evaluate: $(STAMP)
+	$(BIN)/python -m customer_value.jobs.evaluate $(EVALUATE_ARGS)
+
 ## bench: the project's path vs plain lifetimes/scikit-learn at BENCH_CUSTOMERS (1M: ~12M orders) as ratios
 bench: $(STAMP)
 	$(BIN)/python -m customer_value.bench --customers $(BENCH_CUSTOMERS) $(BENCH_ARGS)
@@ -114,4 +119,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
