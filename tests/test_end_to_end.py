@@ -28,6 +28,7 @@ from customer_value.jobs.score import score, score_customers, write_chunks_atomi
 from customer_value.jobs.train import train
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.models.clv.churn_layer import ChurnLayer
+from customer_value.models.clv.churn_selection import ChurnSelector
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.value_layer import ValueLayer
 from customer_value.schema import CLV_FAMILIES, register_configs
@@ -171,11 +172,14 @@ def test_train_then_score(trained_store: TrainedStore, trained_tracking_uri: str
     value_layer = None if stored["value"] is None else ValueLayer.from_dict(stored["value"])
     kept = {name for name, layer in stored.items() if layer is not None}
     assert set(clv_run["tags.clv.layers"].split(",")) - {"none"} == kept
-    for name in ("churn", "value"):
-        assert clv_run[f"tags.clv.layers.{name}"].startswith("kept (" if name in kept else "dropped (")
-    expected_values = CLVModel.from_params(refit, 0.10, 365.25 / 12, churn_layer, value_layer).predict(
-        customer_features(orders, as_of), 90.0
-    )
+    assert churn_layer is None and "tags.clv.layers.churn" not in clv_run  # a candidate of clv.churn now
+    assert clv_run["tags.clv.layers.value"].startswith("kept (" if "value" in kept else "dropped (")
+    # The churn output: the bands the scoring fit chose on the whole history, as its run tag says.
+    selector = ChurnSelector.from_dict(champion_model.spec["churn_selector"])
+    assert clv_run["tags.clv.churn.scoring_selection"] == selector.describe()
+    expected_model = CLVModel.from_params(refit, 0.10, 365.25 / 12, churn_layer, value_layer)
+    expected_model.churn_selector_ = selector
+    expected_values = expected_model.predict(customer_features(orders, as_of), 90.0)
     for column in PREDICTION_COLUMNS:
         np.testing.assert_allclose(table[column].to_numpy(), expected_values[column].to_numpy(), rtol=1e-9)
     # Intervals: logged coverage on the holdout, and ordered around the point in the scoring table.
@@ -475,13 +479,23 @@ def test_train_never_lets_the_holdout_into_the_calibration_fit_or_the_layers(
         latest = max(int(v.version) for v in MlflowClient().search_model_versions("name='customer-clv'"))
         specs.append(mlflow.pyfunc.load_model(f"models:/customer-clv/{latest}").unwrap_python_model().spec)
         run = _runs("customer-clv").iloc[-1]
-        chosen = [k for k in run.index if k.startswith(("tags.clv.layers", "metrics.layers.check."))]
+        decided_before = (
+            "tags.clv.layers",
+            "metrics.layers.check.",
+            "tags.clv.churn.selection",
+            "tags.clv.churn.band_",
+            "metrics.churn_selection.",
+        )
+        chosen = [k for k in run.index if k.startswith(decided_before)]
         decisions.append({k: run[k] for k in chosen if pd.notna(run[k])})
-    # Which layers are kept, the windows and every check figure are decided before the calibration end.
-    assert decisions[0] == decisions[1] and "tags.clv.layers.churn" in decisions[0]
+    # Which layers are kept, the churn bands, the windows and every check and candidate figure are decided
+    # before the calibration end.
+    assert decisions[0] == decisions[1]
+    assert {"tags.clv.layers.value", "tags.clv.churn.selection"} <= set(decisions[0])
+    assert any(k.startswith("metrics.churn_selection.") for k in decisions[0])
     clean, changed = specs
     assert clean["calibration_end"] == changed["calibration_end"] == str(calibration_end.normalize().date())
-    for key in ("calibration_params", "churn_layer", "value_layer"):
+    for key in ("calibration_params", "churn_layer", "value_layer", "calibration_churn_selector"):
         assert clean[key] == changed[key], key
     assert clean["scoring_params"] != changed["scoring_params"]  # the refit does see the later orders
 

@@ -291,13 +291,14 @@ def main() -> None:
                 )
     args.deciles.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(deciles, ignore_index=True).to_csv(args.deciles, index=False)
+    pd.DataFrame(rows).to_csv(args.deciles.with_name("churn_futures.csv"), index=False)  # every candidate
     table = markdown_table(summary_table(rows))
     header = f"Measured on {machine()} in {time.perf_counter() - started:.0f} s, {time.strftime('%Y-%m-%d')}."
     text = args.output.read_text() if args.output.exists() else "<!-- table -->\n"
     args.output.write_text(
         text.split("<!-- table -->")[0] + "<!-- table -->\n" + header + "\n\n" + table + "\n"
     )
-    print(f"wrote {args.output} and {args.deciles}")
+    print(f"wrote {args.output}, {args.deciles} and churn_futures.csv beside it")
 
 
 if __name__ == "__main__":
