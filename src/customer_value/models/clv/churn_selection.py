@@ -16,11 +16,11 @@ leaves a quarter of the calibration window as history (the band says so). Candid
 out-of-fold predictions (customers split into folds; a customer's rows stay in one fold). ``recency``'s
 mean AUC over the windows is the reference unless other candidates beat it in four of five paired
 bootstrap resamples (then the best of those sets it); of the candidates within ``AUC_TIE`` of the
-reference the lowest Brier score wins. The winner is refitted on all windows of the band. An origin too early for a purchase model to be fitted
-is too early to judge any candidate on (a young cohort's recency ranked churners worse than chance
-there): the band then uses the longest shorter band's windows that had one, or with none, judges only the
-candidates that need no purchase model. Only orders up to the calibration end are read, so the holdout
-never takes part.
+reference the lowest Brier score wins. The winner is refitted on all windows of the band. An origin too
+early for a purchase model to be fitted is too early to judge any candidate on (a young cohort's recency
+ranked churners worse than chance there): the band then uses the longest shorter band's windows that had
+one, or with none, judges only the candidates that need no purchase model. Only orders up to the
+calibration end are read, so the holdout never takes part.
 
 At prediction time the band nearest the asked horizon (in log days) serves. When the asked horizon is not
 the band's window, the band's log-odds are shifted by how much the purchase model's mean log-odds of churn
