@@ -23,6 +23,7 @@ from customer_value.evaluation.calibration import (
     paired_auc_difference,
 )
 from customer_value.jobs.churn_stage import churn_evidence
+from customer_value.models.clv import churn_selection
 from customer_value.models.clv.btyd import CLVParams
 from customer_value.models.clv.churn_selection import (
     CANDIDATES,
@@ -134,6 +135,48 @@ def test_without_a_purchase_model_the_rules_are_still_judged(orders: pd.DataFram
     assert selector.bands[0].candidate in ("recency", "recency_frequency_tenure")
     assert set(report.scores["candidate"]) == {"recency", "recency_frequency_tenure"}
     assert "left out" in report.notes[0]
+
+
+def test_a_large_base_is_judged_on_a_seeded_sample(
+    orders: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(churn_selection, "WINDOW_CUSTOMERS", 250)
+    first, report = select_churn(orders, END, [91], _fit, seed=0)
+    again, _ = select_churn(orders, END, [91], _fit, seed=0)
+    assert first.as_dict() == again.as_dict()
+    fits: dict = {}
+    window = churn_selection._window(orders, END - pd.Timedelta(days=91), 91, _fit, fits, 0)
+    assert len(window.features) == len(window.outcome) == len(window.btyd) == 250
+    assert window.outcome.index.equals(window.features.index)
+
+
+def test_recency_ranks_unless_a_candidate_beats_it_convincingly() -> None:
+    """A candidate ahead of recency on the mean but not in four of five resamples does not set the
+    reference (it ships only for a better Brier score); one that is ahead in every resample does."""
+    rng = np.random.default_rng(5)
+    signal = rng.normal(size=3000)
+    labels = (signal + rng.normal(size=3000) > 0).astype(int)
+    recency = signal + rng.normal(scale=1.0, size=3000)
+    noisy = recency + rng.normal(scale=0.3, size=3000)  # about as good, no better
+    better = signal + rng.normal(scale=0.3, size=3000)  # clearly better
+    predictions = {"recency": recency, "noisy": noisy, "better": better}
+    scores = pd.DataFrame(
+        {
+            "auc": [auc(labels, p) for p in predictions.values()],
+            "brier": [0.20, 0.10, 0.19],
+        },
+        index=pd.Index(list(predictions), name="candidate"),
+    )
+    bounds = [(0, 3000)]
+    only_noisy = scores.drop(index="better")
+    only_noisy.loc["noisy", "auc"] = only_noisy.loc["recency", "auc"] + 0.01  # ahead on the mean only
+    assert churn_selection._win_share(noisy, recency, labels, bounds, 0) < churn_selection.KEEP_WIN_SHARE
+    only_noisy.loc["noisy", "brier"] = 0.25
+    assert _choose(only_noisy, predictions, labels, bounds) == "recency"
+    only_noisy.loc["noisy", "brier"] = 0.10  # ranks as well as the reference and is better calibrated
+    assert _choose(only_noisy, predictions, labels, bounds) == "noisy"
+    assert churn_selection._win_share(better, recency, labels, bounds, 0) == 1.0
+    assert _choose(scores, predictions, labels, bounds) == "better"
 
 
 def test_ties_in_auc_go_to_the_lower_brier() -> None:

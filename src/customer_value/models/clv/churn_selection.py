@@ -65,6 +65,7 @@ ANCHOR = "recency"
 KEEP_WIN_SHARE = 0.8
 RESAMPLES = 100
 RESAMPLE_ROWS = 20_000
+WINDOW_CUSTOMERS = 100_000  # customers per backtest window the candidates are compared and fitted on
 CV_FOLDS = 5
 # Horizons (days) the level offsets are stored for; a horizon between them is interpolated in log days.
 OFFSET_HORIZONS = np.geomspace(1.0, 20 * 365.25, 64)
@@ -216,7 +217,7 @@ def select_churn(
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
         windows = [
-            _window(known, origin, days, fit_btyd, fits)
+            _window(known, origin, days, fit_btyd, fits, seed)
             for origin in backtest_origins(first, calibration_end, days, folds, step_days)
         ]
         if not windows:
@@ -280,19 +281,25 @@ def _window(
     days: int,
     fit_btyd: Callable[[pd.DataFrame], object],
     fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None]],
+    seed: int,
 ) -> Window:
-    """The window at ``origin``; the purchase model fitted there (None when none could be) is shared by
-    every band that uses it."""
+    """The window at ``origin``: the purchase model fitted there on every customer (None when none could
+    be) and shared by every band that uses it; the candidates see a seeded sample of at most
+    WINDOW_CUSTOMERS of them (AUC and Brier to about 0.002 there; a million-customer log stays fast)."""
     if origin not in fits:
         features, _ = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=1)))
         try:
-            fits[origin] = (features, fit_btyd(features))
+            model = fit_btyd(features)
         except ModelFitError:  # too little history for a purchase model: the other candidates still judge
-            fits[origin] = (features, None)
+            model = None
+        if len(features) > WINDOW_CUSTOMERS:
+            rows = np.random.default_rng(seed).choice(len(features), WINDOW_CUSTOMERS, replace=False)
+            features = features.iloc[np.sort(rows)]
+        fits[origin] = (features, model)
     features, model = fits[origin]
     _, outcome = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=days)))
     btyd = None if model is None else model.predict(features, float(days))
-    return Window(origin, features, btyd, outcome, float(days))
+    return Window(origin, features, btyd, outcome.reindex(features.index), float(days))
 
 
 def _needs_btyd(candidate: str) -> bool:
