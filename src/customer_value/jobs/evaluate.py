@@ -147,7 +147,7 @@ def evaluate_future(future: Future, folder: Path) -> tuple[list[dict[str, object
             "horizon_days": horizon,
             "customers": len(label),
             "churn_share": float(label.mean()),
-            "registered_as": version.aliases[0] if version.aliases else "none",
+            "registered_as": version.tags.get("gate.alias", "none"),
             "band_candidate": _band_candidate(scoring, horizon),
         }
         for name, score in scores.items():
