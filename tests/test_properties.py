@@ -65,6 +65,7 @@ def test_customer_table_invariants_and_row_order(log: pd.DataFrame, random: obje
     assert (table["recency_days"] >= 0).all() and (table["recency_days"] <= table["T_days"]).all()
     assert (table["frequency"] >= 0).all() and (table["n_orders"] == table["frequency"] + 1).all()
     assert (table["monetary_value"] >= 0).all() and (table["total_spend"] > 0).all()
+    assert (table["litt_days"] >= 0).all() and (table.loc[table["frequency"] == 0, "litt_days"] == 0).all()
     shuffled = log.sample(frac=1.0, random_state=random.randint(0, 2**31))  # type: ignore[attr-defined]
     again = customer_features(clean_transactions(shuffled, source="generated")[0], as_of)
     pd.testing.assert_frame_equal(again, table, rtol=1e-12)
