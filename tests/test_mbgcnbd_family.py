@@ -223,6 +223,18 @@ def test_a_regular_buyer_who_just_bought_is_not_due_yet() -> None:
     assert churn["mbgnbd"][0] < churn["mbgnbd"][1]
 
 
+def test_a_series_that_does_not_converge_is_a_failed_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The penalizer ladder and the bootstrap draws handle ModelFitError, not the series' RuntimeError."""
+
+    def stuck(*args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("expected_purchases: series not converged after 100000 terms")
+
+    monkeypatch.setattr(cnbd, "expected_purchases", stuck)
+    params = CLVParams("mbgcnbd", REGULAR | {"k": 3}, SPEND, 7.0)
+    with pytest.raises(ModelFitError, match="^MBG/CNBD-3 expected purchases: .* not converged"):
+        predict_arrays(params, HISTORIES, 365.0, 0.1, 30.4375)
+
+
 def test_pattern_counts_carry_the_summed_litt(regular: tuple[pd.DataFrame, pd.DataFrame, CLVModel]) -> None:
     """Spark's pattern counts (engine=spark) give the same fit when they carry each pattern's summed
     litt_days; without it the family says what it misses."""

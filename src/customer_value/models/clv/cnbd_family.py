@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import betainc, betaincinv, betaln
 
+from customer_value.errors import ModelFitError
 from customer_value.models.clv import cnbd_likelihood as cnbd
 from customer_value.models.clv.likelihoods import Patterns
 
@@ -84,7 +85,9 @@ def expected_by_time(
     """E[purchases in (T, T + t] | history] for each t in ``times``, one array of customers at a time.
 
     ``cnbd.expected_purchases`` (an exact series) on the distinct (x, t_x, T) patterns only, with as many
-    times per call as keep the series' (pattern, time, phase) cells under ``SERIES_CELLS``."""
+    times per call as keep the series' (pattern, time, phase) cells under ``SERIES_CELLS``. A series that
+    does not converge (parameters far out, where the phase counts barely decay) is a ModelFitError, as a
+    non-finite prediction is: the penalizer ladder retries, a bootstrap draw is left out."""
     params, k = split_params(purchase)
     first, inverse = distinct_rows(x, t_x, T)
     px, pt, pT = x[first], t_x[first], T[first]
@@ -92,10 +95,13 @@ def expected_by_time(
     block = max(1, SERIES_CELLS // (len(first) * k))
     for start in range(0, len(times), block):
         chunk = times[start : start + block]
-        values = cnbd.expected_purchases(
-            params, np.tile(px, len(chunk)), np.tile(pt, len(chunk)), np.tile(pT, len(chunk)), k,
-            np.repeat(chunk, len(first)),
-        )  # fmt: skip
+        try:
+            values = cnbd.expected_purchases(
+                params, np.tile(px, len(chunk)), np.tile(pt, len(chunk)), np.tile(pT, len(chunk)), k,
+                np.repeat(chunk, len(first)),
+            )  # fmt: skip
+        except RuntimeError as exc:
+            raise ModelFitError(f"MBG/CNBD-{k} expected purchases: {exc}") from None
         for row in values.reshape(len(chunk), len(first)):
             yield row[inverse]
 
