@@ -135,6 +135,9 @@ BAD_COVARIATES = {
     (WITH_FILE, "clv=mbgnbd", "clv.covariates.dropout=[income]"): (
         "clv.covariates need clv.family bgnbd, pareto_nbd or auto (MBG/NBD has no covariate model)"
     ),
+    (WITH_FILE, "clv=mbgcnbd", "clv.covariates.purchase=[income]"): (
+        "clv.covariates need clv.family bgnbd, pareto_nbd or auto (MBG/CNBD-k has no covariate model)"
+    ),
     (WITH_FILE, "clv.covariates.purchase=[income,region,income]"): (
         "clv.covariates.purchase lists ['income'] twice; name each column once"
     ),

@@ -44,6 +44,17 @@ def test_features_equal_lifetimes_summary(sample_orders: pd.DataFrame) -> None:
     assert (ours["n_orders"] == ours["frequency"] + 1).all()
 
 
+def test_litt_days_is_the_sum_of_log_gaps_between_purchase_days(sample_orders: pd.DataFrame) -> None:
+    """MBG/CNBD-k's statistic against a plain pandas grouped diff (orders after as_of left out)."""
+    as_of = pd.Timestamp("1997-09-30")
+    ours = customer_features(sample_orders, as_of)["litt_days"]
+    seen = sample_orders[sample_orders["date"] <= as_of].sort_values(["customer_id", "date"])
+    gaps = seen.groupby("customer_id", observed=True)["date"].diff().dt.days
+    theirs = np.log(gaps).groupby(seen["customer_id"], observed=True).sum().reindex(ours.index)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert (ours > 0).sum() > 500  # most repeat buyers' gaps are longer than a day
+
+
 def test_calibration_and_holdout_equal_lifetimes(synthetic_orders: pd.DataFrame) -> None:
     orders = synthetic_orders.assign(date=synthetic_orders["timestamp"].dt.normalize())
     orders = orders.groupby(["customer_id", "date"], as_index=False)["amount"].sum()

@@ -41,14 +41,19 @@ HISTORIES = ModelInputs(  # (x, t_x, T) from a one-time buyer to a 170-purchase 
 )
 
 
-@pytest.mark.parametrize("family", sorted(PUBLISHED))
+# MBG/CNBD-k at k = 1 is MBG/NBD: judged against lifetimes' MBG/NBD at MBG/NBD's published parameters.
+AT_K1 = {"mbgcnbd": "mbgnbd"}
+
+
+@pytest.mark.parametrize("family", [*sorted(PUBLISHED), *AT_K1])
 def test_count_distribution_sums_to_one_and_has_lifetimes_conditional_mean(family: str) -> None:
     """The whole distribution of purchases in 39 weeks, not only its mean, for every family."""
-    params = CLVParams(family, PUBLISHED[family], SPEND, 7.0)
+    twin = AT_K1.get(family, family)
+    params = CLVParams(family, PUBLISHED[twin] | ({"k": 1} if family in AT_K1 else {}), SPEND, 7.0)
     terms = count_pmf_terms(params, HISTORIES, 39.0)
     pmf = np.array([terms(n) for n in range(400)])
     np.testing.assert_allclose(pmf.sum(axis=0), 1.0, atol=1e-8)
-    fitter = lifetimes_fitter(FAMILIES[family].fitter, PUBLISHED[family])
+    fitter = lifetimes_fitter(FAMILIES[twin].fitter, PUBLISHED[twin])
     x, t_x, T = HISTORIES.frequency, HISTORIES.recency, HISTORIES.T
     p_alive = np.asarray(fitter.conditional_probability_alive(x, t_x, T))
     mean = p_alive * (np.arange(400)[:, None] * pmf).sum(axis=0)
@@ -110,6 +115,17 @@ def test_covariance_is_the_inverse_of_lifetimes_autograd_hessian() -> None:
     covariance = np.asarray(params.log_covariance)
     np.testing.assert_allclose(covariance[:4, :4], np.linalg.inv(information[0]), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(covariance[4:, 4:], np.linalg.inv(information[1]), rtol=1e-5, atol=1e-12)
+
+
+def test_mbgcnbd_covariance_at_k1_is_mbg_nbds() -> None:
+    """Second differences of MBG/CNBD-k's likelihood at k = 1 give lifetimes' MBG/NBD covariance (CDNOW
+    sample, BTYDplus's MBG/NBD estimates); k stays out of the covariance."""
+    orders, _ = load_bundled("cdnow_sample", LoadingRules(keep_zero_amounts=True))
+    calibration, _ = calibration_and_holdout(orders, Split(pd.Timestamp("1997-09-30"), orders["date"].max()))
+    inputs = model_inputs(calibration, 7.0, spend=False)
+    mbg = log_parameter_covariance(CLVParams("mbgnbd", PUBLISHED["mbgnbd"], None, 7.0), inputs)
+    params = CLVParams("mbgcnbd", PUBLISHED["mbgnbd"] | {"k": 1}, None, 7.0)
+    np.testing.assert_allclose(log_parameter_covariance(params, inputs), mbg, rtol=1e-4)
 
 
 def test_draws_are_reproducible_and_centred_on_the_fit() -> None:

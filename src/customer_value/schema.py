@@ -129,7 +129,7 @@ class CovariatesConfig:
 
 @dataclass
 class CLVConfig:
-    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | auto (best on an inner window)
+    family: str = "bgnbd"  # purchase model: bgnbd | mbgnbd | pareto_nbd | mbgcnbd | auto (best, inner window)
     penalizer: float = 0.0  # the purchase model's L2 penalty (lifetimes' penalizer_coef)
     fallback_penalizers: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # purchase, in order
     spend_penalizer: float = 0.0  # Gamma-Gamma's own L2 penalty (on p^2 + q^2 + v^2; v in currency units)
@@ -306,7 +306,9 @@ OPTIMIZABLE_METRICS = (
 # purchase metric, and the run says so (tag clv.primary_metric_substituted).
 REVENUE_METRICS = ("holdout.revenue_spearman", "holdout.top_decile_revenue_capture")
 PURCHASE_ONLY_GATE_METRIC = "holdout.churn_auc"
-CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd")
+CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd", "mbgcnbd")
+# Families without a covariate model, by label (as models/clv/btyd.FAMILIES; no lifetimes at config time).
+NO_COVARIATE_FAMILIES = {"mbgnbd": "MBG/NBD", "mbgcnbd": "MBG/CNBD-k"}
 # Keys of models/clv/churn_selection.CANDIDATES (a test keeps them equal; no model import at config time).
 CHURN_CANDIDATES = ("purchase_model", "recency", "recency_frequency_tenure", "layer")
 HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # as clv.HEAVY_TAIL_SPEND (schema must not import lifetimes)
@@ -480,8 +482,9 @@ def _covariate_checks(cfg: DictConfig) -> list[tuple[bool, str]]:
             "clv.covariates need a customer file: set data.customers.path (its columns are the covariates)",
         ),
         (
-            not asked or cfg.clv.family != "mbgnbd",
-            "clv.covariates need clv.family bgnbd, pareto_nbd or auto (MBG/NBD has no covariate model)",
+            not asked or cfg.clv.family not in NO_COVARIATE_FAMILIES,
+            "clv.covariates need clv.family bgnbd, pareto_nbd or auto "
+            f"({NO_COVARIATE_FAMILIES.get(cfg.clv.family)} has no covariate model)",
         ),
         *(
             (

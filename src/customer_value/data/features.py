@@ -11,6 +11,9 @@ Columns (index ``customer_id``):
 - ``monetary_value``: mean spend of the repeat purchase days (0 without repeats), Gamma-Gamma's input.
 - ``days_since_last``: days since the last purchase, the "R" of RFM.
 - ``n_orders``, ``total_spend``, ``mean_order_value``: over all purchase days, the "F" and "M" of RFM.
+- ``litt_days``: the sum over repeat purchase days of log(days since the previous purchase day) (0 without
+  repeats). MBG/CNBD-k chooses its number of Erlang phases k with it (its likelihood's (k - 1) * litt
+  term); in a model's time unit it is ``litt_days - frequency * log(time_unit_days)``.
 
 A log without amounts (orders without an ``amount`` column, see ``loading``) gives the same table without
 the VALUE_FEATURES: they are left out, not zero-filled, so nothing downstream mistakes a visit for a sale.
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from customer_value.data.grouping import (
+    Runs,
     customer_codes,
     epoch_days,
     run_lengths,
@@ -41,6 +45,7 @@ FEATURE_COLUMNS = [
     "n_orders",
     "total_spend",
     "mean_order_value",
+    "litt_days",
 ]
 VALUE_FEATURES = ("monetary_value", "total_spend", "mean_order_value")  # only when the log has amounts
 
@@ -73,6 +78,7 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
         "T_days": (as_of_day - first_day).astype("float64"),
         "days_since_last": (as_of_day - last_day).astype("float64"),
         "n_orders": n_orders,
+        "litt_days": _log_gap_sums(runs),
     }
     if amounts is not None:
         total = run_sums(amounts, runs)
@@ -87,6 +93,18 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
         index=pd.Index(ids[runs.codes_at(runs.starts)], name="customer_id"),
     )
     return table
+
+
+def _log_gap_sums(runs: Runs) -> np.ndarray:
+    """Each customer's sum of log(days between consecutive purchase days), over ``runs`` of customers.
+
+    One diff over the sorted purchase days; a customer's first day has no gap (log 1 = 0 there). The
+    days are distinct per customer (loading merges same-day orders), so every gap is at least a day."""
+    gaps = np.diff(runs.days_at(np.arange(len(runs.keys)))).astype("float64")
+    log_gaps = np.zeros(len(gaps) + 1)
+    np.log(gaps, out=log_gaps[1:], where=gaps > 0)  # across two customers a gap may be <= 0: reset below
+    log_gaps[runs.starts] = 0.0
+    return np.add.reduceat(log_gaps, runs.starts) if len(runs.starts) else log_gaps
 
 
 def purchase_regularity(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:

@@ -1,7 +1,7 @@
 """``clv.family``: fit the configured purchase-model family, or with ``auto`` choose one on an inner window.
 
 The choice is judged on what customers did between an inner origin and the calibration end, so the
-holdout judges one model, not the best of three (see ``choose_family``).
+holdout judges one model, not the best of four (see ``choose_family``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from customer_value.schema import CLV_FAMILIES
 
 log = logging.getLogger(__name__)
 
-# The whole base's purchase patterns as of a day (frequency, recency_days, T_days, customers).
+# The whole base's purchase patterns as of a day (frequency, recency_days, T_days, customers, litt_days).
 PurchaseCounts = Callable[[pd.Timestamp], pd.DataFrame]
 
 
@@ -46,10 +46,10 @@ def choose_family(
     holdout predictions and metrics. With ``auto`` every family is fitted on the calibration orders up to
     an inner origin and scored with ``primary`` on what customers did between it and the calibration end
     (``family.<name>.inner.<metric>``); only the best is then fitted on the calibration window, so the
-    holdout judges one model, not the best of three. The inner window is as long as the holdout when that
+    holdout judges one model, not the best of four. The inner window is as long as the holdout when that
     leaves enough history before it, else derived from the calibration window's length (the layers'
     ``choose_inner_horizons``). When none fits the history, or no family can be fitted on it, the families
-    are compared on the holdout as before (optimistic: best of three), and tag ``clv.family_selection``
+    are compared on the holdout as before (optimistic: best of four), and tag ``clv.family_selection``
     says so and why. A NaN score ranks last; a family whose fit fails is skipped (tag
     ``clv.skipped_families``), and one that failed only on the inner window is tried last.
     """
@@ -60,7 +60,7 @@ def choose_family(
         )
         return family, model, scoring, predictions, scores
     skipped: dict[str, str] = {}
-    # Covariates: only the families that have a covariate model (MBG/NBD has none).
+    # Covariates: only the families that have a covariate model (MBG/NBD and MBG/CNBD-k have none).
     families = [f for f in CLV_FAMILIES if settings.get("covariates") is None or f in COVARIATE_FAMILIES]
     inner, reason = _inner_family_window(orders, split)
     metrics: dict[str, float] = {}
@@ -68,7 +68,7 @@ def choose_family(
     if inner is not None:
         features, outcome = calibration_and_holdout(orders[orders["date"] <= split.calibration_end], inner)
         inner_scores = {}
-        for family in families:  # three families at most
+        for family in families:  # four families at most
             try:
                 model = CLVModel(family=family, **settings).fit(features)
             except ModelFitError as exc:

@@ -333,18 +333,24 @@ def _check(parsed: DataFrame, source: str, columns: list[str], rules: LoadingRul
 
 def customer_features(orders: DataFrame, as_of: pd.Timestamp) -> DataFrame:
     """``features.customer_features`` in Spark: one row per customer with orders on or before ``as_of``."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     day = F.lit(pd.Timestamp(as_of).normalize().date())
     seen = orders.where(F.col("date") <= day)
     if seen.limit(1).count() == 0:
         raise DataError(f"no orders on or before {as_of.date()}: nothing to build customer features from")
+    # litt_days: log of the days since the customer's previous purchase day (null on the first), summed.
+    # The window is partitioned by customer, so the grouping below needs no second shuffle.
+    gap = F.datediff("date", F.lag("date").over(Window.partitionBy("customer_id").orderBy("date")))
+    seen = seen.withColumn("log_gap", F.log(gap.cast("double")))
     grouped = seen.groupBy("customer_id").agg(
         F.min("date").alias("first"),
         F.max("date").alias("last"),
         F.count(F.lit(1)).alias("n"),
         F.sum("amount").alias("total"),
         F.min_by("amount", "date").alias("first_amount"),  # (customer, day) is unique: well defined
+        F.sum("log_gap").alias("litt"),
     )
     n = F.col("n").cast("double")
     return grouped.select(
@@ -359,6 +365,7 @@ def customer_features(orders: DataFrame, as_of: pd.Timestamp) -> DataFrame:
         n.alias("n_orders"),
         F.col("total").cast("double").alias("total_spend"),
         (F.col("total") / n).alias("mean_order_value"),
+        F.coalesce(F.col("litt"), F.lit(0.0)).alias("litt_days"),
     )
 
 

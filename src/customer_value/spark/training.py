@@ -57,13 +57,16 @@ class SparkBase:
 
     def purchase_counts(self, as_of: pd.Timestamp) -> pd.DataFrame:
         """Every customer first seen by ``as_of`` grouped by (frequency, recency_days, T_days) as of that
-        day, with ``customers`` per pattern: the only form of the base the purchase model needs."""
+        day, with ``customers`` per pattern and their summed ``litt_days`` (MBG/CNBD-k chooses k with it):
+        the only form of the base the purchase model needs."""
         from pyspark.sql import functions as F
 
         day = pd.Timestamp(as_of).normalize()
         if day not in self._patterns:
             table = customer_features(self.everyone, day).groupBy(*PATTERN_COLUMNS)
-            counts = table.agg(F.count(F.lit(1)).alias("customers")).toPandas()
+            counts = table.agg(
+                F.count(F.lit(1)).alias("customers"), F.sum("litt_days").alias("litt_days")
+            ).toPandas()
             self._patterns[day] = counts.astype("float64")
         return self._patterns[day]
 

@@ -1,4 +1,5 @@
-"""BTYD purchases (BG/NBD, MBG/NBD, Pareto/NBD) x Gamma-Gamma spend: lifetime value and churn propensity.
+"""BTYD purchases (BG/NBD, MBG/NBD, Pareto/NBD, MBG/CNBD-k) x Gamma-Gamma spend: lifetime value and churn
+propensity.
 
 The only module that imports ``lifetimes``. lifetimes is fed aligned 1-D float64 numpy arrays built in
 one place (:func:`model_inputs`) because some of its helpers misbehave with pandas inputs on pandas 3.
@@ -25,6 +26,9 @@ from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.models.clv import cnbd_family
+from customer_value.models.clv.cnbd_likelihood import FitError as CNBDFitError
+from customer_value.models.clv.cnbd_likelihood import log_likelihood as cnbd_log_likelihood
 from customer_value.models.clv.covariate_likelihoods import covariate_patterns, fit_with_covariates
 from customer_value.models.clv.covariates import (
     coefficient_design,
@@ -190,18 +194,24 @@ class StableParetoNBDFitter(ParetoNBDFitter):
 
 @dataclass(frozen=True)
 class Family:
-    """A BTYD purchase model from lifetimes: its fitter and parameter names."""
+    """A BTYD purchase model: its label, lifetimes fitter (None: the project's own formulas only) and the
+    names of its estimated parameters (the covariance's order). ``litt``: the fit also needs the customers'
+    log inter-purchase times (``litt_days``), which only MBG/CNBD-k does; it stores its integer k beside
+    the estimated parameters (``cnbd_family``)."""
 
     label: str
-    fitter: type
+    fitter: type | None
     params: tuple[str, ...]
+    litt: bool = False
 
 
 FAMILIES = {
     "bgnbd": Family("BG/NBD", BetaGeoFitter, ("r", "alpha", "a", "b")),
     "mbgnbd": Family("MBG/NBD", ModifiedBetaGeoFitter, ("r", "alpha", "a", "b")),
     "pareto_nbd": Family("Pareto/NBD", StableParetoNBDFitter, ("r", "alpha", "s", "beta")),
+    "mbgcnbd": Family("MBG/CNBD-k", None, ("r", "alpha", "a", "b"), litt=True),
 }
+LITT_COLUMN = "litt_days"  # the customer table's sum of log inter-purchase days (``features``)
 SPEND_PARAMS = ("p", "q", "v")
 
 
@@ -272,6 +282,7 @@ class ModelInputs:
     monetary_value: np.ndarray | None
     design: np.ndarray | None = None  # customers x design columns (``covariates``); None = no covariates
     design_codes: np.ndarray | None = None  # each customer's distinct design row, numbered (with ``design``)
+    litt: np.ndarray | None = None  # sum of log inter-purchase times, model units (MBG/CNBD-k's fit only)
 
 
 def model_inputs(
@@ -279,11 +290,13 @@ def model_inputs(
     time_unit_days: float,
     spend: bool = True,
     covariates: dict[str, object] | None = None,
+    litt: bool = False,
 ) -> ModelInputs:
     """Convert the day-based customer table to lifetimes' (x, t_x, T, m) in model units; ``spend=False``
     (a purchase-only model) neither needs nor reads ``monetary_value``; ``covariates`` (a fitted design)
-    encodes the customer table's covariate columns."""
-    needed = BTYD_INPUT_COLUMNS if spend else PURCHASE_INPUT_COLUMNS
+    encodes the customer table's covariate columns; ``litt`` (MBG/CNBD-k's fit) also reads ``litt_days``:
+    log(gap / unit) summed over x gaps is litt_days - x log(unit)."""
+    needed = [*(BTYD_INPUT_COLUMNS if spend else PURCHASE_INPUT_COLUMNS), *([LITT_COLUMN] if litt else [])]
     missing = [c for c in needed if c not in features.columns]
     if missing:
         raise ValueError(f"customer table lacks column(s) {missing}")
@@ -296,6 +309,7 @@ def model_inputs(
         monetary_value=as_array.get("monetary_value"),
         design=design,
         design_codes=None if design is None else np.unique(design, axis=0, return_inverse=True)[1].ravel(),
+        litt=as_array[LITT_COLUMN] - as_array["frequency"] * math.log(time_unit_days) if litt else None,
     )
 
 
@@ -323,14 +337,36 @@ def patterns_from_counts(counts: pd.DataFrame, time_unit_days: float) -> Pattern
     return Patterns(x[order], t_x[order], big_t[order], weights[order])
 
 
+def litt_total(inputs: ModelInputs) -> float:
+    """The customers' summed litt in model units: what MBG/CNBD-k's choice of k needs from them."""
+    if inputs.litt is None:
+        raise ModelFitError(f"MBG/CNBD-k needs the customer table's {LITT_COLUMN}")
+    return float(inputs.litt.sum())
+
+
+def counts_litt_total(counts: pd.DataFrame, time_unit_days: float) -> float:
+    """``litt_total`` of the customers that day-based pattern counts describe (their ``litt_days`` summed
+    per pattern, e.g. in Spark)."""
+    if LITT_COLUMN not in counts.columns:
+        raise ModelFitError(f"MBG/CNBD-k needs the pattern counts' summed {LITT_COLUMN}; they have none")
+    repeats = float((counts["frequency"] * counts["customers"]).sum())
+    return float(counts[LITT_COLUMN].sum()) - repeats * math.log(time_unit_days)
+
+
 def fit_purchase_model(
-    inputs: ModelInputs, penalizer: float, family: str = "bgnbd", patterns: Patterns | None = None
+    inputs: ModelInputs,
+    penalizer: float,
+    family: str = "bgnbd",
+    patterns: Patterns | None = None,
+    litt_sum: float | None = None,
 ) -> dict[str, float]:
     """Fit on the unique (x, t_x, T) patterns weighted by their counts (the same optimum, much faster).
 
     BG/NBD and Pareto/NBD use our analytic-gradient likelihoods (``likelihoods``,
     ``pareto_likelihood``: lifetimes' objectives from lifetimes' start, several times faster; Pareto/NBD
-    with BFGS instead of lifetimes' Nelder-Mead); MBG/NBD uses lifetimes' fitter.
+    with BFGS instead of lifetimes' Nelder-Mead); MBG/NBD uses lifetimes' fitter; MBG/CNBD-k
+    ``cnbd_family.fit`` (k by maximum likelihood; ``litt_sum``: the summed litt of the customers the patterns
+    count, by default ``litt_total(inputs)``).
     """
     spec = FAMILIES[family]
     patterns = purchase_patterns(inputs) if patterns is None else patterns
@@ -342,6 +378,12 @@ def fit_purchase_model(
         try:
             params = (fit_bgnbd if family == "bgnbd" else fit_pareto_nbd)(patterns, penalizer)
         except FitFailed:
+            raise failed from None
+    elif family == "mbgcnbd":
+        try:
+            litt_sum = litt_total(inputs) if litt_sum is None else litt_sum
+            params = cnbd_family.fit(patterns, litt_sum, penalizer)
+        except CNBDFitError:
             raise failed from None
     else:
         fitter = spec.fitter(penalizer_coef=penalizer)
@@ -481,11 +523,16 @@ def spend_frequency_correlation(inputs: ModelInputs) -> float:
 
 
 def purchase_log_likelihood(family: str, params: dict[str, float], x, t_x, T, weights) -> float:
-    """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised."""
+    """Total (weighted) log-likelihood of a purchase model at ``params`` (model units), unpenalised.
+
+    MBG/CNBD-k's leaves out (k - 1) litt: constant in (r, alpha, a, b) at the stored k (see cnbd_family)."""
     spec = FAMILIES[family]
     values = np.array([params[k] for k in spec.params], dtype="float64")
     if family == "pareto_nbd":  # natural parameters
         return ParetoNBDLikelihood(x, t_x, T, weights).value_and_gradient(values)[0]
+    if family == "mbgcnbd":
+        k = int(params["k"])
+        return float(np.sum(weights * cnbd_log_likelihood(values, x, t_x, T, np.zeros_like(x), k)))
     with quiet_lifetimes():
         mean_nll = spec.fitter._negative_log_likelihood(np.log(values), x, t_x, T, weights, 0.0)
     return float(-mean_nll * np.sum(weights))

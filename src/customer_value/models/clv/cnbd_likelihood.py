@@ -232,6 +232,23 @@ def p_alive(params: Params, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, k: int) 
     return 1.0 / (1.0 + np.exp(log_s1 - log_s2))
 
 
+def alive_phase_posterior(
+    params: Params, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Given alive at T: P(j of the k Erlang phases done since t_x | history) for j = 0..k-1, each case's
+    Gamma shape of lambda (r + kx + j) and the common Gamma rate (alpha + T).
+
+    Why: every forecast for a live customer is a mixture over j of "lambda ~ Gamma(r + kx + j, alpha + T),
+    k - j more phases to the next purchase, then k per purchase" (see expected_purchases)."""
+    r, alpha, _, _ = _unpack(params)
+    k = _check_k(k)
+    x, t_x, T = _history(x, t_x, T)
+    log_terms, _ = _alive_terms(r + k * x, T - t_x, alpha + T, k)
+    weights = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=1, keepdims=True))
+    shapes = r + k * x[:, None] + np.arange(k)[None, :]
+    return weights, shapes, alpha + T
+
+
 def prob_no_purchase(
     params: Params, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, k: int, horizon: ArrayLike
 ) -> np.ndarray:
@@ -247,6 +264,48 @@ def prob_no_purchase(
     zero = np.zeros_like(x)
     later = log_likelihood(params, x, t_x, T + h, zero, k)
     return np.minimum(np.exp(later - log_likelihood(params, x, t_x, T, zero, k)), 1.0)
+
+
+class _PhaseTails:
+    """P(NB_j >= n k - j) for n = 1, 2, ... (NB_j negative binomial: shape s_j, success share z), per row.
+
+    Why: a betainc per (customer, phase, term) was nearly all of expected_purchases' time. Here a tail
+    steps down by the pmf, P(NB >= m + 1) = P(NB >= m) - P(NB = m) with
+    P(NB = m + 1) = P(NB = m) (s + m) z / (m + 1), an exp and a log per phase; a tail that has fallen below
+    ``REFRESH`` of its last exact value is recomputed by betainc, which bounds the subtraction's
+    cancellation (a tail keeps ~12 digits)."""
+
+    REFRESH = 1e-6
+
+    def __init__(self, shapes: np.ndarray, z: np.ndarray, k: int) -> None:
+        self.k, self.shapes, self.z = k, shapes, np.broadcast_to(z, shapes.shape)
+        self.m = (k - np.arange(k)).astype("float64")  # phases to the first purchase, j = 0..k-1
+        self.log_z = np.log(self.z)
+        self.tail = betainc(self.m, shapes, self.z)
+        self.exact = self.tail.copy()
+        self.log_pmf = (
+            gammaln(shapes + self.m) - gammaln(shapes) - gammaln(self.m + 1.0)
+            + self.m * self.log_z + shapes * np.log1p(-self.z)
+        )  # fmt: skip
+
+    def keep(self, rows: np.ndarray) -> None:
+        for name in ("shapes", "z", "log_z", "tail", "exact", "log_pmf"):
+            setattr(self, name, getattr(self, name)[rows])
+
+    def advance(self) -> None:
+        """From the tails at n k - j to those at (n + 1) k - j."""
+        step = np.empty_like(self.tail)
+        for _ in range(self.k):  # in place: this loop is the series' cost
+            self.tail -= np.exp(self.log_pmf, out=step)
+            np.add(self.shapes, self.m, out=step)
+            step /= self.m + 1.0
+            self.log_pmf += np.log(step, out=step)
+            self.log_pmf += self.log_z
+            self.m = self.m + 1.0
+        stale = self.tail < self.REFRESH * self.exact
+        if stale.any():
+            m = np.broadcast_to(self.m, stale.shape)[stale]
+            self.tail[stale] = self.exact[stale] = betainc(m, self.shapes[stale], self.z[stale])
 
 
 def expected_purchases(
@@ -267,33 +326,43 @@ def expected_purchases(
     Poisson(lambda) process, and n - 1 survivals:
         E = P(alive) sum_j w_j sum_{n>=1} c_n P(N_j(h) >= n k - j),
     c_n = E[(1-p)^(n-1)] = prod_{i<n-1} (b'+i)/(a+b'+i) with b' = b + x + 1, and N_j(h) negative binomial,
-    P(N >= m) = I_z(m, r + kx + j) with z = h / (alpha + T + h) (regularised incomplete beta). Terms fall
-    monotonically in n; the sum stops when the geometric tail estimate is below rtol of the total."""
+    P(N >= m) = I_z(m, r + kx + j) with z = h / (alpha + T + h) (regularised incomplete beta; stepped from
+    one n to the next by ``_PhaseTails``). Terms fall monotonically in n; the sum stops when the geometric
+    tail estimate is below rtol of the total."""
     r, alpha, a, b = _unpack(params)
     k = _check_k(k)
     x, t_x, T, h = _history(x, t_x, T, horizon)
     if (h < 0).any():
         raise ValueError("horizon must be >= 0")
-    log_terms, _ = _alive_terms(r + k * x, T - t_x, alpha + T, k)
+    total = np.zeros_like(x)
+    rows = np.flatnonzero(h > 0)  # the rows still summing, and their state below
+    log_terms, _ = _alive_terms(r + k * x[rows], (T - t_x)[rows], (alpha + T)[rows], k)
     w = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=1, keepdims=True))
-    shapes = r + k * x[:, None] + np.arange(k)[None, :]
-    z = (h / (alpha + T + h))[:, None]
-    b_post = b + x + 1
-    total, c, last = np.zeros_like(x), np.ones_like(x), np.full_like(x, np.nan)
+    z = (h / (alpha + T + h))[rows, None]
+    tails = _PhaseTails(r + k * x[rows, None] + np.arange(k)[None, :], z, k)
+    b_post, sums = (b + x + 1)[rows], np.zeros(len(rows))
+    c, last = np.ones(len(rows)), np.full(len(rows), np.nan)
     floor_ratio = z[:, 0] ** k  # the terms' asymptotic ratio: the tail estimate never uses less
-    active = np.flatnonzero(h > 0)
+    finished = np.zeros(len(rows), dtype=bool)  # converged; dropped together once they are a quarter
     for n in range(1, max_terms + 1):
-        if active.size == 0:
+        if rows.size == 0:
             break
-        m = n * k - np.arange(k)
-        term = c[active] * (w[active] * betainc(m[None, :], shapes[active], z[active])).sum(axis=1)
-        total[active] += term
+        term = c * (w * np.maximum(tails.tail, 0.0)).sum(axis=1)
+        sums += term  # a finished row's terms only add what the tolerance let go
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.maximum(term / last[active], floor_ratio[active])  # nan on the first term
-        last[active] = term
-        c[active] *= (b_post[active] + n - 1) / (a + b_post[active] + n - 1)
-        done = (term == 0) | ((ratio < 1) & (term * ratio < rtol * (1 - ratio) * total[active]))
-        active = active[~done]
+            ratio = np.maximum(term / last, floor_ratio)  # nan on the first term
+        last = term
+        c *= (b_post + n - 1) / (a + b_post + n - 1)
+        finished |= (term == 0) | ((ratio < 1) & (term * ratio < rtol * (1 - ratio) * sums))
+        if finished.sum() >= max(1, len(rows) // 4):  # copying the state every term cost as much as the sum
+            total[rows[finished]] = sums[finished]
+            keep = np.flatnonzero(~finished)
+            rows, w, b_post, sums, c, last, floor_ratio, finished = (
+                v[keep] for v in (rows, w, b_post, sums, c, last, floor_ratio, finished)
+            )
+            tails.keep(keep)
+        if rows.size:
+            tails.advance()
     else:
         raise RuntimeError(f"expected_purchases: series not converged after {max_terms} terms")
     return total * p_alive(params, x, t_x, T, k)

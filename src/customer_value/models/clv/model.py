@@ -25,6 +25,7 @@ from customer_value.models.clv.btyd import (
     SpendAnchor,
     SpendMeanUndefined,
     btyd_columns,
+    counts_litt_total,
     fit_covariate_purchase_model,
     fit_purchase_model,
     fit_spend_model,
@@ -120,7 +121,8 @@ class CLVModel:
 
     def fit(self, features: pd.DataFrame, purchase_counts: pd.DataFrame | None = None) -> CLVModel:
         """Fit on the customer table; ``purchase_counts`` (day-based pattern counts of a larger base, e.g.
-        from Spark: ``frequency, recency_days, T_days, customers``) replaces the table's own patterns in
+        from Spark: ``frequency, recency_days, T_days, customers``, and for MBG/CNBD-k the patterns' summed
+        ``litt_days``, with which it chooses k) replaces the table's own patterns in
         the purchase model's fit and covariance (not with covariates, whose patterns carry design rows),
         while Gamma-Gamma and the checks use the table (a sample of that base)."""
         if self.family not in FAMILIES:
@@ -140,9 +142,14 @@ class CLVModel:
             encoding = fit_encoding(
                 features, list(self.covariates["purchase"]), list(self.covariates["dropout"])
             )
-        inputs = model_inputs(features, self.time_unit_days, spend=self.spend_model, covariates=encoding)
+        gaps = FAMILIES[self.family].litt  # MBG/CNBD-k: litt chooses k (``cnbd_family``)
+        inputs = model_inputs(
+            features, self.time_unit_days, spend=self.spend_model, covariates=encoding, litt=gaps
+        )
+        litt_sum = None
         if purchase_counts is not None and encoding is None:
             patterns = patterns_from_counts(purchase_counts, self.time_unit_days)
+            litt_sum = counts_litt_total(purchase_counts, self.time_unit_days) if gaps else None
         else:
             patterns = purchase_patterns(inputs)
         self.fit_attempts_: list[tuple[str, float, str]] = []
@@ -154,7 +161,7 @@ class CLVModel:
         def purchase_model(penalizer: float) -> dict[str, float]:
             covariates = None
             if encoding is None:
-                purchase = fit_purchase_model(inputs, penalizer, self.family, patterns)
+                purchase = fit_purchase_model(inputs, penalizer, self.family, patterns, litt_sum)
             else:
                 purchase, gammas = fit_covariate_purchase_model(inputs, penalizer, self.family, encoding)
                 covariates = coefficients[penalizer] = encoding | {"coefficients": gammas}

@@ -2,7 +2,8 @@
 and value, the median wait to the next purchase, and the repeat-purchase tracking curve.
 
 Formulas are lifetimes' own (called, or rewritten with its arithmetic where evaluating them per distinct
-history is much faster); fitting lives in ``btyd``.
+history is much faster); MBG/CNBD-k's, which lifetimes lacks, are ``cnbd_family``'s. Fitting lives in
+``btyd``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lifetimes import GammaGammaFitter
 from scipy.special import expit, gammaln, hyp2f1
 
 from customer_value.errors import ModelFitError
+from customer_value.models.clv import cnbd_family
 from customer_value.models.clv.btyd import (
     DAYS_PER_YEAR,
     FAMILIES,
@@ -41,10 +43,14 @@ def churn_probability(
     Pareto/NBD: dropout can come at any time. Seeing (x, t_x) and no purchase in (T, T + h] is the same
     event as the history (x, t_x, T + h), so P(none) = L(x, t_x, T + h) / L(x, t_x, T) (equal to lifetimes'
     conditional P(X(T, T+h) = 0), Fader & Hardie's note 28, whose hyp2f1 fails far out on the likelihood's
-    (s, beta) ridge). Unlike 1 - P(alive), neither is 0 for every one-time buyer.
+    (s, beta) ridge). MBG/CNBD-k: the same likelihood ratio (its Erlang gaps make the wait since the last
+    purchase informative, so P(alive) alone does not give it). Unlike 1 - P(alive), none is 0 for every
+    one-time buyer.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     values = params.customer_values(inputs)
+    if params.family == "mbgcnbd":
+        return cnbd_family.no_purchase(values, x, t_x, T, horizon)
     if params.family == "pareto_nbd":
         later = per_customer("log_likelihoods", values, x, t_x, T + horizon)
         now = per_customer("log_likelihoods", values, x, t_x, T)
@@ -56,9 +62,12 @@ def churn_probability(
 
 def probability_alive(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
     """P(alive at T | x, t_x, T): lifetimes' expressions (BG/NBD: Fader, Hardie & Lee's note 021; MBG/NBD:
-    Batislam et al. 2007, eq. 5), written out so each customer may carry its own parameters."""
+    Batislam et al. 2007, eq. 5), written out so each customer may carry its own parameters; MBG/CNBD-k:
+    BTYDplus's xbgcnbd.PAlive (``cnbd_likelihood``)."""
     values = params.customer_values(inputs)
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
+    if params.family == "mbgcnbd":
+        return cnbd_family.probability_alive(values, x, t_x, T)
     if params.family == "pareto_nbd":
         return per_customer("p_alive", values, x, t_x, T)
     r, alpha, a, b = (values[k] for k in ("r", "alpha", "a", "b"))
@@ -74,8 +83,12 @@ def expected_repeat_purchases(
     """Unconditional expected repeat purchases of a new customer by each age (days): the tracking curve.
 
     With covariates, the mean of the curves of the base's customers (``design``: their design rows; at most
-    ``TRACKING_DESIGN_ROWS`` distinct rows, a seeded sample beyond that), each with its own parameters."""
+    ``TRACKING_DESIGN_ROWS`` distinct rows, a seeded sample beyond that), each with its own parameters.
+    MBG/CNBD-k (no covariates): the exact conditional expectation from the empty history
+    (``cnbd_family.tracking_curve``)."""
     ages = np.asarray(age_days, dtype="float64") / params.time_unit_days
+    if params.family == "mbgcnbd":
+        return np.where(ages > 0, cnbd_family.tracking_curve(params.purchase, ages), 0.0)
     if params.covariates is None or design is None:
         rows, weights = [params.purchase], np.ones(1)
     else:
@@ -101,10 +114,15 @@ def expected_repeat_purchases(
 def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
     """Median wait from T to the next purchase for a customer who stays active, in days.
 
-    Given active, lambda ~ Gamma(r + x, alpha + T) in every family here, so
+    Given active, lambda ~ Gamma(r + x, alpha + T) in BG/NBD, MBG/NBD and Pareto/NBD, so
     P(no purchase by t) = ((alpha + T) / (alpha + T + t))^(r + x) = 1/2 at t = (alpha + T)(2^(1/(r+x)) - 1).
+    MBG/CNBD-k's wait is a mixture over the Erlang phases done since the last purchase, solved numerically
+    (``cnbd_family.median_wait``; its closed form at k = 1 is this one).
     """
     values = params.customer_values(inputs)
+    if params.family == "mbgcnbd":
+        wait = cnbd_family.median_wait(values, inputs.frequency, inputs.recency, inputs.T)
+        return wait * params.time_unit_days
     r, alpha = values["r"], values["alpha"]
     return (alpha + inputs.T) * np.expm1(np.log(2.0) / (r + inputs.frequency)) * params.time_unit_days
 
@@ -140,9 +158,15 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
       customers), and the recency term once per customer.
     - Pareto/NBD (Fader & Hardie's note 9, eq. 41): E[X(t)] = C(x, t_x, T) (1 - ((beta+T)/(beta+T+t))^(s-1))
       / (s - 1), so its likelihood (``pareto_likelihood``'s quadrature) is evaluated once, not at every step.
+    - MBG/CNBD-k: the exact series of ``cnbd_likelihood.expected_purchases`` (cumulative, at each t), on the
+      distinct (x, t_x, T) patterns (``cnbd_family.expected_by_time``); at k = 1 MBG/NBD's closed form
+      (the same model; the series needs hundreds of terms at long horizons).
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     values = params.customer_values(inputs)
+    if params.family == "mbgcnbd" and values["k"] > 1:  # at k = 1 it is MBG/NBD: its closed form below
+        yield from cnbd_family.expected_by_time(values, x, t_x, T, times)
+        return
     if params.family == "pareto_nbd":
         r, alpha, s, beta = (values[k] for k in ("r", "alpha", "s", "beta"))
         likelihood = per_customer("log_likelihoods", values, x, t_x, T)
@@ -173,7 +197,7 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
     if params.family == "bgnbd":
         hyp_b, hyp_c = pb + px, pa + pb + px - 1
         denominator = 1 + (x > 0) * (a / (b + x - 1)) * odds
-    else:  # mbgnbd
+    else:  # mbgnbd, and mbgcnbd at k = 1
         hyp_b, hyp_c = pb + px + 1, pa + pb + px
         denominator = 1 + (a / (b + x)) * odds
     hyp_a = r + px

@@ -15,7 +15,9 @@
 Count distributions given the history (x, t_x, T) and alive at T, with lambda ~ Gamma(r + x, alpha + T):
 BG/NBD and MBG/NBD drop out after a purchase with probability p ~ Beta(a, b + x) (MBG: b + x + 1), so
 the count is min(M, G) with M ~ NBD and G geometric; Pareto/NBD's remaining lifetime is Lomax(s, beta + T)
-and the count is Poisson(lambda * min(lifetime, h)), integrated by Gauss-Legendre quadrature.
+and the count is Poisson(lambda * min(lifetime, h)), integrated by Gauss-Legendre quadrature. MBG/CNBD-k's
+count is min(M, G) too, M the purchases completed by a Poisson-Gamma count of Erlang phases
+(``cnbd_family.purchases_at_least``); its k is held fixed in the covariance and the draws.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from customer_value.models.clv import cnbd_family
 from customer_value.models.clv.btyd import (
     FAMILIES,
     SPEND_PARAMS,
@@ -88,9 +91,11 @@ def log_parameter_covariance(
     purchase-only model); None if not estimable.
 
     BG/NBD and Gamma-Gamma differentiate their analytic gradients (2k gradient calls); the other purchase
-    models take second differences of lifetimes' likelihood. ``patterns``: the purchase histories' distinct
-    (x, t_x, T), if already computed. ``spend_mean``: the pinned population mean of a mean-constrained
-    Gamma-Gamma fit, whose two free parameters' covariance is mapped to (ln p, ln q, ln v) (rank 2).
+    models take second differences of their likelihood (``purchase_log_likelihood``: lifetimes' MBG/NBD,
+    Pareto/NBD's quadrature, MBG/CNBD-k's at its stored k, which is not a parameter of the covariance).
+    ``patterns``: the purchase histories' distinct (x, t_x, T), if already computed. ``spend_mean``: the
+    pinned population mean of a mean-constrained Gamma-Gamma fit, whose two free parameters' covariance is
+    mapped to (ln p, ln q, ln v) (rank 2).
     """
     names = FAMILIES[params.family].params
     purchase_theta = np.log([params.purchase[k] for k in names])
@@ -106,7 +111,7 @@ def log_parameter_covariance(
         patterns = purchase_patterns(inputs) if patterns is None else patterns
 
         def purchase(theta: np.ndarray) -> float:
-            values = dict(zip(names, np.exp(theta), strict=True))
+            values = params.purchase | dict(zip(names, np.exp(theta), strict=True))  # MBG/CNBD-k keeps k
             return purchase_log_likelihood(
                 params.family, values, patterns.frequency, patterns.recency, patterns.T, patterns.weights
             )
@@ -201,7 +206,7 @@ def parameter_draws(params: CLVParams, n_draws: int, seed: int) -> list[CLVParam
     return [
         replace(
             params,
-            purchase=dict(zip(names, np.exp(row[:k]).tolist(), strict=True)),
+            purchase=params.purchase | dict(zip(names, np.exp(row[:k]).tolist(), strict=True)),  # k fixed
             spend=dict(zip(SPEND_PARAMS, np.exp(row[k:k_logs]).tolist(), strict=True))
             if spend_names
             else None,
@@ -259,6 +264,8 @@ def count_pmf_terms(params: CLVParams, inputs: ModelInputs, horizon: float) -> C
 
         return pareto
 
+    if params.family == "mbgcnbd":
+        return _erlang_count_terms(params, inputs, horizon)
     a, b = values["a"], values["b"]
     b_post = b + x + (1.0 if params.family == "mbgnbd" else 0.0)
     log_m, step = _log_nbd_start(shape, rate, np.full_like(T, horizon))
@@ -283,6 +290,36 @@ def count_pmf_terms(params: CLVParams, inputs: ModelInputs, horizon: float) -> C
         return value
 
     return beta_geometric
+
+
+def _erlang_count_terms(
+    params: CLVParams, inputs: ModelInputs, horizon: float
+) -> Callable[[int], np.ndarray]:
+    """MBG/CNBD-k's count_pmf_terms: N = min(M, G), M the purchases an undying customer completes in the
+    horizon (P(M >= n) from ``cnbd_family.purchases_at_least``) and G the purchases until dropout,
+    P(G >= n) = E[(1 - p)^(n-1)] with p ~ Beta(a, b + x + 1), independent of M given alive. So
+    P(N = 0) = P(M = 0) and P(N = n) = P(M = n) P(G >= n) + P(G = n) P(M >= n + 1)."""
+    x = inputs.frequency
+    a, b_post = params.purchase["a"], params.purchase["b"] + x + 1.0
+    at_least = cnbd_family.purchases_at_least(params.purchase, x, inputs.recency, inputs.T, horizon)
+    state = {"n": 0, "m_at_least": at_least(0), "survive": np.ones_like(x)}
+
+    def erlang(n: int) -> np.ndarray:
+        if n != state["n"]:
+            raise ValueError("count_pmf_terms must be called with n = 0, 1, 2, ... in order")
+        m_now, m_next = state["m_at_least"], at_least(n + 1)
+        if n == 0:
+            value = m_now - m_next
+        else:
+            survive = state["survive"]  # P(G >= n)
+            next_survive = survive * (b_post + n - 1) / (a + b_post + n - 1)
+            value = (m_now - m_next) * survive + (survive - next_survive) * m_next
+            state["survive"] = next_survive
+        state["m_at_least"] = m_next
+        state["n"] += 1
+        return value
+
+    return erlang
 
 
 def purchase_count_interval(
