@@ -64,7 +64,6 @@ AUC_TIE = 0.002  # candidates this close in mean AUC are told apart by their Bri
 ANCHOR = "recency"
 KEEP_WIN_SHARE = 0.8
 RESAMPLES = 100
-RESAMPLE_ROWS = 20_000
 WINDOW_CUSTOMERS = 100_000  # customers per backtest window the candidates are compared and fitted on
 CV_FOLDS = 5
 # Horizons (days) the level offsets are stored for; a horizon between them is interpolated in log days.
@@ -211,6 +210,7 @@ def select_churn(
     bands, rows = [], []
     per_candidate: dict[str, list[ChurnBand]] = {}
     judged: tuple[int, list[Window]] | None = None  # the longest windows so far with a purchase model
+    judgements: dict[tuple[int, tuple[str, ...]], tuple[pd.DataFrame, str, dict[str, ChurnLayer]]] = {}
     for horizon in sorted(set(float(h) for h in horizons_days)):
         days = window_length(first, calibration_end, horizon)
         if days < MIN_WINDOW_DAYS:
@@ -248,15 +248,22 @@ def select_churn(
         if not 0 < labels.sum() < len(labels):
             report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
             continue
-        scores, predictions = _compare(windows, usable, has_amounts, seed)
-        scores.insert(0, "window_days", float(days))
-        scores.insert(0, "band_days", horizon)
-        rows.append(scores.reset_index())
-        chosen = _choose(scores, predictions, labels, _bounds(windows), seed)
+        key = (days, tuple(usable))
+        if key not in judgements:  # bands that fall back on the same windows share one judgement
+            scores, predictions = _compare(windows, usable, has_amounts, seed)
+            chosen = _choose(scores, predictions, labels, _bounds(windows), seed)
+            pooled = _pooled(windows)
+            refitted = {  # every candidate refitted (a few logistic fits): the baselines are logged too
+                name: fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
+                for name in usable
+            }
+            judgements[key] = (scores, chosen, refitted)
+        scores, chosen, refitted = judgements[key]
+        table = scores.assign(band_days=horizon, window_days=float(days)).reset_index()
+        rows.append(table[["band_days", "window_days", "candidate", "auc", "brier", "ece"]])
         offsets = _offsets(level_on, days)
-        pooled = _pooled(windows)
-        for name in usable:  # every candidate refitted (a few logistic fits): the baselines are logged too
-            fitted = fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
+        for name in usable:
+            fitted = refitted[name]
             figures = f"mean AUC {scores.loc[name, 'auc']:.3f}, Brier {scores.loc[name, 'brier']:.4f}"
             why = f"{name}: {figures} on {len(windows)} window(s) of {days} days"
             if days < horizon:
@@ -394,19 +401,41 @@ def _choose(
 def _win_share(
     candidate: np.ndarray, anchor: np.ndarray, labels: np.ndarray, bounds: list[tuple[int, int]], seed: int
 ) -> float:
-    """Share of paired resamples (each window's customers drawn with replacement, at most
-    RESAMPLE_ROWS a window) in which ``candidate``'s mean AUC over the windows beats ``anchor``'s."""
+    """Share of paired bootstrap resamples in which ``candidate``'s mean AUC over the windows beats
+    ``anchor``'s. Poisson(1) weights per customer stand for the resample (the usual large-sample form of
+    the bootstrap), so each resample is two weighted counts per score, not a sort."""
     rng = np.random.default_rng(seed)
+    windows = [
+        (_score_groups(candidate[a:b]), _score_groups(anchor[a:b]), labels[a:b].astype("float64"))
+        for a, b in bounds
+    ]
     wins = 0
-    for _ in range(RESAMPLES):  # a hundred resamples, each a few vectorised AUCs
+    for _ in range(RESAMPLES):  # a hundred resamples, each O(customers)
         differences = []
-        for a, b in bounds:
-            rows = a + rng.integers(0, b - a, min(b - a, RESAMPLE_ROWS))
-            y = labels[rows]
-            if 0 < y.sum() < len(y):
-                differences.append(auc(y, candidate[rows]) - auc(y, anchor[rows]))
+        for ours, theirs, label in windows:
+            weight = rng.poisson(1.0, len(label)).astype("float64")
+            positive, negative = weight * label, weight * (1.0 - label)
+            if positive.sum() > 0 and negative.sum() > 0:
+                differences.append(
+                    weighted_auc(ours, positive, negative) - weighted_auc(theirs, positive, negative)
+                )
         wins += bool(differences) and float(np.mean(differences)) > 0
     return wins / RESAMPLES
+
+
+def _score_groups(score: np.ndarray) -> np.ndarray:
+    """Each row's position among the sorted distinct scores (tied scores share one)."""
+    return np.unique(score, return_inverse=True)[1].ravel()
+
+
+def weighted_auc(groups: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
+    """The Mann-Whitney AUC (ties count half) with per-row weights of the churners (``positive``) and the
+    others (``negative``); ``groups`` from ``_score_groups``. With unit weights it is ``auc``."""
+    size = int(groups.max()) + 1
+    churners = np.bincount(groups, positive, size)
+    others = np.bincount(groups, negative, size)
+    below = np.cumsum(others) - others
+    return float((churners * (below + 0.5 * others)).sum() / (churners.sum() * others.sum()))
 
 
 def _offsets(level_on: Callable[[float], np.ndarray] | None, window_days: float) -> list[float]:
