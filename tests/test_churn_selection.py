@@ -192,6 +192,17 @@ def test_calibration_figures() -> None:
     predicted = rng.random(20_000)
     label = (rng.random(20_000) < predicted).astype(int)  # calibrated by construction
     assert auc(label, predicted) == pytest.approx(roc_auc_score(label, predicted))
+    tied = np.round(predicted, 1)  # ties count half in both forms
+    groups = churn_selection._score_groups(tied)
+    ones = np.ones(len(label))
+    assert churn_selection.weighted_auc(groups, ones * label, ones * (1 - label)) == pytest.approx(
+        auc(label, tied), abs=1e-12
+    )
+    twice = np.concatenate([np.arange(len(label)), np.arange(1000)])  # rows 0..999 counted twice
+    weights = np.bincount(twice, minlength=len(label)).astype(float)
+    assert churn_selection.weighted_auc(groups, weights * label, weights * (1 - label)) == pytest.approx(
+        auc(label[twice], tied[twice]), abs=1e-12
+    )
     assert expected_calibration_error(predicted, label) < 0.02
     assert expected_calibration_error(np.clip(predicted + 0.2, 0, 1), label) > 0.15
     assert brier_skill_score(np.full(len(label), label.mean()), label) == pytest.approx(0.0)
