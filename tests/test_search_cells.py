@@ -83,7 +83,8 @@ def test_every_search_cell_fits_its_clv_model_on_cdnow(cdnow_calibration: pd.Dat
     """About 30 s on a busy 2-core Xeon (Pareto/NBD about 3.5 s a cell, 13 configurations composed), hence
     slow. A failing cell raises ModelFitError naming the model and the penalizers it tried."""
     configurations = clv_configurations(SEARCHES)
-    assert {family for family, _, _ in configurations.values()} == set(CLV_FAMILIES)
+    # Every family but MBG/CNBD-k, which the searches leave out: on CDNOW it picks k = 1, i.e. MBG/NBD.
+    assert {family for family, _, _ in configurations.values()} == set(CLV_FAMILIES) - {"mbgcnbd"}
     assert {settings["penalizer"] for _, settings, _ in configurations.values()} >= {0.0, 0.0001, 0.001}
     for family, settings, cell in configurations.values():
         model = CLVModel(family=family, **settings).fit(cdnow_calibration)
