@@ -21,6 +21,8 @@ from customer_value.evaluation.calibration import (
     calibration_table,
     expected_calibration_error,
     paired_auc_difference,
+    score_groups,
+    weighted_auc,
 )
 from customer_value.jobs.churn_stage import churn_evidence
 from customer_value.models.clv import churn_selection
@@ -170,12 +172,12 @@ def test_recency_ranks_unless_a_candidate_beats_it_convincingly() -> None:
     bounds = [(0, 3000)]
     only_noisy = scores.drop(index="better")
     only_noisy.loc["noisy", "auc"] = only_noisy.loc["recency", "auc"] + 0.01  # ahead on the mean only
-    assert churn_selection._win_share(noisy, recency, labels, bounds, 0) < churn_selection.KEEP_WIN_SHARE
+    shares = churn_selection._win_shares({"noisy": noisy, "better": better}, recency, labels, bounds, 0)
+    assert shares["noisy"] < churn_selection.KEEP_WIN_SHARE and shares["better"] == 1.0
     only_noisy.loc["noisy", "brier"] = 0.25
     assert _choose(only_noisy, predictions, labels, bounds) == "recency"
     only_noisy.loc["noisy", "brier"] = 0.10  # ranks as well as the reference and is better calibrated
     assert _choose(only_noisy, predictions, labels, bounds) == "noisy"
-    assert churn_selection._win_share(better, recency, labels, bounds, 0) == 1.0
     assert _choose(scores, predictions, labels, bounds) == "better"
 
 
@@ -193,14 +195,14 @@ def test_calibration_figures() -> None:
     label = (rng.random(20_000) < predicted).astype(int)  # calibrated by construction
     assert auc(label, predicted) == pytest.approx(roc_auc_score(label, predicted))
     tied = np.round(predicted, 1)  # ties count half in both forms
-    groups = churn_selection._score_groups(tied)
+    groups = score_groups(tied)
     ones = np.ones(len(label))
-    assert churn_selection.weighted_auc(groups, ones * label, ones * (1 - label)) == pytest.approx(
+    assert weighted_auc(groups, ones * label, ones * (1 - label)) == pytest.approx(
         auc(label, tied), abs=1e-12
     )
     twice = np.concatenate([np.arange(len(label)), np.arange(1000)])  # rows 0..999 counted twice
     weights = np.bincount(twice, minlength=len(label)).astype(float)
-    assert churn_selection.weighted_auc(groups, weights * label, weights * (1 - label)) == pytest.approx(
+    assert weighted_auc(groups, weights * label, weights * (1 - label)) == pytest.approx(
         auc(label[twice], tied[twice]), abs=1e-12
     )
     assert expected_calibration_error(predicted, label) < 0.02

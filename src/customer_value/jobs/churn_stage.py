@@ -36,7 +36,8 @@ BASELINES = {
 }
 # The baselines again, each calibrated through the same bands and windows as the model (churn_selection).
 CALIBRATED_BASELINES = ("recency", "recency_frequency_tenure")
-LEVEL_SAMPLE = 20_000  # calibration customers the bands' level offsets are averaged over (seeded sample)
+# Customers the bands' level offsets (a mean log-odds per horizon) are averaged over: a seeded sample.
+LEVEL_SAMPLE = 5_000
 
 
 def attach_churn_selection(
@@ -63,7 +64,8 @@ def attach_churn_selection(
         orders,
         end,
         list(churn.horizons_days),
-        lambda features: CLVModel(**settings).fit(features),
+        # Point predictions only: no spend model and no covariance for the windows' purchase models.
+        lambda features: CLVModel(**(settings | {"spend_model": False, "covariance": False})).fit(features),
         candidates=list(churn.candidates),
         folds=churn.folds,
         step_days=churn.step_days,

@@ -367,7 +367,7 @@ def _attach_layers(
         orders,
         split.calibration_end,
         list(cfg.clv.layers.inner_horizons_days),
-        lambda features: CLVModel(**settings).fit(features),
+        lambda features: CLVModel(**settings, covariance=False).fit(features),  # point predictions only
         wanted,
         (  # a fresh model carries no layer; one discount step is enough for revenue
             calibration,
@@ -408,7 +408,11 @@ def _backtest(
     origins, adapted = plan_origins(
         split, cfg.clv.backtest.folds, cfg.clv.backtest.step_days, orders["date"].min()
     )
-    folds, failed = backtest(orders, origins, lambda features: CLVModel(**settings).fit(features))
+
+    def fit(features: pd.DataFrame) -> CLVModel:  # point predictions only: no covariance
+        return CLVModel(**settings, covariance=False).fit(features)
+
+    folds, failed = backtest(orders, origins, fit)
     notes = [adapted] if adapted else []
     notes += [f"fold {origin} left out ({reason})" for origin, reason in failed.items()]
     mlflow.log_param("clv.backtest.origins_used", str(list(folds.index)))

@@ -70,7 +70,7 @@ def choose_family(
         inner_scores = {}
         for family in families:  # four families at most
             try:
-                model = CLVModel(family=family, **settings).fit(features)
+                model = CLVModel(family=family, covariance=False, **settings).fit(features)
             except ModelFitError as exc:
                 skipped[family] = f"inner window: {exc}"
                 continue

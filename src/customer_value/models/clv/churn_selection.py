@@ -39,7 +39,12 @@ from scipy.special import expit, logit
 
 from customer_value.data.features import Split, calibration_and_holdout
 from customer_value.errors import ModelFitError
-from customer_value.evaluation.calibration import auc, expected_calibration_error
+from customer_value.evaluation.calibration import (
+    auc,
+    expected_calibration_error,
+    score_groups,
+    weighted_auc,
+)
 from customer_value.models.clv.churn_layer import (
     LAYER_FEATURES,
     PURCHASE_ONLY_FEATURES,
@@ -210,6 +215,7 @@ def select_churn(
     bands, rows = [], []
     per_candidate: dict[str, list[ChurnBand]] = {}
     judged: tuple[int, list[Window]] | None = None  # the longest windows so far with a purchase model
+    level = _level_curve(level_on)
     judgements: dict[tuple[int, tuple[str, ...]], tuple[pd.DataFrame, str, dict[str, ChurnLayer]]] = {}
     for horizon in sorted(set(float(h) for h in horizons_days)):
         days = window_length(first, calibration_end, horizon)
@@ -261,7 +267,7 @@ def select_churn(
         scores, chosen, refitted = judgements[key]
         table = scores.assign(band_days=horizon, window_days=float(days)).reset_index()
         rows.append(table[["band_days", "window_days", "candidate", "auc", "brier", "ece"]])
-        offsets = _offsets(level_on, days)
+        offsets = _offsets(level, days)
         for name in usable:
             fitted = refitted[name]
             figures = f"mean AUC {scores.loc[name, 'auc']:.3f}, Brier {scores.loc[name, 'brier']:.4f}"
@@ -386,66 +392,69 @@ def _choose(
     Without ``predictions`` (or without the anchor) every candidate qualifies."""
     qualified = list(scores.index)
     if predictions is not None and ANCHOR in scores.index:
-        qualified = [ANCHOR] + [
-            name
-            for name in scores.index
-            if name != ANCHOR
-            and scores.loc[name, "auc"] > scores.loc[ANCHOR, "auc"]
-            and _win_share(predictions[name], predictions[ANCHOR], labels, bounds, seed) >= KEEP_WIN_SHARE
-        ]
+        ahead = [n for n in scores.index if n != ANCHOR and scores.loc[n, "auc"] > scores.loc[ANCHOR, "auc"]]
+        shares = _win_shares({n: predictions[n] for n in ahead}, predictions[ANCHOR], labels, bounds, seed)
+        qualified = [ANCHOR] + [name for name in ahead if shares[name] >= KEEP_WIN_SHARE]
     reference = scores.loc[qualified, "auc"].max()
     close = scores[scores["auc"] >= reference - AUC_TIE]  # any candidate as good as the reference ranks
     return str(close["brier"].idxmin())
 
 
-def _win_share(
-    candidate: np.ndarray, anchor: np.ndarray, labels: np.ndarray, bounds: list[tuple[int, int]], seed: int
-) -> float:
-    """Share of paired bootstrap resamples in which ``candidate``'s mean AUC over the windows beats
+def _win_shares(
+    candidates: dict[str, np.ndarray],
+    anchor: np.ndarray,
+    labels: np.ndarray,
+    bounds: list[tuple[int, int]],
+    seed: int,
+) -> dict[str, float]:
+    """Each candidate's share of paired bootstrap resamples in which its mean AUC over the windows beats
     ``anchor``'s. Poisson(1) weights per customer stand for the resample (the usual large-sample form of
-    the bootstrap), so each resample is two weighted counts per score, not a sort."""
+    the bootstrap), drawn once per resample for every candidate, so a resample is two weighted counts per
+    score, not a sort."""
+    if not candidates:
+        return {}
     rng = np.random.default_rng(seed)
     windows = [
-        (_score_groups(candidate[a:b]), _score_groups(anchor[a:b]), labels[a:b].astype("float64"))
+        (
+            {name: score_groups(score[a:b]) for name, score in candidates.items()},
+            score_groups(anchor[a:b]),
+            labels[a:b].astype("float64"),
+        )
         for a, b in bounds
     ]
-    wins = 0
-    for _ in range(RESAMPLES):  # a hundred resamples, each O(customers)
-        differences = []
-        for ours, theirs, label in windows:
+    wins = dict.fromkeys(candidates, 0)
+    for _ in range(RESAMPLES):  # a hundred resamples, each O(customers) per candidate
+        differences: dict[str, list[float]] = {name: [] for name in candidates}
+        for groups, anchor_groups, label in windows:
             weight = rng.poisson(1.0, len(label)).astype("float64")
             positive, negative = weight * label, weight * (1.0 - label)
-            if positive.sum() > 0 and negative.sum() > 0:
-                differences.append(
-                    weighted_auc(ours, positive, negative) - weighted_auc(theirs, positive, negative)
-                )
-        wins += bool(differences) and float(np.mean(differences)) > 0
-    return wins / RESAMPLES
+            if positive.sum() == 0 or negative.sum() == 0:
+                continue
+            theirs = weighted_auc(anchor_groups, positive, negative)
+            for name, ours in groups.items():
+                differences[name].append(weighted_auc(ours, positive, negative) - theirs)
+        for name, values in differences.items():
+            wins[name] += bool(values) and float(np.mean(values)) > 0
+    return {name: count / RESAMPLES for name, count in wins.items()}
 
 
-def _score_groups(score: np.ndarray) -> np.ndarray:
-    """Each row's position among the sorted distinct scores (tied scores share one)."""
-    return np.unique(score, return_inverse=True)[1].ravel()
-
-
-def weighted_auc(groups: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
-    """The Mann-Whitney AUC (ties count half) with per-row weights of the churners (``positive``) and the
-    others (``negative``); ``groups`` from ``_score_groups``. With unit weights it is ``auc``."""
-    size = int(groups.max()) + 1
-    churners = np.bincount(groups, positive, size)
-    others = np.bincount(groups, negative, size)
-    below = np.cumsum(others) - others
-    return float((churners * (below + 0.5 * others)).sum() / (churners.sum() * others.sum()))
-
-
-def _offsets(level_on: Callable[[float], np.ndarray] | None, window_days: float) -> list[float]:
-    """Mean purchase-model log-odds of churn on the training base at each OFFSET_HORIZONS minus at the
-    window (zeros without ``level_on``: the band's level then stays the window's)."""
-    if level_on is None:
-        return [0.0] * len(OFFSET_HORIZONS)
+def _level_curve(level_on: Callable[[float], np.ndarray] | None) -> Callable[[float], float]:
+    """The purchase model's mean log-odds of churn on the training base as a function of the horizon in
+    days, each horizon computed once for every band (Pareto/NBD's is quadrature per customer)."""
+    cache: dict[float, float] = {}
 
     def mean_logit(days: float) -> float:
-        return float(np.mean(logit(np.clip(level_on(float(days)), 1e-9, 1 - 1e-9))))
+        if level_on is None:
+            return 0.0
+        if days not in cache:
+            cache[days] = float(np.mean(logit(np.clip(level_on(float(days)), 1e-9, 1 - 1e-9))))
+        return cache[days]
 
-    at_window = mean_logit(window_days)
-    return [mean_logit(days) - at_window for days in OFFSET_HORIZONS]
+    return mean_logit
+
+
+def _offsets(level: Callable[[float], float], window_days: float) -> list[float]:
+    """Mean log-odds at each OFFSET_HORIZONS minus at the window (zeros without a purchase model's
+    curve: the band's level then stays the window's)."""
+    at_window = level(float(window_days))
+    return [level(float(days)) - at_window for days in OFFSET_HORIZONS]

@@ -74,6 +74,10 @@ class CLVModel:
     ``spend_model=False`` (a log without amounts: visits, logins) fits the purchase model only; its
     predictions have no value columns, and its purchase outputs equal a full model's on the same data.
 
+    ``covariance=False`` skips the parameters' covariance (numerical Hessians: a quarter of a Pareto/NBD
+    fit's time): for fits that only serve point predictions, e.g. backtest windows; their intervals then
+    carry no parameter uncertainty and their standard errors are NaN.
+
     ``covariates`` ({"purchase": [...], "dropout": [...]}: customer-file columns) fits BG/NBD or Pareto/NBD
     with time-invariant covariates (see ``covariates``); a customer table without those columns takes them
     from ``customers`` (the customer file indexed by customer id), so inner windows and backtest folds refit
@@ -97,6 +101,7 @@ class CLVModel:
         spend_model: bool = True,
         covariates: dict[str, list[str]] | None = None,
         customers: pd.DataFrame | None = None,
+        covariance: bool = True,
     ) -> None:
         self.family = family
         self.penalizer = penalizer
@@ -113,6 +118,7 @@ class CLVModel:
         self.spend_model = spend_model
         self.covariates = covariates
         self.customers = customers
+        self.covariance = covariance
 
     @property
     def has_spend(self) -> bool:
@@ -200,7 +206,11 @@ class CLVModel:
         covariates = coefficients.get(self.purchase_penalizer_used_)
         params = CLVParams(self.family, purchase, spend, self.time_unit_days, covariates=covariates)
         spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
-        covariance = log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
+        covariance = (
+            log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
+            if self.covariance
+            else None
+        )
         self.params_ = replace(params, log_covariance=covariance)
         self.n_customers_ = int(round(patterns.weights.sum())) if encoding is None else len(inputs.frequency)
         self.spend_frequency_correlation_ = spend_frequency_correlation(inputs)
