@@ -108,19 +108,21 @@ def evaluate_future(future: Future, folder: Path) -> tuple[list[dict[str, object
     registered = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.clv_model}/{version.version}")
     scoring = registered.unwrap_python_model().model
     features = customer_features(before, future.cut)
-    # The candidates as the scoring fit's selection refitted them (same procedure, same seed).
+    # The candidates as the scoring fit's selection refitted them: same procedure, seed and end (the last
+    # order day up to the cut, as train's full-history refit), same base for the level offsets.
+    trained_through = before["date"].max()
+    base = features if trained_through == future.cut else customer_features(before, trained_through)
+    settings = model_settings(cfg, future.has_amounts) | {"spend_model": False, "covariance": False}
     _, report = select_churn(
         before,
-        future.cut,
+        trained_through,
         list(cfg.clv.churn.horizons_days),
-        lambda table: CLVModel(**model_settings(cfg, future.has_amounts)).fit(table),
+        lambda table: CLVModel(**settings).fit(table),
         candidates=list(cfg.clv.churn.candidates),
         folds=cfg.clv.churn.folds,
         step_days=cfg.clv.churn.step_days,
         seed=cfg.seed,
-        level_on=scoring.btyd_churn_curve(
-            features.iloc[sample_positions(len(features), LEVEL_SAMPLE, cfg.seed)]
-        ),
+        level_on=scoring.btyd_churn_curve(base.iloc[sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)]),
     )
     rows, deciles = [], []
     for horizon in future.horizons:
