@@ -69,13 +69,13 @@ def test_schema_candidates_match_the_selection_module() -> None:
 
 
 def test_every_band_is_chosen_on_windows_as_long_as_it_or_the_longest_the_history_allows(selection) -> None:
-    """15 months before the end: 91 and 182 days fit; 365 does not (a quarter of the history must stay
-    before an origin), so that band is judged on the longest window and says so."""
+    """15 months before the end: 91 and 182 days fit; 365 does not (half of the history must stay before
+    an origin), so that band is judged on the longest window and says so."""
     selector, report, _, _ = selection
     windows = {band.horizon_days: band.window_days for band in selector.bands}
     history = (END - pd.Timestamp("2024-01-01")).days
     assert windows[91.0] == 91 and windows[182.0] == 182
-    assert windows[365.0] == int(history * 0.75) < 365
+    assert windows[365.0] == int(history * 0.5) < 365
     assert "the longest the history allows" in selector.band_for(365).reason
     assert set(report.scores["candidate"]) == set(CANDIDATES)
     assert set(report.refit) == set(CANDIDATES)
