@@ -69,13 +69,13 @@ def test_schema_candidates_match_the_selection_module() -> None:
 
 
 def test_every_band_is_chosen_on_windows_as_long_as_it_or_the_longest_the_history_allows(selection) -> None:
-    """15 months before the end: 91 and 182 days fit; 365 does not (half of the history must stay before
-    an origin), so that band is judged on the longest window and says so."""
+    """15 months before the end: 91 and 182 days fit; 365 does not (a quarter of the history must stay
+    before an origin), so that band is judged on the longest window and says so."""
     selector, report, _, _ = selection
     windows = {band.horizon_days: band.window_days for band in selector.bands}
     history = (END - pd.Timestamp("2024-01-01")).days
     assert windows[91.0] == 91 and windows[182.0] == 182
-    assert windows[365.0] == int(history * 0.5) < 365
+    assert windows[365.0] == int(history * 0.75) < 365
     assert "the longest the history allows" in selector.band_for(365).reason
     assert set(report.scores["candidate"]) == set(CANDIDATES)
     assert set(report.refit) == set(CANDIDATES)
@@ -179,6 +179,27 @@ def test_recency_ranks_unless_a_candidate_beats_it_convincingly() -> None:
     only_noisy.loc["noisy", "brier"] = 0.10  # ranks as well as the reference and is better calibrated
     assert _choose(only_noisy, predictions, labels, bounds) == "noisy"
     assert _choose(scores, predictions, labels, bounds) == "better"
+
+
+def test_a_calibration_that_reverses_its_score_is_not_eligible() -> None:
+    """Where those who bought long ago came back and the recent ones did not (a young cohort's window),
+    recency's fit has a negative slope: it is left out, the purchase model's (increasing here) is not."""
+    rng = np.random.default_rng(3)
+    n = 400
+    gap = rng.uniform(0, 60, n)
+    features = pd.DataFrame(
+        {"frequency": rng.integers(0, 4, n).astype(float), "T_days": 60.0, "monetary_value": 20.0},
+        index=pd.Index([f"c{i}" for i in range(n)], name="customer_id"),
+    )
+    features["recency_days"] = 60.0 - gap
+    bought = rng.random(n) < gap / 60  # the longer the gap, the likelier a purchase: reversed
+    btyd = pd.DataFrame(
+        {"churn_probability": 1 - gap / 80, "p_alive": 0.5, "expected_purchases": 1.0}, index=features.index
+    )
+    outcome = pd.DataFrame({"purchases": bought.astype(float)}, index=features.index)
+    windows = [churn_selection.Window(END, features, btyd, outcome, 30.0)]
+    assert churn_selection._reverses(windows, "recency", True, 0)
+    assert not churn_selection._reverses(windows, "purchase_model", True, 0)
 
 
 def test_ties_in_auc_go_to_the_lower_brier() -> None:
