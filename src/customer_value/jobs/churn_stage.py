@@ -137,11 +137,13 @@ def churn_evidence(
         figures = paired_auc_difference(label, shipped, score(calibration), seed=cfg.seed)
         metrics |= prefixed(f"gate.vs_{name}.auc_", figures)
         verdicts[name] = figures
-    worst = min(verdicts, key=lambda n: verdicts[n]["diff"])
-    figures = verdicts[worst]
-    if figures["ci_high"] < 0:
+    losing = [name for name, figures in verdicts.items() if figures["ci_high"] < 0]  # beyond the interval
+    if losing:
+        worst = min(losing, key=lambda n: verdicts[n]["diff"])
+        figures = verdicts[worst]
         blocked = (
-            f"holdout churn AUC {metrics['holdout.churn_auc']:.3f} is below the {worst} baseline's by "
+            f"holdout churn AUC {metrics['holdout.churn_auc']:.3f} is below the "
+            f"{worst.replace('_', ' ')} baseline's by "
             f"{-figures['diff']:.3f} (95% paired-bootstrap interval of the difference "
             f"{figures['ci_low']:+.3f}..{figures['ci_high']:+.3f})"
         )
