@@ -53,7 +53,10 @@ def _stderr_once_ended(job: subprocess.Popen, timeout: float = 120) -> str:
     except subprocess.TimeoutExpired:
         job.send_signal(signal.SIGABRT)
         _, stderr = job.communicate(timeout=60)
-        pytest.fail(f"the job still ran {timeout:.0f} s after SIGTERM; its threads:\n{stderr[-8000:]}")
+        # From faulthandler's header: the innermost frames come first (a tail cut them off once).
+        start = stderr.find("Fatal Python error")
+        dump = stderr[start : start + 12000] if start >= 0 else stderr[-8000:]
+        pytest.fail(f"the job still ran {timeout:.0f} s after SIGTERM; its threads:\n{dump}")
 
 
 def _versions(uri: str) -> dict[str, list[str]]:
