@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,10 +23,12 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from customer_value.bench.timing import machine as bench_machine
 from customer_value.data.features import Split, calibration_and_holdout, customer_features
 from customer_value.data.loading import load_bundled
 from customer_value.evaluation.calibration import calibration_table, churn_calibration
-from customer_value.jobs.churn_stage import LEVEL_SAMPLE
+from customer_value.evaluation.holdout_metrics import churned
+from customer_value.jobs.churn_stage import BASELINES, CALIBRATED_BASELINES, LEVEL_SAMPLE
 from customer_value.jobs.shape_report import compose_config, markdown_table
 from customer_value.jobs.stage import sample_positions
 
@@ -39,11 +38,6 @@ CDNOW_CUTS = ("1997-06-30", "1997-09-30", "1997-12-31", "1998-03-31")
 HORIZONS_DAYS = (90, 181, 273, 365)
 SHAPE_HORIZONS_DAYS = (90, 181, 365)
 AUC_TOLERANCE = 0.005  # the done-when: the model's AUC at least the best baseline's minus this
-RAW_BASELINES = {  # higher = more likely to churn
-    "recency": lambda f: f["days_since_last"].to_numpy(dtype="float64"),
-    "purchase_days": lambda f: -f["frequency"].to_numpy(dtype="float64"),
-}
-CALIBRATED = ("recency", "recency_frequency_tenure")  # churn_selection candidates used as baselines
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ def evaluate_future(future: Future, folder: Path) -> tuple[list[dict[str, object
         _, outcome = calibration_and_holdout(
             future.orders, Split(future.cut, future.cut + pd.Timedelta(days=horizon))
         )
-        label = (outcome["purchases"].to_numpy() == 0).astype(int)
+        label = churned(outcome)
         predicted = registered.predict(
             features.reset_index(drop=True), params={"horizon_days": float(horizon), "intervals": False}
         )
@@ -154,10 +148,13 @@ def evaluate_future(future: Future, folder: Path) -> tuple[list[dict[str, object
         }
         for name, score in scores.items():
             row |= {f"{name}.{k}": v for k, v in churn_calibration(score, label).items()}
-        for name, rule in RAW_BASELINES.items():
+        for name, rule in BASELINES.items():
             row[f"{name}.churn_auc"] = churn_calibration(rule(features), label)["churn_auc"]
         rows.append(_verdict(row))
-        for name in ("model", *(f"calibrated {c}" for c in CALIBRATED if f"calibrated {c}" in scores)):
+        for name in (
+            "model",
+            *(f"calibrated {c}" for c in CALIBRATED_BASELINES if f"calibrated {c}" in scores),
+        ):
             table = calibration_table(scores[name], label).reset_index()
             deciles.append(table.assign(log=future.log, cut=row["cut"], horizon_days=horizon, score=name))
     return rows, pd.concat(deciles, ignore_index=True)
@@ -182,7 +179,9 @@ def _verdict(row: dict[str, object]) -> dict[str, object]:
     best = max(auc_baselines, key=lambda k: auc_baselines[k])
     brier_baselines = {"purchase model alone": row["purchase model alone.churn_brier"]}
     brier_baselines |= {
-        c: row[f"calibrated {c}.churn_brier"] for c in CALIBRATED if f"calibrated {c}.churn_brier" in row
+        c: row[f"calibrated {c}.churn_brier"]
+        for c in CALIBRATED_BASELINES
+        if f"calibrated {c}.churn_brier" in row
     }
     best_brier = min(brier_baselines, key=lambda k: brier_baselines[k])
     row["best_baseline"] = best
@@ -222,15 +221,9 @@ def summary_table(rows: list[dict[str, object]]) -> pd.DataFrame:
 
 
 def machine() -> str:
-    """The CPU model and core count, for the figures' record."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
+    """The CPU model, cores and memory (``bench``'s record of the machine), for the figures."""
+    info = bench_machine()
+    return f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
 
 
 def all_futures(shapes: list[str], seed: int) -> list[Future]:
