@@ -198,8 +198,9 @@ def test_a_calibration_that_reverses_its_score_is_not_eligible() -> None:
     )
     outcome = pd.DataFrame({"purchases": bought.astype(float)}, index=features.index)
     windows = [churn_selection.Window(END, features, btyd, outcome, 30.0)]
-    assert churn_selection._reverses(windows, "recency", True, 0)
-    assert not churn_selection._reverses(windows, "purchase_model", True, 0)
+    pooled, labels = churn_selection._pooled(windows), (~bought).astype(int)
+    assert churn_selection._reverses(pooled, labels, "recency", True, 0)
+    assert not churn_selection._reverses(pooled, labels, "purchase_model", True, 0)
 
 
 def test_ties_in_auc_go_to_the_lower_brier() -> None:

@@ -45,6 +45,7 @@ from customer_value.evaluation.calibration import (
     score_groups,
     weighted_auc,
 )
+from customer_value.evaluation.holdout_metrics import churned
 from customer_value.models.clv.churn_layer import (
     LAYER_FEATURES,
     PURCHASE_ONLY_FEATURES,
@@ -248,8 +249,13 @@ def select_churn(
             fitted_everywhere = True
         if fitted_everywhere:
             judged = (days, windows)
+        pooled = _pooled(windows)  # every window's inputs and labels, once for the band's fits
+        labels = np.concatenate([churned(w.outcome) for w in windows])
+        if not 0 < labels.sum() < len(labels):
+            report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
+            continue
         usable = [n for n in names if fitted_everywhere or not _needs_btyd(n)]
-        reversed_ = [n for n in usable if n in INCREASING and _reverses(windows, n, has_amounts, seed)]
+        reversed_ = [n for n in usable if n in INCREASING and _reverses(pooled, labels, n, has_amounts, seed)]
         if reversed_:
             report.notes.append(
                 f"{horizon:.0f} d: {reversed_} left out (their fit reverses the score's ranking)"
@@ -263,15 +269,10 @@ def select_churn(
                 f"{horizon:.0f} d: {sorted(set(names) - set(usable))} left out (no purchase model could "
                 f"be fitted before every {days}-day window)"
             )
-        labels = np.concatenate([_label(w) for w in windows])
-        if not 0 < labels.sum() < len(labels):
-            report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
-            continue
         key = (days, tuple(usable))
         if key not in judgements:  # bands that fall back on the same windows share one judgement
-            scores, predictions = _compare(windows, usable, has_amounts, seed)
+            scores, predictions = _compare(windows, pooled, labels, usable, has_amounts, seed)
             chosen = _choose(scores, predictions, labels, _bounds(windows), seed)
-            pooled = _pooled(windows)
             refitted = {  # every candidate refitted (a few logistic fits): the baselines are logged too
                 name: fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
                 for name in usable
@@ -328,21 +329,15 @@ def _window(
     return Window(origin, features, btyd, outcome.reindex(features.index), float(days))
 
 
-def _reverses(windows: list[Window], candidate: str, has_amounts: bool, seed: int) -> bool:
-    """Whether the candidate's logistic fit on all the windows gives its one score a negative slope."""
-    labels = np.concatenate([_label(w) for w in windows])
-    if not 0 < labels.sum() < len(labels):
-        return False
-    fitted = fit_logistic(_pooled(windows), labels, _features(candidate, has_amounts), [], seed)
+def _reverses(pooled: np.ndarray, labels: np.ndarray, candidate: str, has_amounts: bool, seed: int) -> bool:
+    """Whether the candidate's logistic fit on the band's windows (``pooled`` inputs, both classes in
+    ``labels``) gives its one score a negative slope."""
+    fitted = fit_logistic(pooled, labels, _features(candidate, has_amounts), [], seed)
     return fitted.coef[fitted.features.index(INCREASING[candidate])] < 0
 
 
 def _needs_btyd(candidate: str) -> bool:
     return bool(set(CANDIDATES[candidate]) & set(BTYD_FEATURES))
-
-
-def _label(window: Window) -> np.ndarray:
-    return (window.outcome["purchases"].to_numpy() == 0).astype(int)
 
 
 def _pooled(windows: list[Window]) -> np.ndarray:
@@ -357,11 +352,16 @@ def _pooled(windows: list[Window]) -> np.ndarray:
 
 
 def _compare(
-    windows: list[Window], names: list[str], has_amounts: bool, seed: int
+    windows: list[Window],
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    has_amounts: bool,
+    seed: int,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Each candidate's out-of-fold mean AUC, Brier and ECE over the windows (customers in CV_FOLDS folds,
-    a customer's rows in every window in the same fold), and its out-of-fold predictions."""
-    inputs, labels = _pooled(windows), np.concatenate([_label(w) for w in windows])
+    """Each candidate's out-of-fold mean AUC, Brier and ECE over the windows (``inputs`` and ``labels``
+    pooled from them; customers in CV_FOLDS folds, a customer's rows in every window in the same fold),
+    and its out-of-fold predictions."""
     ids = np.concatenate([w.features.index.to_numpy() for w in windows])
     codes, unique = pd.factorize(ids)
     fold = np.random.default_rng(seed).integers(0, CV_FOLDS, len(unique))[codes]
