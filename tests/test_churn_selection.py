@@ -3,6 +3,8 @@ gate that keeps a model losing to a baseline from becoming champion."""
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -21,14 +23,17 @@ from customer_value.evaluation.calibration import (
     calibration_table,
     expected_calibration_error,
     paired_auc_difference,
+    paired_brier_difference,
     score_groups,
     weighted_auc,
 )
 from customer_value.jobs.churn_stage import churn_evidence
 from customer_value.models.clv import churn_selection
 from customer_value.models.clv.btyd import CLVParams
+from customer_value.models.clv.churn_layer import layer_inputs
 from customer_value.models.clv.churn_selection import (
     CANDIDATES,
+    OTHER_FAMILIES,
     ChurnSelector,
     _choose,
     select_churn,
@@ -65,7 +70,7 @@ def selection(orders: pd.DataFrame) -> tuple[ChurnSelector, object, CLVModel, pd
 
 
 def test_schema_candidates_match_the_selection_module() -> None:
-    assert tuple(CANDIDATES) == CHURN_CANDIDATES
+    assert set(CHURN_CANDIDATES) == set(CANDIDATES) | {OTHER_FAMILIES}
 
 
 def test_every_band_is_chosen_on_windows_as_long_as_it_or_the_longest_the_history_allows(selection) -> None:
@@ -129,6 +134,41 @@ def test_the_selector_travels_in_the_spec_and_old_specs_still_load(selection) ->
     np.testing.assert_array_equal(plain["churn_probability"], plain["btyd_churn_probability"])
 
 
+def test_another_familys_purchase_model_is_a_candidate_and_predicts_with_its_own_parameters(
+    orders: pd.DataFrame, selection
+) -> None:
+    """``other_families``: Pareto/NBD, fitted on the windows and at the end, judged beside the run's BG/NBD;
+    a band that ships it predicts from its stored parameters, in the model and after the spec round trip."""
+    _, _, model, features = selection
+
+    def pareto(frame: pd.DataFrame) -> CLVModel:
+        return CLVModel(family="pareto_nbd", spend_model=False, covariance=False).fit(frame)
+
+    _, report = select_churn(
+        orders,
+        END,
+        [91],
+        _fit,
+        candidates=["purchase_model", OTHER_FAMILIES],
+        other_families={"pareto_nbd": pareto},
+    )
+    assert set(report.scores["candidate"]) == {"purchase_model", "purchase_model_pareto_nbd"}
+    stored = report.refit["purchase_model_pareto_nbd"].bands[0]
+    assert stored.purchase_params["family"] == "pareto_nbd"
+    at_end = pareto(features)  # 800 customers: the end's fit sees every one of them
+    assert stored.purchase_params["purchase"] == pytest.approx(at_end.params_.purchase)
+    judged = CLVModel.from_params(model.params_, 0.1, 30.4375)
+    judged.churn_selector_ = ChurnSelector([stored])
+    expected = stored.model.predict(layer_inputs(features, at_end.predict(features, 91.0), 91.0))
+    np.testing.assert_allclose(judged.predict(features, 91.0)["churn_probability"], expected, rtol=1e-6)
+    assert not np.allclose(expected, judged.predict(features, 91.0)["btyd_churn_probability"], atol=1e-3)
+    spec = clv_spec(
+        model, judged, horizon_days=91.0, calibration_end="2025-03-31", trained_through="2025-03-31"
+    )
+    loaded = clv_model_from_spec(json.loads(json.dumps(spec)), "scoring_params")
+    np.testing.assert_allclose(loaded.predict(features, 91.0)["churn_probability"], expected, rtol=1e-6)
+
+
 def test_without_a_purchase_model_the_rules_are_still_judged(orders: pd.DataFrame) -> None:
     def failing(features: pd.DataFrame) -> CLVModel:
         raise ModelFitError("no purchase model here")
@@ -147,7 +187,7 @@ def test_a_large_base_is_judged_on_a_seeded_sample(
     again, _ = select_churn(orders, END, [91], _fit, seed=0)
     assert first.as_dict() == again.as_dict()
     fits: dict = {}
-    window = churn_selection._window(orders, END - pd.Timedelta(days=91), 91, _fit, fits, 0)
+    window = churn_selection._window(orders, END - pd.Timedelta(days=91), 91, _fit, {}, fits, 0)
     assert len(window.features) == len(window.outcome) == len(window.btyd) == 250
     assert window.outcome.index.equals(window.features.index)
 
@@ -198,7 +238,7 @@ def test_a_calibration_that_reverses_its_score_is_not_eligible() -> None:
     )
     outcome = pd.DataFrame({"purchases": bought.astype(float)}, index=features.index)
     windows = [churn_selection.Window(END, features, btyd, outcome, 30.0)]
-    pooled, labels = churn_selection._pooled(windows), (~bought).astype(int)
+    pooled, labels = churn_selection._pooled(windows, None), (~bought).astype(int)
     assert churn_selection._reverses(pooled, labels, "recency", True, 0)
     assert not churn_selection._reverses(pooled, labels, "purchase_model", True, 0)
 
@@ -243,6 +283,21 @@ def test_the_paired_interval_is_that_of_the_difference() -> None:
     assert same == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     worse = paired_auc_difference(label, signal + rng.normal(scale=2.0, size=4000), signal)
     assert worse["ci_low"] <= worse["diff"] <= worse["ci_high"] < 0
+
+
+def test_the_paired_brier_interval_is_that_of_the_difference() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(0.1, 0.9, 4000)
+    label = (rng.random(4000) < truth).astype(int)
+    assert paired_brier_difference(label, truth, truth) == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    blurred = np.clip(truth + rng.normal(scale=0.2, size=4000), 0.01, 0.99)
+    worse = paired_brier_difference(label, blurred, truth)
+    brier = np.mean((blurred - label) ** 2) - np.mean((truth - label) ** 2)
+    assert worse["diff"] == pytest.approx(brier)
+    assert 0 < worse["ci_low"] <= worse["diff"] <= worse["ci_high"]
+    # Narrower than if the two Brier scores were independent: the same customers weigh on both sides.
+    unpaired = np.sqrt((np.var((blurred - label) ** 2) + np.var((truth - label) ** 2)) / 4000)
+    assert worse["ci_high"] - worse["ci_low"] < 0.8 * 2 * 1.96 * unpaired
 
 
 def test_a_model_that_loses_to_recency_is_blocked_and_registered_as_challenger(tracking_uri: str) -> None:

@@ -18,7 +18,7 @@ from customer_value.models.clv.btyd import (
     purchase_patterns,
     quiet_lifetimes,
 )
-from customer_value.models.clv.likelihoods import Patterns, unique_patterns
+from customer_value.models.clv.likelihoods import BGNBDLikelihood, Patterns, unique_patterns
 from customer_value.models.clv.pareto_likelihood import ParetoNBDLikelihood, fit_pareto_nbd
 
 PUBLISHED = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}  # Fader, Hardie & Lee (2005)
@@ -200,3 +200,19 @@ def test_rejects_what_lifetimes_rejects() -> None:
         fit_pareto_nbd(unique_patterns(np.array([1.0]), np.array([5.0]), np.array([4.0])), 0.0)
     with pytest.raises(ValueError, match="non-zero recency"):
         fit_pareto_nbd(unique_patterns(np.array([0.0]), np.array([1.0]), np.array([4.0])), 0.0)
+
+
+def test_a_trial_step_that_underflows_a_parameter_gives_a_non_finite_objective(
+    sample_patterns: Patterns,
+) -> None:
+    """BFGS trial steps can underflow exp(log beta) to 0 (fitting Pareto/NBD to very regular buyers did):
+    the objective must then be non-finite, so the line search backs off, not raise ZeroDivisionError."""
+    p = sample_patterns
+    likelihood = ParetoNBDLikelihood(p.frequency, p.recency, p.T, p.weights)
+    with np.errstate(all="ignore"):
+        value, gradient = likelihood.value_and_gradient(np.array([0.5, 10.0, 0.6, 0.0]))
+    assert not (np.isfinite(value) and np.isfinite(gradient).all())
+    bgnbd = BGNBDLikelihood(p.frequency, p.recency, p.T, p.weights)
+    with np.errstate(all="ignore"):
+        value, gradient = bgnbd.value_and_gradient(np.array([0.5, 0.0, 0.8, 2.0]))
+    assert not (np.isfinite(value) and np.isfinite(gradient).all())

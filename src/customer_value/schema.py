@@ -310,7 +310,7 @@ CLV_FAMILIES = ("bgnbd", "mbgnbd", "pareto_nbd", "mbgcnbd")
 # Families without a covariate model, by label (as models/clv/btyd.FAMILIES; no lifetimes at config time).
 NO_COVARIATE_FAMILIES = {"mbgnbd": "MBG/NBD", "mbgcnbd": "MBG/CNBD-k"}
 # Keys of models/clv/churn_selection.CANDIDATES (a test keeps them equal; no model import at config time).
-CHURN_CANDIDATES = ("purchase_model", "recency", "recency_frequency_tenure", "layer")
+CHURN_CANDIDATES = ("purchase_model", "other_families", "recency", "recency_frequency_tenure", "layer")
 HEAVY_TAIL_SPEND = ("constrain_mean", "fail")  # as clv.HEAVY_TAIL_SPEND (schema must not import lifetimes)
 
 

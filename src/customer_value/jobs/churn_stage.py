@@ -10,6 +10,7 @@ paired-bootstrap interval: such a model is registered as ``challenger``, never `
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import mlflow
 import pandas as pd
@@ -24,7 +25,9 @@ from customer_value.evaluation.calibration import (
 from customer_value.evaluation.holdout_metrics import churned
 from customer_value.jobs.stage import prefixed, sample_positions
 from customer_value.models.clv.churn_selection import ChurnSelector, select_churn
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES
 from customer_value.models.clv.model import CLVModel
+from customer_value.schema import CLV_FAMILIES
 from customer_value.tracking import run_logging
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,25 @@ BASELINES = {
 CALIBRATED_BASELINES = ("recency", "recency_frequency_tenure")
 # Customers the bands' level offsets (a mean log-odds per horizon) are averaged over: a seeded sample.
 LEVEL_SAMPLE = 5_000
+
+
+def purchase_fitters(
+    settings: dict[str, object],
+) -> tuple[Callable[[pd.DataFrame], CLVModel], dict[str, Callable[[pd.DataFrame], CLVModel]]]:
+    """The backtest windows' purchase-model fits: the run's family (``settings["family"]``) and every
+    other family that can take the run's covariates. Point predictions only: no spend model and no
+    covariance."""
+    point = settings | {"spend_model": False, "covariance": False}
+
+    def fitter(family: str) -> Callable[[pd.DataFrame], CLVModel]:
+        return lambda features: CLVModel(**(point | {"family": family})).fit(features)
+
+    others = [
+        family
+        for family in CLV_FAMILIES
+        if family != settings["family"] and (not settings.get("covariates") or family in COVARIATE_FAMILIES)
+    ]
+    return fitter(str(settings["family"])), {family: fitter(family) for family in others}
 
 
 def attach_churn_selection(
@@ -60,17 +82,18 @@ def attach_churn_selection(
     stands, tagged)."""
     churn = cfg.clv.churn
     rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
+    fit_btyd, other_families = purchase_fitters(settings)
     selector, report = select_churn(
         orders,
         end,
         list(churn.horizons_days),
-        # Point predictions only: no spend model and no covariance for the windows' purchase models.
-        lambda features: CLVModel(**(settings | {"spend_model": False, "covariance": False})).fit(features),
+        fit_btyd,
         candidates=list(churn.candidates),
         folds=churn.folds,
         step_days=churn.step_days,
         seed=cfg.seed,
         level_on=model.btyd_churn_curve(base.iloc[rows]),
+        other_families=other_families,
     )
     kind = "scoring_" if scoring else ""
     if not report.scores.empty:

@@ -5,6 +5,9 @@ pause, and on real logs cut at a date "days since last purchase" out-ranked it o
 the churn output is chosen among candidates, each a calibrated (logistic) probability of no purchase:
 
 - ``purchase_model``: the purchase model's churn probability, Platt-calibrated (its logit, refitted);
+- ``other_families`` (an entry of the candidate list): the same for every other purchase-model family,
+  each fitted on the windows and at the selection's end (candidates ``purchase_model_<family>``, on a
+  seeded sample of at most WINDOW_CUSTOMERS customers: its parameters, not its customers, are kept);
 - ``recency``: days since the last purchase alone (a monotone logistic fit: the marketer's rule);
 - ``recency_frequency_tenure``: recency with purchase days and tenure;
 - ``layer``: RFM plus every purchase-model output (the learned churn layer of ``churn_layer``).
@@ -61,6 +64,8 @@ CANDIDATES: dict[str, list[str]] = {
     "recency_frequency_tenure": ["log_days_since_last", "log_frequency", "log_tenure"],
     "layer": LAYER_FEATURES,
 }
+OTHER_FAMILIES = "other_families"  # a candidate-list entry: each other family's purchase model, calibrated
+FAMILY_PREFIX = "purchase_model_"  # + the family: that family's candidate
 BTYD_FEATURES = ("btyd_churn_logit", "btyd_alive_logit", "log_expected_purchases")
 BTYD_OUTPUTS = ("churn_probability", "p_alive", "expected_purchases")  # what those are computed from
 AUC_TIE = 0.002  # candidates this close in mean AUC are told apart by their Brier score
@@ -93,6 +98,7 @@ class ChurnBand:
     model: ChurnLayer
     reason: str
     offsets: list[float]  # purchase-model mean log-odds shift from window_days to each OFFSET_HORIZONS
+    purchase_params: dict[str, object] | None = None  # another family's CLVParams.as_dict, else the model's
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -102,6 +108,7 @@ class ChurnBand:
             "model": self.model.as_dict(),
             "reason": self.reason,
             "offsets": list(self.offsets),
+            "purchase_params": self.purchase_params,
         }
 
     @classmethod
@@ -128,13 +135,14 @@ class ChurnSelector:
     def predict(
         self,
         features: pd.DataFrame,
-        btyd_at: Callable[[float], pd.DataFrame],
+        btyd_at: Callable[[float, dict[str, object] | None], pd.DataFrame],
         horizon_days: float,
     ) -> np.ndarray:
-        """``btyd_at(days)``: the purchase model's outputs (churn_probability, p_alive, expected_purchases)
-        for ``features`` at a horizon; the band's model reads them at its own window."""
+        """``btyd_at(days, params)``: the purchase model's outputs (churn_probability, p_alive,
+        expected_purchases) for ``features`` at a horizon, from ``params`` (another family's stored
+        parameters) when given, else the model's own; the band's model reads them at its own window."""
         band = self.band_for(horizon_days)
-        window = btyd_at(band.window_days)
+        window = btyd_at(band.window_days, band.purchase_params)
         churn = band.model.predict(layer_inputs(features, window, band.window_days))
         shift = band.offset(horizon_days)
         if shift == 0.0:
@@ -164,6 +172,7 @@ class Window:
     btyd: pd.DataFrame | None  # None: no purchase model could be fitted before the origin
     outcome: pd.DataFrame
     days: float
+    others: dict[str, pd.DataFrame | None] = field(default_factory=dict)  # the other families' outputs
 
 
 @dataclass
@@ -205,10 +214,12 @@ def select_churn(
     step_days: int = 91,
     seed: int = 0,
     level_on: Callable[[float], np.ndarray] | None = None,
+    other_families: dict[str, Callable[[pd.DataFrame], object]] | None = None,
 ) -> tuple[ChurnSelector | None, SelectionReport]:
     """Choose and fit each band's candidate on backtest windows before ``calibration_end``.
 
-    ``fit_btyd(features)`` returns a fitted purchase model (``.predict(features, days)``); ``level_on(days)``:
+    ``fit_btyd(features)`` returns a fitted purchase model (``.predict(features, days)``, ``.params_``);
+    ``other_families``: a fitter per other family, for the ``other_families`` candidates; ``level_on(days)``:
     the purchase model's churn probabilities for (a sample of) the training base at a horizon, for the
     bands' level offsets.
     Returns None (the purchase model's own probability then stands) when no band has a usable window,
@@ -216,10 +227,16 @@ def select_churn(
     """
     known = orders[orders["date"] <= calibration_end]
     first = known["date"].min()
-    names = list(candidates or CANDIDATES)
-    has_amounts = "amount" in known.columns
     report = SelectionReport()
-    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None]] = {}
+    others = (
+        _fit_at_end(known, calibration_end, other_families or {}, seed, report)
+        if (OTHER_FAMILIES in (candidates or CANDIDATES))
+        else {}
+    )
+    names = _expand(list(candidates or CANDIDATES), others)
+    has_amounts = "amount" in known.columns
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None, dict[str, object | None]]] = {}
+    fitters = {family: other_families[family] for family in others}
     bands, rows = [], []
     per_candidate: dict[str, list[ChurnBand]] = {}
     judged: tuple[int, list[Window]] | None = None  # the longest windows so far with a purchase model
@@ -231,7 +248,7 @@ def select_churn(
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
         windows = [
-            _window(known, origin, days, fit_btyd, fits, seed)
+            _window(known, origin, days, fit_btyd, fitters, fits, seed)
             for origin in backtest_origins(first, calibration_end, days, folds, step_days)
         ]
         if not windows:
@@ -249,13 +266,22 @@ def select_churn(
             fitted_everywhere = True
         if fitted_everywhere:
             judged = (days, windows)
-        pooled = _pooled(windows)  # every window's inputs and labels, once for the band's fits
+        # Every window's inputs, once for the band's fits: from the run's family (key None) and each
+        # other family fitted before every window (the candidates of a family that was not are left out).
+        pooled = {None: _pooled(windows, None)}
+        pooled |= {
+            f: _pooled(windows, f) for f in fitters if all(w.others.get(f) is not None for w in windows)
+        }
         labels = np.concatenate([churned(w.outcome) for w in windows])
         if not 0 < labels.sum() < len(labels):
             report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
             continue
-        usable = [n for n in names if fitted_everywhere or not _needs_btyd(n)]
-        reversed_ = [n for n in usable if n in INCREASING and _reverses(pooled, labels, n, has_amounts, seed)]
+        usable = [n for n in names if (fitted_everywhere or not _needs_btyd(n)) and _family(n) in pooled]
+        reversed_ = [
+            n
+            for n in usable
+            if _increasing(n) and _reverses(pooled[_family(n)], labels, n, has_amounts, seed)
+        ]
         if reversed_:
             report.notes.append(
                 f"{horizon:.0f} d: {reversed_} left out (their fit reverses the score's ranking)"
@@ -274,7 +300,9 @@ def select_churn(
             scores, predictions = _compare(windows, pooled, labels, usable, has_amounts, seed)
             chosen = _choose(scores, predictions, labels, _bounds(windows), seed)
             refitted = {  # every candidate refitted (a few logistic fits): the baselines are logged too
-                name: fit_logistic(pooled, labels, _features(name, has_amounts), [float(days)], seed)
+                name: fit_logistic(
+                    pooled[_family(name)], labels, _features(name, has_amounts), [float(days)], seed
+                )
                 for name in usable
             }
             judgements[key] = (scores, chosen, refitted)
@@ -288,8 +316,10 @@ def select_churn(
             why = f"{name}: {figures} on {len(windows)} window(s) of {days} days"
             if days < horizon:
                 why += f" (the longest the history allows; the horizon is {horizon:.0f} days)"
+            family = _family(name)
+            params = None if family is None else others[family]
             per_candidate.setdefault(name, []).append(
-                ChurnBand(horizon, float(days), name, fitted, why, offsets)
+                ChurnBand(horizon, float(days), name, fitted, why, offsets, params)
             )
         bands.append(per_candidate[chosen][-1])
     report.scores = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -297,9 +327,59 @@ def select_churn(
     return (ChurnSelector(bands) if bands else None), report
 
 
+def _family(candidate: str) -> str | None:
+    """The other family a ``purchase_model_<family>`` candidate reads; None: the run's own model."""
+    return candidate.removeprefix(FAMILY_PREFIX) if candidate.startswith(FAMILY_PREFIX) else None
+
+
+def _expand(names: list[str], others: dict[str, dict[str, object]]) -> list[str]:
+    """The candidate list with ``other_families`` replaced by one candidate per other family fitted."""
+    expanded = []
+    for name in names:
+        expanded += [FAMILY_PREFIX + family for family in others] if name == OTHER_FAMILIES else [name]
+    return expanded
+
+
+def _base_name(candidate: str) -> str:
+    return "purchase_model" if _family(candidate) is not None else candidate
+
+
+def _increasing(candidate: str) -> bool:
+    return _base_name(candidate) in INCREASING
+
+
 def _features(candidate: str, has_amounts: bool) -> list[str]:
-    wanted = CANDIDATES[candidate]
+    wanted = CANDIDATES[_base_name(candidate)]
     return wanted if has_amounts else [name for name in wanted if name in PURCHASE_ONLY_FEATURES]
+
+
+def _fit_at_end(
+    known: pd.DataFrame,
+    end: pd.Timestamp,
+    fitters: dict[str, Callable[[pd.DataFrame], object]],
+    seed: int,
+    report: SelectionReport,
+) -> dict[str, dict[str, object]]:
+    """Each other family's parameters fitted at ``end`` (what its band predicts with), on a seeded sample
+    of at most WINDOW_CUSTOMERS customers; a family that cannot be fitted there is left out, with a note."""
+    if not fitters:
+        return {}
+    features, _ = calibration_and_holdout(known, Split(end, end + pd.Timedelta(days=1)))
+    features = _sample(features, seed)
+    fitted = {}
+    for family, fit in fitters.items():
+        try:
+            fitted[family] = fit(features).params_.as_dict()
+        except ModelFitError as error:
+            report.notes.append(f"{FAMILY_PREFIX}{family} left out: {error}")
+    return fitted
+
+
+def _sample(features: pd.DataFrame, seed: int) -> pd.DataFrame:
+    if len(features) <= WINDOW_CUSTOMERS:
+        return features
+    rows = np.random.default_rng(seed).choice(len(features), WINDOW_CUSTOMERS, replace=False)
+    return features.iloc[np.sort(rows)]
 
 
 def _window(
@@ -307,44 +387,51 @@ def _window(
     origin: pd.Timestamp,
     days: int,
     fit_btyd: Callable[[pd.DataFrame], object],
-    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None]],
+    fitters: dict[str, Callable[[pd.DataFrame], object]],
+    fits: dict[pd.Timestamp, tuple[pd.DataFrame, object | None, dict[str, object | None]]],
     seed: int,
 ) -> Window:
     """The window at ``origin``: the purchase model fitted there on every customer (None when none could
     be) and shared by every band that uses it; the candidates see a seeded sample of at most
-    WINDOW_CUSTOMERS of them (AUC and Brier to about 0.002 there; a million-customer log stays fast)."""
+    WINDOW_CUSTOMERS of them (AUC and Brier to about 0.002 there; a million-customer log stays fast), which
+    the other families are fitted on."""
     if origin not in fits:
         features, _ = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=1)))
-        try:
-            model = fit_btyd(features)
-        except ModelFitError:  # too little history for a purchase model: the other candidates still judge
-            model = None
-        if len(features) > WINDOW_CUSTOMERS:
-            rows = np.random.default_rng(seed).choice(len(features), WINDOW_CUSTOMERS, replace=False)
-            features = features.iloc[np.sort(rows)]
-        fits[origin] = (features, model)
-    features, model = fits[origin]
+        model = _fit_or_none(fit_btyd, features)
+        features = _sample(features, seed)
+        theirs = {family: _fit_or_none(fit, features) for family, fit in fitters.items()}
+        fits[origin] = (features, model, theirs)
+    features, model, others = fits[origin]
     _, outcome = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=days)))
     btyd = None if model is None else model.predict(features, float(days))
-    return Window(origin, features, btyd, outcome.reindex(features.index), float(days))
+    predicted = {f: None if m is None else m.predict(features, float(days)) for f, m in others.items()}
+    return Window(origin, features, btyd, outcome.reindex(features.index), float(days), predicted)
+
+
+def _fit_or_none(fit: Callable[[pd.DataFrame], object], features: pd.DataFrame) -> object | None:
+    try:
+        return fit(features)
+    except ModelFitError:  # too little history for a purchase model: the other candidates still judge
+        return None
 
 
 def _reverses(pooled: np.ndarray, labels: np.ndarray, candidate: str, has_amounts: bool, seed: int) -> bool:
     """Whether the candidate's logistic fit on the band's windows (``pooled`` inputs, both classes in
     ``labels``) gives its one score a negative slope."""
     fitted = fit_logistic(pooled, labels, _features(candidate, has_amounts), [], seed)
-    return fitted.coef[fitted.features.index(INCREASING[candidate])] < 0
+    return fitted.coef[fitted.features.index(INCREASING[_base_name(candidate)])] < 0
 
 
 def _needs_btyd(candidate: str) -> bool:
-    return bool(set(CANDIDATES[candidate]) & set(BTYD_FEATURES))
+    return bool(set(CANDIDATES[_base_name(candidate)]) & set(BTYD_FEATURES))
 
 
-def _pooled(windows: list[Window]) -> np.ndarray:
-    """AVAILABLE_FEATURES rows of every window; the purchase model's columns NaN where it had none."""
+def _pooled(windows: list[Window], family: str | None) -> np.ndarray:
+    """AVAILABLE_FEATURES rows of every window, the purchase model's columns from the run's model (None)
+    or another ``family``'s; NaN where it had none."""
     parts = []
     for w in windows:
-        btyd = w.btyd
+        btyd = w.btyd if family is None else w.others.get(family)
         if btyd is None:
             btyd = pd.DataFrame(np.nan, index=w.features.index, columns=list(BTYD_OUTPUTS))
         parts.append(layer_inputs(w.features, btyd, w.days))
@@ -353,15 +440,15 @@ def _pooled(windows: list[Window]) -> np.ndarray:
 
 def _compare(
     windows: list[Window],
-    inputs: np.ndarray,
+    pooled: dict[str | None, np.ndarray],
     labels: np.ndarray,
     names: list[str],
     has_amounts: bool,
     seed: int,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Each candidate's out-of-fold mean AUC, Brier and ECE over the windows (``inputs`` and ``labels``
-    pooled from them; customers in CV_FOLDS folds, a customer's rows in every window in the same fold),
-    and its out-of-fold predictions."""
+    """Each candidate's out-of-fold mean AUC, Brier and ECE over the windows (``pooled`` inputs per
+    purchase-model family and ``labels`` from them; customers in CV_FOLDS folds, a customer's rows in
+    every window in the same fold), and its out-of-fold predictions."""
     ids = np.concatenate([w.features.index.to_numpy() for w in windows])
     codes, unique = pd.factorize(ids)
     fold = np.random.default_rng(seed).integers(0, CV_FOLDS, len(unique))[codes]
@@ -369,6 +456,7 @@ def _compare(
     rows, predictions = {}, {}
     for name in names:
         used = _features(name, has_amounts)
+        inputs = pooled[_family(name)]
         predicted = np.empty(len(labels))
         for k in range(CV_FOLDS):
             test = fold == k

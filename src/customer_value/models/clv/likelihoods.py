@@ -101,7 +101,7 @@ class BGNBDLikelihood:
     def value_and_gradient(self, params: np.ndarray, time_scale: float = 1.0) -> tuple[float, np.ndarray]:
         """ll and d ll / d(r, alpha, a, b) at natural parameters; ages and recencies multiplied by
         ``time_scale`` first (alpha is then in the scaled unit)."""
-        r, alpha, a, b = (float(v) for v in params)
+        r, alpha, a, b = (np.float64(v) for v in params)  # 1 / 0 gives inf, as in pareto_likelihood
         xs, wx = self.x_values, self.weight_by_x
         log_T = np.log(alpha + self.T_values * time_scale)
         inv_T = 1.0 / (alpha + self.T_values * time_scale)

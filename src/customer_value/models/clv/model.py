@@ -326,7 +326,14 @@ class CLVModel:
         churn = None
         if self.churn_selector_ is not None:
 
-            def btyd_at(days: float) -> pd.DataFrame:
+            def btyd_at(days: float, other: dict[str, object] | None = None) -> pd.DataFrame:
+                """The purchase model's outputs at ``days``; ``other``: another family's stored parameters
+                (a churn band's ``purchase_params``) instead of this model's."""
+                if other is not None:
+                    theirs = CLVParams.from_dict(other)
+                    design = self._inputs(theirs, features)
+                    values = predict_arrays(theirs, design, days, self.discount_rate, self.discount_step_days)
+                    return pd.DataFrame(values, index=features.index, columns=btyd_columns(theirs.has_spend))
                 if np.isclose(days, horizon_days):
                     return btyd
                 values = predict_arrays(params, inputs, days, self.discount_rate, self.discount_step_days)

@@ -89,7 +89,9 @@ class ParetoNBDLikelihood:
     def _terms(
         self, params: np.ndarray, time_scale: float, gradient: bool
     ) -> tuple[np.ndarray, float, np.ndarray | None]:
-        r, alpha, s, beta = (float(v) for v in params)
+        # NumPy scalars: a trial step that underflows a parameter to 0 gives inf (BFGS backs off), not
+        # a ZeroDivisionError (seen fitting Pareto/NBD to very regular buyers).
+        r, alpha, s, beta = (np.float64(v) for v in params)
         x, w = self.frequency, self.weights
         t_x, big_t = self.recency * time_scale, self.T * time_scale
         m = r + x  # exponent of (alpha + tau)
