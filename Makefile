@@ -42,6 +42,30 @@ $(SPARK_STAMP): $(STAMP)
 ## venv: create .venv and install the project (every other target does this when needed)
 venv: $(STAMP)
 
+# The system programs the real parts need: PostgreSQL (the team server), a Java runtime (Spark) and
+# Chromium (pages checked in a real browser). A target names what it needs in NEEDS; system-deps installs
+# what is missing with apt-get when run as root on Debian/Ubuntu, otherwise says in one line what to install.
+NEEDS ?= postgresql java chromium
+## system-deps: install PostgreSQL, Java and Chromium where missing (apt-get as root; the tests run it)
+system-deps:
+	@missing=(); \
+	for need in $(NEEDS); do case $$need in \
+	  postgresql) command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+	    || missing+=(postgresql);; \
+	  java) command -v java >/dev/null || missing+=(java);; \
+	  chromium) command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium);; \
+	esac; done; \
+	[ $${#missing[@]} -eq 0 ] && exit 0; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "error: this target needs $${missing[*]} (missing here): install them, e.g. on Debian/Ubuntu" \
+	    "sudo apt-get install $${missing[*]/java/openjdk-17-jre-headless}" >&2; exit 1; fi; \
+	echo "installing $${missing[*]} with apt-get (missing here)"; \
+	export DEBIAN_FRONTEND=noninteractive; apt-get update -qq || exit 1; \
+	packages=("$${missing[@]/java/}"); [[ " $${missing[*]} " == *" java "* ]] && { \
+	  apt-cache show openjdk-17-jre-headless >/dev/null 2>&1 && packages+=(openjdk-17-jre-headless) \
+	  || packages+=(default-jre-headless); }; \
+	apt-get install -y -qq $${packages[@]} >/dev/null
+
 ## train: fit, evaluate, log and register the CLV and segment models on the bundled CDNOW log
 train: $(STAMP)
 	$(BIN)/python -m customer_value.train $(ARGS)
@@ -67,12 +91,13 @@ score: $(STAMP)
 monitor: $(STAMP)
 	$(BIN)/python -m customer_value.monitor $(ARGS)
 
-## ui: MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
+## ui: MLflow UI for the local store on http://127.0.0.1:5000, opening the CLV runs (UI_PORT=... to change)
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
+	$(BIN)/python -m customer_value.jobs.ui --port $(UI_PORT)
 
 ## server: start the team tracking server (MLflow + PostgreSQL, artifacts served) in the background on :5050
-server: $(STAMP)
+server: NEEDS = $(if $(DATABASE_URL),,postgresql)
+server: $(STAMP) system-deps
 	$(BIN)/python -m customer_value.jobs.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT)
 
 ## server-stop: stop the team tracking server and the PostgreSQL cluster it started
@@ -95,7 +120,8 @@ bench: $(STAMP)
 	$(BIN)/python -m customer_value.bench --customers $(BENCH_CUSTOMERS) $(BENCH_ARGS)
 
 ## bench-engines: train with engine=pandas beside engine=spark (local[2]) at 1M and 10M orders: time, driver peak RSS
-bench-engines: $(SPARK_STAMP)
+bench-engines: NEEDS = java
+bench-engines: $(SPARK_STAMP) system-deps
 	$(BIN)/python -m customer_value.bench.engines --orders 1000000 10000000
 
 # Tests run on one pytest-xdist worker per core (work stealing evens out the long end-to-end tests) and
@@ -103,11 +129,11 @@ bench-engines: $(SPARK_STAMP)
 PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal --durations=25
 
 ## test: the whole test suite, slow tests included (what CI runs; installs the [spark] extra too)
-test: $(SPARK_STAMP)
+test: $(SPARK_STAMP) system-deps
 	$(PYTEST) -m "slow or not slow"
 
 ## test-fast: the fast tests only (pytest's default selection)
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(PYTEST)
 
 ## lint: ruff lint and format check
@@ -119,4 +145,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv system-deps train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

@@ -1,5 +1,5 @@
-"""A real headless Chromium (Debian's ``chromium``; ``.ci/run`` installs it where missing) opening a page
-as a person would, and reporting what it rendered.
+"""A real headless Chromium (Debian's ``chromium``; ``make system-deps`` installs it where missing) opening a
+page as a person would, and reporting what it rendered.
 
 The page is copied with a probe script appended that, once the page has loaded, writes into the DOM what
 the browser made of it: each image's load state and the text shown. ``--dump-dom`` then returns that DOM.
@@ -58,9 +58,7 @@ def chromium() -> str:
     """The browser's path, or a failure saying how to get it (a missing browser is not a skipped test)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        raise AssertionError(
-            "no chromium on PATH: apt-get install chromium (.ci/run does this where missing)"
-        )
+        raise AssertionError("no chromium on PATH: make system-deps installs it (as root on Debian/Ubuntu)")
     return found
 
 
@@ -85,6 +83,35 @@ def render(page: Path, workdir: Path) -> Rendered:
     match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.DOTALL)
     assert match, f"chromium rendered no probe (exit {result.returncode}): {result.stderr[-2000:]}"
     return Rendered(**json.loads(html.unescape(match.group(1))))
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    text: str  # the rendered DOM's text, tags replaced by " | "
+
+
+def render_url(url: str, workdir: Path, budget_ms: int = 20000) -> Page:
+    """Open ``url`` (an application that renders itself with scripts, e.g. the MLflow UI) and return the
+    title and text of the DOM the browser built, once its scripts and requests settled."""
+    result = subprocess.run(
+        [
+            chromium(),
+            *FLAGS,
+            f"--user-data-dir={workdir / 'chromium-profile'}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    dom = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.DOTALL)
+    title = re.search(r"<title>(.*?)</title>", dom, re.DOTALL)
+    assert title, f"chromium rendered no page (exit {result.returncode}): {result.stderr[-2000:]}"
+    text = re.sub(r"(\s*\|\s*)+", " | ", html.unescape(re.sub(r"<[^>]+>", " | ", dom)))
+    return Page(html.unescape(title.group(1)), text)
 
 
 def screenshot(page: Path, output: Path, workdir: Path) -> Path:

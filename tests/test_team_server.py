@@ -1,4 +1,5 @@
-"""The team tracking server (`make server`): PostgreSQL backend, served artifacts, train -> register -> score.
+"""The team tracking server (`make server`): PostgreSQL backend, served artifacts, authentication with the
+project's roles, train -> register -> score, each role doing exactly what it should over real HTTP.
 
 Starts the server through the same entry point as the Makefile (`python -m customer_value.jobs.server`), on
 free ports in a temporary folder, and checks in teardown that nothing is left running.
@@ -19,12 +20,16 @@ from pathlib import Path
 import pandas as pd
 import psycopg2
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from customer_value.jobs import postgres_cluster, server
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
+from customer_value.tracking.team_auth import read_credentials
 from test_end_to_end import PLUMBING_ONLY
+
+ROLES = {"engineer": "eve", "reviewer": "rita", "scoring": "sam"}  # role -> the user the fixture creates
 
 
 def _free_ports(count: int) -> list[int]:
@@ -77,7 +82,21 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     try:
         assert started.returncode == 0, started.stderr
         assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
-        yield state
+        admin = folder / "admin.credentials"
+        assert state["auth"] and admin.stat().st_mode & 0o777 == 0o600
+        secret = read_credentials(admin).password
+        assert secret not in started.stdout + started.stderr
+        for role, user in ROLES.items():
+            added = _server("user", folder, user, "--role", role)
+            assert added.returncode == 0, added.stderr
+            assert f"created user {user}" in added.stdout
+            assert (folder / "credentials" / user).stat().st_mode & 0o777 == 0o600
+            assert read_credentials(folder / "credentials" / user).password not in added.stdout
+        assert secret not in (folder / "mlflow.log").read_text(errors="replace")
+        yield state | {
+            "folder": folder,
+            "credentials": {r: folder / "credentials" / u for r, u in ROLES.items()},
+        }
     finally:
         stopped = _server("stop", folder)
         cluster = (
@@ -106,9 +125,11 @@ def _postgres_rows(backend_store_uri: str, query: str) -> list[tuple]:
 
 @pytest.mark.slow
 def test_train_register_score_against_the_team_server(
-    team_server: dict, orders_csv: Path, tmp_path: Path, job
+    team_server: dict, orders_csv: Path, tmp_path: Path, job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Train and score as their commands do (in this process: ``job``) against the server over HTTP."""
+    """Train (as an engineer) and score (as a scoring job, its login from a credentials file) as their
+    commands do (in this process: ``job``) against the server over HTTP; then each role, and no login,
+    can do exactly what it should on what they made."""
     uri = team_server["tracking_uri"]
     assert team_server["backend_store_uri"].startswith("postgresql+psycopg2://postgres:")
     assert _postgres_rows(team_server["backend_store_uri"], "SELECT version()")[0][0].startswith("PostgreSQL")
@@ -116,6 +137,7 @@ def test_train_register_score_against_the_team_server(
         assert Path(team_server["pgdata"]).stat().st_uid == pwd.getpwnam("postgres").pw_uid
     local_artifacts = tmp_path / "local-artifacts"  # only a local store may use tracking.artifact_root
     data = ["data=file", f"data.path={orders_csv}"]
+    _login(monkeypatch, team_server["credentials"]["engineer"])
     trained = job(
         train_job.main,
         [*data, f"tracking.artifact_root={local_artifacts}", *PLUMBING_ONLY],
@@ -147,7 +169,14 @@ def test_train_register_score_against_the_team_server(
     ]
 
     output = tmp_path / "scores.csv"
-    scored = job(score_job.main, [*data, f"score.output={output}", "score.intervals=false"], tmp_path, uri)
+    _logout(monkeypatch)
+    scoring_login = f"tracking.credentials_file={team_server['credentials']['scoring']}"
+    scored = job(
+        score_job.main,
+        [*data, f"score.output={output}", "score.intervals=false", scoring_login],
+        tmp_path,
+        uri,
+    )
     assert scored.returncode == 0, scored.stderr[-3000:]
     table = pd.read_csv(output)
     assert len(table) == 800 and table["customer_id"].is_unique
@@ -159,10 +188,104 @@ def test_train_register_score_against_the_team_server(
         == int(client.get_model_version_by_alias("customer-segments", "champion").tags["n_segments"])
         >= 3
     )
+    _each_role_does_exactly_what_it_should(team_server, job, data, tmp_path, monkeypatch)
+
+
+def _login(monkeypatch: pytest.MonkeyPatch, credentials: Path) -> None:
+    found = read_credentials(credentials)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", found.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", found.password)
+
+
+def _logout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No login in the environment (restored after the test, also when a job set one from a file)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+
+
+def _each_role_does_exactly_what_it_should(
+    team_server: dict, job, data: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over plain HTTP, as each user and as nobody, on the runs and versions the engineer just made."""
+    uri = team_server["tracking_uri"]
+    api = f"{uri}/api/2.0/mlflow"
+    logins = {role: read_credentials(path) for role, path in team_server["credentials"].items()}
+    sessions = {}
+    for role, found in logins.items():
+        sessions[role] = requests.Session()
+        sessions[role].auth = (found.username, found.password)
+    anonymous = requests.Session()
+    clv = sessions["engineer"].get(
+        f"{api}/experiments/get-by-name", params={"experiment_name": "customer-clv"}
+    )
+    experiment_id = clv.json()["experiment"]["experiment_id"]
+    runs = {"experiment_ids": [experiment_id], "max_results": 10}
+    (run,) = sessions["engineer"].post(f"{api}/runs/search", json=runs).json()["runs"]
+    new_run = {"experiment_id": experiment_id}
+    new_version = {
+        "name": "customer-clv",
+        "source": f"runs:/{run['info']['run_id']}/clv",
+        "run_id": run["info"]["run_id"],
+    }
+    alias = {"name": "customer-clv", "alias": "champion", "version": "1"}
+
+    # Nobody: 401 on everything but the health check.
+    assert anonymous.get(f"{uri}/health").status_code == 200
+    assert anonymous.post(f"{api}/runs/search", json=runs).status_code == 401
+    assert anonymous.get(f"{api}/registered-models/get", params={"name": "customer-clv"}).status_code == 401
+    assert anonymous.get(f"{uri}/").status_code == 401
+    # A reviewer reads runs and models, writes nothing.
+    reviewer = sessions["reviewer"]
+    assert [r["info"]["run_id"] for r in reviewer.post(f"{api}/runs/search", json=runs).json()["runs"]] == [
+        run["info"]["run_id"]
+    ]
+    assert reviewer.get(
+        f"{api}/registered-models/alias", params={"name": "customer-clv", "alias": "champion"}
+    ).ok
+    assert reviewer.post(f"{api}/runs/create", json=new_run).status_code == 403
+    assert reviewer.post(f"{api}/model-versions/create", json=new_version).status_code == 403
+    assert reviewer.post(f"{api}/registered-models/alias", json=alias).status_code == 403
+    # A scoring job reads the registered models (it scored above) and writes none of them.
+    scoring = sessions["scoring"]
+    assert scoring.get(
+        f"{api}/registered-models/alias", params={"name": "customer-clv", "alias": "champion"}
+    ).ok
+    assert scoring.post(f"{api}/runs/create", json=new_run).status_code == 403
+    assert scoring.post(f"{api}/model-versions/create", json=new_version).status_code == 403
+    assert scoring.post(f"{api}/registered-models/alias", json=alias).status_code == 403
+    # An engineer may move the alias (the gate did, through train, above).
+    assert sessions["engineer"].post(f"{api}/registered-models/alias", json=alias).ok
+    # A bounded burst of wrong passwords changes nothing: each is refused, the right one still works.
+    wrong = requests.Session()
+    wrong.auth = (logins["engineer"].username, "not-the-password")
+    assert {wrong.post(f"{api}/runs/create", json=new_run).status_code for _ in range(20)} == {401}
+    assert [
+        r["info"]["run_id"] for r in sessions["engineer"].post(f"{api}/runs/search", json=runs).json()["runs"]
+    ] == [run["info"]["run_id"]]
+    # The jobs say it in one line: no login, a wrong one, a role that may not train.
+    _logout(monkeypatch)
+    for login, expected in (
+        ([], "requires a login"),
+        (["tracking.credentials_file=" + str(tmp_path / "nowhere")], "credentials file"),
+        ([f"tracking.credentials_file={team_server['credentials']['reviewer']}"], "has no permission"),
+    ):
+        refused = job(train_job.main, [*data, *PLUMBING_ONLY, *login], tmp_path, uri)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert refused.stderr.strip().count("\n") == 0 and expected in refused.stderr, refused.stderr
+        _logout(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", logins["engineer"].username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    refused = job(train_job.main, [*data, *PLUMBING_ONLY], tmp_path, uri)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: tracking server {uri} refused the login of user '{logins['engineer'].username}' (HTTP 401)"
+    )
+    assert len(sessions["engineer"].post(f"{api}/runs/search", json=runs).json()["runs"]) == 1
 
 
 @pytest.mark.slow
-def test_database_url_uses_that_database_and_creates_no_cluster(team_server: dict, tmp_path: Path) -> None:
+def test_database_url_uses_that_database_and_creates_no_cluster(
+    team_server: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A second server on the first one's database: same runs, no cluster of its own, and stopping it
     leaves the database alone."""
     folder = tmp_path / "external"
@@ -177,7 +300,9 @@ def test_database_url_uses_that_database_and_creates_no_cluster(team_server: dic
         assert not (folder / "postgres").exists() and not (folder / "postgres.path").exists()
         assert "***@" in started.stdout and database_url not in started.stdout  # password not printed
         uri = f"http://127.0.0.1:{port}"
+        _login(monkeypatch, folder / "admin.credentials")  # its own user store and admin
         MlflowClient(tracking_uri=uri).create_experiment("shared")
+        _login(monkeypatch, team_server["folder"] / "admin.credentials")
         shared = MlflowClient(tracking_uri=team_server["tracking_uri"]).get_experiment_by_name("shared")
         assert shared is not None
     finally:
@@ -185,6 +310,48 @@ def test_database_url_uses_that_database_and_creates_no_cluster(team_server: dic
     assert stopped.returncode == 0, stopped.stderr
     _assert_stopped(state)
     assert _postgres_rows(team_server["backend_store_uri"], "SELECT 1") == [(1,)]  # still running
+
+
+@pytest.mark.slow
+def test_the_admin_password_rotates(team_server: dict) -> None:
+    admin = team_server["folder"] / "admin.credentials"
+    before = read_credentials(admin)
+    rotated = _server("rotate-admin", team_server["folder"])
+    assert rotated.returncode == 0, rotated.stderr
+    after = read_credentials(admin)
+    assert after.password != before.password and after.password not in rotated.stdout
+    assert admin.stat().st_mode & 0o777 == 0o600
+    session = requests.Session()
+    session.auth = (after.username, after.password)
+    users = session.get(f"{team_server['tracking_uri']}/api/2.0/mlflow/users/get", params={"username": "eve"})
+    assert users.ok and users.json()["user"]["username"] == "eve"
+
+
+def test_a_non_loopback_address_needs_authentication(tmp_path: Path) -> None:
+    (port,) = _free_ports(1)
+    refused = _server("start", tmp_path / "s", "--host", "0.0.0.0", "--no-auth", "--port", str(port))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        "error: refusing to listen on 0.0.0.0 without authentication: anyone who reaches the port could "
+        "register a model or move champion (drop --no-auth, or bind 127.0.0.1)"
+    )
+    assert not (tmp_path / "s").exists() and not _port_open(port)  # nothing created, nothing started
+
+
+def test_credentials_files_are_read_as_mlflow_writes_them(tmp_path: Path) -> None:
+    from customer_value.errors import UserError
+    from customer_value.tracking.team_auth import Credentials, write_credentials
+
+    path = tmp_path / "creds" / "eve"
+    write_credentials(path, Credentials("eve", "s3cret"))
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert read_credentials(path) == Credentials("eve", "s3cret")
+    assert "s3cret" not in repr(read_credentials(path))
+    (tmp_path / "bad").write_text("[mlflow]\nmlflow_tracking_username = eve\n")
+    with pytest.raises(UserError, match="bad: needs an \\[mlflow\\] section with mlflow_tracking_username"):
+        read_credentials(tmp_path / "bad")
+    with pytest.raises(UserError, match="nowhere: cannot be read"):
+        read_credentials(tmp_path / "nowhere")
 
 
 def test_start_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:

@@ -193,6 +193,9 @@ class SegmentationConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"  # used for a local (SQLite) store only
+    # A team server's login in MLflow's credentials-file format (make server-user writes one); MLflow's
+    # MLFLOW_TRACKING_USERNAME / _PASSWORD win over it, and ~/.mlflow/credentials is read without it.
+    credentials_file: str | None = None
     clv_experiment: str = "customer-clv"
     segments_experiment: str = "customer-segments"
     scoring_experiment: str = "customer-scoring"  # one run per scoring: its report (and migration)

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from customer_value.errors import UserError
+from customer_value.tracking.run_logging import permission_denied
 
 T = TypeVar("T")
 
@@ -84,6 +86,11 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool
         message = f"{key} is required but not set (pass it on the command line, e.g. {key}=...)"
     except UserError as exc:
         message = str(exc)
+    except MlflowException as exc:  # the team server refused this user: one line, not a traceback
+        refused = permission_denied(exc)
+        if refused is None:
+            raise
+        message = refused
     finally:
         if main_thread:  # None: a handler not set from Python; the default is the nearest
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

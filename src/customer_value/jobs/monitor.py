@@ -107,7 +107,7 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Monitor every configured scoring output; returns each one's logged metrics, by path."""
     validate_monitor_config(cfg)
     scorings = [read_scoring(Path(path)) for path in cfg.monitor.scores]  # all readable before any work
-    run_logging.configure(cfg.tracking.uri)
+    run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
     orders, report = load_orders(cfg.data)
     results = {}
     with run_logging.figures(cfg.tracking.plots):

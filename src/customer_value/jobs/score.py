@@ -78,7 +78,7 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
 def _scored_parts(cfg: DictConfig) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """``score_chunks``' tables, each with the customer-table rows it scored (the report profiles them)."""
     validate_score_config(cfg)
-    run_logging.configure(cfg.tracking.uri)
+    run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
 

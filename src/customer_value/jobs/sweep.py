@@ -157,7 +157,7 @@ class SweepTracking(Callback):
         self.sweep: Sweep | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        run_logging.configure(config.tracking.uri)
+        run_logging.configure(config.tracking.uri, credentials_file=config.tracking.credentials_file)
         sweep_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         overrides = list(config.hydra.overrides.task)
         searched = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=True)

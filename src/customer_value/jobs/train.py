@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import hydra
+import mlflow
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from customer_value.data.loading import DataReport
@@ -39,7 +41,7 @@ from customer_value.schema import (
     register_configs,
     validate_train_config,
 )
-from customer_value.tracking import registry, run_logging, run_summary
+from customer_value.tracking import registry, run_logging, run_summary, ui_links
 
 if TYPE_CHECKING:
     from customer_value.spark.training import SparkBase
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run both training stages, then register both models; returns every logged metric by name."""
     validate_train_config(cfg)
-    run_logging.configure(cfg.tracking.uri)
+    run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
     tags = run_logging.git_state() | {"data.name": cfg.data.name}
     sweep = Sweep.from_env()
 
@@ -194,6 +196,15 @@ def _register(cfg: DictConfig, candidate: Candidate) -> registry.GateDecision:
         decision.reason,
     )
     decision.tag_run(candidate.run_id)  # the run has ended: tagged by id, never through the fluent API
+    base = ui_links.ui_base(mlflow.get_tracking_uri())
+    experiment_id = MlflowClient().get_run(candidate.run_id).info.experiment_id
+    log.info(
+        "%s in the MLflow UI%s: run %s, version %s",
+        candidate.name,
+        " (make ui)" if base == ui_links.LOCAL_UI else "",
+        ui_links.run_url(base, experiment_id, candidate.run_id),
+        ui_links.model_version_url(base, candidate.name, decision.version),
+    )
     return decision
 
 

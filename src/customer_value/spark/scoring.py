@@ -133,7 +133,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
 
     validate_score_config(cfg)
     refuse_logs_without_amounts(cfg)
-    run_logging.configure(cfg.tracking.uri)
+    run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
     clv_uri = f"models:/{cfg.tracking.clv_model}/{clv_version.version}"

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from customer_value.errors import UserError
 from customer_value.tracking import processes
+from customer_value.tracking.team_auth import use_credentials_file
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,16 @@ HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints its own run links, which open on the UI's GenAI overview; train logs ui_links' instead.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
-def configure(tracking_uri: str, registry_uri: str | None = None) -> str:
+def configure(tracking_uri: str, registry_uri: str | None = None, credentials_file: str | None = None) -> str:
     """Point MLflow at the tracking store, ready to use: a relative SQLite path is made absolute, its folder
     created and the store created or migrated under a file lock (two jobs creating one SQLite store at
-    once corrupt it); an HTTP server that does not answer is a one-line UserError within seconds."""
+    once corrupt it); an HTTP server that does not answer, or refuses the login (``credentials_file``,
+    else MLflow's environment variables or ~/.mlflow/credentials), is a one-line UserError within seconds."""
     for key, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = absolute_sqlite_uri(tracking_uri)
@@ -48,7 +52,50 @@ def configure(tracking_uri: str, registry_uri: str | None = None) -> str:
         _create_sqlite_store(Path(uri[len("sqlite:///") :]))
     elif uri.startswith(("http://", "https://")):
         require_server(uri)
+        use_credentials_file(credentials_file)
+        require_login(uri)
     return uri
+
+
+def require_login(uri: str) -> None:
+    """The server accepts this process's login (or needs none): one authenticated request, no retries."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    login = read_mlflow_creds()
+    auth = (login.username, login.password) if login.username and login.password else None
+    try:
+        response = requests.get(
+            uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=auth,
+            timeout=float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]),
+        )
+    except requests.RequestException as exc:
+        raise UserError(f"tracking server {uri}: {type(exc).__name__} on the first request") from None
+    if response.status_code == 401 and auth is None:
+        raise UserError(
+            f"tracking server {uri} requires a login: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or tracking.credentials_file=<file from make server-user>"
+        )
+    if response.status_code == 401:
+        raise UserError(f"tracking server {uri} refused the login of user {login.username!r} (HTTP 401)")
+
+
+def permission_denied(exc: Exception) -> str | None:
+    """A one-line message for an MLflow call the server refused (HTTP 401 / 403), else None."""
+    code = getattr(exc, "error_code", "")
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return None
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    user = read_mlflow_creds().username or "anonymous"
+    what = "has no permission for" if code == "PERMISSION_DENIED" else "is not logged in for"
+    endpoint = re.search(r"endpoint (\S+)", str(exc))
+    request = f" ({endpoint.group(1)})" if endpoint else ""
+    return (
+        f"tracking server {mlflow.get_tracking_uri()}: user {user!r} {what} this{request}; "
+        "ask an admin for the role it needs (make server-user)"
+    )
 
 
 def _create_sqlite_store(database: Path) -> None:
