@@ -15,10 +15,16 @@ BENCH_CUSTOMERS ?= 1000000
 BENCH_ARGS ?=
 EVALUATE_ARGS ?=
 WORKERS ?= 2
-# make server: the team tracking server (MLflow on PostgreSQL) on 127.0.0.1; DATABASE_URL = use that database
+# make server: the team tracking server (MLflow on PostgreSQL, with authentication) on SERVER_HOST;
+# DATABASE_URL = use that database; SERVER_ALLOWED_HOSTS = more names clients reach it by (comma-separated)
 SERVER_DIR ?= .server
 SERVER_PORT ?= 5050
+SERVER_HOST ?= 127.0.0.1
+SERVER_ALLOWED_HOSTS ?=
 PG_PORT ?= 55432
+# make server-user NAME=alice ROLE=engineer|reviewer|scoring
+NAME ?=
+ROLE ?=
 # make serve: REST endpoint for models:/customer-clv@champion of the configured tracking store (mlflow
 # starts `uvicorn` by name, so the recipe puts .venv/bin on PATH)
 SERVE_PORT ?= 5001
@@ -98,7 +104,16 @@ ui: $(STAMP)
 ## server: start the team tracking server (MLflow + PostgreSQL, artifacts served) in the background on :5050
 server: NEEDS = $(if $(DATABASE_URL),,postgresql)
 server: $(STAMP) system-deps
-	$(BIN)/python -m customer_value.jobs.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT)
+	$(BIN)/python -m customer_value.jobs.server start --folder $(SERVER_DIR) --port $(SERVER_PORT) --pg-port $(PG_PORT) \
+		--host $(SERVER_HOST) --allowed-hosts "$(SERVER_ALLOWED_HOSTS)"
+
+## server-user: add a team-server user with a role: make server-user NAME=alice ROLE=engineer|reviewer|scoring
+server-user: $(STAMP)
+	$(BIN)/python -m customer_value.jobs.server user "$(NAME)" --role "$(ROLE)" --folder $(SERVER_DIR)
+
+## server-rotate-admin: give the team server's admin a new generated password (kept in SERVER_DIR/admin.credentials)
+server-rotate-admin: $(STAMP)
+	$(BIN)/python -m customer_value.jobs.server rotate-admin --folder $(SERVER_DIR)
 
 ## server-stop: stop the team tracking server and the PostgreSQL cluster it started
 server-stop: $(STAMP)
@@ -145,4 +160,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv system-deps train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv system-deps server-user server-rotate-admin train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,7 +149,7 @@ def start(
         backend = sqlalchemy_url(backend)
     artifacts = folder / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    names = [*dict.fromkeys([host, HOST, "localhost", *allowed_hosts])]
+    names = [*dict.fromkeys([host, HOST, "localhost", *_machine_names(host), *allowed_hosts])]
     environment = os.environ | (_auth_environment(folder) if auth else {})
     command = [
         sys.executable,
@@ -209,6 +210,26 @@ def start(
             )
         time.sleep(0.5)
     return state
+
+
+def _machine_names(host: str) -> list[str]:
+    """Bound to every interface: the names and addresses teammates reach this machine by (its host name,
+    FQDN and their addresses), so that the Host-header check lets them in; none for a loopback bind."""
+    if host not in ("0.0.0.0", "::"):
+        return []
+    names = [socket.gethostname(), socket.getfqdn()]
+    for name in list(names):
+        try:
+            names += socket.gethostbyname_ex(name)[2]
+        except OSError:
+            continue
+    try:  # the address of the interface that routes outwards (a UDP "connection" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("198.51.100.1", 9))
+            names.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    return [name for name in names if name and name not in LOOPBACK and not name.startswith("127.")]
 
 
 def _auth_environment(folder: Path) -> dict[str, str]:
@@ -369,8 +390,13 @@ def main(argv: list[str] | None = None) -> None:
             if state.auth:
                 admin = args.folder.resolve() / ADMIN_CREDENTIALS
                 print(f"authentication on: the admin's credentials are in {admin} (0600)")
-                print("add users with: make server-user USER=<name> ROLE=engineer|reviewer|scoring")
+                print("add users with: make server-user NAME=<name> ROLE=engineer|reviewer|scoring")
             print(f"use it with: MLFLOW_TRACKING_URI={state.tracking_uri} make train")
+            if state.host not in LOOPBACK:
+                print(
+                    f"listening on {state.host}: teammates need TLS in front of it (a reverse proxy, "
+                    "docs/tracking-server.md)"
+                )
         elif args.command == "stop":
             stopped = stop(args.folder)
             print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
