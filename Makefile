@@ -93,6 +93,10 @@ example-data: $(STAMP)
 score: $(STAMP)
 	$(BIN)/python -m customer_value.score $(ARGS)
 
+## campaign: an audience from a scoring output, global holdout out, treatment/control lists (ARGS="campaign=winback ...")
+campaign: $(STAMP)
+	$(BIN)/python -m customer_value.campaign $(ARGS)
+
 ## monitor: judge earlier scorings on what happened since (realised churn, purchases, revenue), drift, report
 monitor: $(STAMP)
 	$(BIN)/python -m customer_value.monitor $(ARGS)
@@ -160,4 +164,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv system-deps server-user server-rotate-admin train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv system-deps server-user server-rotate-admin campaign train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

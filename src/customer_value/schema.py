@@ -200,6 +200,7 @@ class TrackingConfig:
     segments_experiment: str = "customer-segments"
     scoring_experiment: str = "customer-scoring"  # one run per scoring: its report (and migration)
     monitoring_experiment: str = "customer-monitoring"  # one run per monitored scoring
+    campaigns_experiment: str = "customer-campaigns"  # one run per campaign: definition, sizes (no ids)
     clv_model: str = "customer-clv"
     segments_model: str = "customer-segments"
     alias: str = "champion"
@@ -288,11 +289,42 @@ class MonitorConfig:
     monitor: MonitorOptions = field(default_factory=MonitorOptions)
 
 
+@dataclass
+class CampaignPower:
+    """The lift in purchase rate a campaign should be able to detect, and the test it is judged by."""
+
+    relative_lift: float = 0.10  # +10 % purchase rate in treatment over control
+    alpha: float = 0.05  # two-sided
+    power: float = 0.8
+    base_rate: float | None = None  # control's purchase rate; null = the audience's mean purchase_probability
+
+
+@dataclass
+class CampaignOptions:
+    id: str = "example"  # names the lists' folder, the run and the arms' key: a new id draws new arms
+    scores: str = "scores/customer_scores.parquet"  # a scoring output (make score)
+    audience: list[Any] = field(default_factory=list)  # rules: see customer_value.campaign.audience
+    control_share: float = 0.10  # of the audience outside the global holdout
+    global_holdout_share: float = 0.05  # standing: the same customers are held back from every campaign
+    power: CampaignPower = field(default_factory=CampaignPower)
+    output_dir: str = "campaigns"  # lists go to <output_dir>/<id>/<arm>/<segment>.csv and .parquet
+    key_env: str = "CAMPAIGN_KEY"  # the secret behind the arms' keyed hash, else key_file
+    key_file: str = ".secrets/campaign.key"  # created 0600 on first use; git-ignored
+    value_column: str = "expected_revenue"  # the expected value summed per arm and segment
+
+
+@dataclass
+class CampaignConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    campaign: CampaignOptions = field(default_factory=CampaignOptions)
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="score_schema", node=ScoreConfig)
     store.store(name="monitor_schema", node=MonitorConfig)
+    store.store(name="campaign_schema", node=CampaignConfig)
 
 
 # Gate metrics are "higher is better"; a sweep may optimise any metric listed here.

@@ -5,11 +5,13 @@ code of whatever version holds ``champion``), so the team server (``jobs/server.
 ``basic-auth`` app with ``default_permission = NO_PERMISSIONS``: a user sees and changes only what a role
 granted. Roles (``ROLES``), granted per experiment and registered model by ``grant_role``:
 
-- ``engineer``: EDIT on the project's experiments and registered models (train, sweep, register, gate);
+- ``engineer``: EDIT on the project's experiments and registered models (train, sweep, register, gate,
+  campaigns);
 - ``reviewer``: READ on them (the UI, comparisons);
 - ``scoring``: READ on the registered models and on the training experiments, whose run artifacts hold
   the model files (MLflow checks experiment READ before serving a proxied artifact), and EDIT on the
-  scoring experiment only (each scoring logs its report there); it cannot train, register or move an alias.
+  scoring and monitoring experiments only (each scoring logs its report there); it cannot train, register
+  or move an alias.
 
 Credentials files use MLflow's own format (``~/.mlflow/credentials``: ``[mlflow]`` with
 ``mlflow_tracking_username`` / ``mlflow_tracking_password``), written 0600.
@@ -30,11 +32,15 @@ from customer_value.errors import UserError
 ADMIN = "admin"
 PASSWORD_BYTES = 24  # token_urlsafe: 32 characters, 192 bits
 # The experiments and registered models a role is granted on (the tracking config's names).
-EXPERIMENTS = {"training": ("customer-clv", "customer-segments"), "scoring": ("customer-scoring",)}
+EXPERIMENTS = {
+    "training": ("customer-clv", "customer-segments"),
+    "scoring": ("customer-scoring", "customer-monitoring"),
+    "campaigns": ("customer-campaigns",),
+}
 MODELS = ("customer-clv", "customer-segments")
 ROLES: dict[str, dict[str, str]] = {  # what -> MLflow permission
-    "engineer": {"training": "EDIT", "scoring": "EDIT", "models": "EDIT"},
-    "reviewer": {"training": "READ", "scoring": "READ", "models": "READ"},
+    "engineer": {"training": "EDIT", "scoring": "EDIT", "campaigns": "EDIT", "models": "EDIT"},
+    "reviewer": {"training": "READ", "scoring": "READ", "campaigns": "READ", "models": "READ"},
     "scoring": {"training": "READ", "scoring": "EDIT", "models": "READ"},
 }
 REQUEST_TIMEOUT_S = 30

@@ -1,0 +1,47 @@
+"""The secret behind the keyed hashes (campaign arms, the global holdout): from the environment or a
+0600 key file created on first use, never in a config, a log or git."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from customer_value.errors import UserError
+
+KEY_BYTES = 32
+
+
+def secret_key(env_var: str, key_file: str | Path) -> bytes:
+    """``env_var``'s value when set, else the key in ``key_file`` (created 0600 when missing)."""
+    from_env = os.environ.get(env_var)
+    if from_env:
+        return from_env.encode()
+    path = Path(key_file)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another job created it meanwhile: read theirs
+            return _read(path)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(KEY_BYTES) + "\n")
+    return _read(path)
+
+
+def _read(path: Path) -> bytes:
+    if path.stat().st_mode & 0o077:
+        raise UserError(
+            f"key file {path}: readable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it"
+        )
+    key = path.read_text().strip()
+    if not key:
+        raise UserError(f"key file {path}: empty")
+    return key.encode()
+
+
+def derived_key(key: bytes, purpose: str) -> bytes:
+    """A key for one purpose (a campaign's salt, the global holdout) from the secret: HMAC-SHA256."""
+    return hmac.new(key, purpose.encode(), hashlib.sha256).digest()
