@@ -97,6 +97,10 @@ score: $(STAMP)
 campaign: $(STAMP)
 	$(BIN)/python -m customer_value.campaign $(ARGS)
 
+## campaign-report: a campaign's lift per segment on today's log (ARGS="report.campaign_id=winback data=...")
+campaign-report: $(STAMP)
+	$(BIN)/python -m customer_value.campaign report $(ARGS)
+
 ## monitor: judge earlier scorings on what happened since (realised churn, purchases, revenue), drift, report
 monitor: $(STAMP)
 	$(BIN)/python -m customer_value.monitor $(ARGS)
@@ -164,4 +168,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv system-deps server-user server-rotate-admin campaign train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv system-deps server-user server-rotate-admin campaign campaign-report train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

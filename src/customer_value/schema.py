@@ -311,6 +311,7 @@ class CampaignOptions:
     key_env: str = "CAMPAIGN_KEY"  # the secret behind the arms' keyed hash, else key_file
     key_file: str = ".secrets/campaign.key"  # created 0600 on first use; git-ignored
     value_column: str = "expected_revenue"  # the expected value summed per arm and segment
+    start: str | None = None  # YYYY-MM-DD the offer takes effect; null = the scoring's as-of date
 
 
 @dataclass
@@ -319,12 +320,28 @@ class CampaignConfig:
     campaign: CampaignOptions = field(default_factory=CampaignOptions)
 
 
+@dataclass
+class CampaignReportOptions:
+    campaign_id: str = "winback"  # the campaign's run (latest with tag campaign.id) and its lists
+    end: str | None = None  # YYYY-MM-DD the window ends; null = the last order day in the data
+    output: str | None = None  # the HTML page; null = <the campaign's lists folder>/report.html
+
+
+@dataclass
+class CampaignReportConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused here
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: CampaignReportOptions = field(default_factory=CampaignReportOptions)
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="score_schema", node=ScoreConfig)
     store.store(name="monitor_schema", node=MonitorConfig)
     store.store(name="campaign_schema", node=CampaignConfig)
+    store.store(name="campaign_report_schema", node=CampaignReportConfig)
 
 
 # Gate metrics are "higher is better"; a sweep may optimise any metric listed here.

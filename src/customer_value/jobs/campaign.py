@@ -57,6 +57,7 @@ def campaign(cfg: DictConfig) -> Path:
         mlflow.log_params(
             {
                 "campaign.id": options.id,
+                "start": options.start or _as_of(scores),
                 "scores": options.scores,
                 "control_share": options.control_share,
                 "global_holdout_share": options.global_holdout_share,
