@@ -37,6 +37,8 @@ GROUPS = {
     "train": ("data", "features", "clv", "segmentation", "tracking"),
     "score": ("data", "tracking", "engine"),
     "monitor": ("data", "tracking"),
+    "campaign": ("tracking", "campaign"),
+    "campaign_report": ("data", "tracking"),
 }
 GROUP_OPTIONS = [
     (config, group, option)
