@@ -5,9 +5,9 @@ pause, and on real logs cut at a date "days since last purchase" out-ranked it o
 the churn output is chosen among candidates, each a calibrated (logistic) probability of no purchase:
 
 - ``purchase_model``: the purchase model's churn probability, Platt-calibrated (its logit, refitted);
-- ``other_families`` (an entry of the candidate list): the same for every other purchase-model family,
-  each fitted on the windows and at the selection's end (candidates ``purchase_model_<family>``, on a
-  seeded sample of at most WINDOW_CUSTOMERS customers: its parameters, not its customers, are kept);
+- ``other_families`` (an opt-in entry of the candidate list): the same for every other purchase-model
+  family, each fitted on the windows and at the selection's end (candidates ``purchase_model_<family>``,
+  on a seeded sample of at most WINDOW_CUSTOMERS customers: its parameters, not its customers, are kept);
 - ``recency``: days since the last purchase alone (a monotone logistic fit: the marketer's rule);
 - ``recency_frequency_tenure``: recency with purchase days and tenure;
 - ``layer``: RFM plus every purchase-model output (the learned churn layer of ``churn_layer``).
