@@ -228,7 +228,17 @@ def test_cli_train_and_score(orders_csv: Path, tracking_uri: str, tmp_path: Path
     assert (table["as_of"] == "2024-06-01").all()
     assert table["horizon_days"].eq(365.0).all()
     written = sorted(p.name for p in output.parent.iterdir())
-    assert written == ["scores.csv", "scores.report.html"]  # the table, its report, no temporary leftovers
+    # The table, its report, the CRM membership and change set (CSV and Parquet) and the id record;
+    # no temporary leftovers.
+    assert written == [
+        "scores.changes.csv",
+        "scores.changes.parquet",
+        "scores.csv",
+        "scores.membership.csv",
+        "scores.membership.parquet",
+        "scores.report.html",
+        "scores.segment_ids.json",
+    ]
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600

@@ -28,6 +28,21 @@ def report_path(scores_output: Path) -> Path:
     return scores_output.with_name(f"{scores_output.stem}.report.html")
 
 
+def membership_path(scores_output: Path) -> Path:
+    """The CRM membership table beside the scores: ``<name>.membership.parquet`` (and ``.csv``)."""
+    return scores_output.with_name(f"{scores_output.stem}.membership.parquet")
+
+
+def changes_path(scores_output: Path) -> Path:
+    """The membership's change set since the previous scoring: ``<name>.changes.parquet`` (and ``.csv``)."""
+    return scores_output.with_name(f"{scores_output.stem}.changes.parquet")
+
+
+def segment_ids_path(scores_output: Path) -> Path:
+    """The highest segment id number ever issued for this output: ``<name>.segment_ids.json``."""
+    return scores_output.with_name(f"{scores_output.stem}.segment_ids.json")
+
+
 def migration_path(scores_output: Path) -> Path:
     """Where the scoring job writes the migration since the previous scoring (``score.previous``)."""
     return scores_output.with_name(f"{scores_output.stem}.migration.csv")

@@ -7,6 +7,7 @@ or failed job never leaves a partial table (a killed job's hidden temporary file
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from customer_value.crm import membership as membership_ids
 from customer_value.data.customers import CustomerFile, load_customers
 from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.sources import load_orders
@@ -368,8 +370,10 @@ def score(cfg: DictConfig) -> Path | str:
             profiled.append(part[[c for c in PROFILE_COLUMNS if c in part.columns]])
             yield chunk
 
+    prior = _previous_membership(cfg, Path(cfg.score.output))  # read before this scoring replaces it
     output, rows = write_chunks_atomically(chunks(), Path(cfg.score.output))
     table = pd.concat(kept, ignore_index=True)
+    _write_membership(table, output, prior)
     transitions = None
     if previous is not None:
         transitions = transition_table(previous, table)
@@ -385,6 +389,49 @@ def score(cfg: DictConfig) -> Path | str:
         f"v{table['segments_model_version'].iloc[0]} -> {output}"
     )
     return output
+
+
+def _previous_membership(cfg: DictConfig, output: Path) -> tuple[pd.DataFrame | None, int]:
+    """The membership the change set is measured against: beside ``score.previous`` when given, else the
+    one beside this output (a rescore), and the highest segment id number ever issued (their records)."""
+    candidates = [Path(cfg.score.previous)] if cfg.score.previous is not None else []
+    candidates.append(output)
+    recorded = max((_issued(reporting.segment_ids_path(path)) for path in candidates), default=0)
+    for path in candidates:
+        membership = reporting.membership_path(path)
+        if membership.exists():
+            previous = pd.read_parquet(membership)
+            return previous, membership_ids.highest_issued(previous, recorded)
+    return None, recorded
+
+
+def _issued(path: Path) -> int:
+    return int(json.loads(path.read_text())["last_issued"]) if path.exists() else 0
+
+
+def _write_membership(table: pd.DataFrame, output: Path, prior: tuple[pd.DataFrame | None, int]) -> None:
+    """``<name>.membership.parquet`` / ``.csv`` (one row per customer, stable segment ids) and
+    ``<name>.changes.parquet`` / ``.csv`` (added, changed, removed since the previous membership)."""
+    previous, last_issued = prior
+    current = table[["customer_id", "segment", "segment_name", "segments_model_version", "as_of"]]
+    membership, last_issued = membership_ids.assign_segment_ids(current, previous, last_issued)
+    changes = membership_ids.change_set(previous, membership)
+    for path, frame in (
+        (reporting.membership_path(output), membership),
+        (reporting.changes_path(output), changes),
+    ):
+        write_table_atomically(frame, path)
+        write_table_atomically(frame, path.with_suffix(".csv"))
+    write_text_atomically(
+        json.dumps({"last_issued": last_issued}) + "\n", reporting.segment_ids_path(output), "score.output"
+    )
+    counts = changes["change"].value_counts()
+    log.info(
+        "membership: %s customers in %d segment ids; since the previous: %s added, %s changed, %s removed",
+        f"{len(membership):,}",
+        membership["segment_id"].nunique(),
+        *(f"{int(counts.get(kind, 0)):,}" for kind in ("added", "changed", "removed")),
+    )
 
 
 def _write_report(
