@@ -77,7 +77,8 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp_path = tmp_path_factory.mktemp("team-server")
     folder = tmp_path / "server"
     port, pg_port = _free_ports(2)
-    started = _server("start", folder, "--port", str(port), "--pg-port", str(pg_port))
+    # One worker: the roles, not the parallelism, are the point (each worker is an MLflow import at start).
+    started = _server("start", folder, "--port", str(port), "--pg-port", str(pg_port), "--workers", "1")
     state = json.loads((folder / "server.json").read_text()) if (folder / "server.json").exists() else None
     try:
         assert started.returncode == 0, started.stderr
