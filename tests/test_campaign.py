@@ -182,6 +182,13 @@ def test_bad_campaign_input_is_one_line(tracking_uri: str, tmp_path: Path, job) 
     assert done.returncode == 1 and done.stderr.strip() == (
         f"error: campaign.scores {tmp_path / 'none.parquet'}: no such file (make score writes one)"
     )
+    scores = tmp_path / "scores.parquet"
+    _scores(100).to_parquet(scores, index=False)
+    nobody = ["campaign.audience=[{where: {churn_probability: {min: 2}}}]", f"campaign.scores={scores}"]
+    done = job(campaign_job.main, nobody, tmp_path, tracking_uri)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"error: campaign.scores {scores}: no customer matches campaign.audience's rules"
+    )
     done = job(campaign_job.main, ["campaign.control_share=1.5"], tmp_path, tracking_uri)
     assert done.returncode == 1 and "campaign.control_share must be in (0, 1), got 1.5" in done.stderr
     assert not (tmp_path / "campaigns").exists()

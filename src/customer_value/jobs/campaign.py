@@ -40,6 +40,8 @@ def campaign(cfg: DictConfig) -> Path:
     scores = _read_scores(Path(options.scores))
     rules = OmegaConf.to_container(options.audience, resolve=True)
     audience = select_audience(scores, rules, options.scores)
+    if audience.empty:
+        raise UserError(f"campaign.scores {options.scores}: no customer matches campaign.audience's rules")
     key = secret_key(options.key_env, options.key_file)
     audience["arm"] = assignment.assign_arms(
         audience["customer_id"],
