@@ -156,6 +156,7 @@ test: $(SPARK_STAMP) system-deps
 	$(PYTEST) -m "slow or not slow"
 
 ## test-fast: the fast tests only (pytest's default selection)
+test-fast: NEEDS = chromium
 test-fast: $(STAMP) system-deps
 	$(PYTEST)
 

@@ -91,6 +91,14 @@ def test_audience_rules_or_between_and_within() -> None:
         select_audience(scores, [{"top": {"margin": 0.1}}], "scores.parquet")
     with pytest.raises(UserError, match="unknown key"):
         select_audience(scores, [{"segment": ["Champions"]}], "scores.parquet")
+    for rule, said in (
+        ({"segments": "Champions"}, r"segments must be a list"),
+        ({"where": {"clv": 5}}, r"where.clv must be \{min: x, max: y\}"),
+        ({"where": {"clv": {"min": "a lot"}}}, r"where.clv.min must be a number"),
+        ({"top": {"clv": "abc"}}, r"top.clv must be a share"),
+    ):
+        with pytest.raises(UserError, match=said):
+            select_audience(scores, [rule], "scores.parquet")
 
 
 def test_sample_size_matches_the_textbook_and_inverts() -> None:

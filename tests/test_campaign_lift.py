@@ -60,6 +60,15 @@ def test_the_intervals_cover_the_true_lift_at_their_nominal_rate() -> None:
     assert row["treatment_customers"] == 1_500 and row["control_customers"] == 500
 
 
+def test_a_segment_too_small_to_measure_is_never_called_large_enough() -> None:
+    frame = _arms(300, 300).assign(purchased=True, retained=True, revenue=1.0)
+    frame.iloc[:5, frame.columns.get_loc("segment")] = "Tiny"  # five treated, no control
+    table = lift_table(frame, planned_lift=0.5)
+    page = report_job.report_page("c", pd.Timestamp("2026-01-01"), pd.Timestamp("2026-03-01"), table)
+    tiny = page.split("<th>Tiny</th>", 1)[1].split("</tr>", 1)[0]
+    assert tiny.endswith("<td>no</td>") and "<td>5</td><td>0</td>" in tiny
+
+
 def test_outcomes_count_only_the_window() -> None:
     lists = pd.DataFrame(
         {"customer_id": ["a", "b", "c"], "segment": "S", "arm": ["treatment", "control", "treatment"]}

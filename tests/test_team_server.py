@@ -87,6 +87,9 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         assert state["auth"] and admin.stat().st_mode & 0o777 == 0o600
         secret = read_credentials(admin).password
         assert secret not in started.stdout + started.stderr
+        # The database password is not on the server's command line (any local user can read that).
+        command = Path(f"/proc/{state['mlflow_pid']}/cmdline").read_bytes()
+        assert (folder / "pg-password").read_text().strip().encode() not in command
         for number, (role, user) in enumerate(ROLES.items()):
             if number == 0:  # the command once; the others in this process (each command costs ~5 s)
                 added = _server("user", folder, user, "--role", role)
@@ -343,6 +346,14 @@ def test_a_non_loopback_address_needs_authentication(tmp_path: Path) -> None:
         "register a model or move champion (drop --no-auth, or bind 127.0.0.1)"
     )
     assert not (tmp_path / "s").exists() and not _port_open(port)  # nothing created, nothing started
+
+
+def test_a_user_name_that_is_not_a_plain_file_name_is_refused(tmp_path: Path) -> None:
+    refused = _server("user", tmp_path / "s", "../admin.credentials", "--role", "engineer")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "error: user name '../admin.credentials': letters, digits, '.', '_' and '-' only (it names a file)"
+    )
+    assert not (tmp_path / "s").exists()
 
 
 def test_credentials_files_are_read_as_mlflow_writes_them(tmp_path: Path) -> None:

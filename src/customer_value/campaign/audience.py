@@ -43,6 +43,7 @@ def select_audience(scores: pd.DataFrame, rules: Sequence[Mapping], source: str)
 
 def _matches(scores: pd.DataFrame, rule: Mapping, number: int, source: str) -> pd.Series:
     where = f"campaign.audience[{number}]"
+    _check_types(rule, where)
     keep = pd.Series(True, index=scores.index)
     if rule.get("segments"):
         wanted = [str(name) for name in rule["segments"]]
@@ -68,6 +69,21 @@ def _matches(scores: pd.DataFrame, rule: Mapping, number: int, source: str) -> p
         best = order.sort_values(["value", "id"], ascending=[False, True]).index[:count]
         keep &= scores.index.isin(best)
     return keep
+
+
+def _check_types(rule: Mapping, where: str) -> None:
+    """segments: a list of names; where: {column: {min, max}} numbers; top: {column: share} numbers."""
+    if "segments" in rule and not isinstance(rule["segments"], (list, tuple)):
+        raise UserError(f"{where}.segments must be a list of segment names, e.g. [Champions]")
+    for column, bounds in (rule.get("where") or {}).items():
+        if not isinstance(bounds, Mapping) or not set(bounds) <= {"min", "max"}:
+            raise UserError(f"{where}.where.{column} must be {{min: x, max: y}} (either may be left out)")
+        for key, value in bounds.items():
+            if value is not None and not isinstance(value, (int, float)):
+                raise UserError(f"{where}.where.{column}.{key} must be a number, got {value!r}")
+    for column, share in (rule.get("top") or {}).items():
+        if not isinstance(share, (int, float)) or isinstance(share, bool):
+            raise UserError(f"{where}.top.{column} must be a share in (0, 1], got {share!r}")
 
 
 def _numeric(scores: pd.DataFrame, column: str, where: str, source: str) -> pd.Series:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from customer_value.errors import UserError
@@ -22,12 +23,17 @@ def secret_key(env_var: str, key_file: str | Path) -> bytes:
     path = Path(key_file)
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Written whole aside, then linked into place: never seen empty, and a job that races this one
+        # keeps whichever key got there first (os.link fails on an existing file).
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another job created it meanwhile: read theirs
-            return _read(path)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(KEY_BYTES) + "\n")
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(KEY_BYTES) + "\n")
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
     return _read(path)
 
 

@@ -10,6 +10,8 @@ window since it started, each difference with a 95 % interval.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
@@ -18,6 +20,11 @@ from customer_value.campaign import power
 from customer_value.campaign.assignment import CONTROL, TREATMENT
 
 ALL = "all"
+
+
+def slug(name: object) -> str:
+    """A segment name as a file or metric name part: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "segment"
 
 
 def outcomes(

@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from customer_value.campaign import assignment, power
 from customer_value.campaign.audience import select_audience
 from customer_value.campaign.keys import derived_key, secret_key
+from customer_value.campaign.lift import slug
 from customer_value.errors import UserError
 from customer_value.jobs.entrypoint import run_job
-from customer_value.schema import CONF_DIR, register_configs
+from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def campaign(cfg: DictConfig) -> Path:
         mlflow.log_params(
             {
                 "campaign.id": options.id,
-                "start": options.start or _as_of(scores),
+                "start": _start(options.start, scores),
                 "scores": options.scores,
                 "control_share": options.control_share,
                 "global_holdout_share": options.global_holdout_share,
@@ -89,6 +90,7 @@ def _check_options(options: DictConfig) -> None:
         raise UserError(
             f"campaign.global_holdout_share must be in [0, 1), got {options.global_holdout_share}"
         )
+    parse_day(options.start, "campaign.start")  # a one-line error now, not a broken report later
 
 
 def _read_scores(path: Path) -> pd.DataFrame:
@@ -101,6 +103,15 @@ def _read_scores(path: Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"campaign.scores {path}: column(s) {missing} missing; is it a scoring output?")
     return scores
+
+
+def _start(start: str | None, scores: pd.DataFrame) -> str:
+    """The day the offer takes effect: campaign.start, else the scoring's as-of date."""
+    day = parse_day(start, "campaign.start") if start else None
+    found = str(day.date()) if day is not None else _as_of(scores)
+    if found is None:
+        raise UserError("campaign.start is required: the scoring output has no as_of column to take it from")
+    return found
 
 
 def _as_of(scores: pd.DataFrame) -> str | None:
@@ -177,7 +188,7 @@ def _metrics(audience: pd.DataFrame, sizes: pd.DataFrame, sizing: pd.DataFrame) 
     for arm, count in audience["arm"].value_counts().items():
         metrics[f"arm.{arm}.customers"] = float(count)
     for row in sizes.itertuples():
-        key = _slug(row.segment_name)
+        key = slug(row.segment_name)
         metrics[f"segment.{key}.{row.arm}.customers"] = float(row.customers)
         metrics[f"segment.{key}.{row.arm}.expected_value"] = float(row.expected_value)
     for arm, value in sizes.groupby("arm")["expected_value"].sum().items():
@@ -187,10 +198,6 @@ def _metrics(audience: pd.DataFrame, sizes: pd.DataFrame, sizing: pd.DataFrame) 
     metrics["power.detectable_lift"] = float(overall["detectable_lift"])
     metrics["power.enough"] = float(bool(overall["enough"]))
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "segment"
 
 
 def write_lists(audience: pd.DataFrame, campaign_id: str, output_dir: Path) -> Path:
@@ -214,8 +221,8 @@ def write_lists(audience: pd.DataFrame, campaign_id: str, output_dir: Path) -> P
             folder = staging / str(arm)
             folder.mkdir(exist_ok=True)
             ordered = part.sort_values("customer_id")[LIST_COLUMNS]
-            ordered.to_csv(folder / f"{_slug(segment)}.csv", index=False)
-            ordered.to_parquet(folder / f"{_slug(segment)}.parquet", index=False)
+            ordered.to_csv(folder / f"{slug(segment)}.csv", index=False)
+            ordered.to_parquet(folder / f"{slug(segment)}.parquet", index=False)
         (staging / "README.txt").write_text(
             f"Campaign {campaign_id}: one list per arm and segment (customer_id, segment, arm, campaign_id)\n"
             "The global holdout is in no list. Send the offer to treatment only.\n"

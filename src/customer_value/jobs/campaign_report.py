@@ -14,12 +14,12 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from customer_value.campaign.lift import ALL, lift_table, outcomes
+from customer_value.campaign.lift import ALL, lift_table, outcomes, slug
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
 from customer_value.jobs.entrypoint import run_job
 from customer_value.jobs.score import write_text_atomically
-from customer_value.schema import CONF_DIR, register_configs
+from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ def campaign_report(cfg: DictConfig) -> Path:
     folder = Path(run.data.tags["campaign.lists"])
     lists = _read_lists(folder)
     orders, _ = load_orders(cfg.data)
-    start = pd.Timestamp(run.data.params["start"])
-    end = pd.Timestamp(options.end) if options.end else orders["date"].max()
+    start = parse_day(run.data.params.get("start"), f"the start of campaign {options.campaign_id}")
+    end = parse_day(options.end, "report.end") if options.end else orders["date"].max()
+    if start is None:
+        raise UserError(f"campaign {options.campaign_id}: its run records no start date (campaign.start)")
     if end <= start:
         raise UserError(
             f"{cfg.data.path or cfg.data.name}: no orders after the campaign's start {start.date()}"
@@ -89,7 +91,7 @@ def _log_to_run(
 ) -> None:
     """Aggregates only: the lift table, its figures as metrics and the page, on the campaign's own run."""
     for row in table.to_dict("records"):
-        segment = "all" if row["segment"] == ALL else str(row["segment"]).lower().replace(" ", "_")
+        segment = "all" if row["segment"] == ALL else slug(row["segment"])
         for key, value in row.items():
             if key != "segment" and isinstance(value, (int, float)) and math.isfinite(float(value)):
                 client.log_metric(run_id, f"lift.{segment}.{key}", float(value))
@@ -135,7 +137,7 @@ def report_page(campaign_id: str, start: pd.Timestamp, end: pd.Timestamp, table:
             + cell(row, "revenue_per_customer", False)
             + cell(row, "retention", True)
             + f"<td>{'-' if revenue is None or pd.isna(revenue) else f'{revenue:+,.0f}'}</td>"
-            + f"<td>{'yes' if row.get('powered') else 'no'}</td></tr>"
+            + f"<td>{'yes' if row.get('powered') is True else 'no'}</td></tr>"
         )
     head = (
         "<tr><th rowspan=2>Segment</th><th colspan=2>Customers</th><th colspan=3>Purchase rate</th>"

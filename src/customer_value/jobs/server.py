@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,14 +151,15 @@ def start(
     artifacts = folder / "artifacts"
     artifacts.mkdir(exist_ok=True)
     names = [*dict.fromkeys([host, HOST, "localhost", *_machine_names(host), *allowed_hosts])]
-    environment = os.environ | (_auth_environment(folder) if auth else {})
+    # The backend URI holds the database password: in the environment, not on a command line `ps` shows.
+    environment = (
+        os.environ | {"MLFLOW_BACKEND_STORE_URI": backend} | (_auth_environment(folder) if auth else {})
+    )
     command = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        backend,
         "--serve-artifacts",
         "--artifacts-destination",
         str(artifacts),
@@ -250,7 +252,8 @@ def _auth_environment(folder: Path) -> dict[str, str]:
     if not secret_file.exists():
         write_private(secret_file, new_password())
     config = folder / AUTH_CONFIG
-    config.write_text(
+    write_private(  # 0600: AUTH_DATABASE_URL may hold a password
+        config,
         "[mlflow]\n"
         "# Written by customer_value.jobs.server: users see and change only what a role granted them.\n"
         "default_permission = NO_PERMISSIONS\n"
@@ -260,7 +263,7 @@ def _auth_environment(folder: Path) -> dict[str, str]:
         "# Each password check is a PBKDF2 hash (0.5 s a request on a 2-core Xeon: a train's ~800\n"
         "# requests took 6 minutes): a successful check is cached this long per worker. A changed or\n"
         "# revoked password may then still work on another worker for up to this long.\n"
-        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n",
     )
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
@@ -283,14 +286,20 @@ def add_user(folder: Path, username: str, role: str) -> tuple[Path | None, list[
     """Create ``username`` (a generated password, written to ``<folder>/credentials/<username>``, 0600) or
     keep an existing one's password, and grant ``role``. Returns the new credentials file (None for an
     existing user) and the grants."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", username) or ".." in username:
+        raise UserError(f"user name {username!r}: letters, digits, '.', '_' and '-' only (it names a file)")
     state = _running(folder)
     client = AdminClient(state.tracking_uri, read_credentials(folder.resolve() / ADMIN_CREDENTIALS))
     written = None
     if not client.user_exists(username):
         credentials = Credentials(username, new_password())
-        client.create_user(credentials)
         written = folder.resolve() / USER_CREDENTIALS / username
-        write_credentials(written, credentials)
+        write_credentials(written, credentials)  # first: a user nobody has the password of is never made
+        try:
+            client.create_user(credentials)
+        except BaseException:
+            written.unlink(missing_ok=True)
+            raise
     return written, grant_role(client, username, role)
 
 

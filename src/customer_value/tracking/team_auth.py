@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +68,14 @@ def write_credentials(path: Path, credentials: Credentials) -> None:
         f"mlflow_tracking_username = {credentials.username}\n"
         f"mlflow_tracking_password = {credentials.password}\n"
     )
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # new, 0600
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_credentials(path: Path) -> Credentials:
@@ -169,6 +173,14 @@ class AdminClient:
         if not response.ok:
             self._call("POST", "/api/2.0/mlflow/registered-models/create", json={"name": name})
 
+    def revoke(self, username: str, resource_type: str, resource_id: str) -> None:
+        """Take ``username``'s permission on the resource away (nothing to take is fine)."""
+        resource = {"username": username, "resource_type": resource_type, "resource_id": resource_id}
+        path = "/api/3.0/mlflow/users/permissions/revoke"
+        response = self.session.post(f"{self.uri}{path}", json=resource, timeout=REQUEST_TIMEOUT_S)
+        if response.status_code != 404 and "RESOURCE_DOES_NOT_EXIST" not in response.text:
+            self._checked(response, "POST", path)
+
     def grant(self, username: str, resource_type: str, resource_id: str, permission: str) -> None:
         """Give ``username`` ``permission`` on the resource, replacing a permission it already had."""
         resource = {"username": username, "resource_type": resource_type, "resource_id": resource_id}
@@ -188,6 +200,9 @@ def grant_role(client: AdminClient, username: str, role: str) -> list[str]:
     if role not in ROLES:
         raise UserError(f"role {role!r} is not one of {sorted(ROLES)}")
     granted = []
+    for group in set(EXPERIMENTS) - set(ROLES[role]):  # a role change takes away what the new role lacks
+        for name in EXPERIMENTS[group]:
+            client.revoke(username, "experiment", client.experiment_id(name))
     for group, permission in ROLES[role].items():
         if group == "models":
             for name in MODELS:
