@@ -67,19 +67,7 @@ def render(page: Path, workdir: Path) -> Rendered:
     probed = workdir / f"probed-{page.name}"
     text = page.read_text(encoding="utf-8")
     probed.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    result = subprocess.run(
-        [
-            chromium(),
-            *FLAGS,
-            f"--user-data-dir={workdir / 'chromium-profile'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probed.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _chromium(workdir, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
     match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.DOTALL)
     assert match, f"chromium rendered no probe (exit {result.returncode}): {result.stderr[-2000:]}"
     return Rendered(**json.loads(html.unescape(match.group(1))))
@@ -94,19 +82,7 @@ class Page:
 def render_url(url: str, workdir: Path, budget_ms: int = 20000) -> Page:
     """Open ``url`` (an application that renders itself with scripts, e.g. the MLflow UI) and return the
     title and text of the DOM the browser built, once its scripts and requests settled."""
-    result = subprocess.run(
-        [
-            chromium(),
-            *FLAGS,
-            f"--user-data-dir={workdir / 'chromium-profile'}",
-            f"--virtual-time-budget={budget_ms}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = _chromium(workdir, f"--virtual-time-budget={budget_ms}", "--dump-dom", url, timeout=180)
     dom = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.DOTALL)
     title = re.search(r"<title>(.*?)</title>", dom, re.DOTALL)
     assert title, f"chromium rendered no page (exit {result.returncode}): {result.stderr[-2000:]}"
@@ -116,17 +92,15 @@ def render_url(url: str, workdir: Path, budget_ms: int = 20000) -> Page:
 
 def screenshot(page: Path, output: Path, workdir: Path) -> Path:
     """A PNG of the page as the browser draws it (for a person to look at; tests check it is drawn)."""
-    subprocess.run(
-        [
-            chromium(),
-            *FLAGS,
-            f"--user-data-dir={workdir / 'chromium-profile'}",
-            "--window-size=1280,1800",
-            f"--screenshot={output}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    _chromium(workdir, "--window-size=1280,1800", f"--screenshot={output}", page.as_uri()).check_returncode()
     return output
+
+
+def _chromium(workdir: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium with the closed-network flags and a profile in ``workdir``."""
+    return subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={workdir / 'chromium-profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -251,20 +251,15 @@ def _each_role_does_exactly_what_it_should(
     assert [r["info"]["run_id"] for r in reviewer.post(f"{api}/runs/search", json=runs).json()["runs"]] == [
         run["info"]["run_id"]
     ]
-    assert reviewer.get(
-        f"{api}/registered-models/alias", params={"name": "customer-clv", "alias": "champion"}
-    ).ok
-    assert reviewer.post(f"{api}/runs/create", json=new_run).status_code == 403
-    assert reviewer.post(f"{api}/model-versions/create", json=new_version).status_code == 403
-    assert reviewer.post(f"{api}/registered-models/alias", json=alias).status_code == 403
-    # A scoring job reads the registered models (it scored above) and writes none of them.
-    scoring = sessions["scoring"]
-    assert scoring.get(
-        f"{api}/registered-models/alias", params={"name": "customer-clv", "alias": "champion"}
-    ).ok
-    assert scoring.post(f"{api}/runs/create", json=new_run).status_code == 403
-    assert scoring.post(f"{api}/model-versions/create", json=new_version).status_code == 403
-    assert scoring.post(f"{api}/registered-models/alias", json=alias).status_code == 403
+    # A scoring job reads the registered models too (it scored above); neither writes any of them.
+    for role in ("reviewer", "scoring"):
+        session = sessions[role]
+        assert session.get(
+            f"{api}/registered-models/alias", params={"name": "customer-clv", "alias": "champion"}
+        ).ok
+        assert session.post(f"{api}/runs/create", json=new_run).status_code == 403
+        assert session.post(f"{api}/model-versions/create", json=new_version).status_code == 403
+        assert session.post(f"{api}/registered-models/alias", json=alias).status_code == 403
     # An engineer may move the alias (the gate did, through train, above).
     assert sessions["engineer"].post(f"{api}/registered-models/alias", json=alias).ok
     # A bounded burst of wrong passwords changes nothing: each is refused, the right one still works.

@@ -106,9 +106,7 @@ def paired_auc_difference(
         positive, negative = weight * churned, weight * (1.0 - churned)
         if positive.sum() > 0 and negative.sum() > 0:
             draws.append(weighted_auc(ours, positive, negative) - weighted_auc(theirs, positive, negative))
-    tail = (1 - level) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail]) if draws else (np.nan, np.nan)
-    return {"diff": float(difference), "ci_low": float(low), "ci_high": float(high)}
+    return _with_interval(float(difference), draws, level)
 
 
 def paired_brier_difference(
@@ -124,6 +122,11 @@ def paired_brier_difference(
         weight = rng.poisson(1.0, len(label)).astype("float64")
         if weight.sum() > 0:
             draws.append(float(weight @ gap / weight.sum()))
+    return _with_interval(float(gap.mean()), draws, level)
+
+
+def _with_interval(difference: float, draws: list[float], level: float) -> dict[str, float]:
+    """A difference with the percentile interval of its bootstrap ``draws`` (NaN without any)."""
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail]) if draws else (np.nan, np.nan)
-    return {"diff": float(gap.mean()), "ci_low": float(low), "ci_high": float(high)}
+    return {"diff": difference, "ci_low": float(low), "ci_high": float(high)}
