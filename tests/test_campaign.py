@@ -183,6 +183,17 @@ def test_make_campaign_writes_the_lists_and_logs_aggregates_only(
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     texts += [p.read_text() for p in artifacts.rglob("*") if p.is_file()]
     assert not any(customer in text for text in texts for customer in audience["customer_id"].head(200))
+    # A rerun with a narrower audience replaces the folder whole: no stale At risk list stays behind.
+    narrower = [
+        a if not a.startswith("campaign.audience=") else "campaign.audience=[{segments: [Champions]}]"
+        for a in args
+    ]
+    assert job(campaign_job.main, narrower, tmp_path, tracking_uri).returncode == 0
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*.csv")} == {
+        "treatment/champions.csv",
+        "control/champions.csv",
+    }
+    assert not list((tmp_path / "campaigns").glob(".spring*"))  # no staging or previous folder left
 
 
 def test_bad_campaign_input_is_one_line(tracking_uri: str, tmp_path: Path, job) -> None:

@@ -23,8 +23,9 @@ from customer_value.data.loading import load_transactions
 from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
+from customer_value.jobs.atomic_files import write_chunks_atomically
 from customer_value.jobs.reporting import REPORT_ARTIFACT
-from customer_value.jobs.score import score, score_customers, write_chunks_atomically
+from customer_value.jobs.score import score, score_customers
 from customer_value.jobs.train import train
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.models.clv.churn_layer import ChurnLayer

@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from customer_value.jobs.atomic_files import remove_abandoned_temp_files
 from customer_value.jobs.entrypoint import Terminated, run_job
-from customer_value.jobs.score import remove_abandoned_temp_files
 from customer_value.tracking import processes, run_logging
 
 

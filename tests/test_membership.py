@@ -3,14 +3,19 @@ and a rescore of unchanged data changing nothing."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
 
 from customer_value.crm.membership import apply_changes, assign_segment_ids, change_set, highest_issued
 from customer_value.jobs import reporting
 from customer_value.jobs import score as score_job
+from customer_value.jobs import train as train_job
+from test_end_to_end import PLUMBING_ONLY
 
 
 def _scored(labels: np.ndarray, version: str, ids: list[str] | None = None) -> pd.DataFrame:
@@ -91,3 +96,69 @@ def test_a_rescore_of_unchanged_data_writes_an_empty_change_set(
     assert pd.read_parquet(reporting.changes_path(output)).empty
     assert pd.read_csv(reporting.changes_path(output).with_suffix(".csv")).empty
     pd.testing.assert_frame_equal(pd.read_parquet(reporting.membership_path(output)), membership)
+
+
+def test_a_failed_sink_leaves_every_output_as_it_was(
+    trained_tracking_uri: str, trained_store, tmp_path: Path, job
+) -> None:
+    """The files are staged and swapped in only after the sink committed: a PostgreSQL that cannot be
+    reached (or a password in the URL) is one line, and the previous scoring's files are untouched."""
+    output = tmp_path / "scores.parquet"
+    args = [
+        "data=file",
+        f"data.path={trained_store.orders_csv}",
+        f"score.output={output}",
+        "score.intervals=false",
+    ]
+    assert job(score_job.main, args, tmp_path, trained_tracking_uri).returncode == 0
+    before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert reporting.membership_path(output) in before and reporting.report_path(output) in before
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = job(
+        score_job.main,
+        [*args, f"score.sink=postgresql://crm@127.0.0.1:{port}/crm"],
+        tmp_path,
+        trained_tracking_uri,
+    )
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert f"score.sink postgresql://crm@127.0.0.1:{port}/crm: cannot connect" in unreachable.stderr
+    with_password = job(
+        score_job.main,
+        [*args, "score.sink=postgresql://crm:hunter2@db.example/crm"],
+        tmp_path,
+        trained_tracking_uri,
+    )
+    assert with_password.returncode == 1 and "score.sink carries a password" in with_password.stderr
+    assert "hunter2" not in with_password.stderr + with_password.stdout
+    after = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert after == before  # same files, same bytes, no temporary file left behind
+
+
+@pytest.mark.slow
+def test_a_retrain_on_the_same_log_keeps_at_least_95_percent_of_segment_ids(
+    trained_tracking_uri: str, trained_store, tmp_path: Path, job
+) -> None:
+    """Score, retrain both models with another seed (k-means may renumber its clusters), promote the new
+    versions, rescore the same output: the membership is matched to the previous one by the customers."""
+    output = tmp_path / "scores.parquet"
+    data = ["data=file", f"data.path={trained_store.orders_csv}"]
+    score_args = [*data, f"score.output={output}", "score.intervals=false", "score.report=false"]
+    assert job(score_job.main, score_args, tmp_path, trained_tracking_uri).returncode == 0
+    before = pd.read_parquet(reporting.membership_path(output)).set_index("customer_id")
+    retrain = [*data, f"tracking.artifact_root={tmp_path / 'artifacts'}", "seed=7", *PLUMBING_ONLY]
+    trained = job(train_job.main, [*retrain, *trained_store.overrides], tmp_path, trained_tracking_uri)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    client = MlflowClient(tracking_uri=trained_tracking_uri, registry_uri=trained_tracking_uri)
+    for name in ("customer-clv", "customer-segments"):
+        newest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        client.set_registered_model_alias(name, "retrained", str(newest))
+    rescored = job(score_job.main, [*score_args, "tracking.alias=retrained"], tmp_path, trained_tracking_uri)
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    after = pd.read_parquet(reporting.membership_path(output)).set_index("customer_id")
+    assert (after["segments_model_version"].astype(str) == "2").all()  # a new model, matched by customers
+    kept = (after["segment_id"] == before["segment_id"].reindex(after.index)).mean()
+    assert kept >= 0.95, f"{kept:.1%} of customers kept their segment id"
+    changes = pd.read_parquet(reporting.changes_path(output))
+    assert len(changes) == round((1 - kept) * len(after)) and changes["change"].eq("changed").all()

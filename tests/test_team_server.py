@@ -23,7 +23,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from customer_value.jobs import postgres_cluster, server
+from customer_value.crm import sink as crm_sink
+from customer_value.crm.membership import change_set
+from customer_value.errors import UserError
+from customer_value.jobs import postgres_cluster, reporting, server
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
 from customer_value.tracking.team_auth import read_credentials
@@ -399,3 +402,75 @@ def test_database_urls_name_the_installed_driver() -> None:
     assert (
         postgres_cluster.redact("postgresql+psycopg2://u:secret@h:1/d") == "postgresql+psycopg2://u:***@h:1/d"
     )
+
+
+@pytest.mark.slow
+def test_scoring_upserts_membership_and_changes_into_postgresql_in_one_transaction(
+    team_server: dict, trained_tracking_uri: str, trained_store, tmp_path: Path, job, monkeypatch
+) -> None:
+    """``score.sink`` against the team server's PostgreSQL (a database of its own): the table mirrors the
+    membership file, a rescore of unchanged data rewrites nothing, moves and departures arrive as changes,
+    and a statement that fails rolls the whole sync back."""
+    password = (team_server["folder"] / "pg-password").read_text().strip()
+    admin = f"postgresql://postgres:{password}@127.0.0.1:{team_server['pg_port']}/postgres"
+    connection = psycopg2.connect(admin)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS crm")
+        cursor.execute("CREATE DATABASE crm")
+    connection.close()
+    crm = admin.rsplit("/", 1)[0] + "/crm"
+    sink = f"postgresql://postgres@127.0.0.1:{team_server['pg_port']}/crm"  # the password: PGPASSWORD
+    monkeypatch.setenv("PGPASSWORD", password)
+    output = tmp_path / "scores.parquet"
+    args = [
+        "data=file",
+        f"data.path={trained_store.orders_csv}",
+        f"score.output={output}",
+        "score.intervals=false",
+        "score.report=false",
+        f"score.sink={sink}",
+    ]
+    first = job(score_job.main, args, tmp_path, trained_tracking_uri)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert password not in first.stderr + first.stdout
+    membership = pd.read_parquet(reporting.membership_path(output))
+    query = "SELECT customer_id, segment_id, segment_name FROM segment_membership ORDER BY customer_id"
+    expected = sorted(
+        membership[["customer_id", "segment_id", "segment_name"]].itertuples(index=False, name=None)
+    )
+    assert _postgres_rows(crm, query) == expected
+    changes_query = "SELECT change, count(*) FROM segment_membership_changes GROUP BY change"
+    assert _postgres_rows(crm, changes_query) == [("added", 800)]
+    synced = _postgres_rows(crm, "SELECT max(synced_at) FROM segment_membership")
+
+    again = job(score_job.main, args, tmp_path, trained_tracking_uri)  # unchanged data: nothing to sync
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _postgres_rows(crm, query) == expected
+    assert _postgres_rows(crm, "SELECT max(synced_at) FROM segment_membership") == synced  # none rewritten
+    assert _postgres_rows(crm, changes_query) == [("added", 800)]
+
+    # The next day: ten customers gone, five moved to another segment.
+    moved = membership.iloc[10:].copy()
+    ids = sorted(moved["segment_id"].unique())
+    moved.loc[moved.index[:5], "segment_id"] = (
+        moved["segment_id"].iloc[:5].map(dict(zip(ids, ids[1:] + ids[:1], strict=True)))
+    )
+    moved["as_of"] = pd.Timestamp(membership["as_of"].iloc[0]) + pd.Timedelta(days=1)
+    changes = change_set(membership, moved)
+    counts = crm_sink.upsert_membership(sink, "segment_membership", moved, changes)
+    assert counts == {"rewritten": 5, "deleted": 10, "changes": 15}
+    assert _postgres_rows(crm, query) == sorted(
+        moved[["customer_id", "segment_id", "segment_name"]].itertuples(index=False, name=None)
+    )
+    assert sorted(_postgres_rows(crm, changes_query)) == [("added", 800), ("changed", 5), ("removed", 10)]
+    since = "SELECT assigned_as_of, count(*) FROM segment_membership GROUP BY 1 ORDER BY 1"
+    assert [count for _, count in _postgres_rows(crm, since)] == [785, 5]  # only the moved were rewritten
+
+    # A sync whose last statement fails leaves both tables as they were (one transaction).
+    with psycopg2.connect(crm) as breaking, breaking.cursor() as cursor:
+        cursor.execute("ALTER TABLE segment_membership_changes ADD CONSTRAINT refuse CHECK (false) NOT VALID")
+    before = _postgres_rows(crm, "SELECT * FROM segment_membership ORDER BY customer_id")
+    with pytest.raises(UserError, match=r"table segment_membership: .*refuse.*; nothing written"):
+        crm_sink.upsert_membership(sink, "segment_membership", membership, change_set(moved, membership))
+    assert _postgres_rows(crm, "SELECT * FROM segment_membership ORDER BY customer_id") == before

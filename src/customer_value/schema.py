@@ -244,6 +244,8 @@ class ScoreOptions:
     previous: str | None = None  # an earlier scoring output: write and log the segment migration
     chunk_customers: int = 250_000  # customers scored and written at a time (bounds the outputs' memory)
     report: bool = True  # write the segment report beside the table (<name>.report.html) and log it
+    sink: str | None = None  # postgresql://user@host:port/db: upsert membership + change set (crm/sink.py)
+    sink_table: str = "segment_membership"  # and <sink_table>_changes
 
 
 @dataclass
@@ -584,6 +586,11 @@ def validate_score_config(cfg: DictConfig) -> None:
     if horizon is not None:  # the model's discount step is checked once the model is loaded
         check_horizon(horizon, None, key="score.horizon_days")
     parse_day(cfg.score.as_of, "score.as_of")
+    if cfg.score.sink is not None:
+        from customer_value.crm.sink import check_sink_url, check_table_name
+
+        check_sink_url(str(cfg.score.sink))
+        check_table_name(str(cfg.score.sink_table))
 
 
 def validate_monitor_config(cfg: DictConfig) -> None:

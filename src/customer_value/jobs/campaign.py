@@ -203,9 +203,13 @@ def _metrics(audience: pd.DataFrame, sizes: pd.DataFrame, sizing: pd.DataFrame) 
 def write_lists(audience: pd.DataFrame, campaign_id: str, output_dir: Path) -> Path:
     """``<output_dir>/<id>/<arm>/<segment>.csv`` and ``.parquet`` for treatment and control (the global
     holdout is in no list), written in a temporary folder and swapped in whole: a crash leaves the old
-    lists or the new ones, never a mix."""
+    lists or the new ones, never a mix (between the two renames the old folder is ``.<id>.previous``,
+    which the next run puts back first)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / campaign_id
+    previous = output_dir / f".{campaign_id}.previous"
+    if previous.exists() and not final.exists():  # a crash between the two renames below: put it back
+        previous.rename(final)
     staging = Path(tempfile.mkdtemp(prefix=f".{campaign_id}.", dir=output_dir))
     try:
         listed = audience[audience["arm"] != assignment.HOLDOUT]
@@ -227,13 +231,12 @@ def write_lists(audience: pd.DataFrame, campaign_id: str, output_dir: Path) -> P
             f"Campaign {campaign_id}: one list per arm and segment (customer_id, segment, arm, campaign_id)\n"
             "The global holdout is in no list. Send the offer to treatment only.\n"
         )
-        previous = None
-        if final.exists():
-            previous = output_dir / f".{campaign_id}.previous"
+        replaced = final.exists()
+        if replaced:
             shutil.rmtree(previous, ignore_errors=True)
             final.rename(previous)
         staging.rename(final)
-        if previous is not None:
+        if replaced:
             shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from customer_value.campaign.lift import ALL, lift_table, outcomes, slug
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
+from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
-from customer_value.jobs.score import write_text_atomically
 from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 

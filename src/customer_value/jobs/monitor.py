@@ -25,8 +25,9 @@ from customer_value.data.sources import load_orders
 from customer_value.errors import DataError
 from customer_value.evaluation import drift, monitoring, plots
 from customer_value.jobs import reporting
+from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
-from customer_value.jobs.score import model_inputs_present, with_covariates, write_text_atomically
+from customer_value.jobs.score import model_inputs_present, with_covariates
 from customer_value.jobs.stage import prefixed
 from customer_value.schema import CONF_DIR, register_configs, validate_monitor_config
 from customer_value.tracking import run_logging

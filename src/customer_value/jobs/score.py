@@ -6,13 +6,9 @@ or failed job never leaves a partial table (a killed job's hidden temporary file
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
-import re
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -21,12 +17,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value.crm import membership as membership_ids
+from customer_value.crm import sink as crm_sink
 from customer_value.data.customers import CustomerFile, load_customers
 from customer_value.data.features import customer_features, purchase_regularity
 from customer_value.data.sources import load_orders
 from customer_value.errors import UserError
 from customer_value.evaluation import plots
 from customer_value.jobs import reporting
+from customer_value.jobs.atomic_files import StagedFiles
 from customer_value.jobs.entrypoint import run_job
 from customer_value.models.clv.bounds import check_horizon
 from customer_value.models.clv.btyd import NO_DATE_BEYOND_DAYS
@@ -42,7 +40,7 @@ from customer_value.models.segments.migration import (
 from customer_value.models.segments.segmentation import PROFILE_COLUMNS, FeatureSet
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
-from customer_value.tracking import processes, registry, run_logging
+from customer_value.tracking import registry, run_logging
 from customer_value.tracking.pyfunc import spec_covariate_columns
 
 log = logging.getLogger(__name__)
@@ -258,101 +256,6 @@ def _segment_inputs(
     return inputs.join(extras.reset_index(drop=True))
 
 
-def write_table_atomically(table: pd.DataFrame, output: Path) -> Path:
-    """Write to a temporary file in the target folder, then rename: readers see all or nothing."""
-    return write_chunks_atomically([table], output)[0]
-
-
-def write_chunks_atomically(chunks: Iterable[pd.DataFrame], output: Path) -> tuple[Path, int]:
-    """Append each chunk to a temporary file in the target folder, then rename it into place; returns
-    the path and the rows written. A failure in any chunk (or in producing it) leaves nothing behind."""
-    tmp = _temporary_beside(output)
-    rows = 0
-    try:
-        if output.suffix.lower() == ".csv":
-            for index, chunk in enumerate(chunks):
-                chunk.to_csv(tmp, index=False, mode="w" if index == 0 else "a", header=index == 0)
-                rows += len(chunk)
-        else:
-            rows = _write_parquet_chunks(chunks, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output, rows
-
-
-def write_text_atomically(text: str, output: Path, key: str) -> Path:
-    """Write text (a report page) as ``write_chunks_atomically`` writes tables: all or nothing; ``key``
-    names the setting that chose ``output`` in an error."""
-    tmp = _temporary_beside(output, key)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
-
-
-def _temporary_beside(output: Path, key: str = "score.output") -> Path:
-    """An empty temporary file in the target's folder, named after its owner (so that a later job can
-    remove it if this one is killed) and readable like any other file."""
-    prefix = f".{output.name}.{processes.current_owner()}."
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_temp_files(output)
-        handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=output.parent)
-    except OSError as exc:
-        raise UserError(f"{key} {output}: cannot write there ({exc.strerror})") from None
-    os.close(handle)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the output should read like any other file
-    return tmp
-
-
-def remove_abandoned_temp_files(output: Path) -> list[Path]:
-    """Delete the temporary files of earlier writes to ``output`` whose process has ended (a SIGKILLed
-    job runs no cleanup); a live writer's file, or one this cannot judge, is left alone. Best effort:
-    returns what was removed."""
-    named = re.compile(rf"\.{re.escape(output.name)}\.({processes.OWNER_PATTERN})\.[A-Za-z0-9_]+\.tmp")
-    removed: list[Path] = []
-    for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
-        match = named.fullmatch(leftover.name)
-        if match is None or processes.is_alive(match.group(1)):
-            continue
-        try:
-            leftover.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("could not remove %s, left by an ended process (%s)", leftover, exc.strerror)
-            continue
-        removed.append(leftover)
-        log.warning("removed %s, left by an ended process", leftover)
-    return removed
-
-
-def _write_parquet_chunks(chunks: Iterable[pd.DataFrame], path: Path) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    writer, rows = None, 0
-    try:
-        for chunk in chunks:
-            if writer is None:  # the first chunk's types are the file's
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                writer = pq.ParquetWriter(path, table.schema)
-            else:
-                table = pa.Table.from_pandas(chunk, schema=writer.schema, preserve_index=False)
-            writer.write_table(table)
-            rows += len(chunk)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError("no rows to write")
-    return rows
-
-
 def score(cfg: DictConfig) -> Path | str:
     """Score, then write the table, its segment report and (given ``score.previous``) the segment
     migration, each atomically, and log them in a scoring run.
@@ -371,17 +274,23 @@ def score(cfg: DictConfig) -> Path | str:
             yield chunk
 
     prior = _previous_membership(cfg, Path(cfg.score.output))  # read before this scoring replaces it
-    output, rows = write_chunks_atomically(chunks(), Path(cfg.score.output))
-    table = pd.concat(kept, ignore_index=True)
-    _write_membership(table, output, prior)
-    transitions = None
-    if previous is not None:
-        transitions = transition_table(previous, table)
-        write_table_atomically(transitions, reporting.migration_path(output))
-    with run_logging.figures(cfg.tracking.plots):
+    output = Path(cfg.score.output)
+    with StagedFiles() as staged:  # every file is swapped in only once all are written and the sink committed
+        rows = staged.table_chunks(chunks(), output)
+        table = pd.concat(kept, ignore_index=True)
+        membership, changes = _stage_membership(staged, table, output, prior)
+        transitions = None
+        if previous is not None:
+            transitions = transition_table(previous, table)
+            staged.table(transitions, reporting.migration_path(output))
         report = None
         if cfg.score.report:
-            report = _write_report(cfg, table, pd.concat(profiled), transitions, output)
+            with run_logging.figures(cfg.tracking.plots):
+                report = _stage_report(staged, cfg, table, pd.concat(profiled), transitions, output)
+        if cfg.score.sink is not None:
+            _sink(cfg, membership, changes)
+        staged.commit()
+    with run_logging.figures(cfg.tracking.plots):
         _log_scoring_run(cfg, table, transitions, report)
     log.info(
         f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
@@ -409,7 +318,9 @@ def _issued(path: Path) -> int:
     return int(json.loads(path.read_text())["last_issued"]) if path.exists() else 0
 
 
-def _write_membership(table: pd.DataFrame, output: Path, prior: tuple[pd.DataFrame | None, int]) -> None:
+def _stage_membership(
+    staged: StagedFiles, table: pd.DataFrame, output: Path, prior: tuple[pd.DataFrame | None, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``<name>.membership.parquet`` / ``.csv`` (one row per customer, stable segment ids) and
     ``<name>.changes.parquet`` / ``.csv`` (added, changed, removed since the previous membership)."""
     previous, last_issued = prior
@@ -420,11 +331,9 @@ def _write_membership(table: pd.DataFrame, output: Path, prior: tuple[pd.DataFra
         (reporting.membership_path(output), membership),
         (reporting.changes_path(output), changes),
     ):
-        write_table_atomically(frame, path)
-        write_table_atomically(frame, path.with_suffix(".csv"))
-    write_text_atomically(
-        json.dumps({"last_issued": last_issued}) + "\n", reporting.segment_ids_path(output), "score.output"
-    )
+        staged.table(frame, path)
+        staged.table(frame, path.with_suffix(".csv"))
+    staged.text(json.dumps({"last_issued": last_issued}) + "\n", reporting.segment_ids_path(output))
     counts = changes["change"].value_counts()
     log.info(
         "membership: %s customers in %d segment ids; since the previous: %s added, %s changed, %s removed",
@@ -432,9 +341,26 @@ def _write_membership(table: pd.DataFrame, output: Path, prior: tuple[pd.DataFra
         membership["segment_id"].nunique(),
         *(f"{int(counts.get(kind, 0)):,}" for kind in ("added", "changed", "removed")),
     )
+    return membership, changes
 
 
-def _write_report(
+def _sink(cfg: DictConfig, membership: pd.DataFrame, changes: pd.DataFrame) -> None:
+    """``score.sink``: the membership and its change set upserted into PostgreSQL in one transaction."""
+    counts = crm_sink.upsert_membership(cfg.score.sink, cfg.score.sink_table, membership, changes)
+    log.info(
+        "sink %s: table %s holds the %s memberships (%s rewritten, %s deleted); %s rows in %s_changes",
+        crm_sink.safe_url(cfg.score.sink),
+        cfg.score.sink_table,
+        f"{len(membership):,}",
+        f"{counts['rewritten']:,}",
+        f"{counts['deleted']:,}",
+        f"{counts['changes']:,}",
+        cfg.score.sink_table,
+    )
+
+
+def _stage_report(
+    staged: StagedFiles,
     cfg: DictConfig,
     table: pd.DataFrame,
     base: pd.DataFrame,
@@ -457,7 +383,9 @@ def _write_report(
         reporting.scoring_profile(base, table, actions),
         transitions,
     )
-    return write_text_atomically(page, reporting.report_path(output), "score.output")
+    path = reporting.report_path(output)
+    staged.text(page, path)
+    return path
 
 
 def _log_scoring_run(
@@ -475,6 +403,7 @@ def _log_scoring_run(
                 "horizon_days": table["horizon_days"].iloc[0],
                 "output": str(cfg.score.output),
                 "previous": str(cfg.score.previous),
+                "sink": "none" if cfg.score.sink is None else crm_sink.safe_url(cfg.score.sink),
                 "clv_model_version": table["clv_model_version"].iloc[0],
                 "segments_model_version": table["segments_model_version"].iloc[0],
             }
