@@ -25,6 +25,8 @@ PG_PORT ?= 55432
 # make server-user NAME=alice ROLE=engineer|reviewer|scoring
 NAME ?=
 ROLE ?=
+# make forget IDS=request.csv: the request's customer ids (docs/privacy.md)
+IDS ?=
 # make serve: REST endpoint for models:/customer-clv@champion of the configured tracking store (mlflow
 # starts `uvicorn` by name, so the recipe puts .venv/bin on PATH)
 SERVE_PORT ?= 5001
@@ -96,6 +98,10 @@ score: $(STAMP)
 ## campaign: an audience from a scoring output, global holdout out, treatment/control lists (ARGS="campaign=winback ...")
 campaign: $(STAMP)
 	$(BIN)/python -m customer_value.campaign $(ARGS)
+
+## forget: forget customers on request: make forget IDS=request.csv (their keyed hashes listed, every output rewritten)
+forget: $(STAMP)
+	$(BIN)/python -m customer_value.privacy forget --ids "$(IDS)" $(ARGS)
 
 ## campaign-report: a campaign's lift per segment on today's log (ARGS="report.campaign_id=winback data=...")
 campaign-report: $(STAMP)
@@ -169,4 +175,4 @@ lint: $(STAMP)
 clean:
 	rm -rf outputs multirun scores mlruns/mlflow.db mlruns/artifacts
 
-.PHONY: help venv system-deps server-user server-rotate-admin campaign campaign-report train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean
+.PHONY: help venv system-deps server-user server-rotate-admin campaign campaign-report forget train sweep evaluate bench bench-engines shapes example-data score monitor ui server server-stop serve test test-fast lint clean

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from customer_value.campaign import assignment, power
 from customer_value.campaign.audience import select_audience
-from customer_value.campaign.keys import derived_key, secret_key
 from customer_value.errors import UserError
 from customer_value.jobs import campaign as campaign_job
+from customer_value.keys import derived_key, secret_key
 
 KEY = b"a test secret"
 

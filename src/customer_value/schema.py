@@ -221,6 +221,17 @@ class EngineConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Who may not be profiled (privacy/suppression.py, docs/privacy.md)."""
+
+    objection_column: str | None = None  # customer-file column; true = objects to profiling
+    consent_column: str | None = None  # customer-file column; only true may be profiled
+    objection_scope: str = "all"  # all: out of training too | outputs: trained on, in no output
+    suppression_list: str = ".secrets/suppression.csv"  # keyed hashes of forgotten customers (make forget)
+    key_file: str = ".secrets/privacy.key"  # PRIVACY_KEY wins; created 0600 on first use; back it up
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -228,6 +239,7 @@ class TrainConfig:
     clv: CLVConfig = field(default_factory=CLVConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 42
     run_name: str | None = None
@@ -246,6 +258,7 @@ class ScoreOptions:
     report: bool = True  # write the segment report beside the table (<name>.report.html) and log it
     sink: str | None = None  # postgresql://user@host:port/db: upsert membership + change set (crm/sink.py)
     sink_table: str = "segment_membership"  # and <sink_table>_changes
+    pseudonymise: bool = False  # keyed pseudonyms (privacy key) instead of ids in the table and migration
 
 
 @dataclass
@@ -253,6 +266,7 @@ class ScoreConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused when scoring
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     score: ScoreOptions = field(default_factory=ScoreOptions)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -288,6 +302,7 @@ class MonitorConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused when monitoring
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     monitor: MonitorOptions = field(default_factory=MonitorOptions)
 
 
@@ -319,6 +334,7 @@ class CampaignOptions:
 @dataclass
 class CampaignConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     campaign: CampaignOptions = field(default_factory=CampaignOptions)
 
 
@@ -334,7 +350,23 @@ class CampaignReportConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)  # set by data options; unused here
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     report: CampaignReportOptions = field(default_factory=CampaignReportOptions)
+
+
+@dataclass
+class ForgetOptions:
+    ids: str | None = None  # the request: a file of customer ids (--ids FILE)
+    reason: str = "erasure"  # erasure | objection (recorded on the suppression list)
+    outputs: list[str] = field(
+        default_factory=lambda: ["scores", "campaigns"]
+    )  # folders rewritten without them
+
+
+@dataclass
+class ForgetConfig:
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    forget: ForgetOptions = field(default_factory=ForgetOptions)
 
 
 def register_configs() -> None:
@@ -344,6 +376,7 @@ def register_configs() -> None:
     store.store(name="monitor_schema", node=MonitorConfig)
     store.store(name="campaign_schema", node=CampaignConfig)
     store.store(name="campaign_report_schema", node=CampaignReportConfig)
+    store.store(name="forget_schema", node=ForgetConfig)
 
 
 # Gate metrics are "higher is better"; a sweep may optimise any metric listed here.

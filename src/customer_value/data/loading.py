@@ -94,6 +94,7 @@ class DataReport:
     dropped: dict[str, int] = field(default_factory=dict)
     duplicate_rows: int = 0  # rows equal to another row in customer, timestamp and amount
     has_amounts: bool = True  # False: a visit log; no spend model, no value outputs downstream
+    suppressed: dict[str, int] = field(default_factory=dict)  # customers left out per privacy reason
 
     @property
     def merged_same_day(self) -> int:
@@ -113,6 +114,7 @@ class DataReport:
             "dropped": dict(self.dropped),
             "duplicate_rows": self.duplicate_rows,
             "has_amounts": self.has_amounts,
+            "suppressed": dict(self.suppressed),
         }
 
 

@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from customer_value.campaign import assignment, power
 from customer_value.campaign.audience import select_audience
-from customer_value.campaign.keys import derived_key, secret_key
 from customer_value.campaign.lift import slug
 from customer_value.errors import UserError
 from customer_value.jobs.entrypoint import run_job
+from customer_value.keys import derived_key, secret_key
+from customer_value.privacy.suppression import suppression_from_config
 from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 
@@ -38,7 +39,8 @@ def campaign(cfg: DictConfig) -> Path:
     """Select, assign, size, write the lists and log the run; returns the campaign's folder."""
     options = cfg.campaign
     _check_options(options)
-    scores = _read_scores(Path(options.scores))
+    # Customers forgotten or objecting since the scoring (forget also rewrites the scoring itself).
+    scores, excluded = suppression_from_config(cfg).exclude(_read_scores(Path(options.scores)))
     rules = OmegaConf.to_container(options.audience, resolve=True)
     audience = select_audience(scores, rules, options.scores)
     if audience.empty:
@@ -73,7 +75,9 @@ def campaign(cfg: DictConfig) -> Path:
         run_logging.log_json({"audience": rules, "as_of": _as_of(scores)}, "campaign/definition.json")
         run_logging.log_table(sizes, "campaign/sizes.csv")
         run_logging.log_table(sizing, "campaign/power.csv")
-        run_logging.log_metrics(_metrics(audience, sizes, sizing))
+        run_logging.log_metrics(
+            _metrics(audience, sizes, sizing) | {f"privacy.excluded.{r}": n for r, n in excluded.items()}
+        )
         folder = write_lists(audience, options.id, Path(options.output_dir))
         mlflow.set_tags({"campaign.lists": str(folder.resolve())})
     return folder

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from customer_value.data.features import FEATURE_COLUMNS, Split, calibration_and_holdout, customer_features
 from customer_value.data.loading import read_columns
-from customer_value.data.sources import load_orders
+from customer_value.data.sources import load_permitted_orders
 from customer_value.errors import DataError
 from customer_value.evaluation import drift, monitoring, plots
 from customer_value.jobs import reporting
@@ -109,7 +109,7 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     validate_monitor_config(cfg)
     scorings = [read_scoring(Path(path)) for path in cfg.monitor.scores]  # all readable before any work
     run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
-    orders, report = load_orders(cfg.data)
+    orders, report = load_permitted_orders(cfg)
     results = {}
     with run_logging.figures(cfg.tracking.plots):
         for scoring in scorings:

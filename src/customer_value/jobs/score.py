@@ -20,7 +20,7 @@ from customer_value.crm import membership as membership_ids
 from customer_value.crm import sink as crm_sink
 from customer_value.data.customers import CustomerFile, load_customers
 from customer_value.data.features import customer_features, purchase_regularity
-from customer_value.data.sources import load_orders
+from customer_value.data.sources import load_permitted_orders
 from customer_value.errors import UserError
 from customer_value.evaluation import plots
 from customer_value.jobs import reporting
@@ -38,6 +38,8 @@ from customer_value.models.segments.migration import (
     transition_table,
 )
 from customer_value.models.segments.segmentation import PROFILE_COLUMNS, FeatureSet
+from customer_value.privacy.hashing import pseudonyms
+from customer_value.privacy.suppression import project_key
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
 from customer_value.tracking import registry, run_logging
@@ -75,8 +77,12 @@ def score_chunks(cfg: DictConfig) -> Iterator[pd.DataFrame]:
         yield table
 
 
-def _scored_parts(cfg: DictConfig) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """``score_chunks``' tables, each with the customer-table rows it scored (the report profiles them)."""
+def _scored_parts(
+    cfg: DictConfig, excluded: dict[str, int] | None = None
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``score_chunks``' tables, each with the customer-table rows it scored (the report profiles them);
+    ``excluded`` receives how many customers each privacy reason left out."""
+    excluded = {} if excluded is None else excluded
     validate_score_config(cfg)
     run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
     clv_version = registry.require_champion(cfg.tracking.clv_model, cfg.tracking.alias)
@@ -91,7 +97,8 @@ def _scored_parts(cfg: DictConfig) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]
     horizon = check_horizon(horizon, step, key="score.horizon_days")
     params = {"horizon_days": horizon, "intervals": bool(cfg.score.intervals)}
 
-    orders, report = load_orders(cfg.data)
+    orders, report = load_permitted_orders(cfg)
+    excluded.update(report.suppressed)
     as_of = parse_day(cfg.score.as_of, "score.as_of") or pd.Timestamp(report.last_date)
     later = int((orders["date"] > as_of).sum())
     if later:
@@ -264,14 +271,19 @@ def score(cfg: DictConfig) -> Path | str:
     if cfg.engine.name == "spark":
         return spark_scoring.score(cfg)
     previous = None if cfg.score.previous is None else load_previous_scores(Path(cfg.score.previous))
+    excluded: dict[str, int] = {}  # customers left out per privacy reason (counts only)
     kept: list[pd.DataFrame] = []  # the few columns the migration, the report and the summary line need
     profiled: list[pd.DataFrame] = []
 
+    # Analyst extracts may leave the data owner: score.pseudonymise writes keyed pseudonyms in the table
+    # (and the migration); the CRM-facing membership and change set keep the real ids.
+    key = project_key(cfg.privacy) if cfg.score.pseudonymise else None
+
     def chunks() -> Iterator[pd.DataFrame]:
-        for chunk, part in _scored_parts(cfg):
+        for chunk, part in _scored_parts(cfg, excluded):
             kept.append(chunk[[c for c in REPORT_COLUMNS if c in chunk.columns]])
             profiled.append(part[[c for c in PROFILE_COLUMNS if c in part.columns]])
-            yield chunk
+            yield chunk if key is None else chunk.assign(customer_id=pseudonyms(chunk["customer_id"], key))
 
     prior = _previous_membership(cfg, Path(cfg.score.output))  # read before this scoring replaces it
     output = Path(cfg.score.output)
@@ -281,7 +293,10 @@ def score(cfg: DictConfig) -> Path | str:
         membership, changes = _stage_membership(staged, table, output, prior)
         transitions = None
         if previous is not None:
-            transitions = transition_table(previous, table)
+            extract = (
+                table if key is None else table.assign(customer_id=pseudonyms(table["customer_id"], key))
+            )
+            transitions = transition_table(previous, extract)
             staged.table(transitions, reporting.migration_path(output))
         report = None
         if cfg.score.report:
@@ -291,7 +306,7 @@ def score(cfg: DictConfig) -> Path | str:
             _sink(cfg, membership, changes)
         staged.commit()
     with run_logging.figures(cfg.tracking.plots):
-        _log_scoring_run(cfg, table, transitions, report)
+        _log_scoring_run(cfg, table, transitions, report, excluded)
     log.info(
         f"scored {rows:,} customers as of {table['as_of'].iloc[0].date()} with "
         f"{cfg.tracking.clv_model} v{table['clv_model_version'].iloc[0]} and {cfg.tracking.segments_model} "
@@ -389,7 +404,11 @@ def _stage_report(
 
 
 def _log_scoring_run(
-    cfg: DictConfig, table: pd.DataFrame, transitions: pd.DataFrame | None, report: Path | None
+    cfg: DictConfig,
+    table: pd.DataFrame,
+    transitions: pd.DataFrame | None,
+    report: Path | None,
+    excluded: dict[str, int],
 ) -> None:
     """A run in the scoring experiment: what was scored with which versions, the segment shares, the
     report and the migration (aggregates only)."""
@@ -403,6 +422,7 @@ def _log_scoring_run(
                 "horizon_days": table["horizon_days"].iloc[0],
                 "output": str(cfg.score.output),
                 "previous": str(cfg.score.previous),
+                "pseudonymise": bool(cfg.score.pseudonymise),
                 "sink": "none" if cfg.score.sink is None else crm_sink.safe_url(cfg.score.sink),
                 "clv_model_version": table["clv_model_version"].iloc[0],
                 "segments_model_version": table["segments_model_version"].iloc[0],
@@ -410,7 +430,9 @@ def _log_scoring_run(
         )
         shares = table["segment_name"].value_counts(normalize=True)
         run_logging.log_metrics(
-            {"scored.customers": len(table)} | {f"share.{k}": v for k, v in shares.items()}
+            {"scored.customers": len(table)}
+            | {f"share.{k}": v for k, v in shares.items()}
+            | {f"privacy.excluded.{reason}": n for reason, n in excluded.items()}
         )
         if report is not None:
             mlflow.log_artifact(str(report), "report")

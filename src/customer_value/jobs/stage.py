@@ -119,6 +119,7 @@ def log_data_report(report: DataReport) -> None:
             "data.duplicate_rows": report.duplicate_rows,
         }
         | {f"data.dropped.{reason}": count for reason, count in report.dropped.items()}
+        | {f"privacy.excluded.{reason}": count for reason, count in report.suppressed.items()}
     )
     log.info(
         "data: %s orders of %s customers, %s to %s, dropped %s",

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from customer_value.data.loading import DataReport
-from customer_value.data.sources import load_orders
+from customer_value.data.sources import load_permitted_orders
 from customer_value.errors import ModelFitError, UserError
 from customer_value.jobs.clv_stage import train_clv
 from customer_value.jobs.entrypoint import run_job
@@ -122,9 +122,11 @@ def _training_data(
     """The orders the stages train on and the log's report; with ``engine=spark`` the orders are a
     seeded sample (or all) of a base that stays in Spark, returned too, its session closed by ``engine``."""
     if cfg.engine.name != "spark":
-        return (*load_orders(cfg.data), None)
+        return (*load_permitted_orders(cfg, training=True), None)
+    from customer_value.privacy.suppression import refuse_under_spark
     from customer_value.spark.training import spark_base
 
+    refuse_under_spark(cfg, "training")
     base = engine.enter_context(spark_base(cfg))
     return base.orders, base.report, base
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from customer_value.errors import UserError
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS
 from customer_value.models.segments.segmentation import FeatureSet
+from customer_value.privacy.suppression import refuse_under_spark
 from customer_value.schema import data_has_amounts, parse_day, validate_score_config
 from customer_value.spark.features import InputSource, customer_features, purchase_regularity, read_orders
 from customer_value.tracking import registry, run_logging
@@ -50,6 +51,9 @@ def require_pyspark() -> None:
 def score(cfg: DictConfig) -> str:
     """Score with Spark and write ``score.output`` as a Parquet directory; returns where it went."""
     validate_score_config(cfg)
+    refuse_under_spark(cfg, "scoring")
+    if cfg.score.pseudonymise:
+        raise UserError("score.pseudonymise is pandas-engine only for now: drop it or use engine=pandas")
     if cfg.score.previous is not None:
         raise UserError(
             "score.previous (segment migration) is pandas-engine only: drop it or use engine=pandas"

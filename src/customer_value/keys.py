@@ -1,5 +1,6 @@
-"""The secret behind the keyed hashes (campaign arms, the global holdout): from the environment or a
-0600 key file created on first use, never in a config, a log or git."""
+"""The secrets behind the keyed hashes (campaign arms and the global holdout; the privacy suppression list
+and pseudonyms): from the environment or a 0600 key file created on first use, never in a config, a log
+or git."""
 
 from __future__ import annotations
 
