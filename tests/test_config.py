@@ -34,11 +34,12 @@ def _compose(config: str, overrides: list[str]):
 
 
 GROUPS = {
-    "train": ("data", "features", "clv", "segmentation", "tracking"),
-    "score": ("data", "tracking", "engine"),
-    "monitor": ("data", "tracking"),
-    "campaign": ("tracking", "campaign"),
-    "campaign_report": ("data", "tracking"),
+    "train": ("data", "features", "clv", "segmentation", "tracking", "privacy"),
+    "score": ("data", "tracking", "engine", "privacy"),
+    "monitor": ("data", "tracking", "privacy"),
+    "campaign": ("tracking", "campaign", "privacy"),
+    "campaign_report": ("data", "tracking", "privacy"),
+    "forget": ("privacy",),
 }
 GROUP_OPTIONS = [
     (config, group, option)

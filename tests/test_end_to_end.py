@@ -142,10 +142,22 @@ def test_train_then_score(trained_store: TrainedStore, trained_tracking_uri: str
     score_overrides = [*overrides[:2], f"tracking.uri={tracking_uri}", "score.horizon_days=90"]
     table = score_customers(_compose("score", score_overrides))
     assert len(table) == 800 and table["customer_id"].is_unique
+    segment_inputs = (
+        mlflow.pyfunc.load_model("models:/customer-segments@champion")
+        .unwrap_python_model()
+        .model.input_columns
+    )
+    parts = [f"margin_part.{column}" for column in segment_inputs]
     expected = [
         "customer_id",
         "segment",
         "segment_name",
+        "segment_margin",  # why this segment: see tests/test_explanations.py
+        "runner_up_segment",
+        "reason_1",
+        "reason_2",
+        "reason_3",
+        *parts,
         *PREDICTION_COLUMNS,
         *INTERVAL_COLUMNS,
         "next_purchase_date",
@@ -155,6 +167,8 @@ def test_train_then_score(trained_store: TrainedStore, trained_tracking_uri: str
         "segments_model_version",
     ]
     assert list(table.columns) == expected
+    assert np.allclose(table[parts].sum(axis=1), table["segment_margin"], rtol=1e-12, atol=1e-12)
+    assert (table["segment_margin"] >= 0).all() and table["reason_1"].notna().all()
     assert (table["horizon_days"] == 90).all()
     assert table["churn_probability"].between(0, 1).all() and (table["clv"] >= 0).all()
     as_of = pd.read_csv(orders_csv, parse_dates=["timestamp"])["timestamp"].max().normalize()

@@ -116,6 +116,8 @@ def test_scoring_and_training_reports_open_in_a_browser_with_every_segment(
     assert set(shown.segments) == set(shares.index)
     for name, share in shares.items():
         assert f"{share:.1%}" in shown.text, name
+    # Each card says why its customers are there (from the explanations' first reasons).
+    assert shown.text.count("Why customers are here: mostly ") == len(shares)
     # The scoring run logged the page; the monitoring run logged the rewritten one.
     scoring_runs = mlflow.search_runs(experiment_names=["customer-scoring"])
     assert len(scoring_runs) == 2

@@ -258,6 +258,7 @@ class ScoreOptions:
     report: bool = True  # write the segment report beside the table (<name>.report.html) and log it
     sink: str | None = None  # postgresql://user@host:port/db: upsert membership + change set (crm/sink.py)
     sink_table: str = "segment_membership"  # and <sink_table>_changes
+    reasons: bool = True  # why each customer is in its segment: margin, its parts, reason_1..3 in words
     pseudonymise: bool = False  # keyed pseudonyms (privacy key) instead of ids in the table and migration
 
 

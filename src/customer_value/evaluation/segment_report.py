@@ -157,6 +157,9 @@ def _card(segment: object, row: pd.Series, report: ReportInputs) -> str:
     action_html = (
         "" if not isinstance(action, str) or not action else f'<p class="action">{html.escape(action)}</p>'
     )
+    criteria = row.get("membership_criteria")
+    if isinstance(criteria, str) and criteria:
+        action_html = f'<p class="criteria">Why customers are here: {html.escape(criteria)}</p>' + action_html
     return (
         f'<section class="segment" data-segment="{html.escape(str(segment))}">'
         f"<h3>{html.escape(name)}</h3><dl>{rows}</dl>{action_html}</section>"

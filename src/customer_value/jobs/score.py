@@ -30,6 +30,7 @@ from customer_value.models.clv.bounds import check_horizon
 from customer_value.models.clv.btyd import NO_DATE_BEYOND_DAYS
 from customer_value.models.clv.covariates import encode
 from customer_value.models.segments.attributes import join_attributes, load_attributes
+from customer_value.models.segments.explanations import criteria_by_segment
 from customer_value.models.segments.migration import (
     KEY_COLUMNS,
     load_previous_scores,
@@ -46,6 +47,7 @@ from customer_value.tracking import registry, run_logging
 from customer_value.tracking.pyfunc import spec_covariate_columns
 
 log = logging.getLogger(__name__)
+PART = "margin_part."  # the explanation's parts (kept for the report's membership criteria)
 
 # Scoring-table columns kept in memory while the table is written (migration, report, summary line).
 REPORT_COLUMNS = [
@@ -135,7 +137,7 @@ def _scored_parts(
             values,
             extra.iloc[start : start + len(part)],
         )
-        segments = segments_model.predict(inputs)
+        segments = segments_model.predict(inputs, params={"reasons": bool(cfg.score.reasons)})
         table = pd.concat([pd.DataFrame({"customer_id": part.index.to_numpy()}), segments, values], axis=1)
         days = table["next_purchase_days"].where(table["next_purchase_days"] <= NO_DATE_BEYOND_DAYS)
         table["next_purchase_date"] = as_of + pd.to_timedelta(days, unit="D").dt.round("D")
@@ -281,7 +283,7 @@ def score(cfg: DictConfig) -> Path | str:
 
     def chunks() -> Iterator[pd.DataFrame]:
         for chunk, part in _scored_parts(cfg, excluded):
-            kept.append(chunk[[c for c in REPORT_COLUMNS if c in chunk.columns]])
+            kept.append(chunk[[c for c in chunk.columns if c in REPORT_COLUMNS or c.startswith(PART)]])
             profiled.append(part[[c for c in PROFILE_COLUMNS if c in part.columns]])
             yield chunk if key is None else chunk.assign(customer_id=pseudonyms(chunk["customer_id"], key))
 
@@ -392,11 +394,15 @@ def _stage_report(
     facts = reporting.scoring_facts(
         cfg.data.name, as_of, len(table), clv_version, segments_version, table["horizon_days"].iloc[0]
     )
+    profile_table = reporting.scoring_profile(base, table, actions)
+    parts = table[[c for c in table.columns if c.startswith(PART)]]
+    if len(parts.columns):  # why customers are in each segment, from their explanations
+        criteria = criteria_by_segment(
+            parts.rename(columns=lambda c: c[len(PART) :]), table["segment"].to_numpy()
+        )
+        profile_table["membership_criteria"] = [criteria.get(int(s), "") for s in profile_table.index]
     page = reporting.scoring_report(
-        f"Customer segments as of {as_of.date()}",
-        facts,
-        reporting.scoring_profile(base, table, actions),
-        transitions,
+        f"Customer segments as of {as_of.date()}", facts, profile_table, transitions
     )
     path = reporting.report_path(output)
     staged.text(page, path)

@@ -172,7 +172,8 @@ def clv_model_from_spec(spec: dict[str, Any], which: str, customers: pd.DataFram
 
 
 class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
-    """Segment id (0 = most valuable) and its name for each customer row."""
+    """Segment id (0 = most valuable) and its name for each customer row; with ``reasons`` (a predict
+    parameter, default true) also why (``SegmentModel.explain``)."""
 
     def load_context(self, context: Any) -> None:
         with open(context.artifacts[SEGMENT_ARTIFACT], "rb") as handle:
@@ -194,4 +195,7 @@ class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
         if missing:
             raise invalid_input(f"input lacks attribute column(s) {missing}")
         rows = behaviour.join(frame[attributes]) if attributes else behaviour
-        return self.model.predict(rows).reset_index(drop=True)
+        predicted = self.model.predict(rows)
+        if (params or {}).get("reasons", True):  # why this segment: margin, its parts and reasons in words
+            predicted = predicted.join(self.model.explain(rows))
+        return predicted.reset_index(drop=True)

@@ -81,6 +81,8 @@ def segments_signature(model: SegmentModel) -> ModelSignature:
             [ColSpec("double", c) for c in numeric] + [ColSpec("string", c) for c in features.categorical]
         ),
         outputs=Schema([ColSpec("long", "segment"), ColSpec("string", "segment_name")]),
+        # reasons=false: the segment alone (the explanation columns are added after these two)
+        params=ParamSchema([ParamSpec("reasons", "boolean", True)]),
     )
 
 

@@ -32,6 +32,7 @@ from sklearn.preprocessing import (
 from customer_value.errors import ModelFitError
 from customer_value.models.segments.clusterers import RFMQuintiles, make_clusterer
 from customer_value.models.segments.distinctness import merge_indistinct, merge_small
+from customer_value.models.segments.explanations import margin_parts, reasons
 from customer_value.models.segments.names import name_segments
 
 SEGMENT_FEATURES = ["days_since_last", "n_orders", "mean_order_value", "T_days"]
@@ -322,6 +323,27 @@ class SegmentModel:
         """Segment ids (value order) of raw cluster labels, through the merges."""
         merged = raw if self.merge_map_ is None else self.merge_map_[raw]
         return self.label_map_[merged]
+
+    def explain(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Why each customer is in its segment (explanations.py): ``segment_margin`` (how much better its
+        segment fits than the runner-up, in the model's space), ``runner_up_segment``, ``reason_1..3`` in
+        plain words and ``margin_part.<feature>`` (the parts; they sum to the margin)."""
+        parts, segments, runner_up = margin_parts(self, features)
+        clusterer = self.pipeline_.named_steps["cluster"]
+        rule = None
+        if isinstance(clusterer, RFMQuintiles):
+            rule = clusterer.scores(self.pipeline_.named_steps["features"].transform(features))
+        profile_table = getattr(self, "profile_", None)
+        words = reasons(parts, features, segments, runner_up, self.names_, profile_table, rule)
+        names = pd.Series(self.names_)
+        table = pd.DataFrame(
+            {
+                "segment_margin": parts.sum(axis=1, min_count=1).to_numpy(),
+                "runner_up_segment": names.reindex(runner_up).to_numpy(),
+            },
+            index=features.index,
+        )
+        return pd.concat([table, words, parts.add_prefix("margin_part.")], axis=1)
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         segments = self.raw_to_segment(self.pipeline_.predict(features))
