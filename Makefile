@@ -9,6 +9,11 @@ STAMP := $(VENV)/.installed
 SPARK_STAMP := $(VENV)/.installed-spark
 # Hydra overrides for train/score, e.g. make train ARGS="clv.penalizer=0.01 segmentation.n_clusters=6"
 ARGS ?=
+# MLflow's usage telemetry stays off for every target (docs/privacy.md); MLFLOW_DISABLE_TELEMETRY=false turns it on
+ifeq ($(origin MLFLOW_DISABLE_TELEMETRY)$(origin DO_NOT_TRACK),undefinedundefined)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+endif
 UI_PORT ?= 5000
 SEARCH ?= clv_grid
 BENCH_CUSTOMERS ?= 1000000

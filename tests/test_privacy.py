@@ -234,3 +234,16 @@ def test_forget_on_a_missing_file_is_one_line_and_changes_nothing(tmp_path: Path
         "error: nope.csv: no such file (forget --ids needs a file of customer ids)"
     )
     assert not (tmp_path / ".secrets").exists()  # no key made, no list written
+
+
+def test_jobs_turn_mlflow_telemetry_off_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from customer_value.jobs.entrypoint import run_job
+    from customer_value.telemetry import OFF, telemetry_off
+
+    for name in OFF:  # set, then removed: the teardown puts back exactly what was there before
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    seen = run_job(lambda cfg: {name: os.environ.get(name) for name in OFF}, None)
+    assert seen == {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    assert telemetry_off({"MLFLOW_DISABLE_TELEMETRY": "false"}) == {"MLFLOW_DISABLE_TELEMETRY": "false"}
+    assert telemetry_off({"DO_NOT_TRACK": "false"}) == {"DO_NOT_TRACK": "false"}

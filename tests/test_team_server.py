@@ -23,6 +23,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from customer_value import telemetry
 from customer_value.crm import sink as crm_sink
 from customer_value.crm.membership import change_set
 from customer_value.errors import UserError
@@ -52,7 +53,7 @@ def _port_open(port: int) -> bool:
 
 
 def _server(command: str, folder: Path, *args: str, database_url: str | None = None):
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and k not in telemetry.OFF}
     if database_url:
         env["DATABASE_URL"] = database_url
     return subprocess.run(
@@ -93,6 +94,8 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         # The database password is not on the server's command line (any local user can read that).
         command = Path(f"/proc/{state['mlflow_pid']}/cmdline").read_bytes()
         assert (folder / "pg-password").read_text().strip().encode() not in command
+        # Started without any telemetry setting, the server runs with MLflow's telemetry off.
+        assert b"MLFLOW_DISABLE_TELEMETRY=true" in Path(f"/proc/{state['mlflow_pid']}/environ").read_bytes()
         for number, (role, user) in enumerate(ROLES.items()):
             if number == 0:  # the command once; the others in this process (each command costs ~5 s)
                 added = _server("user", folder, user, "--role", role)

@@ -3,6 +3,7 @@ headless Chromium against the real UI (`make ui`'s entry point) on a trained sto
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from browser import render_url
+from customer_value import telemetry
 from customer_value.tracking import ui_links
 
 
@@ -51,6 +53,7 @@ def test_the_ui_opens_on_the_clv_runs_and_the_printed_links_land(trained_store, 
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k not in telemetry.OFF},  # as a user's shell has it
     )
     try:
         printed = ui.stdout.readline().strip()
@@ -67,6 +70,8 @@ def test_the_ui_opens_on_the_clv_runs_and_the_printed_links_land(trained_store, 
                     break
             except requests.RequestException:
                 time.sleep(0.5)
+        # The UI server (ui.py exec'd into it) runs with MLflow's telemetry off.
+        assert b"\0MLFLOW_DISABLE_TELEMETRY=true\0" in b"\0" + Path(f"/proc/{ui.pid}/environ").read_bytes()
         landing = render_url(printed.removeprefix("MLflow UI: "), tmp_path)
         # The runs table of the CLV experiment, with the model-training navigation; not the GenAI overview.
         assert landing.title.startswith("Runs - "), landing.title

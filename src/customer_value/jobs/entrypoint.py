@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from customer_value.errors import UserError
+from customer_value.telemetry import telemetry_off
 from customer_value.tracking.run_logging import permission_denied
 
 T = TypeVar("T")
@@ -74,6 +75,7 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool
     """Run ``job``; a user error prints ``error: <message>`` with no traceback and exits 1, or returns
     None when ``exit_on_error`` is false (one job of a sweep must not stop the others). SIGTERM raises
     ``Terminated`` inside the job (Python's default would end the process on the spot, runs RUNNING)."""
+    telemetry_off()  # before MLflow's first call: nothing leaves the machine unasked
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _Terminator()) if main_thread else None
     try:

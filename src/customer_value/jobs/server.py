@@ -37,6 +37,7 @@ from customer_value.jobs.postgres_cluster import (
     stop_cluster,
     write_private,
 )
+from customer_value.telemetry import telemetry_off
 from customer_value.tracking.team_auth import (
     ADMIN,
     AdminClient,
@@ -153,7 +154,9 @@ def start(
     names = [*dict.fromkeys([host, HOST, "localhost", *_machine_names(host), *allowed_hosts])]
     # The backend URI holds the database password: in the environment, not on a command line `ps` shows.
     environment = (
-        os.environ | {"MLFLOW_BACKEND_STORE_URI": backend} | (_auth_environment(folder) if auth else {})
+        dict(telemetry_off(dict(os.environ)))
+        | {"MLFLOW_BACKEND_STORE_URI": backend}
+        | (_auth_environment(folder) if auth else {})
     )
     command = [
         sys.executable,

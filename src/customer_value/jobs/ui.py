@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from customer_value.telemetry import telemetry_off
 from customer_value.tracking import ui_links
 
 DATABASE = Path("mlruns/mlflow.db")
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     url = landing_url(f"http://127.0.0.1:{args.port}", args.database)
     print(f"MLflow UI: {url}", flush=True)
+    telemetry_off()  # inherited by the UI server through execv
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{args.database}", "--host", "127.0.0.1"]
     os.execv(command[0], [*command, "--port", str(args.port), "--workers", "1"])
