@@ -208,6 +208,8 @@ def test_objecting_nonconsenting_and_forgotten_customers_leave_no_trace(
     assert scoring_runs[0].data.metrics["privacy.excluded.objection"] == 5
     reported = job(report_job.main, [*data, *privacy, "report.campaign_id=privacy"], tmp_path, tracking_uri)
     assert reported.returncode == 0, reported.stderr[-2000:]
+    campaign_run = client.search_runs([client.get_experiment_by_name("customer-campaigns").experiment_id])[0]
+    assert campaign_run.data.metrics["lift.privacy.excluded.erased"] == 0  # forget already took them out
 
     suppressed = OBJECTING + REFUSED_CONSENT + ABSENT + ERASED
     tokens = suppressed + pseudonyms(suppressed, KEY)

@@ -34,7 +34,7 @@ def campaign_report(cfg: DictConfig) -> Path:
     client = MlflowClient()
     run = _campaign_run(client, cfg.tracking.campaigns_experiment, options.campaign_id)
     folder = Path(run.data.tags["campaign.lists"])
-    lists, _ = suppression_from_config(cfg).exclude(_read_lists(folder))  # objected or forgotten since
+    lists, excluded = suppression_from_config(cfg).exclude(_read_lists(folder))  # objected or forgotten since
     orders, _ = load_permitted_orders(cfg)
     if len(lists) and lists["customer_id"].astype(str).str.startswith(PSEUDONYM_PREFIX).all():
         # lists from a pseudonymised scoring: the log's ids are pseudonymised to meet them
@@ -59,6 +59,8 @@ def campaign_report(cfg: DictConfig) -> Path:
         "report.output",
     )
     _log_to_run(client, run.info.run_id, table, page, start, end)
+    for reason, count in excluded.items():  # listed customers left out of both arms since the campaign began
+        client.log_metric(run.info.run_id, f"lift.privacy.excluded.{reason}", float(count))
     for row in table.to_dict("records"):
         log.info("campaign %s lift, %s: %s", options.campaign_id, row["segment"], _summary(row))
     return page
