@@ -77,4 +77,11 @@ def test_a_version_registered_before_the_move_scores_the_same_today(
     )
     today = pd.read_parquet(today_scores)
     assert len(today) == 800 and today["segment_name"].notna().all()
-    pd.testing.assert_frame_equal(today, pd.read_parquet(old_scores))
+    old = pd.read_parquet(old_scores)
+    pd.testing.assert_frame_equal(today[old.columns], old)
+    # Today's code also explains the old model's segments (the columns it adds: issue 29's reasons).
+    added = [c for c in today.columns if c not in old.columns]
+    assert added[:5] == ["segment_margin", "runner_up_segment", "reason_1", "reason_2", "reason_3"]
+    parts = [c for c in added if c.startswith("margin_part.")]
+    assert parts and set(added) == {*added[:5], *parts}
+    assert ((today[parts].sum(axis=1) - today["segment_margin"]).abs() < 1e-9).all()

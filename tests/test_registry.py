@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from customer_value.models.clv.bounds import MAX_HORIZON_DAYS
 from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, CLVParams
 from customer_value.models.clv.model import CLVModel
+from customer_value.models.segments.explanations import explanation_columns
 from customer_value.models.segments.segmentation import SEGMENT_FEATURES, SegmentModel
 from customer_value.tracking import registry
 from customer_value.tracking.pyfunc import clv_spec
@@ -121,11 +122,13 @@ def test_segments_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_pat
     with mlflow.start_run():
         info = registry.log_segments_model(model, customers)
     version = mlflow.register_model(info.model_uri, "customer-segments").version
-    (fresh,) = _predict_in_fresh_process(
-        f"models:/customer-segments/{version}", customers[SEGMENT_FEATURES], tmp_path
+    fresh, plain = _predict_in_fresh_process(
+        f"models:/customer-segments/{version}", customers[SEGMENT_FEATURES], tmp_path, {}, {"reasons": False}
     )
     expected = model.predict(customers).reset_index(drop=True)
-    assert list(fresh.columns) == ["segment", "segment_name"]
+    assert list(fresh.columns) == ["segment", "segment_name", *explanation_columns(model)]  # why, by default
+    assert list(plain.columns) == ["segment", "segment_name"]
+    np.testing.assert_allclose(fresh.filter(like="margin_part.").sum(axis=1), fresh["segment_margin"])
     assert (fresh["segment"].to_numpy() == expected["segment"].to_numpy()).all()
     assert (fresh["segment_name"].to_numpy() == expected["segment_name"].to_numpy()).all()
 

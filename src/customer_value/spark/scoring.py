@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from customer_value.errors import UserError
 from customer_value.models.clv.btyd import INTERVAL_COLUMNS, NO_DATE_BEYOND_DAYS
-from customer_value.models.segments.segmentation import FeatureSet
+from customer_value.models.segments.explanations import N_REASONS, explanation_columns
+from customer_value.models.segments.segmentation import FeatureSet, SegmentModel
 from customer_value.privacy.suppression import refuse_under_spark
 from customer_value.schema import data_has_amounts, parse_day, validate_score_config
 from customer_value.spark.features import InputSource, customer_features, purchase_regularity, read_orders
@@ -142,7 +143,9 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
     segments_version = registry.require_champion(cfg.tracking.segments_model, cfg.tracking.alias)
     clv_uri = f"models:/{cfg.tracking.clv_model}/{clv_version.version}"
     segments_uri = f"models:/{cfg.tracking.segments_model}/{segments_version.version}"
-    feature_set = _segments_feature_set(segments_uri)  # refuses what this engine cannot feed, before any work
+    segment_model = _segments_model(segments_uri)  # refuses what this engine cannot feed, before any work
+    feature_set = segment_model.input_features
+    why = reason_columns(segment_model) if cfg.score.reasons else {}
     orders, last_day = read_orders(spark, cfg.data, InputSource.from_engine(cfg.engine))
     as_of = parse_day(cfg.score.as_of, "score.as_of") or last_day
     default = default_horizon(clv_uri)
@@ -156,6 +159,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
         horizon,
         bool(cfg.score.intervals),
         feature_set,
+        why,
     )
     days = F.col("_clv.next_purchase_days")
     as_of_column = F.lit(as_of.date())
@@ -163,6 +167,7 @@ def score_customers(spark: SparkSession, cfg: DictConfig) -> DataFrame:
         "customer_id",
         "_segments.segment",
         "_segments.segment_name",
+        *(_missing_as_null(F.col("_segments").getField(c), kind).alias(c) for c, kind in why.items()),
         *(F.col(f"_clv.{c}").alias(c) for c in clv_columns),
         F.when(days <= NO_DATE_BEYOND_DAYS, F.date_add(as_of_column, F.bround(days, 0).cast("int")))
         .cast("timestamp_ntz")
@@ -183,15 +188,17 @@ def apply_models(
     horizon: float,
     intervals: bool,
     feature_set: FeatureSet | None = None,
+    why: dict[str, str] | None = None,
 ) -> tuple[DataFrame, list[str]]:
     """Everyone's features as of ``as_of`` with the CLV model's outputs (struct ``_clv``) and the segment
     model's (``_segments``) applied by ``spark_udf``; and the CLV output columns. ``model_uris``: the CLV
     and segments models (registered versions or a run's logged models); ``data``: the customer file;
-    ``feature_set``: the segments model's, if already loaded."""
+    ``feature_set``: the segments model's, if already loaded; ``why``: the explanation columns
+    (``reason_columns``) ``_segments`` should also hold, none by default."""
     from pyspark.sql import functions as F
 
     clv_uri, segments_uri = model_uris
-    feature_set = feature_set or _segments_feature_set(segments_uri)
+    feature_set = feature_set or _segments_model(segments_uri).input_features
     features = customer_features(orders, as_of)
     default = default_horizon(clv_uri)
     # The model's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
@@ -214,8 +221,26 @@ def apply_models(
             scored = scored.withColumn("_clv_default", default_udf(F.struct(*input_columns)))
             source = "_clv_default"
         inputs.extend(F.col(f"{source}.{c}").alias(c) for c in extra_clv)
-    segments_udf = _udf(spark, segments_uri, ["segment", "segment_name"], types=("long", "string"))
+    why = why or {}
+    columns, types = ["segment", "segment_name", *why], ["long", "string", *why.values()]
+    segments_udf = _udf(spark, segments_uri, columns, {"reasons": bool(why)}, types=tuple(types))
     return scored.withColumn("_segments", segments_udf(F.struct(*inputs))), clv_columns
+
+
+def _missing_as_null(column: Column, kind: str) -> Column:
+    """mlflow's spark_udf casts a string field with ``astype(str)``: a missing reason arrives as 'None'
+    (or 'nan'); back to null, as the pandas engine has it."""
+    from pyspark.sql import functions as F
+
+    if kind != "string":
+        return column
+    return F.when(column.isin("None", "nan"), F.lit(None).cast("string")).otherwise(column)
+
+
+def reason_columns(model: SegmentModel) -> dict[str, str]:
+    """The explanation's columns (``SegmentModel.explain``) with their Spark types, in the pandas order."""
+    texts = {"runner_up_segment", *(f"reason_{i + 1}" for i in range(N_REASONS))}
+    return {c: "string" if c in texts else "double" for c in explanation_columns(model)}
 
 
 def _with_covariates(spark: SparkSession, data: DictConfig, features: DataFrame, signature: Any) -> DataFrame:
@@ -251,16 +276,17 @@ def default_horizon(clv_uri: str) -> float:
     return float(next(p.default for p in params.params if p.name == "horizon_days"))
 
 
-def _segments_feature_set(segments_uri: str) -> FeatureSet:
-    """What the segments champion clusters on; attribute-based models are refused (pandas-engine only)."""
-    feature_set = mlflow.pyfunc.load_model(segments_uri).unwrap_python_model().model.input_features
+def _segments_model(segments_uri: str) -> SegmentModel:
+    """The segments champion's model; attribute-based models are refused (pandas-engine only)."""
+    model = mlflow.pyfunc.load_model(segments_uri).unwrap_python_model().model
+    feature_set = model.input_features
     attributes = [*feature_set.numeric, *feature_set.categorical]
     if attributes:
         raise UserError(
             f"the segments champion clusters on attribute columns {attributes}: "
             "engine=spark does not join attributes yet, use engine=pandas with score.attributes_path"
         )
-    return feature_set
+    return model
 
 
 def _udf(
@@ -272,7 +298,7 @@ def _udf(
 ) -> Any:
     """A struct-returning pandas UDF around a registered pyfunc, run in the executors' own Python."""
     types = types or ("double",) * len(columns)
-    result_type = ", ".join(f"{name} {kind}" for name, kind in zip(columns, types, strict=True))
+    result_type = ", ".join(f"`{name}` {kind}" for name, kind in zip(columns, types, strict=True))
     return mlflow.pyfunc.spark_udf(
         spark, model_uri, result_type=result_type, env_manager="local", params=params
     )

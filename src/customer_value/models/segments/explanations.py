@@ -48,6 +48,20 @@ LABELS = {
 TYPICAL_FORMAT = {"mean_order_value": "{:,.2f}", "churn_probability": "{:.0%}", "clv": "{:,.2f}"}
 
 
+def explanation_columns(model: object) -> list[str]:
+    """The columns ``SegmentModel.explain`` returns for ``model``, in order."""
+    clusterer = model.pipeline_.named_steps["cluster"]  # type: ignore[attr-defined]
+    parts = [*model.input_columns]  # type: ignore[attr-defined]
+    if isinstance(clusterer, GaussianMixture):
+        parts.append(UNASSIGNED_PART)
+    return [
+        "segment_margin",
+        "runner_up_segment",
+        *(f"reason_{i + 1}" for i in range(N_REASONS)),
+        *(f"margin_part.{c}" for c in parts),
+    ]
+
+
 def margin_parts(model: object, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Per customer: each input feature's part of the margin (columns: the model's input columns, plus
     ``UNASSIGNED_PART`` for a mixture), the segment and the runner-up segment. The parts of a row sum to
@@ -126,7 +140,9 @@ def reasons(
     rule_scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """``reason_1`` .. ``reason_3`` in plain words: the features with the largest positive parts."""
-    out = pd.DataFrame(index=parts.index, columns=[f"reason_{i + 1}" for i in range(N_REASONS)], dtype=object)
+    out = pd.DataFrame(
+        {f"reason_{i + 1}": pd.Series(None, index=parts.index, dtype=object) for i in range(N_REASONS)}
+    )
     if rule_scores is not None:  # the RFM rule: its two scores are its reasons
         recency, frequency = rule_scores
         out["reason_1"] = [
@@ -152,7 +168,7 @@ def reasons(
             texts[chosen] = _phrases(column, features[column].to_numpy()[chosen])
             if typical is not None and f"median_{column}" in typical.columns:
                 texts[chosen] += _comparisons(column, segment[chosen], runner_up[chosen], names, typical)
-        out[f"reason_{rank + 1}"] = texts
+        out[f"reason_{rank + 1}"] = pd.Series(texts, index=out.index, dtype=object)  # missing = None
     return out
 
 

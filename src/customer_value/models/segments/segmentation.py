@@ -339,7 +339,10 @@ class SegmentModel:
         table = pd.DataFrame(
             {
                 "segment_margin": parts.sum(axis=1, min_count=1).to_numpy(),
-                "runner_up_segment": names.reindex(runner_up).to_numpy(),
+                "runner_up_segment": names.reindex(runner_up)
+                .astype(object)
+                .where(runner_up >= 0, None)
+                .to_numpy(),
             },
             index=features.index,
         )
