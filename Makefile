@@ -143,6 +143,8 @@ serve: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" \
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}" \
 	MLFLOW_HTTP_REQUEST_MAX_RETRIES="$${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-2}" \
+	CUSTOMER_VALUE_SUPPRESSION_LIST="$${CUSTOMER_VALUE_SUPPRESSION_LIST:-$(abspath .secrets/suppression.csv)}" \
+	CUSTOMER_VALUE_PRIVACY_KEY_FILE="$${CUSTOMER_VALUE_PRIVACY_KEY_FILE:-$(abspath .secrets/privacy.key)}" \
 	$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 ## evaluate: churn on real futures (CDNOW cut at four dates, generated non-BTYD logs) -> docs/churn-evaluation.md

@@ -646,7 +646,7 @@ def test_value_based_segments_on_attributes_train_audit_and_score(
     )
     assert set(audit["group"]) == {"f", "m", "x"} and audit["customers"].sum() == len(customers)
     loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
-    inputs = loaded.metadata.signature.inputs.input_names()
+    inputs = loaded.metadata.signature.inputs.required_input_names()
     assert inputs[-4:] == ["clv", "churn_probability", "employees", "region"] and "gender" not in inputs
 
     base = [*overrides[:2], f"tracking.uri={tracking_uri}"]
@@ -691,7 +691,7 @@ def test_segments_train_and_score_on_the_dataset_customer_file(
     run = _runs("customer-segments").iloc[-1]
     assert run["tags.segments.protected_audit"] == "age"  # in the file, audited, never a feature
     loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
-    assert loaded.metadata.signature.inputs.input_names()[-1] == "region"
+    assert loaded.metadata.signature.inputs.required_input_names()[-1] == "region"
     table = score_customers(_compose("score", [*data, f"tracking.uri={tracking_uri}"]))
     assert len(table) == len(customers) and table["segment_name"].notna().all()
 
@@ -708,7 +708,7 @@ def test_segments_on_purchase_regularity_train_and_score(
     metrics = train(_compose("train", overrides))
     assert -1 <= metrics["segments.stability.window_ari"] <= 1  # the earlier window gets its own regularity
     loaded = mlflow.pyfunc.load_model("models:/customer-segments@champion")
-    assert loaded.metadata.signature.inputs.input_names()[-1] == "regularity"
+    assert loaded.metadata.signature.inputs.required_input_names()[-1] == "regularity"
     table = score_customers(_compose("score", [*overrides[:2], f"tracking.uri={tracking_uri}"]))
     assert table["segment_name"].notna().all()
 

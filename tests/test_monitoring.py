@@ -146,7 +146,7 @@ def test_monitoring_equals_a_direct_computation_and_a_stale_champion_is_told_to_
     features.index = features.index.astype(str)
     assert features.index.equals(actual.index)
     model = mlflow.pyfunc.load_model(f"models:/customer-clv/{champion.version}")
-    inputs = model.metadata.get_input_schema().input_names()
+    inputs = model.metadata.get_input_schema().required_input_names()
     predicted = model.predict(
         features[inputs].reset_index(drop=True), params={"horizon_days": float(HORIZON_DAYS)}
     )

@@ -278,7 +278,7 @@ def test_a_visit_log_registers_a_purchase_only_model_that_scores_without_value_c
     assert "no value outputs" in version.description and "no amounts" in version.description
     assert version.tags["card.data.has_amounts"] == "false" and "no amounts" in version.tags["card.notes"]
     signature = mlflow.models.get_model_info("models:/customer-clv/2").signature
-    assert signature.inputs.input_names() == PURCHASE_INPUT_COLUMNS
+    assert signature.inputs.required_input_names() == PURCHASE_INPUT_COLUMNS
     assert signature.outputs.input_names() == [*prediction_columns(False), *interval_columns(False)]
 
     # A fresh process loads the registered model and scores three-column rows.

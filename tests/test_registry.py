@@ -89,7 +89,7 @@ def test_clv_model_round_trip_in_a_fresh_process(tracking_uri: str, tmp_path: Pa
     uri = f"models:/customer-clv/{version}"
 
     loaded = mlflow.pyfunc.load_model(uri)
-    assert loaded.metadata.signature.inputs.input_names() == INPUT_COLUMNS
+    assert loaded.metadata.signature.inputs.required_input_names() == INPUT_COLUMNS
     assert loaded.metadata.signature.outputs.input_names() == [*PREDICTION_COLUMNS, *INTERVAL_COLUMNS]
     params = {p.name: p.default for p in loaded.metadata.get_params_schema().params}
     assert params == {"horizon_days": 365.0, "intervals": True}

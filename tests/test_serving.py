@@ -30,12 +30,15 @@ from customer_value.data.features import customer_features
 from customer_value.data.loading import load_transactions
 from customer_value.jobs.score import score_customers
 from customer_value.models.clv.btyd import INPUT_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
+from customer_value.privacy.hashing import suppression_hashes
+from customer_value.privacy.suppression_list import SuppressionList
 from customer_value.schema import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 COVARIATES = ["channel", "tenure_score"]  # the covariate store's (conftest.COVARIATE_OVERRIDES)
 MLFLOW = Path(sys.executable).with_name("mlflow")
 pytestmark = pytest.mark.slow
+SERVING_KEY = b"the served model's privacy key in these tests"
 
 
 def _compose(config: str, overrides: list[str]):
@@ -64,7 +67,7 @@ def _post(url: str, payload: object) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def served_champion(
     tmp_path_factory: pytest.TempPathFactory, covariate_store
-) -> Iterator[tuple[str, object, Path]]:
+) -> Iterator[tuple[str, object, Path, Path]]:
     """`mlflow models serve` (the Makefile's command) on a copy of the covariate store's champion; one
     server for the module, killed in teardown."""
     tmp_path = tmp_path_factory.mktemp("serving")
@@ -87,6 +90,9 @@ def served_champion(
             "MLFLOW_TRACKING_URI": tracking_uri,
             "MLFLOW_REGISTRY_URI": tracking_uri,  # mlflow.set_registry_uri exports it: not another test's
             "PATH": f"{MLFLOW.parent}:{os.environ['PATH']}",
+            # as `make serve` points it at the project's list (written by a test when it needs one)
+            "CUSTOMER_VALUE_SUPPRESSION_LIST": str(tmp_path / "suppression.csv"),
+            "PRIVACY_KEY": SERVING_KEY.decode(),
         },
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -106,7 +112,12 @@ def served_champion(
             except OSError:
                 pass
             time.sleep(0.5)
-        yield url, _compose("score", [*overrides, "score.horizon_days=90"]), orders_csv
+        yield (
+            url,
+            _compose("score", [*overrides, "score.horizon_days=90"]),
+            orders_csv,
+            tmp_path / "suppression.csv",
+        )
     finally:
         _end_group(process)
         log.close()
@@ -124,8 +135,8 @@ def _end_group(process: subprocess.Popen) -> None:
             continue
 
 
-def test_rest_predictions_equal_batch_scoring(served_champion: tuple[str, object, Path]) -> None:
-    url, score_cfg, orders_csv = served_champion
+def test_rest_predictions_equal_batch_scoring(served_champion: tuple[str, object, Path, Path]) -> None:
+    url, score_cfg, orders_csv, _ = served_champion
     batch = score_customers(score_cfg).set_index("customer_id")
 
     orders, _ = load_transactions(orders_csv)
@@ -169,9 +180,9 @@ def test_rest_predictions_equal_batch_scoring(served_champion: tuple[str, object
     ids=["missing-column", "missing-covariate", "null-value", "recency-after-tenure"],
 )
 def test_bad_requests_get_a_4xx_with_a_clear_message_and_no_traceback(
-    served_champion: tuple[str, object, Path], change, message: str
+    served_champion: tuple[str, object, Path, Path], change, message: str
 ) -> None:
-    url, _, _ = served_champion
+    url, _, _, _ = served_champion
     rows = pd.DataFrame(
         {
             "frequency": [2.0, 0.0],
@@ -187,18 +198,18 @@ def test_bad_requests_get_a_4xx_with_a_clear_message_and_no_traceback(
     assert "Traceback" not in json.dumps(body) and "stack_trace" not in body
 
 
-def test_a_bad_horizon_parameter_is_a_400(served_champion: tuple[str, object, Path]) -> None:
-    url, _, _ = served_champion
+def test_a_bad_horizon_parameter_is_a_400(served_champion: tuple[str, object, Path, Path]) -> None:
+    url, _, _, _ = served_champion
     rows = {"columns": [*INPUT_COLUMNS, *COVARIATES], "data": [[2.0, 30.0, 60.0, 20.0, 21.0, "web", 0.5]]}
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": -3}})
     assert status == 400 and "horizon_days must be positive, got -3.0" in body["message"]
     assert "Traceback" not in json.dumps(body)
 
 
-def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str, object, Path]) -> None:
+def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str, object, Path, Path]) -> None:
     """horizon_days=1e9 in one request held the only worker past a 30 s client timeout; now it is refused
     before any work, and the worker answers the next request."""
-    url, _, _ = served_champion
+    url, _, _, _ = served_champion
     rows = {"columns": [*INPUT_COLUMNS, *COVARIATES], "data": [[2.0, 30.0, 60.0, 20.0, 21.0, "web", 0.5]]}
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 1e9}})
     assert status == 400, body
@@ -206,3 +217,36 @@ def test_a_horizon_beyond_the_bound_is_a_400_at_once(served_champion: tuple[str,
     assert "Traceback" not in json.dumps(body)
     status, body = _post(f"{url}/invocations", {"dataframe_split": rows, "params": {"horizon_days": 7305.0}})
     assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_a_request_naming_customers_gets_their_ids_and_none_on_the_suppression_list(
+    served_champion: tuple[str, object, Path, Path],
+) -> None:
+    """Ids in the request come back in the answer; after a customer is listed (as make forget does, while
+    the server runs) the next answer has no row for them and the others' values are unchanged."""
+    url, _, orders_csv, suppression = served_champion
+    orders, _ = load_transactions(orders_csv)
+    features = customer_features(orders, orders["date"].max())
+    customers = pd.read_csv(orders_csv.with_name("customers.csv"), index_col="customer_id")
+    chosen = features.join(customers[COVARIATES]).iloc[:6]
+    rows = chosen[[*INPUT_COLUMNS, *COVARIATES]].reset_index()  # customer_id first, as a CRM would send
+    payload = {"dataframe_split": rows.to_dict(orient="split"), "params": {"intervals": False}}
+    status, body = _post(f"{url}/invocations", payload)
+    assert status == 200, body
+    before = pd.DataFrame(body["predictions"])
+    assert before["customer_id"].tolist() == chosen.index.astype(str).tolist()
+    forgotten = chosen.index[2]
+    listed, _ = SuppressionList.read(suppression).with_added(
+        suppression_hashes([forgotten], SERVING_KEY), "erasure", "2026-12-06", SERVING_KEY
+    )
+    listed.write()
+    status, body = _post(f"{url}/invocations", payload)
+    assert status == 200, body
+    after = pd.DataFrame(body["predictions"])
+    assert forgotten not in after["customer_id"].tolist() and len(after) == len(chosen) - 1
+    pd.testing.assert_frame_equal(after, before[before["customer_id"] != forgotten].reset_index(drop=True))
+    status, plain = _post(
+        f"{url}/invocations", {"dataframe_split": rows.drop(columns="customer_id").to_dict(orient="split")}
+    )
+    assert status == 200 and "customer_id" not in plain["predictions"][0]  # no ids asked about: as before
+    suppression.unlink()

@@ -183,7 +183,7 @@ def default_horizon(clv_model: mlflow.pyfunc.PyFuncModel) -> float:
 def model_inputs_present(model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame, name: str) -> list[str]:
     """The registered model's input columns (its signature), or a one-line UserError when the customer
     table lacks some: a model trained with amounts cannot score a log without them."""
-    columns = model.metadata.get_input_schema().input_names()
+    columns = model.metadata.get_input_schema().required_input_names()
     missing = [c for c in columns if c not in features.columns]
     if missing:
         raise UserError(

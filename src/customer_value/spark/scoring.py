@@ -203,7 +203,7 @@ def apply_models(
     default = default_horizon(clv_uri)
     # The model's own columns: a purchase-only model takes no monetary inputs and gives no value outputs.
     signature = mlflow.models.get_model_info(clv_uri).signature
-    input_columns = signature.inputs.input_names()
+    input_columns = signature.inputs.required_input_names()
     features = _with_covariates(spark, data, features, signature)
     clv_columns = [c for c in signature.outputs.input_names() if intervals or c not in INTERVAL_COLUMNS]
     clv_udf = _udf(spark, clv_uri, clv_columns, {"horizon_days": horizon, "intervals": intervals})

@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from customer_value.errors import UserError
 from customer_value.models.clv.bounds import PredictionBoundError, check_horizon
 from customer_value.models.clv.btyd import CLVParams, input_columns
 from customer_value.models.clv.churn_layer import ChurnLayer
@@ -26,6 +27,7 @@ from customer_value.models.clv.covariates import raw_columns
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.value_layer import ValueLayer
 from customer_value.models.segments.segmentation import SegmentModel
+from customer_value.privacy.serving import SERVED
 
 CLV_SPEC_ARTIFACT = "clv_spec"
 SEGMENT_ARTIFACT = "segment_model"
@@ -97,7 +99,8 @@ class CLVPyfunc(mlflow.pyfunc.PythonModel):
             raise invalid_input(str(exc)) from None
         intervals = (params or {}).get("intervals")
         intervals = True if intervals is None else bool(intervals)
-        return self.model.predict(features, horizon, intervals=intervals).reset_index(drop=True)
+        predicted = self.model.predict(features, horizon, intervals=intervals).reset_index(drop=True)
+        return _honour_suppression(model_input, predicted)
 
 
 def clv_spec(
@@ -198,4 +201,13 @@ class SegmentsPyfunc(mlflow.pyfunc.PythonModel):
         predicted = self.model.predict(rows)
         if (params or {}).get("reasons", True):  # why this segment: margin, its parts and reasons in words
             predicted = predicted.join(self.model.explain(rows))
-        return predicted.reset_index(drop=True)
+        return _honour_suppression(frame, predicted.reset_index(drop=True))
+
+
+def _honour_suppression(request: Any, predicted: pd.DataFrame) -> pd.DataFrame:
+    """A request naming customers (``customer_id``) is answered with their ids and without those on the
+    suppression list (privacy/serving.py); a misconfigured list is the server's error, said in one line."""
+    try:
+        return SERVED.answer(request, predicted)
+    except UserError as exc:
+        raise MlflowException(f"suppression list: {exc}") from None

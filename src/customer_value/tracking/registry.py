@@ -53,6 +53,11 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
+# An optional input: a request that names its customers gets their ids back, and none on the suppression
+# list (privacy/serving.py); scoring jobs never send it.
+REQUEST_ID = ColSpec("string", "customer_id", required=False)
+
+
 def clv_signature(
     horizon_days: float, has_amounts: bool = True, covariates: dict[str, str] | None = None
 ) -> ModelSignature:
@@ -61,7 +66,7 @@ def clv_signature(
     outputs = [*prediction_columns(has_amounts), *interval_columns(has_amounts)]
     extra = [ColSpec(kind, c) for c, kind in (covariates or {}).items()]
     return ModelSignature(
-        inputs=Schema([ColSpec("double", c) for c in input_columns(has_amounts)] + extra),
+        inputs=Schema([ColSpec("double", c) for c in input_columns(has_amounts)] + extra + [REQUEST_ID]),
         outputs=Schema([ColSpec("double", c) for c in outputs]),
         params=ParamSchema(
             [
@@ -78,7 +83,9 @@ def segments_signature(model: SegmentModel) -> ModelSignature:
     numeric = [*features.behaviour, *features.numeric]
     return ModelSignature(
         inputs=Schema(
-            [ColSpec("double", c) for c in numeric] + [ColSpec("string", c) for c in features.categorical]
+            [ColSpec("double", c) for c in numeric]
+            + [ColSpec("string", c) for c in features.categorical]
+            + [REQUEST_ID]
         ),
         outputs=Schema([ColSpec("long", "segment"), ColSpec("string", "segment_name")]),
         # reasons=false: the segment alone (the explanation columns are added after these two)
