@@ -113,3 +113,19 @@ def test_reasons_are_plain_words_about_the_models_own_features_only(features) ->
         model.predict(features[model.input_columns])["segment"].to_numpy(),
     )
     assert set(criteria) == set(model.names_) and all(t.startswith("mostly ") for t in criteria.values())
+
+
+def test_each_value_is_worded_once_and_a_missing_one_says_so() -> None:
+    from customer_value.models.segments.explanations import _phrases
+
+    assert _phrases("regularity", np.array([0.5, np.nan, 0.5])).tolist() == [
+        "purchase regularity 0.50",
+        "purchase regularity unknown",
+        "purchase regularity 0.50",
+    ]
+    assert _phrases("n_orders", np.array([1.0, 2.0])).tolist() == ["1 purchase day", "2 purchase days"]
+    assert _phrases("age", np.array([31.5, np.nan])).tolist() == ["age 31.5", "age missing"]
+    assert _phrases("channel", np.array(["web", None], dtype=object)).tolist() == [
+        "channel web",
+        "channel missing",
+    ]

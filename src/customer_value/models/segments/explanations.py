@@ -45,6 +45,7 @@ LABELS = {
     "churn_probability": "churn risk",
     "regularity": "purchase regularity",
 }
+DIGITS = {"mean_order_value": 2, "clv": 2, "churn_probability": 2, "regularity": 2}  # as PHRASES show them
 TYPICAL_FORMAT = {"mean_order_value": "{:,.2f}", "churn_probability": "{:.0%}", "clv": "{:,.2f}"}
 
 
@@ -173,20 +174,21 @@ def reasons(
 
 
 def _phrases(column: str, values: np.ndarray) -> np.ndarray:
-    """The feature and the customer's value in words, for each of ``values``."""
+    """The feature and the customer's value in words, for each of ``values`` (each distinct shown value
+    formatted once: a million customers have a few thousand)."""
     if column in PHRASES:
+        digits = DIGITS.get(column, 0)
+        rounded = np.round(values.astype("float64"), digits)
+        inverse, shown = pd.factorize(rounded, use_na_sentinel=False)  # hashing, no sort
         phrase = PHRASES[column]
-        return np.array([phrase(float(v)) for v in values], dtype=object)
+        texts = [f"{LABELS[column]} unknown" if np.isnan(v) else phrase(float(v)) for v in shown]
+        return np.array(texts, dtype=object)[inverse]
+    if values.dtype.kind in "fiu":
+        inverse, shown = pd.factorize(values.astype("float64"), use_na_sentinel=False)
+        texts = [f"{column} missing" if np.isnan(v) else f"{column} {v:,.4g}" for v in shown]
+        return np.array(texts, dtype=object)[inverse]
     return np.array(
-        [
-            f"{column} {v}"
-            if isinstance(v, str)
-            else f"{column} missing"
-            if pd.isna(v)
-            else f"{column} {v:,.4g}"
-            for v in values
-        ],
-        dtype=object,
+        [f"{column} {v}" if isinstance(v, str) else f"{column} missing" for v in values], dtype=object
     )
 
 
@@ -196,16 +198,19 @@ def _comparisons(
     """ ", nearer <segment>'s typical <median> than <runner-up>'s <median>" per row (one text per pair)."""
     shown = TYPICAL_FORMAT.get(column, "{:,.0f}")
     medians = typical[f"median_{column}"]
-    texts: dict[tuple[int, int], str] = {}
-    for own, other in set(zip(segment.tolist(), runner_up.tolist(), strict=True)):
+    width = int(max(segment.max(initial=0), runner_up.max(initial=0))) + 2  # runner-up -1 (none): slot 0
+    codes = (segment.astype("int64") + 1) * width + runner_up.astype("int64") + 1
+    texts = np.full(width * width, "", dtype=object)
+    for code in pd.unique(codes):
+        own, other = int(code) // width - 1, int(code) % width - 1
         if own in medians.index and other in medians.index:
             mine, theirs = shown.format(medians[own]), shown.format(medians[other])
             if mine != theirs:  # equal typical values tell the reader nothing
-                texts[(own, other)] = (
+                texts[(own + 1) * width + other + 1] = (
                     f", nearer {_possessive(names.get(own, str(own)))} typical {mine} "
                     f"than {_possessive(names.get(other, str(other)))} {theirs}"
                 )
-    return np.array([texts.get(pair, "") for pair in zip(segment.tolist(), runner_up.tolist(), strict=True)])
+    return texts[codes]
 
 
 def _possessive(name: str) -> str:
