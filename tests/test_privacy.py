@@ -18,6 +18,7 @@ from customer_value.errors import DataError, UserError
 from customer_value.jobs import campaign as campaign_job
 from customer_value.jobs import campaign_report as report_job
 from customer_value.jobs import forget as forget_job
+from customer_value.jobs import monitor as monitor_job
 from customer_value.jobs import reporting
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
@@ -140,8 +141,8 @@ def test_objecting_nonconsenting_and_forgotten_customers_leave_no_trace(
     tracking_uri: str, synthetic_orders: pd.DataFrame, tmp_path: Path, job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Train, score (a pseudonymised extract too), campaign, forget five customers, rescore with their
-    orders still in the log, measure the campaign: none of the suppressed customers, by id or pseudonym,
-    is in any output, report, MLflow run or artifact, and every run counts them (never names them)."""
+    orders still in the log, monitor, measure the campaign: none of the suppressed customers, by id or
+    pseudonym, is in any output, report, MLflow run or artifact, and every run counts them (not who)."""
     monkeypatch.setenv("PRIVACY_KEY", KEY.decode())
     monkeypatch.setenv("CAMPAIGN_KEY", "a fixed campaign key")
     orders_csv, customers_csv = _world(tmp_path, synthetic_orders)
@@ -208,6 +209,10 @@ def test_objecting_nonconsenting_and_forgotten_customers_leave_no_trace(
     assert scoring_runs[0].data.metrics["privacy.excluded.objection"] == 5
     reported = job(report_job.main, [*data, *privacy, "report.campaign_id=privacy"], tmp_path, tracking_uri)
     assert reported.returncode == 0, reported.stderr[-2000:]
+    monitored = job(monitor_job.main, [*data, *privacy, f"monitor.scores=[{scores}]"], tmp_path, tracking_uri)
+    assert monitored.returncode == 0, monitored.stderr[-2000:]
+    (monitor_run,) = client.search_runs([client.get_experiment_by_name("customer-monitoring").experiment_id])
+    assert monitor_run.data.metrics["privacy.excluded.erased"] == 5
     campaign_run = client.search_runs([client.get_experiment_by_name("customer-campaigns").experiment_id])[0]
     assert campaign_run.data.metrics["lift.privacy.excluded.erased"] == 0  # forget already took them out
 

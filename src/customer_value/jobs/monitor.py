@@ -113,14 +113,20 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     results = {}
     with run_logging.figures(cfg.tracking.plots):
         for scoring in scorings:
-            results[str(scoring.path)] = monitor_scoring(cfg, scoring, orders, report.last_date)
+            results[str(scoring.path)] = monitor_scoring(
+                cfg, scoring, orders, report.last_date, report.suppressed
+            )
     return results
 
 
 def monitor_scoring(
-    cfg: DictConfig, scoring: Scoring, orders: pd.DataFrame, last_date: str
+    cfg: DictConfig,
+    scoring: Scoring,
+    orders: pd.DataFrame,
+    last_date: str,
+    excluded: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """One monitoring run for one scoring."""
+    """One monitoring run for one scoring; ``excluded``: customers the privacy rules left out, by reason."""
     client = MlflowClient()
     clv_version = client.get_model_version(cfg.tracking.clv_model, scoring.clv_version)
     segments_version = client.get_model_version(cfg.tracking.segments_model, scoring.segments_version)
@@ -156,7 +162,7 @@ def monitor_scoring(
             metrics |= realised
         if cfg.monitor.report:
             _write_report(cfg, scoring, base, scores, outcomes)
-        run_logging.log_metrics(metrics)
+        run_logging.log_metrics(metrics | {f"privacy.excluded.{r}": n for r, n in (excluded or {}).items()})
     return metrics
 
 
