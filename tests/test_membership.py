@@ -18,6 +18,11 @@ from customer_value.jobs import train as train_job
 from test_end_to_end import PLUMBING_ONLY
 
 
+def score_args(orders_csv: Path, output: Path, *extra: str) -> list[str]:
+    """A quick scoring of the shared trained store's log (no intervals) into ``output``."""
+    return ["data=file", f"data.path={orders_csv}", f"score.output={output}", "score.intervals=false", *extra]
+
+
 def _scored(labels: np.ndarray, version: str, ids: list[str] | None = None) -> pd.DataFrame:
     ids = ids or [f"c{i}" for i in range(len(labels))]
     return pd.DataFrame(
@@ -77,13 +82,7 @@ def test_a_rescore_of_unchanged_data_writes_an_empty_change_set(
     trained_tracking_uri: str, trained_store, tmp_path: Path, job
 ) -> None:
     output = tmp_path / "scores.parquet"
-    args = [
-        "data=file",
-        f"data.path={trained_store.orders_csv}",
-        f"score.output={output}",
-        "score.intervals=false",
-        "score.report=false",
-    ]
+    args = score_args(trained_store.orders_csv, output, "score.report=false")
     first = job(score_job.main, args, tmp_path, trained_tracking_uri)
     assert first.returncode == 0, first.stderr[-2000:]
     membership = pd.read_parquet(reporting.membership_path(output))
@@ -104,12 +103,7 @@ def test_a_failed_sink_leaves_every_output_as_it_was(
     """The files are staged and swapped in only after the sink committed: a PostgreSQL that cannot be
     reached (or a password in the URL) is one line, and the previous scoring's files are untouched."""
     output = tmp_path / "scores.parquet"
-    args = [
-        "data=file",
-        f"data.path={trained_store.orders_csv}",
-        f"score.output={output}",
-        "score.intervals=false",
-    ]
+    args = score_args(trained_store.orders_csv, output)
     assert job(score_job.main, args, tmp_path, trained_tracking_uri).returncode == 0
     before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     assert reporting.membership_path(output) in before and reporting.report_path(output) in before
@@ -144,8 +138,8 @@ def test_a_retrain_on_the_same_log_keeps_at_least_95_percent_of_segment_ids(
     versions, rescore the same output: the membership is matched to the previous one by the customers."""
     output = tmp_path / "scores.parquet"
     data = ["data=file", f"data.path={trained_store.orders_csv}"]
-    score_args = [*data, f"score.output={output}", "score.intervals=false", "score.report=false"]
-    assert job(score_job.main, score_args, tmp_path, trained_tracking_uri).returncode == 0
+    scoring = score_args(trained_store.orders_csv, output, "score.report=false")
+    assert job(score_job.main, scoring, tmp_path, trained_tracking_uri).returncode == 0
     before = pd.read_parquet(reporting.membership_path(output)).set_index("customer_id")
     retrain = [*data, f"tracking.artifact_root={tmp_path / 'artifacts'}", "seed=7", *PLUMBING_ONLY]
     trained = job(train_job.main, [*retrain, *trained_store.overrides], tmp_path, trained_tracking_uri)
@@ -154,7 +148,7 @@ def test_a_retrain_on_the_same_log_keeps_at_least_95_percent_of_segment_ids(
     for name in ("customer-clv", "customer-segments"):
         newest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         client.set_registered_model_alias(name, "retrained", str(newest))
-    rescored = job(score_job.main, [*score_args, "tracking.alias=retrained"], tmp_path, trained_tracking_uri)
+    rescored = job(score_job.main, [*scoring, "tracking.alias=retrained"], tmp_path, trained_tracking_uri)
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     after = pd.read_parquet(reporting.membership_path(output)).set_index("customer_id")
     assert (after["segments_model_version"].astype(str) == "2").all()  # a new model, matched by customers

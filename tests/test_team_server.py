@@ -32,6 +32,7 @@ from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
 from customer_value.tracking.team_auth import read_credentials
 from test_end_to_end import PLUMBING_ONLY
+from test_membership import score_args
 
 ROLES = {"engineer": "eve", "reviewer": "rita", "scoring": "sam"}  # role -> the user the fixture creates
 
@@ -426,14 +427,7 @@ def test_scoring_upserts_membership_and_changes_into_postgresql_in_one_transacti
     sink = f"postgresql://postgres@127.0.0.1:{team_server['pg_port']}/crm"  # the password: PGPASSWORD
     monkeypatch.setenv("PGPASSWORD", password)
     output = tmp_path / "scores.parquet"
-    args = [
-        "data=file",
-        f"data.path={trained_store.orders_csv}",
-        f"score.output={output}",
-        "score.intervals=false",
-        "score.report=false",
-        f"score.sink={sink}",
-    ]
+    args = score_args(trained_store.orders_csv, output, "score.report=false", f"score.sink={sink}")
     first = job(score_job.main, args, tmp_path, trained_tracking_uri)
     assert first.returncode == 0, first.stderr[-2000:]
     assert password not in first.stderr + first.stdout
