@@ -107,7 +107,7 @@ def test_reasons_are_plain_words_about_the_models_own_features_only(features) ->
         r"customer for [\d,]+ days|age [-\d,.e]+|channel (web|store|phone))"
     ).all()
     some = explained.loc[explained["reason_1"].str.startswith("last purchase"), "reason_1"]
-    assert some.str.contains(r"nearer .+ typical [\d,]+ than .+ [\d,]+$").any()  # both segments' medians
+    assert some.str.contains(r"\(.+ typically [\d,]+, .+ [\d,]+\)$").any()  # both segments' medians
     criteria = criteria_by_segment(
         explained[parts].rename(columns=lambda c: c.removeprefix("margin_part.")),
         model.predict(features[model.input_columns])["segment"].to_numpy(),

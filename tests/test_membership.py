@@ -126,6 +126,25 @@ def test_a_failed_sink_leaves_every_output_as_it_was(
     )
     assert with_password.returncode == 1 and "score.sink carries a password" in with_password.stderr
     assert "hunter2" not in with_password.stderr + with_password.stdout
+    in_query = job(
+        score_job.main,
+        [*args, "score.sink='postgresql://crm@db.example/crm?password=hunter2'"],
+        tmp_path,
+        trained_tracking_uri,
+    )
+    assert in_query.returncode == 1 and "score.sink carries a password" in in_query.stderr
+    assert "hunter2" not in in_query.stderr + in_query.stdout
+    shadowed = job(
+        score_job.main,
+        [
+            *args,
+            f"score.sink=postgresql://crm@127.0.0.1:{port}/crm",
+            "score.sink_table=customer_value_sync_membership",
+        ],
+        tmp_path,
+        trained_tracking_uri,
+    )
+    assert shadowed.returncode == 1 and "not starting with customer_value_sync_" in shadowed.stderr
     after = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     assert after == before  # same files, same bytes, no temporary file left behind
 

@@ -65,7 +65,7 @@ def test_a_request_file_is_read_or_refused_in_one_line(tmp_path: Path) -> None:
     refusals = {
         "missing.csv": "no such file",
         "empty.csv": "empty; give one customer id per line",
-        "two.csv": r"has columns \['a', 'b'\] but no customer_id",
+        "two.csv": "has 2 columns but none named customer_id",
         "blank.csv": "column customer_id is blank in 1 of 2 rows",
     }
     (tmp_path / "empty.csv").write_text("")
@@ -186,14 +186,23 @@ def test_objecting_nonconsenting_and_forgotten_customers_leave_no_trace(
     listed = pd.concat(pd.read_parquet(p) for p in (tmp_path / "campaigns" / "privacy").glob("*/*.parquet"))
     assert set(ERASED) & set(listed["customer_id"])  # before the request they are in the lists
 
+    archive = tmp_path / "archive" / "before.parquet"  # a user's copy outside forget.outputs
+    archive.parent.mkdir()
+    archive.write_bytes(scores.read_bytes())
+    extract.chmod(0o600)  # a private extract stays private when rewritten
+    (tmp_path / "scores" / "broken.parquet").write_bytes(b"not parquet")
     request = tmp_path / "request.csv"
     pd.DataFrame({"customer_id": ERASED}).to_csv(request, index=False)
     forgot = job(forget_job.main, [f"forget.ids={request}"], tmp_path, tracking_uri)
-    assert forgot.returncode == 0, forgot.stderr[-2000:]
+    # A table it cannot read: the others are done, then one line naming it and exit 1.
+    assert forgot.returncode == 1 and "1 table(s) could not be read" in forgot.stderr, forgot.stderr
+    assert "broken.parquet" in forgot.stderr and "Traceback" not in forgot.stderr
     assert "forget: 5 customer(s) added to the suppression list" in forgot.stdout
     assert re.search(r"scores\.parquet: removed 5 row\(s\), 782 left", forgot.stdout)
     assert re.search(r"extract\.csv: removed 5 row\(s\), 782 left", forgot.stdout)
+    assert extract.stat().st_mode & 0o777 == 0o600
     assert not any(token in forgot.stdout + forgot.stderr for token in ERASED)
+    (tmp_path / "scores" / "broken.parquet").unlink()
     again = job(forget_job.main, [f"forget.ids={request}"], tmp_path, tracking_uri)  # idempotent
     assert again.returncode == 0 and "forget: 0 customer(s) added" in again.stdout
     assert "no output under" in again.stdout
@@ -209,10 +218,16 @@ def test_objecting_nonconsenting_and_forgotten_customers_leave_no_trace(
     assert scoring_runs[0].data.metrics["privacy.excluded.objection"] == 5
     reported = job(report_job.main, [*data, *privacy, "report.campaign_id=privacy"], tmp_path, tracking_uri)
     assert reported.returncode == 0, reported.stderr[-2000:]
-    monitored = job(monitor_job.main, [*data, *privacy, f"monitor.scores=[{scores}]"], tmp_path, tracking_uri)
+    # Monitoring the rescored table, the pseudonymised extract and the archived copy that still holds the
+    # forgotten: each without them (the extract's ids met through their pseudonyms).
+    watched = f"monitor.scores=[{scores},{extract},{archive}]"
+    monitored = job(monitor_job.main, [*data, *privacy, watched], tmp_path, tracking_uri)
     assert monitored.returncode == 0, monitored.stderr[-2000:]
-    (monitor_run,) = client.search_runs([client.get_experiment_by_name("customer-monitoring").experiment_id])
-    assert monitor_run.data.metrics["privacy.excluded.erased"] == 5
+    monitor_runs = client.search_runs([client.get_experiment_by_name("customer-monitoring").experiment_id])
+    assert len(monitor_runs) == 3
+    assert all(run.data.metrics["privacy.excluded.erased"] == 5 for run in monitor_runs)
+    assert {run.info.status for run in monitor_runs} == {"FINISHED"}
+    archive.unlink()  # the user's copy: theirs to erase (the byte search below covers what the jobs wrote)
     campaign_run = client.search_runs([client.get_experiment_by_name("customer-campaigns").experiment_id])[0]
     assert campaign_run.data.metrics["lift.privacy.excluded.erased"] == 0  # forget already took them out
 
@@ -254,3 +269,51 @@ def test_jobs_turn_mlflow_telemetry_off_unless_the_user_chose(monkeypatch: pytes
     assert seen == {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     assert telemetry_off({"MLFLOW_DISABLE_TELEMETRY": "false"}) == {"MLFLOW_DISABLE_TELEMETRY": "false"}
     assert telemetry_off({"DO_NOT_TRACK": "false"}) == {"DO_NOT_TRACK": "false"}
+
+
+def test_two_forgets_at_once_take_turns_on_the_list(tmp_path: Path) -> None:
+    """The list's lock: a second read-modify-write waits for the first (else one request is lost)."""
+    import threading
+    import time
+
+    order: list[str] = []
+    path = tmp_path / "list.csv"
+
+    def hold(name: str, seconds: float) -> None:
+        with SuppressionList.locked(path):
+            order.append(f"{name} in")
+            time.sleep(seconds)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("a", 0.3))
+    first.start()
+    time.sleep(0.05)
+    second = threading.Thread(target=hold, args=("b", 0.0))
+    second.start()
+    first.join()
+    second.join()
+    assert order == ["a in", "a out", "b in", "b out"]
+
+
+def test_a_chunk_without_any_third_reason_does_not_break_the_parquet_file(tmp_path: Path) -> None:
+    from customer_value.jobs.atomic_files import write_chunks_atomically
+    from customer_value.jobs.score import typed_text
+
+    empty = pd.DataFrame({"customer_id": ["a"], "reason_3": pd.Series([None], dtype=object)})
+    full = pd.DataFrame({"customer_id": ["b"], "reason_3": ["last purchase 3 days ago"]})
+    output, rows = write_chunks_atomically([typed_text(empty), typed_text(full)], tmp_path / "t.parquet")
+    assert rows == 2 and pd.read_parquet(output)["reason_3"].tolist()[1] == "last purchase 3 days ago"
+
+
+def test_a_scoring_during_which_a_forget_ran_writes_nothing(
+    trained_tracking_uri: str, trained_store, tmp_path: Path, job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list read at the start no longer holds at the end: the scoring stops, its files not swapped in
+    (else a table holding the just-forgotten customers would replace the one forget cleaned)."""
+    stamps = iter([None, (1, 64)])  # before: no list; at the commit: one written meanwhile
+    monkeypatch.setattr(score_job.SuppressionList, "stamp", staticmethod(lambda path: next(stamps)))
+    output = tmp_path / "scores" / "scores.parquet"
+    args = ["data=file", f"data.path={trained_store.orders_csv}", f"score.output={output}"]
+    done = job(score_job.main, [*args, "score.intervals=false"], tmp_path, trained_tracking_uri)
+    assert done.returncode == 1 and "changed while scoring (a forget ran): nothing written" in done.stderr
+    assert not (tmp_path / "scores").exists() or not any((tmp_path / "scores").iterdir())

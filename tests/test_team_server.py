@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from customer_value import telemetry
 from customer_value.crm import sink as crm_sink
 from customer_value.crm.membership import change_set
 from customer_value.errors import UserError
+from customer_value.jobs import forget as forget_job
 from customer_value.jobs import postgres_cluster, reporting, server
 from customer_value.jobs import score as score_job
 from customer_value.jobs import train as train_job
@@ -471,3 +473,19 @@ def test_scoring_upserts_membership_and_changes_into_postgresql_in_one_transacti
     with pytest.raises(UserError, match=r"table segment_membership: .*refuse.*; nothing written"):
         crm_sink.upsert_membership(sink, "segment_membership", membership, change_set(moved, membership))
     assert _postgres_rows(crm, "SELECT * FROM segment_membership ORDER BY customer_id") == before
+
+    # Forgotten customers leave both tables, their change history too (forget.sink, one transaction).
+    gone = moved["customer_id"].iloc[:3].tolist()
+    request = tmp_path / "request.csv"
+    pd.DataFrame({"customer_id": gone}).to_csv(request, index=False)
+    monkeypatch.setenv("PRIVACY_KEY", "a test privacy key")
+    forget = [f"forget.ids={request}", f"forget.sink={sink}", "forget.outputs=[]"]
+    forgot = job(forget_job.main, forget, tmp_path, trained_tracking_uri)
+    assert forgot.returncode == 0, forgot.stderr[-2000:]
+    assert re.search(
+        r"segment_membership lost 3 row\(s\) and segment_membership_changes [1-9]\d* at", forgot.stdout
+    )
+    listed = ", ".join(f"'{customer}'" for customer in gone)
+    for table in ("segment_membership", "segment_membership_changes"):
+        assert _postgres_rows(crm, f"SELECT count(*) FROM {table} WHERE customer_id IN ({listed})") == [(0,)]
+    assert _postgres_rows(crm, "SELECT count(*) FROM segment_membership") == [(len(moved) - 3,)]

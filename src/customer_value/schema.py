@@ -359,9 +359,10 @@ class CampaignReportConfig:
 class ForgetOptions:
     ids: str | None = None  # the request: a file of customer ids (--ids FILE)
     reason: str = "erasure"  # erasure | objection (recorded on the suppression list)
-    outputs: list[str] = field(
-        default_factory=lambda: ["scores", "campaigns"]
-    )  # folders rewritten without them
+    # folders whose tables are rewritten without them
+    outputs: list[str] = field(default_factory=lambda: ["scores", "campaigns"])
+    sink: str | None = None  # the PostgreSQL URL scoring syncs to (score.sink): their rows deleted there too
+    sink_table: str = "segment_membership"  # as score.sink_table
 
 
 @dataclass

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from customer_value.data.loading import DataReport, LoadingRules, load_bundled, load_transactions
 from customer_value.errors import UserError
-from customer_value.privacy.suppression import Suppression, suppression_from_config
+from customer_value.privacy.suppression import REASONS, Suppression, suppression_from_config
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +36,33 @@ def load_permitted_orders(cfg: DictConfig, training: bool = False) -> tuple[pd.D
     """``load_orders`` without the orders of customers who may not be profiled (``cfg.privacy``): the
     forgotten always; objecting and non-consenting ones too, except in training with
     ``privacy.objection_scope=outputs``. The report counts them per reason (``suppressed``)."""
+    orders, report, _ = load_orders_withholding(cfg, training)
+    return orders, report
+
+
+def load_orders_withholding(
+    cfg: DictConfig, training: bool = False
+) -> tuple[pd.DataFrame, DataReport, pd.Series]:
+    """``load_permitted_orders`` plus who was withheld: their ids (as text, the index) and reasons, for
+    jobs that must also take them out of earlier outputs (``privacy.suppression.withhold``)."""
     orders, report = load_orders(cfg.data)
     rules = suppression_from_config(cfg)
     if training and cfg.privacy.objection_scope == "outputs":
         rules = Suppression(listed=rules.listed, key=rules.key)
-    return exclude_suppressed(orders, report, rules)
-
-
-def exclude_suppressed(
-    orders: pd.DataFrame, report: DataReport, rules: Suppression
-) -> tuple[pd.DataFrame, DataReport]:
-    """``orders`` without ``rules``' customers; the report still describes the file as read, plus how many
-    customers each privacy reason left out (``suppressed``)."""
-    kept, counts = rules.exclude(orders)
-    excluded = sum(counts.values())
-    if excluded:
+    reasons = rules.reasons(orders["customer_id"]) if rules.active else pd.Series(None, index=orders.index)
+    withheld = pd.Series(reasons.to_numpy(), index=orders["customer_id"].astype(str).to_numpy()).dropna()
+    withheld = withheld[~withheld.index.duplicated()]
+    counts = {reason: int((withheld == reason).sum()) for reason in REASONS}
+    if len(withheld):
         log.info(
             "privacy: %s customers left out (%s)",
-            f"{excluded:,}",
+            f"{len(withheld):,}",
             ", ".join(f"{reason} {n:,}" for reason, n in counts.items() if n),
         )
-    return kept.reset_index(drop=True), dataclasses.replace(report, suppressed=counts)
+    kept = orders[reasons.isna().to_numpy()].reset_index(drop=True)
+    if kept.empty and len(withheld):
+        raise UserError(
+            f"{cfg.data.path or cfg.data.name}: the privacy rules leave none of its {len(withheld):,} "
+            "customers to profile (privacy.objection_column / consent_column, the suppression list)"
+        )
+    return kept, dataclasses.replace(report, suppressed=counts), withheld

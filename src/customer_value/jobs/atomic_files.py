@@ -112,9 +112,13 @@ def _temporary_beside(output: Path, key: str = "score.output") -> Path:
         raise UserError(f"{key} {output}: cannot write there ({exc.strerror})") from None
     os.close(handle)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; the output should read like any other file
+    try:  # a file rewritten in place keeps its mode (a 0600 extract stays private)
+        mode = output.stat().st_mode & 0o777
+    except OSError:  # a new file reads like any other (mkstemp creates 0600)
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    tmp.chmod(mode)
     return tmp
 
 

@@ -39,8 +39,9 @@ def campaign(cfg: DictConfig) -> Path:
     """Select, assign, size, write the lists and log the run; returns the campaign's folder."""
     options = cfg.campaign
     _check_options(options)
-    # Customers forgotten or objecting since the scoring (forget also rewrites the scoring itself).
-    scores, excluded = suppression_from_config(cfg).exclude(_read_scores(Path(options.scores)))
+    # Customers forgotten since the scoring (forget also rewrites the scoring itself); the customer file's
+    # objections and consent were applied when the scoring was made (a campaign reads no customer file).
+    scores, excluded = suppression_from_config(cfg, columns=False).exclude(_read_scores(Path(options.scores)))
     rules = OmegaConf.to_container(options.audience, resolve=True)
     audience = select_audience(scores, rules, options.scores)
     if audience.empty:

@@ -15,12 +15,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from customer_value.campaign.lift import ALL, lift_table, outcomes, slug
-from customer_value.data.sources import load_permitted_orders
+from customer_value.data.sources import load_orders_withholding
 from customer_value.errors import UserError
 from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
 from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
-from customer_value.privacy.suppression import project_key, suppression_from_config
+from customer_value.privacy.suppression import project_key, withhold
 from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 
@@ -34,11 +34,14 @@ def campaign_report(cfg: DictConfig) -> Path:
     client = MlflowClient()
     run = _campaign_run(client, cfg.tracking.campaigns_experiment, options.campaign_id)
     folder = Path(run.data.tags["campaign.lists"])
-    lists, excluded = suppression_from_config(cfg).exclude(_read_lists(folder))  # objected or forgotten since
-    orders, _ = load_permitted_orders(cfg)
+    lists = _read_lists(folder)
+    orders, _, withheld = load_orders_withholding(cfg)
+    key = None
     if len(lists) and lists["customer_id"].astype(str).str.startswith(PSEUDONYM_PREFIX).all():
         # lists from a pseudonymised scoring: the log's ids are pseudonymised to meet them
-        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], project_key(cfg.privacy)))
+        key = project_key(cfg.privacy)
+        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], key))
+    lists, excluded = withhold(lists, withheld, key)  # objected or forgotten since: out of both arms
     start = parse_day(run.data.params.get("start"), f"the start of campaign {options.campaign_id}")
     end = parse_day(options.end, "report.end") if options.end else orders["date"].max()
     if start is None:

@@ -8,6 +8,7 @@ rewritten beside it with the realised retention, and logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 from customer_value.data.features import FEATURE_COLUMNS, Split, calibration_and_holdout, customer_features
 from customer_value.data.loading import read_columns
-from customer_value.data.sources import load_permitted_orders
+from customer_value.data.sources import load_orders_withholding
 from customer_value.errors import DataError
 from customer_value.evaluation import drift, monitoring, plots
 from customer_value.jobs import reporting
@@ -29,6 +30,8 @@ from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
 from customer_value.jobs.score import model_inputs_present, with_covariates
 from customer_value.jobs.stage import prefixed
+from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
+from customer_value.privacy.suppression import project_key, withhold
 from customer_value.schema import CONF_DIR, register_configs, validate_monitor_config
 from customer_value.tracking import run_logging
 
@@ -109,14 +112,28 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     validate_monitor_config(cfg)
     scorings = [read_scoring(Path(path)) for path in cfg.monitor.scores]  # all readable before any work
     run_logging.configure(cfg.tracking.uri, credentials_file=cfg.tracking.credentials_file)
-    orders, report = load_permitted_orders(cfg)
+    orders, report, withheld = load_orders_withholding(cfg)
     results = {}
     with run_logging.figures(cfg.tracking.plots):
         for scoring in scorings:
+            scoring, scoring_orders = _without_withheld(cfg, scoring, orders, withheld)
             results[str(scoring.path)] = monitor_scoring(
-                cfg, scoring, orders, report.last_date, report.suppressed
+                cfg, scoring, scoring_orders, report.last_date, report.suppressed
             )
     return results
+
+
+def _without_withheld(
+    cfg: DictConfig, scoring: Scoring, orders: pd.DataFrame, withheld: pd.Series
+) -> tuple[Scoring, pd.DataFrame]:
+    """The scoring without customers who objected, withdrew consent or were forgotten since it was made,
+    and the log in its ids (pseudonymised for a pseudonymised scoring)."""
+    key = None
+    if scoring.table["customer_id"].str.startswith(PSEUDONYM_PREFIX).all():
+        key = project_key(cfg.privacy)
+        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], key))
+    table, _ = withhold(scoring.table, withheld, key)
+    return dataclasses.replace(scoring, table=table.reset_index(drop=True)), orders
 
 
 def monitor_scoring(

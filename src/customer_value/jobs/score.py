@@ -39,8 +39,9 @@ from customer_value.models.segments.migration import (
     transition_table,
 )
 from customer_value.models.segments.segmentation import PROFILE_COLUMNS, FeatureSet
-from customer_value.privacy.hashing import pseudonyms
+from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
 from customer_value.privacy.suppression import project_key
+from customer_value.privacy.suppression_list import SuppressionList
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
 from customer_value.spark import scoring as spark_scoring
 from customer_value.tracking import registry, run_logging
@@ -48,6 +49,8 @@ from customer_value.tracking.pyfunc import spec_covariate_columns
 
 log = logging.getLogger(__name__)
 PART = "margin_part."  # the explanation's parts (kept for the report's membership criteria)
+# Text columns that may be empty in a whole chunk: written as strings, not as the first chunk's null type.
+TEXT_REASONS = ("runner_up_segment", "reason_1", "reason_2", "reason_3")
 
 # Scoring-table columns kept in memory while the table is written (migration, report, summary line).
 REPORT_COLUMNS = [
@@ -285,9 +288,11 @@ def score(cfg: DictConfig) -> Path | str:
         for chunk, part in _scored_parts(cfg, excluded):
             kept.append(chunk[[c for c in chunk.columns if c in REPORT_COLUMNS or c.startswith(PART)]])
             profiled.append(part[[c for c in PROFILE_COLUMNS if c in part.columns]])
+            chunk = typed_text(chunk)
             yield chunk if key is None else chunk.assign(customer_id=pseudonyms(chunk["customer_id"], key))
 
     prior = _previous_membership(cfg, Path(cfg.score.output))  # read before this scoring replaces it
+    listed_at_start = SuppressionList.stamp(cfg.privacy.suppression_list)
     output = Path(cfg.score.output)
     with StagedFiles() as staged:  # every file is swapped in only once all are written and the sink committed
         rows = staged.table_chunks(chunks(), output)
@@ -304,6 +309,11 @@ def score(cfg: DictConfig) -> Path | str:
         if cfg.score.report:
             with run_logging.figures(cfg.tracking.plots):
                 report = _stage_report(staged, cfg, table, pd.concat(profiled), transitions, output)
+        if SuppressionList.stamp(cfg.privacy.suppression_list) != listed_at_start:
+            raise UserError(
+                f"the suppression list {cfg.privacy.suppression_list} changed while scoring (a forget ran): "
+                "nothing written; score again"
+            )
         if cfg.score.sink is not None:
             _sink(cfg, membership, changes)
         staged.commit()
@@ -315,6 +325,27 @@ def score(cfg: DictConfig) -> Path | str:
         f"v{table['segments_model_version'].iloc[0]} -> {output}"
     )
     return output
+
+
+def typed_text(chunk: pd.DataFrame) -> pd.DataFrame:
+    """The explanation's text columns as strings: a chunk where one is empty for everyone would otherwise
+    give the Parquet file a null column that the next chunk's text cannot be written into."""
+    return chunk.astype({c: "string" for c in TEXT_REASONS if c in chunk.columns})
+
+
+def _same_kind_of_ids(previous: pd.DataFrame, current: pd.DataFrame, path: Path) -> None:
+    """A pseudonymised scoring follows a pseudonymised one, a plain one a plain one: else no customer
+    would match and the migration would be silently empty."""
+    kinds = [
+        bool(len(t)) and t["customer_id"].astype(str).str.startswith(PSEUDONYM_PREFIX).all()
+        for t in (previous, current)
+    ]
+    if kinds[0] != kinds[1]:
+        said = {True: "pseudonymised", False: "plain"}
+        raise UserError(
+            f"score.previous {path} has {said[kinds[0]]} ids and this scoring {said[kinds[1]]} ones: "
+            "set score.pseudonymise as that scoring did"
+        )
 
 
 def _previous_membership(cfg: DictConfig, output: Path) -> tuple[pd.DataFrame | None, int]:

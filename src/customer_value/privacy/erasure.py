@@ -36,9 +36,9 @@ def read_request_ids(path: str | Path) -> list[str]:
             else pd.concat([pd.Series([header]), frame.iloc[:, 0]])
         )
     else:
-        raise DataError(
-            f"{file}: has columns {list(frame.columns)[:10]} but no {ID_COLUMN}; give a {ID_COLUMN} column "
-            "or one id per line"
+        raise DataError(  # not the header's values: without a header they would be ids
+            f"{file}: has {len(frame.columns)} columns but none named {ID_COLUMN}; give a {ID_COLUMN} "
+            "column or one id per line"
         )
     ids = values.astype(str).str.strip()
     blank = int((ids == "").sum())

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from customer_value.data.customers import load_customers
 from customer_value.errors import DataError, UserError
-from customer_value.privacy.hashing import privacy_key, suppression_hashes
+from customer_value.privacy.hashing import PSEUDONYM_PREFIX, privacy_key, pseudonyms, suppression_hashes
 from customer_value.privacy.suppression_list import SuppressionList
 
 REASONS = ("erased", "objection", "no_consent")
@@ -69,8 +69,26 @@ class Suppression:
         return kept, {r: int(counts.get(r, 0)) for r in REASONS}
 
 
-def suppression_from_config(cfg: DictConfig) -> Suppression:
-    """The job's rules: ``cfg.privacy`` and, for the columns, the customer file ``cfg.data.customers``."""
+def withhold(
+    table: pd.DataFrame, withheld: pd.Series, key: bytes | None = None, id_column: str = "customer_id"
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """An earlier output without the ``withheld`` customers (ids as text -> reason), matched by id, or by
+    pseudonym when the table's ids are pseudonyms (``key`` needed then); and how many per reason."""
+    ids = table[id_column].astype(str).str.strip()
+    keys = withheld
+    if len(ids) and ids.str.startswith(PSEUDONYM_PREFIX).all() and len(withheld):
+        if key is None:
+            raise UserError("a pseudonymised output needs the privacy key to take withheld customers out")
+        keys = pd.Series(withheld.to_numpy(), index=pseudonyms(withheld.index, key))
+    reason = ids.map(keys)
+    counts = reason.dropna().groupby(ids[reason.notna()]).first().value_counts()
+    return table[reason.isna().to_numpy()], {r: int(counts.get(r, 0)) for r in REASONS}
+
+
+def suppression_from_config(cfg: DictConfig, columns: bool = True) -> Suppression:
+    """The job's rules: ``cfg.privacy`` and, for the columns, the customer file ``cfg.data.customers``;
+    ``columns=False``: the suppression list only (a job without a data group: the columns were applied
+    when its input was scored)."""
     privacy = cfg.privacy
     if privacy.objection_scope not in SCOPES:
         raise UserError(
@@ -80,7 +98,7 @@ def suppression_from_config(cfg: DictConfig) -> Suppression:
     key = project_key(privacy) if len(listed) else None
     objecting: frozenset[str] = frozenset()
     consenting = None
-    columns = [c for c in (privacy.objection_column, privacy.consent_column) if c]
+    columns = [c for c in (privacy.objection_column, privacy.consent_column) if c] if columns else []
     if columns:
         customers = _customer_file(cfg, columns)
         if privacy.objection_column:
@@ -105,7 +123,7 @@ def _customer_file(cfg: DictConfig, columns: list[str]) -> pd.DataFrame:
     if not path:
         raise UserError(
             f"privacy.objection_column / consent_column {columns} are columns of the customer file: "
-            "set data.customers.path (a campaign reads them from its scoring, where they are already out)"
+            "set data.customers.path"
         )
     frame, _ = load_customers(str(path), cfg.data.customers.id, columns, [])
     return frame

@@ -8,8 +8,11 @@ with, so a job run with another key stops instead of letting those customers bac
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,29 @@ class SuppressionList:
         new = list(dict.fromkeys(h for h in hashes if h not in known))
         rows = pd.DataFrame({"id_hash": new, "reason": reason, "added": added, "key_id": key_id(key)})
         return SuppressionList(self.path, pd.concat([self.entries, rows], ignore_index=True)), len(new)
+
+    @staticmethod
+    def stamp(path: str | Path) -> tuple[int, int] | None:
+        """When and how big the list file is (None: no list): a job compares it before it commits."""
+        try:
+            status = Path(path).stat()
+        except FileNotFoundError:
+            return None
+        return status.st_mtime_ns, status.st_size
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locked(path: str | Path) -> Iterator[None]:
+        """Hold the list's lock (``<list>.lock``, flock) for a read-modify-write: two forgets at once
+        would otherwise each write the list as they read it, and one request would be lost."""
+        lock_path = Path(path).with_name(Path(path).name + ".lock")
+        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write(self) -> None:
         """Rewrite the list aside (0600) and rename it into place."""

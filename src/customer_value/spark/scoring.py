@@ -53,8 +53,11 @@ def score(cfg: DictConfig) -> str:
     """Score with Spark and write ``score.output`` as a Parquet directory; returns where it went."""
     validate_score_config(cfg)
     refuse_under_spark(cfg, "scoring")
-    if cfg.score.pseudonymise:
-        raise UserError("score.pseudonymise is pandas-engine only for now: drop it or use engine=pandas")
+    if cfg.score.pseudonymise or cfg.score.sink is not None:
+        raise UserError(
+            "score.pseudonymise and score.sink are pandas-engine only for now (Spark writes no membership "
+            "to sync): drop them or use engine=pandas"
+        )
     if cfg.score.previous is not None:
         raise UserError(
             "score.previous (segment migration) is pandas-engine only: drop it or use engine=pandas"

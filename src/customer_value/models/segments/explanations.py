@@ -13,8 +13,9 @@ part per input feature, and the parts sum to the margin exactly:
 
 A one-hot categorical's columns are summed into its attribute. The reasons are the features with the
 largest positive parts (those that pull the customer toward its segment), in plain words with the value
-and, for the behaviour columns, both segments' typical (median) values from training. Only the model's
-input features can appear; protected attributes are never inputs (segmentation.attributes.protected).
+and, for the behaviour columns, both segments' typical (median) values from training as context. Only
+the model's input features can appear; protected attributes are never inputs
+(segmentation.attributes.protected).
 """
 
 from __future__ import annotations
@@ -195,7 +196,9 @@ def _phrases(column: str, values: np.ndarray) -> np.ndarray:
 def _comparisons(
     column: str, segment: np.ndarray, runner_up: np.ndarray, names: dict[int, str], typical: pd.DataFrame
 ) -> np.ndarray:
-    """ ", nearer <segment>'s typical <median> than <runner-up>'s <median>" per row (one text per pair)."""
+    """ " (<segment> typically <median>, <runner-up> <median>)" per row (one text per pair): the two
+    segments' training medians as context. Not a claim that the value is nearer one of them: its part is
+    measured in the model's space against one centre, not against these medians."""
     shown = TYPICAL_FORMAT.get(column, "{:,.0f}")
     medians = typical[f"median_{column}"]
     width = int(max(segment.max(initial=0), runner_up.max(initial=0))) + 2  # runner-up -1 (none): slot 0
@@ -207,14 +210,9 @@ def _comparisons(
             mine, theirs = shown.format(medians[own]), shown.format(medians[other])
             if mine != theirs:  # equal typical values tell the reader nothing
                 texts[(own + 1) * width + other + 1] = (
-                    f", nearer {_possessive(names.get(own, str(own)))} typical {mine} "
-                    f"than {_possessive(names.get(other, str(other)))} {theirs}"
+                    f" ({names.get(own, str(own))} typically {mine}, {names.get(other, str(other))} {theirs})"
                 )
     return texts[codes]
-
-
-def _possessive(name: str) -> str:
-    return f"{name}'" if name.endswith("s") else f"{name}'s"
 
 
 def criteria_by_segment(parts: pd.DataFrame, segments: np.ndarray, top: int = 2) -> dict[int, str]:
