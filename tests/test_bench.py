@@ -15,8 +15,17 @@ pytestmark = pytest.mark.slow
 
 def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run_benchmarks(3_000, seed=3, workdir=tmp_path, train=False, subsample=2_000)
+    streamed: list[str] = []  # each row handed over as soon as it is measured (make bench prints it)
+    result = run_benchmarks(
+        3_000,
+        seed=3,
+        workdir=tmp_path,
+        train=False,
+        subsample=2_000,
+        on_row=lambda r: streamed.append(r["task"]),
+    )
     rows = {row["task"]: row for row in result["rows"]}
+    assert streamed == [row["task"] for row in result["rows"]]
     assert set(rows) == {
         "features (log -> customer table)",
         "features only (clean orders -> table)",

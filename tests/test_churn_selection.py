@@ -345,3 +345,18 @@ def test_a_model_that_loses_to_recency_is_blocked_and_registered_as_challenger(t
 class _Constant(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return np.zeros(len(model_input))
+
+
+def test_the_gate_compares_every_baseline_on_the_same_resamples_as_alone() -> None:
+    """paired_auc_differences draws each resample once for all baselines (issue 30) and gives exactly what
+    paired_auc_difference gives for each alone with the same seed."""
+    from customer_value.evaluation.calibration import paired_auc_difference, paired_auc_differences
+
+    rng = np.random.default_rng(1)
+    n = 4_000
+    label = (rng.random(n) < 0.4).astype(int)
+    score = rng.random(n) + 0.3 * label
+    others = {"close": rng.random(n) + 0.25 * label, "tied": (rng.random(n) * 5).round()}
+    together = paired_auc_differences(label, score, others, seed=42)
+    for name, other in others.items():
+        assert together[name] == paired_auc_difference(label, score, other, seed=42)

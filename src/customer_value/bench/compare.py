@@ -14,6 +14,7 @@ import json
 import resource
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -481,9 +482,11 @@ def run_benchmarks(
     subsample: int = 100_000,
     pretouch_gib: float = 0.0,
     cdnow: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Generate orders, run every comparison, return rows, sizes and (with ``train``) the end-to-end run;
-    ``cdnow`` adds the Pareto/NBD fit on CDNOW's shortest inner window (lifetimes' side takes a minute).
+    ``cdnow`` adds the Pareto/NBD fit on CDNOW's shortest inner window (lifetimes' side takes a minute);
+    ``on_row`` gets each row as soon as it is measured (the command prints it: the run takes minutes).
 
     The generated log is put in time order, as a shop's transaction log arrives (the generator writes
     each customer's orders together, which would flatter any sort by customer).
@@ -502,20 +505,29 @@ def run_benchmarks(
         raw.to_parquet(orders_path, index=False)
         csv_path = folder / "orders.csv"
         raw.to_csv(csv_path, index=False)
-        rows, features = bench_features(raw)
+        rows: list[Row] = []
+
+        def add(*measured: Row) -> None:
+            for row in measured:
+                rows.append(row)
+                if on_row is not None:
+                    on_row(asdict(row) | {"speedup": row.speedup})
+
+        feature_rows, features = bench_features(raw)
+        add(*feature_rows)
         del raw
-        rows.extend(bench_file_loading(file) for file in (orders_path, csv_path))
-        rows.append(bench_loader_work(orders_path))
+        add(*(bench_file_loading(file) for file in (orders_path, csv_path)))
+        add(bench_loader_work(orders_path))
         csv_path.unlink()
         fit_row, model = bench_fit(features)
-        rows.append(fit_row)
+        add(fit_row)
         sample = features.sample(n=min(len(features), PARETO_SAMPLE), random_state=seed)
-        rows.append(bench_pareto(f"Pareto/NBD fit, {len(sample):,} customers", sample))
+        add(bench_pareto(f"Pareto/NBD fit, {len(sample):,} customers", sample))
         if cdnow:
-            rows.append(bench_pareto(f"Pareto/NBD fit, CDNOW to {CDNOW_SHORT_WINDOW}", cdnow_short_window()))
-        rows.extend(bench_scoring(model, features, folder))
-        rows.append(bench_segmentation(features, seed, subsample))
-        rows.append(bench_covariates(n_customers, seed))
+            add(bench_pareto(f"Pareto/NBD fit, CDNOW to {CDNOW_SHORT_WINDOW}", cdnow_short_window()))
+        add(*bench_scoring(model, features, folder))
+        add(bench_segmentation(features, seed, subsample))
+        add(bench_covariates(n_customers, seed))
         result: dict[str, Any] = {
             "customers": len(features),
             "orders_file": int(pd.read_parquet(orders_path, columns=["amount"]).shape[0]),
@@ -530,21 +542,28 @@ def run_benchmarks(
         return result
 
 
-def _print(result: dict[str, Any], info: dict[str, str]) -> None:
+def _print_header(info: dict[str, str]) -> None:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Python {info['python']}")
     print(f"packages: {info['packages']}")
+    print(f"{'task':<40}{'project':>10}{'baseline':>10}{'ratio':>8}  agrees  detail", flush=True)
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['task']:<40}{row['project_s']:>9.2f}s{row['baseline_s']:>9.2f}s{row['speedup']:>7.1f}x  "
+        f"{'yes' if row['agrees'] else 'NO':<6}  {row['project']} vs {row['baseline']}: "
+        f"{row['agreement']}",
+        flush=True,
+    )
+
+
+def _print(result: dict[str, Any]) -> None:
+    """After the rows (printed as they finished): the data, the end-to-end train, the bench's own peak."""
     print(
         f"data: {result['customers']:,} customers, {result['orders_file']:,} orders (generated in "
         f"{result['generate_seconds']:.1f} s); memory pre-touched: {result['pretouch_gib']:g} GiB "
         f"in {result['pretouch_seconds']:.1f} s"
     )
-    print(f"{'task':<40}{'project':>10}{'baseline':>10}{'ratio':>8}  agrees  detail")
-    for row in result["rows"]:
-        print(
-            f"{row['task']:<40}{row['project_s']:>9.2f}s{row['baseline_s']:>9.2f}s{row['speedup']:>7.1f}x  "
-            f"{'yes' if row['agrees'] else 'NO':<6}  {row['project']} vs {row['baseline']}: "
-            f"{row['agreement']}"
-        )
     if "train_seconds" in result:
         print(
             f"train end to end: {result['train_seconds']:.1f} s, "
@@ -569,10 +588,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     info = machine()
+    _print_header(info)
     result = run_benchmarks(
-        args.customers, args.seed, train=not args.no_train, pretouch_gib=args.pretouch_gib, cdnow=True
+        args.customers,
+        args.seed,
+        train=not args.no_train,
+        pretouch_gib=args.pretouch_gib,
+        cdnow=True,
+        on_row=_print_row,
     )
-    _print(result, info)
+    _print(result)
     if args.json:
         args.json.write_text(json.dumps({"machine": info} | result, indent=2))
     if not all(row["agrees"] for row in result["rows"]):

@@ -159,10 +159,15 @@ def calibration_and_holdout(orders: pd.DataFrame, split: Split) -> tuple[pd.Data
     (only when the log has amounts).
     """
     calibration = customer_features(orders, split.calibration_end)
+    return calibration, holdout_outcome(orders, calibration.index, split)
+
+
+def holdout_outcome(orders: pd.DataFrame, customers: pd.Index, split: Split) -> pd.DataFrame:
+    """What each of ``customers`` did after ``split.calibration_end`` up to ``split.holdout_end``: the
+    holdout half of ``calibration_and_holdout``, for callers that already hold the features."""
     in_holdout = (orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)
     grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
     holdout = pd.DataFrame({"purchases": grouped.size().astype("float64")})
     if "amount" in orders.columns:
         holdout["revenue"] = grouped["amount"].sum()
-    holdout = holdout.reindex(calibration.index, fill_value=0.0)
-    return calibration, holdout
+    return holdout.reindex(customers, fill_value=0.0)

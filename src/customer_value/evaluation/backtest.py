@@ -17,6 +17,7 @@ import pandas as pd
 from customer_value.data.features import Split, calibration_and_holdout
 from customer_value.errors import ModelFitError, UserError
 from customer_value.evaluation.holdout_metrics import evaluate_clv
+from customer_value.tracking import progress
 
 # The earliest origin keeps at least this share of the calibration window as history for its fit.
 MIN_HISTORY_SHARE = 0.5
@@ -67,8 +68,9 @@ def backtest(
     A fold whose model cannot be fitted is left out; its origin and the reason come back as the second
     value."""
     rows, failed = [], {}
-    for split in origins:  # a few folds, each fully vectorised
+    for number, split in enumerate(origins, start=1):  # a few folds, each fully vectorised
         origin = split.calibration_end.date().isoformat()
+        progress.counted(number, len(origins), "clv.backtest fold")
         calibration, holdout = calibration_and_holdout(orders, split)
         try:
             model = fit(calibration)

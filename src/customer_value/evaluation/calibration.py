@@ -95,18 +95,32 @@ def paired_auc_difference(
 
     Both scores are weighed with the same customers' Poisson(1) counts in each resample (the bootstrap's
     large-sample form), so the interval is that of the difference, far narrower than either AUC's own."""
-    label, score, other = (np.asarray(a) for a in (label, score, other))
-    difference = auc(label, score) - auc(label, other)
+    return paired_auc_differences(label, score, {"other": other}, seed, level)["other"]
+
+
+def paired_auc_differences(
+    label: np.ndarray, score: np.ndarray, others: dict[str, np.ndarray], seed: int = 0, level: float = 0.95
+) -> dict[str, dict[str, float]]:
+    """``paired_auc_difference`` against each of ``others``, every comparison on the same resamples (the
+    ones each would draw alone with ``seed``): the Poisson draws, most of the cost at a million customers,
+    are made once."""
+    label, score = np.asarray(label), np.asarray(score)
     rng = np.random.default_rng(seed)
-    ours, theirs = score_groups(score), score_groups(other)
+    ours = score_groups(score)
+    theirs = {name: score_groups(np.asarray(other)) for name, other in others.items()}
     churned = label.astype("float64")
-    draws = []
+    draws: dict[str, list[float]] = {name: [] for name in others}
     for _ in range(BOOTSTRAP_RESAMPLES):  # a few hundred resamples, each O(customers)
         weight = rng.poisson(1.0, len(label)).astype("float64")
         positive, negative = weight * churned, weight * (1.0 - churned)
         if positive.sum() > 0 and negative.sum() > 0:
-            draws.append(weighted_auc(ours, positive, negative) - weighted_auc(theirs, positive, negative))
-    return _with_interval(float(difference), draws, level)
+            mine = weighted_auc(ours, positive, negative)
+            for name, groups in theirs.items():
+                draws[name].append(mine - weighted_auc(groups, positive, negative))
+    return {
+        name: _with_interval(float(auc(label, score) - auc(label, np.asarray(other))), draws[name], level)
+        for name, other in others.items()
+    }
 
 
 def paired_brier_difference(

@@ -20,7 +20,7 @@ from customer_value.evaluation import plots
 from customer_value.evaluation.calibration import (
     calibration_table,
     churn_calibration,
-    paired_auc_difference,
+    paired_auc_differences,
 )
 from customer_value.evaluation.holdout_metrics import churned
 from customer_value.jobs.stage import prefixed, sample_positions
@@ -155,11 +155,10 @@ def churn_evidence(
     blocked = None
     if not cfg.clv.churn.gate or not 0 < label.sum() < len(label):
         return metrics, blocked
-    verdicts = {}
-    for name, score in BASELINES.items():
-        figures = paired_auc_difference(label, shipped, score(calibration), seed=cfg.seed)
+    baselines = {name: score(calibration) for name, score in BASELINES.items()}
+    verdicts = paired_auc_differences(label, shipped, baselines, seed=cfg.seed)  # the same resamples
+    for name, figures in verdicts.items():
         metrics |= prefixed(f"gate.vs_{name}.auc_", figures)
-        verdicts[name] = figures
     losing = [name for name, figures in verdicts.items() if figures["ci_high"] < 0]  # beyond the interval
     if losing:
         worst = min(losing, key=lambda n: verdicts[n]["diff"])

@@ -50,7 +50,7 @@ from customer_value.models.clv.layer_selection import select_layers
 from customer_value.models.clv.model import CLVModel
 from customer_value.models.clv.predict import expected_repeat_purchases
 from customer_value.schema import TIME_UNITS_DAYS, clv_metric_for, parse_day
-from customer_value.tracking import registry, run_logging
+from customer_value.tracking import progress, registry, run_logging
 from customer_value.tracking.pyfunc import clv_spec, spec_covariate_columns, spec_has_amounts
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def train_clv(
     which the segments stage profiles and may cluster on.
     """
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
-    calibration, holdout = calibration_and_holdout(orders, split)
+    with progress.step("clv.windows", "clv: calibration and holdout tables"):
+        calibration, holdout = calibration_and_holdout(orders, split)
     has_amounts = report.has_amounts
     primary = gate_metric(cfg, has_amounts)
     covariates = covariate_columns(cfg)
@@ -87,52 +88,61 @@ def train_clv(
         }
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
-    family, model, scoring_model, predictions, metrics = choose_family(
-        cfg, settings, calibration, holdout, split, full_history, primary, orders, base
-    )
+    with progress.step("clv.fit", "clv: purchase and spend models (calibration and full history)"):
+        family, model, scoring_model, predictions, metrics = choose_family(
+            cfg, settings, calibration, holdout, split, full_history, primary, orders, base
+        )
     settings["family"] = family
     if cfg.clv.layers.value and not has_amounts:
         mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
-        metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
+        with progress.step("clv.layers", "clv: learned layers (inner windows, then their check)"):
+            metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
     calibrated_baselines = {}
     if cfg.clv.churn.select:
-        selection, calibrated_baselines = attach_churn_selection(
-            cfg, settings, model, orders, split.calibration_end, calibration
-        )
+        with progress.step("clv.churn_selection", "clv: churn selection per horizon band (calibration)"):
+            selection, calibrated_baselines = attach_churn_selection(
+                cfg, settings, model, orders, split.calibration_end, calibration
+            )
         metrics |= selection
-    predictions = model.predict(calibration, split.holdout_days)
-    metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
-    evidence, blocked = churn_evidence(
-        cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
-    )
-    metrics |= evidence
-    # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
-    rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
-    sampled = model.predict(calibration.iloc[rows], split.holdout_days, intervals=True)
-    metrics |= prefixed("holdout.", holdout_metrics.interval_metrics(sampled, holdout.iloc[rows]))
+    with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
+        predictions = model.predict(calibration, split.holdout_days)
+        metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
+        evidence, blocked = churn_evidence(
+            cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
+        )
+        metrics |= evidence
+    with progress.step("clv.intervals", "clv: prediction intervals on the holdout"):
+        # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
+        rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
+        sampled = model.predict(calibration.iloc[rows], split.holdout_days, intervals=True)
+        metrics |= prefixed("holdout.", holdout_metrics.interval_metrics(sampled, holdout.iloc[rows]))
     metrics["holdout.interval_customers"] = float(len(rows))
     metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
-    metrics |= _log_inference(model)
-    if covariates is not None:
-        metrics |= _covariate_evidence(cfg, settings, model, calibration, holdout, split)
-    metrics |= _fit_diagnostics(cfg, model)
+    with progress.step("clv.diagnostics", "clv: inference and fit diagnostics"):
+        metrics |= _log_inference(model)
+        if covariates is not None:
+            metrics |= _covariate_evidence(cfg, settings, model, calibration, holdout, split)
+        metrics |= _fit_diagnostics(cfg, model)
     metrics["split.calibration_customers"] = float(len(calibration))
     if cfg.clv.backtest.folds > 1:
-        metrics |= _backtest(cfg, settings, orders, split)
+        with progress.step("clv.backtest", f"clv: backtest ({cfg.clv.backtest.folds} folds)"):
+            metrics |= _backtest(cfg, settings, orders, split)
     metrics |= prefixed(
         "baseline.", holdout_metrics.evaluate_baseline(calibration, holdout, split.holdout_days)
     )
-    _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
-    _log_tracking(model, orders, split, calibration)
-    _log_model_matrices(model, calibration, split)
+    with progress.step("clv.plots", "clv: diagnostic plots and tables"):
+        _log_clv_diagnostics(calibration, holdout, predictions)  # value plots only with amounts
+        _log_tracking(model, orders, split, calibration)
+        _log_model_matrices(model, calibration, split)
 
     if cfg.clv.refit_full_history:
         scoring_model.churn_layer_ = model.churn_layer_
         if cfg.clv.churn.select:  # the same procedure on the whole history (the holdout judged it above)
-            metrics |= attach_churn_selection(
-                cfg, settings, scoring_model, orders, split.holdout_end, full_history, scoring=True
-            )[0]
+            with progress.step("clv.churn_selection_scoring", "clv: churn selection on the whole history"):
+                metrics |= attach_churn_selection(
+                    cfg, settings, scoring_model, orders, split.holdout_end, full_history, scoring=True
+                )[0]
         scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
     metrics |= _anchor_metrics(cfg, split, metrics)

@@ -58,7 +58,7 @@ from customer_value.models.segments.selection import (
     substantial,
 )
 from customer_value.models.segments.stability import bootstrap_ari, window_ari
-from customer_value.tracking import registry, run_logging
+from customer_value.tracking import progress, registry, run_logging
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def train_segments(
             min_distinctness=seg.min_distinctness,
         )
 
-    model = _fit_substantial(cfg, features, make_model, kpis)
+    with progress.step("segments.fit", "segments: choose k and fit"):
+        model = _fit_substantial(cfg, features, make_model, kpis)
     segments = model.predict(features)["segment"].to_numpy()
     space = evaluation_space(features)
 
@@ -125,17 +126,19 @@ def train_segments(
         return with_extra_features(with_attributes(table), feature_set, orders, day, None)
 
     clv_based = {"clv", "churn_probability"} & set(feature_set.extra)  # CLV outputs exist for today only
-    metrics |= _stability(
-        cfg,
-        orders,
-        as_of,
-        features,
-        segments,
-        make_model,
-        None if clv_based else complete_window,
-        kpis,
-        model.n_clusters,
-    )
+    with progress.step("segments.stability", "segments: stability (bootstrap and window refits)"):
+        stability = _stability(
+            cfg,
+            orders,
+            as_of,
+            features,
+            segments,
+            make_model,
+            None if clv_based else complete_window,
+            kpis,
+            model.n_clusters,
+        )
+    metrics |= stability
     if protected:
         audit = protected_audit(pd.Series(segments, index=features.index), attributes[protected])
         run_logging.log_table(audit, "segments/protected_audit.csv")

@@ -41,7 +41,7 @@ from customer_value.schema import (
     register_configs,
     validate_train_config,
 )
-from customer_value.tracking import registry, run_logging, run_summary, ui_links
+from customer_value.tracking import progress, registry, run_logging, run_summary, ui_links
 
 if TYPE_CHECKING:
     from customer_value.spark.training import SparkBase
@@ -65,12 +65,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with contextlib.ExitStack() as engine, run_logging.figures(cfg.tracking.plots):
         with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, cfg.run_name, clv_tags):
             log_config(cfg)
-            orders, report, base = _training_data(cfg, engine)
+            with progress.step("load", "train: load the order log"):
+                orders, report, base = _training_data(cfg, engine)
             log_data_report(report)
             run_summary.log_training_data(report, cfg.data.name, orders)
             if base is not None:
                 log_sample(base)
-            with naming_the_data(report.source):
+            with naming_the_data(report.source), progress.step("clv", "train: CLV stage"):
                 clv_metrics, clv_candidate, clv_outputs = train_clv(
                     cfg, orders, report, None if base is None else base.purchase_counts
                 )
@@ -92,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run_summary.log_training_data(report, cfg.data.name, orders)
             if base is not None:
                 log_sample(base)
-            with naming_the_data(report.source):
+            with naming_the_data(report.source), progress.step("segments", "train: segments stage"):
                 segment_metrics, segments_candidate = train_segments(cfg, orders, report, clv_outputs)
             if base is not None:
                 segment_metrics |= log_everyone(

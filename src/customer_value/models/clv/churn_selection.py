@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from customer_value.data.features import Split, calibration_and_holdout
+from customer_value.data.features import Split, customer_features, holdout_outcome
 from customer_value.errors import ModelFitError
 from customer_value.evaluation.calibration import (
     auc,
@@ -57,6 +57,7 @@ from customer_value.models.clv.churn_layer import (
     layer_inputs,
 )
 from customer_value.models.clv.inner_windows import MIN_WINDOW_DAYS
+from customer_value.tracking import progress
 
 CANDIDATES: dict[str, list[str]] = {
     "purchase_model": ["btyd_churn_logit"],
@@ -247,10 +248,11 @@ def select_churn(
         if days < MIN_WINDOW_DAYS:
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
-        windows = [
-            _window(known, origin, days, fit_btyd, fitters, fits, seed)
-            for origin in backtest_origins(first, calibration_end, days, folds, step_days)
-        ]
+        origins = backtest_origins(first, calibration_end, days, folds, step_days)
+        windows = []
+        for number, origin in enumerate(origins, start=1):
+            progress.counted(number, len(origins), f"clv.churn {horizon:.0f}-day band: {days}-day window")
+            windows.append(_window(known, origin, days, fit_btyd, fitters, fits, seed))
         if not windows:
             report.notes.append(f"{horizon:.0f} d: no {days}-day window leaves enough history before it")
             continue
@@ -364,8 +366,7 @@ def _fit_at_end(
     of at most WINDOW_CUSTOMERS customers; a family that cannot be fitted there is left out, with a note."""
     if not fitters:
         return {}
-    features, _ = calibration_and_holdout(known, Split(end, end + pd.Timedelta(days=1)))
-    features = _sample(features, seed)
+    features = _sample(customer_features(known, end), seed)
     fitted = {}
     for family, fit in fitters.items():
         try:
@@ -396,16 +397,17 @@ def _window(
     WINDOW_CUSTOMERS of them (AUC and Brier to about 0.002 there; a million-customer log stays fast), which
     the other families are fitted on."""
     if origin not in fits:
-        features, _ = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=1)))
+        features = customer_features(known, origin)
         model = _fit_or_none(fit_btyd, features)
         features = _sample(features, seed)
         theirs = {family: _fit_or_none(fit, features) for family, fit in fitters.items()}
         fits[origin] = (features, model, theirs)
     features, model, others = fits[origin]
-    _, outcome = calibration_and_holdout(known, Split(origin, origin + pd.Timedelta(days=days)))
+    # Only what the (sampled) customers did next: their features are already built for this origin.
+    outcome = holdout_outcome(known, features.index, Split(origin, origin + pd.Timedelta(days=days)))
     btyd = None if model is None else model.predict(features, float(days))
     predicted = {f: None if m is None else m.predict(features, float(days)) for f, m in others.items()}
-    return Window(origin, features, btyd, outcome.reindex(features.index), float(days), predicted)
+    return Window(origin, features, btyd, outcome, float(days), predicted)
 
 
 def _fit_or_none(fit: Callable[[pd.DataFrame], object], features: pd.DataFrame) -> object | None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata, spearmanr
 
 from customer_value.errors import ModelFitError, NotEnoughDataError
+from customer_value.evaluation.calibration import score_groups, weighted_auc
 from customer_value.evaluation.holdout_metrics import churn_metrics, churned, value_metrics
 from customer_value.models.clv.churn_layer import ChurnLayer, fit_churn_layer, layer_inputs
 from customer_value.models.clv.inner_windows import InnerWindow, choose_inner_horizons, inner_windows
@@ -161,13 +161,16 @@ def check_churn_layer(train: list[InnerWindow], check: InnerWindow, seed: int = 
     if "layer.churn_auc" not in figures:
         return LayerDecision(False, f"the {check.horizon_days:.0f}-day check window has one class", figures)
     btyd = check.btyd["churn_probability"].to_numpy()
+    ours, theirs = score_groups(predicted), score_groups(btyd)
+    y = label.astype("float64")
+    our_error, their_error = (predicted - y) ** 2, (btyd - y) ** 2
 
-    def wins(rows: np.ndarray) -> bool:
-        y = label[rows]
-        if not 0 < y.sum() < len(y):
+    def wins(weight: np.ndarray) -> bool:
+        positive, negative = weight * y, weight * (1.0 - y)
+        if not (positive.sum() > 0 and negative.sum() > 0):
             return False
-        better = _auc(y, predicted[rows]) >= _auc(y, btyd[rows])
-        return better and np.mean((predicted[rows] - y) ** 2) <= np.mean((btyd[rows] - y) ** 2)
+        better = weighted_auc(ours, positive, negative) >= weighted_auc(theirs, positive, negative)
+        return better and weight @ our_error <= weight @ their_error
 
     figures["win_share"] = _win_share(wins, len(label), seed)
     auc = (figures["layer.churn_auc"], figures["btyd.churn_auc"])
@@ -199,9 +202,11 @@ def check_value_layer(train: list[InnerWindow], check: InnerWindow, seed: int = 
     if "layer.revenue_spearman" not in figures or "btyd.revenue_spearman" not in figures:
         return LayerDecision(False, f"no revenue ranking on the {check.horizon_days:.0f}-day window", figures)
 
-    def wins(rows: np.ndarray) -> bool:
-        truth = actual[rows]
-        return spearmanr(predicted[rows], truth).statistic >= spearmanr(btyd_revenue[rows], truth).statistic
+    groups = [score_groups(values) for values in (predicted, btyd_revenue, actual)]
+
+    def wins(weight: np.ndarray) -> bool:
+        ours, theirs, truth = (weighted_midranks(g, weight) for g in groups)
+        return weighted_pearson(ours, truth, weight) >= weighted_pearson(theirs, truth, weight)
 
     figures["win_share"] = _win_share(wins, len(actual), seed)
     rho = (figures["layer.revenue_spearman"], figures["btyd.revenue_spearman"])
@@ -220,19 +225,28 @@ def check_value_layer(train: list[InnerWindow], check: InnerWindow, seed: int = 
     )
 
 
-def _auc(label: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count half): sklearn's value, without its checks."""
-    positives = int(label.sum())
-    ranks = rankdata(score)
-    return float(
-        (ranks[label == 1].sum() - positives * (positives + 1) / 2) / (positives * (len(label) - positives))
-    )
-
-
 def _win_share(wins: Callable[[np.ndarray], bool], n: int, seed: int) -> float:
-    """Share of paired bootstrap resamples of the check customers on which the layer ``wins``."""
+    """Share of paired bootstrap resamples of the check customers on which the layer ``wins``. Each
+    resample is given to ``wins`` as the customers' multiplicities: the statistics computed with those
+    weights equal the ones on the drawn rows (ranks, AUC, means), in O(customers) without a sort."""
     rng = np.random.default_rng(seed)
-    return float(np.mean([wins(rng.integers(0, n, n)) for _ in range(RESAMPLES)]))
+    draws = (np.bincount(rng.integers(0, n, n), minlength=n).astype("float64") for _ in range(RESAMPLES))
+    return float(np.mean([wins(weight) for weight in draws]))
+
+
+def weighted_midranks(groups: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Each row's average rank in the sample where row i appears ``weight[i]`` times (ties share their
+    mean rank, as scipy's rankdata); ``groups`` from ``score_groups``."""
+    totals = np.bincount(groups, weight, int(groups.max()) + 1)
+    return (np.cumsum(totals) - totals + (totals + 1.0) / 2.0)[groups]
+
+
+def weighted_pearson(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """Pearson's r of the sample where row i appears ``weight[i]`` times (NaN when either is constant)."""
+    total = weight.sum()
+    dx, dy = x - (weight @ x) / total, y - (weight @ y) / total
+    spread = np.sqrt((weight @ (dx * dx)) * (weight @ (dy * dy)))
+    return float((weight @ (dx * dy)) / spread) if spread > 0 else float("nan")
 
 
 def _value_figures(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,31 @@
+"""Progress a person can follow: each long step of a job logs when it starts and when it ends, with its
+duration, and the active run records the duration as ``time.<name>_s`` (compare runs in the UI)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import mlflow
+
+log = logging.getLogger("customer_value.progress")
+
+
+@contextlib.contextmanager
+def step(name: str, label: str) -> Iterator[None]:
+    """``label ...`` now, ``label: done in N s`` at the end (nothing more if the step fails: the job's
+    error says why); the run, if one is active, gets the metric ``time.<name>_s``."""
+    log.info("%s ...", label)
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    log.info("%s: done in %.1f s", label, seconds)
+    if mlflow.active_run() is not None:
+        mlflow.log_metric(f"time.{name}_s", seconds)
+
+
+def counted(index: int, total: int, label: str) -> None:
+    """One line per item of a counted loop (``label 3/12``): plain text, readable in a CI log."""
+    log.info("%s %d/%d", label, index, total)
