@@ -141,9 +141,8 @@ def delete_customers(url: str, table: str, ids: list[str], key: str = "forget.si
         with connection, connection.cursor() as cursor:
             deleted = {}
             for name, identifier in names.items():
-                cursor.execute(
-                    "SELECT to_regclass(%s)", (f"public.{table if name == 'table' else table + '_changes'}",)
-                )
+                # found by the search path, as the sync's own statements find it
+                cursor.execute("SELECT to_regclass(%s)", (table if name == "table" else f"{table}_changes",))
                 if cursor.fetchone()[0] is None:
                     deleted[name] = 0
                     continue
