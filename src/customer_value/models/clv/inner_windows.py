@@ -29,6 +29,17 @@ DERIVED_SHARES = (0.25, 1 / 3, 0.5)
 MIN_WINDOW_DAYS = 7  # a shorter window mostly measures the weekday a customer shops on
 
 
+# The purchase model's outputs the layers and their checks read (the rest would only hold memory: a
+# million customers' dozen prediction columns in each of several windows).
+LAYER_INPUTS = (
+    "churn_probability",
+    "p_alive",
+    "expected_purchases",
+    "expected_order_value",
+    "expected_revenue",
+)
+
+
 @dataclass(frozen=True)
 class InnerWindow:
     """One inner origin: customers as of it, the BTYD model's view of the window, and what happened."""
@@ -73,7 +84,8 @@ def inner_windows(
     fit_btyd: Callable[[pd.DataFrame], object],
 ) -> list[InnerWindow]:
     """The usable inner windows, oldest origin last; a clear error when none is usable."""
-    known = orders[orders["date"] <= calibration_end]
+    # A caller that already cut the log at this day (select_layers) passes it as is: no second copy.
+    known = orders if orders["date"].max() <= calibration_end else orders[orders["date"] <= calibration_end]
     windows = []
     for split in inner_origins(calibration_end, horizons_days):  # a few origins, each vectorised
         if split.calibration_end <= known["date"].min():
@@ -83,6 +95,7 @@ def inner_windows(
             btyd = fit_btyd(features).predict(features, split.holdout_days)
         except ModelFitError:  # too little history before this origin for a purchase model: skip it
             continue
+        btyd = btyd[[c for c in LAYER_INPUTS if c in btyd.columns]]  # what the layers read, kept only
         windows.append(InnerWindow(features, btyd, outcome, split.holdout_days))
     if not windows:
         raise NotEnoughDataError(
