@@ -317,3 +317,15 @@ def test_a_scoring_during_which_a_forget_ran_writes_nothing(
     done = job(score_job.main, [*args, "score.intervals=false"], tmp_path, trained_tracking_uri)
     assert done.returncode == 1 and "changed while scoring (a forget ran): nothing written" in done.stderr
     assert not (tmp_path / "scores").exists() or not any((tmp_path / "scores").iterdir())
+
+
+def test_a_migration_between_plain_and_pseudonymised_scorings_is_refused_in_one_line() -> None:
+    """Matched by id, a plain and a pseudonymised scoring share no customer: said, not an empty migration."""
+    from customer_value.jobs.score import _same_kind_of_ids
+
+    plain = pd.DataFrame({"customer_id": ["c1", "c2"]})
+    masked = pd.DataFrame({"customer_id": pseudonyms(["c1", "c2"], KEY)})
+    _same_kind_of_ids(plain, plain, Path("before.parquet"))
+    _same_kind_of_ids(masked, masked, Path("before.parquet"))
+    with pytest.raises(UserError, match="before.parquet has plain ids and this scoring pseudonymised ones"):
+        _same_kind_of_ids(plain, masked, Path("before.parquet"))

@@ -259,7 +259,7 @@ class ScoreOptions:
     sink: str | None = None  # postgresql://user@host:port/db: upsert membership + change set (crm/sink.py)
     sink_table: str = "segment_membership"  # and <sink_table>_changes
     reasons: bool = True  # why each customer is in its segment: margin, its parts, reason_1..3 in words
-    pseudonymise: bool = False  # keyed pseudonyms (privacy key) instead of ids in the table and migration
+    pseudonymise: bool = False  # keyed pseudonyms (privacy key) instead of ids in the table
 
 
 @dataclass

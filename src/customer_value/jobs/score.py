@@ -281,7 +281,8 @@ def score(cfg: DictConfig) -> Path | str:
     profiled: list[pd.DataFrame] = []
 
     # Analyst extracts may leave the data owner: score.pseudonymise writes keyed pseudonyms in the table
-    # (and the migration); the CRM-facing membership and change set keep the real ids.
+    # (the migration then matches them with a pseudonymised previous scoring; it holds counts only); the
+    # CRM-facing membership and change set keep the real ids.
     key = project_key(cfg.privacy) if cfg.score.pseudonymise else None
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -303,6 +304,7 @@ def score(cfg: DictConfig) -> Path | str:
             extract = (
                 table if key is None else table.assign(customer_id=pseudonyms(table["customer_id"], key))
             )
+            _same_kind_of_ids(previous, extract, Path(cfg.score.previous))
             transitions = transition_table(previous, extract)
             staged.table(transitions, reporting.migration_path(output))
         report = None
