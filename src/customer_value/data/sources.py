@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -49,17 +50,29 @@ def load_orders_withholding(
     rules = suppression_from_config(cfg)
     if training and cfg.privacy.objection_scope == "outputs":
         rules = Suppression(listed=rules.listed, key=rules.key)
-    reasons = rules.reasons(orders["customer_id"]) if rules.active else pd.Series(None, index=orders.index)
-    withheld = pd.Series(reasons.to_numpy(), index=orders["customer_id"].astype(str).to_numpy()).dropna()
-    withheld = withheld[~withheld.index.duplicated()]
-    counts = {reason: int((withheld == reason).sum()) for reason in REASONS}
+    counts = dict.fromkeys(REASONS, 0)
+    if not rules.active:  # the default: nothing to look up, no copy of the log
+        return orders, dataclasses.replace(report, suppressed=counts), pd.Series(dtype=object)
+    # Judged once per customer (the log's ids are categories), then mapped to the orders.
+    ids = orders["customer_id"]
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        customers, codes = pd.Series(ids.cat.categories.astype(str)), ids.cat.codes.to_numpy()
+    else:
+        codes, uniques = pd.factorize(ids.astype(str))
+        customers = pd.Series(uniques)
+    per_customer = rules.reasons(customers)
+    withheld = pd.Series(per_customer.to_numpy(), index=customers.to_numpy()).dropna()
+    present = pd.unique(codes[codes >= 0])
+    withheld = withheld[withheld.index.isin(customers.to_numpy()[present])]  # customers in this log
+    counts |= {reason: int((withheld == reason).sum()) for reason in REASONS}
     if len(withheld):
         log.info(
             "privacy: %s customers left out (%s)",
             f"{len(withheld):,}",
             ", ".join(f"{reason} {n:,}" for reason, n in counts.items() if n),
         )
-    kept = orders[reasons.isna().to_numpy()].reset_index(drop=True)
+    allowed = per_customer.isna().to_numpy()
+    kept = orders[np.where(codes >= 0, allowed[np.maximum(codes, 0)], True)].reset_index(drop=True)
     if kept.empty and len(withheld):
         raise UserError(
             f"{cfg.data.path or cfg.data.name}: the privacy rules leave none of its {len(withheld):,} "
