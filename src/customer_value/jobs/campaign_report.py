@@ -19,8 +19,7 @@ from customer_value.data.sources import load_orders_withholding
 from customer_value.errors import UserError
 from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
-from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
-from customer_value.privacy.suppression import project_key, withhold
+from customer_value.privacy.suppression import meet_output
 from customer_value.schema import CONF_DIR, parse_day, register_configs
 from customer_value.tracking import run_logging
 
@@ -36,12 +35,8 @@ def campaign_report(cfg: DictConfig) -> Path:
     folder = Path(run.data.tags["campaign.lists"])
     lists = _read_lists(folder)
     orders, _, withheld = load_orders_withholding(cfg)
-    key = None
-    if len(lists) and lists["customer_id"].astype(str).str.startswith(PSEUDONYM_PREFIX).all():
-        # lists from a pseudonymised scoring: the log's ids are pseudonymised to meet them
-        key = project_key(cfg.privacy)
-        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], key))
-    lists, excluded = withhold(lists, withheld, key)  # objected or forgotten since: out of both arms
+    # objected or forgotten since: out of both arms; pseudonymised lists meet a pseudonymised log
+    lists, orders, excluded = meet_output(lists, orders, withheld, cfg.privacy)
     start = parse_day(run.data.params.get("start"), f"the start of campaign {options.campaign_id}")
     end = parse_day(options.end, "report.end") if options.end else orders["date"].max()
     if start is None:

@@ -30,8 +30,7 @@ from customer_value.jobs.atomic_files import write_text_atomically
 from customer_value.jobs.entrypoint import run_job
 from customer_value.jobs.score import model_inputs_present, with_covariates
 from customer_value.jobs.stage import prefixed
-from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
-from customer_value.privacy.suppression import project_key, withhold
+from customer_value.privacy.suppression import meet_output
 from customer_value.schema import CONF_DIR, register_configs, validate_monitor_config
 from customer_value.tracking import run_logging
 
@@ -116,24 +115,13 @@ def monitor(cfg: DictConfig) -> dict[str, dict[str, float]]:
     results = {}
     with run_logging.figures(cfg.tracking.plots):
         for scoring in scorings:
-            scoring, scoring_orders = _without_withheld(cfg, scoring, orders, withheld)
+            # customers who objected, withdrew consent or were forgotten since it was made: out
+            table, scoring_orders, _ = meet_output(scoring.table, orders, withheld, cfg.privacy)
+            scoring = dataclasses.replace(scoring, table=table)
             results[str(scoring.path)] = monitor_scoring(
                 cfg, scoring, scoring_orders, report.last_date, report.suppressed
             )
     return results
-
-
-def _without_withheld(
-    cfg: DictConfig, scoring: Scoring, orders: pd.DataFrame, withheld: pd.Series
-) -> tuple[Scoring, pd.DataFrame]:
-    """The scoring without customers who objected, withdrew consent or were forgotten since it was made,
-    and the log in its ids (pseudonymised for a pseudonymised scoring)."""
-    key = None
-    if scoring.table["customer_id"].str.startswith(PSEUDONYM_PREFIX).all():
-        key = project_key(cfg.privacy)
-        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], key))
-    table, _ = withhold(scoring.table, withheld, key)
-    return dataclasses.replace(scoring, table=table.reset_index(drop=True)), orders
 
 
 def monitor_scoring(

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from customer_value.crm.sink import safe_url
 from customer_value.errors import ServerError
 
 HOST = "127.0.0.1"
@@ -208,12 +209,9 @@ def write_private(path: Path, text: str) -> None:
 
 
 def redact(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, location = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{location}"
+    """A database URL without its password, for messages and logs (one masking for every URL the
+    project prints: crm.sink.safe_url)."""
+    return safe_url(url)
 
 
 def port_free_or_fail(port: int, what: str) -> None:

@@ -39,7 +39,7 @@ from customer_value.models.segments.migration import (
     transition_table,
 )
 from customer_value.models.segments.segmentation import PROFILE_COLUMNS, FeatureSet
-from customer_value.privacy.hashing import PSEUDONYM_PREFIX, pseudonyms
+from customer_value.privacy.hashing import is_pseudonymised, pseudonyms
 from customer_value.privacy.suppression import project_key
 from customer_value.privacy.suppression_list import SuppressionList
 from customer_value.schema import CONF_DIR, parse_day, register_configs, validate_score_config
@@ -338,10 +338,7 @@ def typed_text(chunk: pd.DataFrame) -> pd.DataFrame:
 def _same_kind_of_ids(previous: pd.DataFrame, current: pd.DataFrame, path: Path) -> None:
     """A pseudonymised scoring follows a pseudonymised one, a plain one a plain one: else no customer
     would match and the migration would be silently empty."""
-    kinds = [
-        bool(len(t)) and t["customer_id"].astype(str).str.startswith(PSEUDONYM_PREFIX).all()
-        for t in (previous, current)
-    ]
+    kinds = [is_pseudonymised(t["customer_id"]) for t in (previous, current)]
     if kinds[0] != kinds[1]:
         said = {True: "pseudonymised", False: "plain"}
         raise UserError(

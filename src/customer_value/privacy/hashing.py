@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import pandas as pd
+
 from customer_value.errors import UserError
 from customer_value.keys import derived_key, secret_key
 
@@ -51,6 +53,11 @@ def _hashes(ids: Iterable[object], key: bytes, length: int) -> list[str]:
 def suppression_hashes(ids: Iterable[object], key: bytes) -> list[str]:
     """The suppression list's form of each id (64 hex characters)."""
     return _hashes(ids, derived_key(key, "suppression"), 64)
+
+
+def is_pseudonymised(ids: pd.Series) -> bool:
+    """Whether an output's ids are all pseudonyms (``score.pseudonymise``); an empty one is not."""
+    return bool(len(ids)) and bool(ids.astype(str).str.startswith(PSEUDONYM_PREFIX).all())
 
 
 def pseudonyms(ids: Iterable[object], key: bytes) -> list[str]:

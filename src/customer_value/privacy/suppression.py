@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from customer_value.data.customers import load_customers
 from customer_value.errors import DataError, UserError
-from customer_value.privacy.hashing import PSEUDONYM_PREFIX, privacy_key, pseudonyms, suppression_hashes
+from customer_value.privacy.hashing import is_pseudonymised, privacy_key, pseudonyms, suppression_hashes
 from customer_value.privacy.suppression_list import SuppressionList
 
 REASONS = ("erased", "objection", "no_consent")
@@ -76,13 +76,27 @@ def withhold(
     pseudonym when the table's ids are pseudonyms (``key`` needed then); and how many per reason."""
     ids = table[id_column].astype(str).str.strip()
     keys = withheld
-    if len(ids) and ids.str.startswith(PSEUDONYM_PREFIX).all() and len(withheld):
+    if is_pseudonymised(ids) and len(withheld):
         if key is None:
             raise UserError("a pseudonymised output needs the privacy key to take withheld customers out")
         keys = pd.Series(withheld.to_numpy(), index=pseudonyms(withheld.index, key))
     reason = ids.map(keys)
     counts = reason.dropna().groupby(ids[reason.notna()]).first().value_counts()
     return table[reason.isna().to_numpy()], {r: int(counts.get(r, 0)) for r in REASONS}
+
+
+def meet_output(
+    table: pd.DataFrame, orders: pd.DataFrame, withheld: pd.Series, privacy: DictConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """An earlier output (a scoring, campaign lists) read beside today's permitted log: the output
+    without the customers withheld since it was made, the log in the output's ids (pseudonymised for a
+    pseudonymised output), and how many each reason took out."""
+    key = None
+    if is_pseudonymised(table["customer_id"]):
+        key = project_key(privacy)
+        orders = orders.assign(customer_id=pseudonyms(orders["customer_id"], key))
+    kept, counts = withhold(table, withheld, key)
+    return kept.reset_index(drop=True), orders, counts
 
 
 def suppression_from_config(cfg: DictConfig, columns: bool = True) -> Suppression:

@@ -146,15 +146,12 @@ def reasons(
         {f"reason_{i + 1}": pd.Series(None, index=parts.index, dtype=object) for i in range(N_REASONS)}
     )
     if rule_scores is not None:  # the RFM rule: its two scores are its reasons
-        recency, frequency = rule_scores
-        out["reason_1"] = [
-            f"{PHRASES['days_since_last'](v)} (recency score {r} of 5)"
-            for v, r in zip(features["days_since_last"], recency, strict=True)
-        ]
-        out["reason_2"] = [
-            f"{PHRASES['n_orders'](v)} (frequency score {f} of 5)"
-            for v, f in zip(features["n_orders"], frequency, strict=True)
-        ]
+        for rank, (column, name, score) in enumerate(
+            zip(("days_since_last", "n_orders"), ("recency", "frequency"), rule_scores, strict=True)
+        ):
+            said = np.array([f" ({name} score {s} of 5)" for s in range(6)], dtype=object)
+            words = _phrases(column, features[column].to_numpy()) + said[np.asarray(score, dtype="int64")]
+            out[f"reason_{rank + 1}"] = pd.Series(words, index=out.index, dtype=object)
         return out
     feature_parts = parts.drop(columns=[UNASSIGNED_PART], errors="ignore")
     values = feature_parts.to_numpy()
