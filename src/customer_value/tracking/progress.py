@@ -1,5 +1,7 @@
 """Progress a person can follow: each long step of a job logs when it starts and when it ends, with its
-duration, and the active run records the duration as ``time.<name>_s`` (compare runs in the UI)."""
+duration, and the active run records the duration as ``time.<name>_s`` (compare runs in the UI). A step's
+freed memory is given back when it ends (``memory.release``), so the next step's peak starts from what
+is still held."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import time
 from collections.abc import Iterator
 
 import mlflow
+
+from customer_value import memory
 
 log = logging.getLogger("customer_value.progress")
 
@@ -20,6 +24,7 @@ def step(name: str, label: str) -> Iterator[None]:
     log.info("%s ...", label)
     start = time.perf_counter()
     yield
+    memory.release()
     seconds = time.perf_counter() - start
     log.info("%s: done in %.1f s", label, seconds)
     if mlflow.active_run() is not None:
