@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+import threadpoolctl
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -71,6 +72,14 @@ class _Terminator:
         raise Terminated(128 + signum)
 
 
+def one_blas_thread() -> threadpoolctl.threadpool_limits:
+    """OpenBLAS on one thread for the job. Its calls here are dot products and small matrices, where a
+    second thread only waits: measured at 1M customers (2-core Xeon), the layers' bootstrap spent 39 ms
+    per 100,000-row dot product with OpenBLAS's two threads against 0.6 ms with one, and the train's CLV
+    stage took 79 s instead of 125 s. scikit-learn's OpenMP loops (k-means) keep their threads."""
+    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
 def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool = True) -> T | None:
     """Run ``job``; a user error prints ``error: <message>`` with no traceback and exits 1, or returns
     None when ``exit_on_error`` is false (one job of a sweep must not stop the others). SIGTERM raises
@@ -79,7 +88,8 @@ def run_job(job: Callable[[DictConfig], T], cfg: DictConfig, exit_on_error: bool
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _Terminator()) if main_thread else None
     try:
-        return job(cfg)
+        with one_blas_thread():
+            return job(cfg)
     except Terminated:
         print(f"error: {STOPPED}", file=sys.stderr, flush=True)
         raise
