@@ -312,7 +312,8 @@ def test_a_model_that_loses_to_recency_is_blocked_and_registered_as_challenger(t
         }
     )
     holdout = pd.DataFrame({"purchases": (calibration["days_since_last"] < 150).astype(float)})
-    cfg = OmegaConf.create({"seed": 0, "clv": {"churn": {"gate": True}}})
+    # the gate's bootstrap on a seeded sample of 2,000 of the 3,000 customers (clv.evaluation_sample)
+    cfg = OmegaConf.create({"seed": 0, "clv": {"churn": {"gate": True}, "evaluation_sample": 2000}})
     model = CLVModel.from_params(PINNED, 0.1, 30.4375)
     reasons = []
     for churn, blocked_expected in ((rng.random(n), True), (calibration["days_since_last"] / 400, False)):
@@ -322,6 +323,7 @@ def test_a_model_that_loses_to_recency_is_blocked_and_registered_as_challenger(t
             tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
         assert (blocked is not None) is blocked_expected
         assert metrics["gate.loses_to_baseline"] == float(blocked_expected)
+        assert metrics["gate.customers"] == 2000
         assert ("gate.blocked" in tags) is blocked_expected
         reasons.append(blocked)
     assert "below the recency baseline's" in reasons[0]

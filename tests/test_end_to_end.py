@@ -558,17 +558,31 @@ def test_segments_run_logs_k_selection_and_stability(
 def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
-    """k chosen on a sample and fitted on everyone; interval coverage measured on a sample."""
+    """k chosen on a sample and fitted on everyone; interval coverage measured on a sample; the layers,
+    churn selection, gate bootstrap and backtest on a sample of customers, the models fitted to everyone."""
     overrides = [
         *_overrides(orders_csv, tracking_uri, tmp_path),
         "segmentation.selection_sample=300",
         "clv.intervals.evaluation_sample=200",
+        "clv.evaluation_sample=400",
         "tracking.plots=false",
     ]
     metrics = train(_compose("train", overrides))
     assert metrics["holdout.interval_customers"] == 200
     assert 0 <= metrics["holdout.purchases_interval_coverage"] <= 1
-    assert metrics["split.calibration_customers"] > 200  # the other holdout metrics use everyone
+    assert metrics["split.calibration_customers"] > 400  # the other holdout metrics use everyone
+    assert metrics["gate.customers"] == 400
+    clv_run = _runs("customer-clv").iloc[-1]
+    assert 400 <= int(clv_run["params.clv.evaluation_customers"]) <= 402  # + the log's first and last day
+    assert "of 800 customers" in clv_run["tags.clv.evaluation_sample"]
+    assert any(k.startswith("backtest.") for k in metrics)  # its folds fitted on the sample
+    assert any(k.startswith("churn_selection.band_") for k in metrics)  # chosen on the sample's windows
+    orders, _ = load_transactions(orders_csv)  # the purchase and spend models saw every customer
+    calibration = customer_features(orders, pd.Timestamp(clv_run["params.split.resolved_calibration_end"]))
+    everyone = CLVModel().fit(calibration).params_.fitted()
+    assert [metrics[f"fitted.{k}"] for k in ("r", "alpha", "p")] == pytest.approx(
+        [everyone[k] for k in ("r", "alpha", "p")], rel=1e-9
+    )
     run = _runs("customer-segments").iloc[-1]
     assert run["metrics.k_selection.customers"] == 300
     chosen = int(run["tags.segments.chosen_k"])

@@ -141,6 +141,7 @@ class CLVConfig:
     discount_rate: float = 0.10  # ANNUAL discount rate
     discount_step_days: float = 365.25 / 12  # value is discounted at the end of each step
     refit_full_history: bool = True  # registered model refit on all data up to the last order
+    evaluation_sample: int = 100_000  # customers the evaluation steps fit and judge on (seeded sample)
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
@@ -528,6 +529,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         (cfg.segmentation.silhouette_sample >= 100, "segmentation.silhouette_sample must be >= 100"),
         (cfg.segmentation.selection_sample >= 100, "segmentation.selection_sample must be >= 100"),
         (cfg.clv.intervals.evaluation_sample >= 100, "clv.intervals.evaluation_sample must be >= 100"),
+        (cfg.clv.evaluation_sample >= 100, "clv.evaluation_sample must be >= 100"),
         (
             cfg.segmentation.primary_metric in SEGMENT_GATE_METRICS,
             f"segmentation.primary_metric must be one of {list(SEGMENT_GATE_METRICS)}",

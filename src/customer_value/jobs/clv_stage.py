@@ -35,6 +35,7 @@ from customer_value.jobs.stage import (
     card_facts,
     prefixed,
     require_metrics,
+    sample_customer_orders,
     sample_positions,
     version_tags,
 )
@@ -88,21 +89,22 @@ def train_clv(
         }
     )
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
+    sample = evaluation_orders(cfg, orders, report)
     with progress.step("clv.fit", "clv: purchase and spend models (calibration and full history)"):
         family, model, scoring_model, predictions, metrics = choose_family(
-            cfg, settings, calibration, holdout, split, full_history, primary, orders, base
+            cfg, settings, calibration, holdout, split, full_history, primary, sample, base
         )
     settings["family"] = family
     if cfg.clv.layers.value and not has_amounts:
         mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
     if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
         with progress.step("clv.layers", "clv: learned layers (inner windows, then their check)"):
-            metrics = _attach_layers(cfg, settings, model, orders, split, calibration, metrics)
+            metrics = _attach_layers(cfg, settings, model, sample, split, calibration, metrics)
     calibrated_baselines = {}
     if cfg.clv.churn.select:
         with progress.step("clv.churn_selection", "clv: churn selection per horizon band (calibration)"):
             selection, calibrated_baselines = attach_churn_selection(
-                cfg, settings, model, orders, split.calibration_end, calibration
+                cfg, settings, model, sample, split.calibration_end, calibration
             )
         metrics |= selection
     with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
@@ -127,7 +129,7 @@ def train_clv(
     metrics["split.calibration_customers"] = float(len(calibration))
     if cfg.clv.backtest.folds > 1:
         with progress.step("clv.backtest", f"clv: backtest ({cfg.clv.backtest.folds} folds)"):
-            metrics |= _backtest(cfg, settings, orders, split)
+            metrics |= _backtest(cfg, settings, sample, split)
     metrics |= prefixed(
         "baseline.", holdout_metrics.evaluate_baseline(calibration, holdout, split.holdout_days)
     )
@@ -141,7 +143,7 @@ def train_clv(
         if cfg.clv.churn.select:  # the same procedure on the whole history (the holdout judged it above)
             with progress.step("clv.churn_selection_scoring", "clv: churn selection on the whole history"):
                 metrics |= attach_churn_selection(
-                    cfg, settings, scoring_model, orders, split.holdout_end, full_history, scoring=True
+                    cfg, settings, scoring_model, sample, split.holdout_end, full_history, scoring=True
                 )[0]
         scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
@@ -212,6 +214,23 @@ def train_clv(
     if protected:
         _log_fairness_audit(outputs, customers[protected])
     return metrics, candidate, outputs
+
+
+def evaluation_orders(cfg: DictConfig, orders: pd.DataFrame, report: DataReport) -> pd.DataFrame:
+    """The orders the evaluation steps fit and judge on: a seeded sample of ``clv.evaluation_sample``
+    customers on a larger base (logged), else all. Their figures are estimates with that many customers'
+    noise, which their bootstrap intervals carry; the models the run registers are fitted to everyone."""
+    sample = sample_customer_orders(orders, cfg.clv.evaluation_sample, cfg.seed)
+    customers = report.customers if sample is orders else sample["customer_id"].nunique()
+    mlflow.log_param("clv.evaluation_customers", customers)
+    if sample is not orders:
+        note = (
+            f"seeded sample of {customers:,} of {report.customers:,} customers (clv.evaluation_sample): "
+            "family choice, layers, churn selection and backtest"
+        )
+        mlflow.set_tag("clv.evaluation_sample", note)
+        log.info("clv: evaluation on a %s", note)
+    return sample
 
 
 def _card_notes(model: CLVModel, has_amounts: bool, blocked: str | None) -> tuple[str, ...]:

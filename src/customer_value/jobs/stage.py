@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import mlflow
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from customer_value.data.loading import DataReport
@@ -88,6 +89,23 @@ def sample_positions(n_rows: int, size: int, seed: int) -> np.ndarray:
     if n_rows <= size:
         return np.arange(n_rows)
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def sample_customer_orders(orders: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """The orders of a seeded sample of ``size`` customers (``orders`` itself when the base is no larger),
+    plus a customer with an order on the log's first day and one on its last, so every window planned
+    from the log's dates is the one the whole base gives (as ``spark.training.sample_orders`` does).
+    ``orders`` as ``loading`` returns them: categorical ids, sorted by customer then date."""
+    ids = orders["customer_id"].cat
+    if len(ids.categories) <= size:
+        return orders
+    codes = ids.codes.to_numpy()
+    chosen = np.zeros(len(ids.categories), dtype=bool)
+    chosen[sample_positions(len(chosen), size, seed)] = True
+    dates = orders["date"].to_numpy()
+    chosen[codes[[dates.argmin(), dates.argmax()]]] = True
+    sample = orders[chosen[codes]]
+    return sample.assign(customer_id=sample["customer_id"].cat.remove_unused_categories())
 
 
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
