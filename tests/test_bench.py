@@ -20,7 +20,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         3_000,
         seed=3,
         workdir=tmp_path,
-        train=False,
+        train=True,
         subsample=2_000,
         on_row=lambda r: streamed.append(r["task"]),
     )
@@ -39,8 +39,12 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         "scoring vs lifetimes, no CLV",
         "segmentation fit",
         "BG/NBD fit with 2 covariates",
+        "train end to end",
     }
     assert all(row["agrees"] for row in rows.values()), [r["agreement"] for r in rows.values()]
     assert result["customers"] == 3_000
     assert result["orders_file"] > 10 * result["customers"]  # about 12 orders per customer, as at 1M
     assert all(row["project_s"] > 0 and row["baseline_s"] > 0 for row in rows.values())
+    train = rows["train end to end"]  # both sides in processes of their own, with their peak memory
+    assert 0 < train["baseline_peak_gib"] < train["project_peak_gib"] < 4
+    assert "lifetimes: read" in train["agreement"] and "issue 30's targets" in train["agreement"]

@@ -37,6 +37,33 @@ finally:
     report.write_text(json.dumps({"driver_kib": own}))
 """
 
+# lifetimes' own way from the same file: read it, summarise it, fit BG/NBD (in weeks, as ``compare.bench_fit``
+# feeds it) and Gamma-Gamma on the repeat buyers; the seconds of each step and the process's peak RSS.
+LIFETIMES_WITH_PEAKS = """
+import json, sys, time
+from pathlib import Path
+report, path = Path(sys.argv[1]), sys.argv[2]
+import pandas as pd
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes.utils import summary_data_from_transaction_data
+start = time.perf_counter()
+log = pd.read_parquet(path)
+read = time.perf_counter()
+summary = summary_data_from_transaction_data(
+    log, "customer_id", "timestamp", monetary_value_col="amount", freq="D"
+)
+del log
+summarised = time.perf_counter()
+BetaGeoFitter(penalizer_coef=0.0).fit(summary["frequency"], summary["recency"] / 7.0, summary["T"] / 7.0)
+repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+GammaGammaFitter(penalizer_coef=0.0).fit(repeat["frequency"], repeat["monetary_value"])
+fitted = time.perf_counter()
+status = Path("/proc/self/status").read_text().splitlines()
+own = int(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+report.write_text(json.dumps({
+    "read_s": read - start, "summary_s": summarised - read, "fit_s": fitted - summarised, "peak_kib": own
+}))
+"""
 SPARK_ARGS = [
     "engine=spark",
     "engine.master='local[2]'",
@@ -78,6 +105,20 @@ def train_once(orders_path: Path, folder: Path, engine: str) -> dict[str, float]
         "driver_peak_gib": found["driver_kib"] / 2**20,
         "children_peak_gib": descendants_kib / 2**20,
     }
+
+
+def lifetimes_once(orders_path: Path, folder: Path) -> dict[str, float]:
+    """lifetimes' summary and BG/NBD + Gamma-Gamma fits of the file in a process of their own: each
+    step's seconds and the process's peak RSS (GiB), comparable with ``train_once``'s."""
+    report = folder / "lifetimes-peaks.json"
+    command = [sys.executable, "-c", LIFETIMES_WITH_PEAKS, str(report), str(orders_path)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise RuntimeError("lifetimes baseline failed: " + " | ".join(tail))
+    found = json.loads(report.read_text())
+    seconds = {key: found[key] for key in ("read_s", "summary_s", "fit_s")}
+    return seconds | {"peak_gib": found["peak_kib"] / 2**20}
 
 
 def _descendants_rss_kib(pid: int) -> int:
