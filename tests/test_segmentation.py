@@ -165,3 +165,19 @@ def test_rfm_quintiles_baseline_uses_the_classic_grid() -> None:
     # Quintile scores survive the monotone preprocessing: both give the same groups.
     quantile = SegmentModel(algorithm="rfm_quintiles", preprocessing="quantile").fit(features)
     assert (quantile.predict(features)["segment_name"] == predicted["segment_name"]).all()
+
+
+def test_a_fit_started_from_a_sample_runs_once_from_its_centres_and_finds_the_same_segments() -> None:
+    """``fit(start=...)``: what a large base's final fit does (k chosen on a sample, fitted on everyone)."""
+    features, _ = planted_customers(n_per_group=2000, seed=4)
+    features = features * np.random.default_rng(5).lognormal(0.0, 0.4, features.shape)  # overlapping
+    sample = features.sample(n=1000, random_state=1)
+    started_from = SegmentModel(n_clusters=5, seed=1).fit(sample)
+    started = SegmentModel(n_clusters=5, seed=1).fit(features, start=started_from)
+    plain = SegmentModel(n_clusters=5, seed=1).fit(features)
+    ours, theirs = (m.pipeline_.named_steps["cluster"] for m in (started, plain))
+    assert ours.n_init == 1 and theirs.n_init == 10
+    np.testing.assert_array_equal(ours.init, started_from.pipeline_.named_steps["cluster"].cluster_centers_)
+    assert ours.inertia_ <= 1.01 * theirs.inertia_
+    labels = [m.predict(features)["segment"].to_numpy() for m in (started, plain)]
+    assert adjusted_rand_score(*labels) >= 0.95

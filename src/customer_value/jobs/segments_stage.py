@@ -22,6 +22,7 @@ from customer_value.jobs.stage import (
     card_facts,
     prefixed,
     require_metrics,
+    sample_customer_orders,
     sample_positions,
     version_tags,
 )
@@ -311,8 +312,10 @@ def _fit_substantial(
             k = choose_k(curves, seg.k_rule, seg.min_share, seg.min_segments, seg.min_distinctness)
             mlflow.set_tags({"segments.chosen_k": str(k), "segments.k_rule": seg.k_rule})
             run_logging.log_metrics({"k_selection.customers": len(sample)})
-            # Chosen on the sample, fitted on everyone.
-            model = models[k] if len(sample) == len(features) else make_model(k).fit(features, kpis)
+            # Chosen on the sample, fitted on everyone (k-means from the sample's centres).
+            model = (
+                models[k] if len(sample) == len(features) else make_model(k).fit(features, kpis, models[k])
+            )
         else:
             model = make_model().fit(features, kpis)
         require_substantial(model.profile_["share"], seg.min_share)
@@ -359,8 +362,11 @@ def _stability(
     earlier = as_of - pd.Timedelta(days=stability.window_days)
     if window is not None and stability.window_days > 0 and (orders["date"] <= earlier).sum() > 0:
         try:
+            # On the selection sample's customers (all of a smaller base): two fits of a million
+            # customers cost more than the rest of the stage.
+            sample = sample_customer_orders(orders, cfg.segmentation.selection_sample, cfg.seed)
             metrics["segments.stability.window_ari"] = window_ari(
-                orders, as_of, stability.window_days, lambda: make_model(k), window
+                sample, as_of, stability.window_days, lambda: make_model(k), window
             )
         except ModelFitError as exc:  # too few customers in the earlier window: say so, not a failure
             log.warning("segments: no window stability (%s)", exc)
