@@ -201,7 +201,8 @@ def train_segments(
         if [c for c in columns if c not in features.columns]:
             reason = f"it needs input columns {columns} that this run's features lack"
             return registry.ChampionJudgement(version, None, reason)
-        labels = loaded.predict(features[columns].reset_index(drop=True))["segment"].to_numpy()
+        inputs = features[columns].reset_index(drop=True)
+        labels = loaded.predict(inputs, params={"reasons": False})["segment"].to_numpy()  # labels only
         scores = quality(labels)
         score = scores.get(cfg.segmentation.primary_metric)
         return registry.ChampionJudgement(version, score, "re-scored on this run's customers", scores)
