@@ -144,7 +144,7 @@ def test_layers_and_backtest_adapt_to_a_three_month_log(tmp_path: Path, tracking
         cfg = compose(config_name="train", overrides=overrides)
     with mlflow.start_run() as run:
         orders, report = load_orders(cfg.data)
-        metrics, _, _ = train_clv(cfg, orders, report)
+        metrics, _, _, _ = train_clv(cfg, orders, report)
     logged = mlflow.get_run(run.info.run_id).data
     assert logged.params["clv.layers.inner_horizons_used"] == "[11, 15, 22]"
     assert "derived" in logged.tags["clv.layers.inner_horizons"]

@@ -254,7 +254,7 @@ def test_a_visit_log_registers_a_purchase_only_model_that_scores_without_value_c
     with run_logging.run(cfg.tracking.clv_experiment, cfg.tracking.artifact_root, None, {}) as run:
         orders, report = load_orders(cfg.data)
         log_data_report(report)
-        metrics, candidate, outputs = train_clv(cfg, orders, report)
+        metrics, candidate, outputs, _ = train_clv(cfg, orders, report)
     decision = _register(cfg, candidate)  # the amounts champion cannot be re-scored on visits: not compared
     assert (decision.version, decision.alias, decision.metric) == (
         "2",

@@ -172,7 +172,7 @@ def test_cdnow_default_segments_are_substantial_and_pairwise_distinct(
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"tracking.uri={tracking_uri}"])
     with mlflow.start_run() as run:
-        metrics, _ = train_segments(cfg, orders, report, clv_outputs)
+        metrics, _ = train_segments(cfg, orders, report, clv_outputs, today)
     assert metrics["segments.n_segments"] >= 3
     assert metrics["segments.smallest_segment_share"] >= 0.05
     assert metrics["segments.min_distinctness"] >= 0.5

@@ -65,13 +65,14 @@ NO_AMOUNTS_NOTE = (
 
 def train_clv(
     cfg: DictConfig, orders: pd.DataFrame, report: DataReport, base: PurchaseCounts | None = None
-) -> tuple[dict[str, float], Candidate, pd.DataFrame]:
+) -> tuple[dict[str, float], Candidate, pd.DataFrame, pd.DataFrame]:
     """Calibration fit -> holdout metrics and baselines -> refit -> log the pyfunc model.
 
     ``base`` (``engine=spark``): the whole base's purchase patterns as of a day, when ``orders`` are a
     sample of it; the purchase model's calibration and full-history fits use them (see ``spark.training``).
     Also returns the scoring model's outputs for every customer as of the last order (``clv.horizon_days``),
-    which the segments stage profiles and may cluster on.
+    which the segments stage profiles and may cluster on, and their customer table (it need not build it
+    again from the orders).
     """
     split = resolve_split(orders, cfg.split.calibration_end, cfg.split.calibration_share)
     with progress.step("clv.windows", "clv: calibration and holdout tables"):
@@ -104,7 +105,7 @@ def train_clv(
     if cfg.clv.churn.select:
         with progress.step("clv.churn_selection", "clv: churn selection per horizon band (calibration)"):
             selection, calibrated_baselines = attach_churn_selection(
-                cfg, settings, model, sample, split.calibration_end, calibration
+                cfg, settings, model, orders, split.calibration_end, calibration
             )
         metrics |= selection
     with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
@@ -143,7 +144,7 @@ def train_clv(
         if cfg.clv.churn.select:  # the same procedure on the whole history (the holdout judged it above)
             with progress.step("clv.churn_selection_scoring", "clv: churn selection on the whole history"):
                 metrics |= attach_churn_selection(
-                    cfg, settings, scoring_model, sample, split.holdout_end, full_history, scoring=True
+                    cfg, settings, scoring_model, orders, split.holdout_end, full_history, scoring=True
                 )[0]
         scoring_model.value_layer_ = model.value_layer_
         metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
@@ -213,7 +214,7 @@ def train_clv(
     outputs = scoring_model.predict(today, cfg.clv.horizon_days)
     if protected:
         _log_fairness_audit(outputs, customers[protected])
-    return metrics, candidate, outputs
+    return metrics, candidate, outputs, today
 
 
 def evaluation_orders(cfg: DictConfig, orders: pd.DataFrame, report: DataReport) -> pd.DataFrame:

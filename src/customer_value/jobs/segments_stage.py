@@ -72,14 +72,19 @@ def segment_attributes(cfg: DictConfig) -> tuple[pd.DataFrame | None, list[str]]
 
 
 def train_segments(
-    cfg: DictConfig, orders: pd.DataFrame, report: DataReport, clv_outputs: pd.DataFrame | None = None
+    cfg: DictConfig,
+    orders: pd.DataFrame,
+    report: DataReport,
+    clv_outputs: pd.DataFrame | None = None,
+    today: pd.DataFrame | None = None,
 ) -> tuple[dict[str, float], Candidate]:
     """Fit segments on every customer as of the last order (choosing k when asked); log quality,
     distinctness, stability, profile and plots. Small and indistinct clusters are merged; the run fails only
     when no substantial, distinct solution with ``segmentation.min_segments`` segments exists.
 
     ``clv_outputs`` (the CLV model's predictions for the same customers) are the KPIs distinctness is
-    judged on, decide whether tenure is clustered on, and add predicted value and churn to the profile."""
+    judged on, decide whether tenure is clustered on, and add predicted value and churn to the profile;
+    ``today``: the customer table as of the last order, when the caller built it already."""
     seg = cfg.segmentation
     as_of = orders["date"].max()
     feature_set = FeatureSet(
@@ -91,7 +96,7 @@ def train_segments(
     def with_attributes(table: pd.DataFrame) -> pd.DataFrame:
         return table if attributes is None else join_attributes(table, attributes, attribute_columns)
 
-    features = with_attributes(customer_features(orders, as_of))
+    features = with_attributes(customer_features(orders, as_of) if today is None else today)
     features = with_extra_features(features, feature_set, orders, as_of, clv_outputs)
     kpis = None if clv_outputs is None else kpi_table(clv_outputs.reindex(features.index))
     feature_set = replace(feature_set, excluded=_left_out(cfg, features, kpis))

@@ -1,7 +1,7 @@
 """Progress a person can follow: each long step of a job logs when it starts and when it ends, with its
-duration, and the active run records the duration as ``time.<name>_s`` (compare runs in the UI). A step's
-freed memory is given back when it ends (``memory.release``), so the next step's peak starts from what
-is still held."""
+duration, and the active run records the duration as ``time.<name>_s`` (compare runs in the UI). Freed
+memory is given back when a step starts and when it ends (``memory.release``), so a step's peak starts
+from what is still held, not from the last one's garbage."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ log = logging.getLogger("customer_value.progress")
 def step(name: str, label: str) -> Iterator[None]:
     """``label ...`` now, ``label: done in N s`` at the end (nothing more if the step fails: the job's
     error says why); the run, if one is active, gets the metric ``time.<name>_s``."""
+    memory.release()  # what the work before it left behind
     log.info("%s ...", label)
     start = time.perf_counter()
     yield
