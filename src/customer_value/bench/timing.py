@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,36 @@ def timed(work: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = work()
     return result, time.perf_counter() - start
+
+
+def timed_with_peak(work: Callable[[], T]) -> tuple[T, float, float]:
+    """The result, the seconds and the peak resident memory (GiB) the work added over what the process
+    held when it started (VmRSS sampled every 10 ms; the process's own VmHWM cannot be reset)."""
+    start_kib = _rss_kib()
+    peak = [start_kib]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_kib())
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result, seconds = timed(work)
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], _rss_kib())
+    return result, seconds, (peak[0] - start_kib) / 2**20
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+    return 0
 
 
 def best_of(repeats: int, work: Callable[[], T]) -> tuple[T, float]:

@@ -19,6 +19,7 @@ import pandas as pd
 from customer_value.errors import ModelFitError
 from customer_value.models.segments.distinctness import distinctness_table
 from customer_value.models.segments.segmentation import SegmentModel, evaluation_space, quality_metrics
+from customer_value.tracking import progress
 
 # rule -> (metric column, True when higher is better)
 K_RULES = {
@@ -41,7 +42,8 @@ def criterion_curves(
     counts after merging, and (with ``kpis``) the least distinct pair's gap in SD."""
     space = evaluation_space(features)
     rows, models = [], {}
-    for k in k_values:  # a handful of k, each fit vectorised
+    for number, k in enumerate(k_values, start=1):  # a handful of k, each fit vectorised
+        progress.counted(number, len(k_values), f"segments: k selection, k={k}")
         model = make_model(k).fit(features, kpis)
         labels = model.predict(features)["segment"].to_numpy()
         row = {"k": k} | quality_metrics(space, labels, seed, silhouette_sample)

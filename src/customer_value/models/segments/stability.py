@@ -17,6 +17,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from customer_value.data.features import customer_features
 from customer_value.models.segments.segmentation import SegmentModel
+from customer_value.tracking import progress
 
 
 def bootstrap_ari(
@@ -31,7 +32,8 @@ def bootstrap_ari(
     ``kpis`` (aligned with ``features``) let each refit merge indistinct segments as the main fit did."""
     rng = np.random.default_rng(seed)
     scores = []
-    for _ in range(n_resamples):  # a few refits
+    for number in range(1, n_resamples + 1):  # a few refits
+        progress.counted(number, n_resamples, "segments: bootstrap refit")
         rows = rng.integers(0, len(features), len(features))
         refit = make_model().fit(features.iloc[rows], None if kpis is None else kpis.iloc[rows])
         scores.append(adjusted_rand_score(labels, refit.predict(features)["segment"].to_numpy()))
