@@ -29,12 +29,17 @@ from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.models.clv import cnbd_family
 from customer_value.models.clv.cnbd_likelihood import FitError as CNBDFitError
 from customer_value.models.clv.cnbd_likelihood import log_likelihood as cnbd_log_likelihood
-from customer_value.models.clv.covariate_likelihoods import covariate_patterns, fit_with_covariates
+from customer_value.models.clv.covariate_likelihoods import (
+    CovariatePatterns,
+    covariate_patterns,
+    fit_with_covariates,
+)
 from customer_value.models.clv.covariates import (
     coefficient_design,
     coefficient_positions,
     customer_values,
     encode,
+    row_codes,
 )
 from customer_value.models.clv.likelihoods import (
     FitFailed,
@@ -308,7 +313,7 @@ def model_inputs(
         T=as_array["T_days"] / time_unit_days,
         monetary_value=as_array.get("monetary_value"),
         design=design,
-        design_codes=None if design is None else np.unique(design, axis=0, return_inverse=True)[1].ravel(),
+        design_codes=None if design is None else row_codes(design)[0],
         litt=as_array[LITT_COLUMN] - as_array["frequency"] * math.log(time_unit_days) if litt else None,
     )
 
@@ -404,12 +409,18 @@ def fit_purchase_model(
 
 
 def fit_covariate_purchase_model(
-    inputs: ModelInputs, penalizer: float, family: str, encoding: dict[str, object]
+    inputs: ModelInputs,
+    penalizer: float,
+    family: str,
+    encoding: dict[str, object],
+    patterns: CovariatePatterns | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The purchase model with covariates (``covariate_likelihoods``): population parameters and the
-    coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns."""
+    coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns
+    (``patterns``, if already built from ``inputs``)."""
     spec = FAMILIES[family]
-    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    if patterns is None:
+        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
     sets = coefficient_design(family, encoding)
     positions = coefficient_positions(family, encoding)
     try:

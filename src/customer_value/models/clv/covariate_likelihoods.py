@@ -25,13 +25,13 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from customer_value.models.clv.covariates import COEFFICIENT_SETS
+from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+from customer_value.models.clv.covariates import COEFFICIENT_SETS, row_codes
 from customer_value.models.clv.likelihoods import (
     FIT_TOLERANCE,
     INITIAL_LOG_PARAMS,
     FitFailed,
     _check_histories,
-    _codes,
 )
 from customer_value.models.clv.pareto_likelihood import (
     FIT_TOLERANCE as PARETO_TOLERANCE,
@@ -58,15 +58,16 @@ class CovariatePatterns:
 def covariate_patterns(
     frequency: np.ndarray, recency: np.ndarray, T: np.ndarray, design: np.ndarray
 ) -> CovariatePatterns:
-    """Group customers by history and design row (few rows for text covariates; numeric ones are distinct)."""
-    _, design_code = np.unique(design, axis=0, return_inverse=True)
-    columns = [_codes(np.asarray(c, dtype="float64")) for c in (frequency, recency, T)]
-    columns.append(_codes(design_code.ravel().astype("float64")))
-    key = np.zeros(len(frequency), dtype="int64")
-    for distinct, inverse in columns:  # mixed radix, renumbered before it could overflow
-        key = _codes(key)[1] * len(distinct) + inverse
-    _, first, counts = np.unique(key, return_index=True, return_counts=True)
-    x, t_x, big_t = (distinct[inverse[first]] for distinct, inverse in columns[:3])
+    """Group customers by history and design row (few rows for text covariates; numeric ones are distinct),
+    in order of first appearance; ``covariates.row_codes`` numbers the rows (hashing, not sorting)."""
+    columns = [np.asarray(c, dtype="float64") for c in (frequency, recency, T)]
+    codes, n_patterns = row_codes(design, *columns)  # a numeric covariate settles it at once
+    if n_patterns == len(codes):  # every customer a pattern of its own (codes are 0, 1, ... in order)
+        return CovariatePatterns(*columns, design, np.ones(n_patterns))
+    first = np.empty(n_patterns, dtype="int64")
+    first[codes] = np.arange(len(codes))  # any customer of each pattern: they are equal
+    x, t_x, big_t = (c[first] for c in columns)
+    counts = np.bincount(codes, minlength=n_patterns)
     return CovariatePatterns(x, t_x, big_t, design[first], counts.astype("float64"))
 
 
@@ -146,6 +147,7 @@ class CovariateLikelihood:
             for name, (parameter, sign, _) in COEFFICIENT_SETS[family].items()
         ]
         self.n_params = 4 + sum(len(columns) for _, _, columns in self.sets)
+        self._fast: BGNBDCovariateTerms | None = None  # built at the first evaluation
 
     def pattern_parameters(self, theta: np.ndarray) -> list[np.ndarray | float]:
         """(r, alpha_i, a_i, b_i) or (r, alpha_i, s, beta_i): scalars for parameters no set moves."""
@@ -160,7 +162,19 @@ class CovariateLikelihood:
 
     def value_and_gradient(self, theta: np.ndarray, time_scale: float = 1.0) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta; ages and recencies multiplied by ``time_scale`` first (alpha0 and beta0 are
-        then in the scaled unit)."""
+        then in the scaled unit). BG/NBD: ``covariate_bgnbd``'s grouped evaluation."""
+        if self.family == "bgnbd":
+            if self._fast is None:
+                p = self.patterns
+                self._fast = BGNBDCovariateTerms(p.frequency, p.recency, p.T, p.design, p.weights, self.sets)
+            return self._fast.value_and_gradient(theta, time_scale)
+        return self.per_pattern_value_and_gradient(theta, time_scale)
+
+    def per_pattern_value_and_gradient(
+        self, theta: np.ndarray, time_scale: float = 1.0
+    ) -> tuple[float, np.ndarray]:
+        """``value_and_gradient`` pattern by pattern (``PATTERN_TERMS``, then the chain rule): the reference
+        the faster evaluations are tested against."""
         p = self.patterns
         values = self.pattern_parameters(theta)
         ll, log_grad = PATTERN_TERMS[self.family](

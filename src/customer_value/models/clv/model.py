@@ -41,8 +41,8 @@ from customer_value.models.clv.btyd import (
 )
 from customer_value.models.clv.churn_layer import ChurnLayer, layer_inputs
 from customer_value.models.clv.churn_selection import ChurnSelector
-from customer_value.models.clv.covariate_likelihoods import covariate_patterns
-from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns
+from customer_value.models.clv.covariate_likelihoods import CovariatePatterns, covariate_patterns
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns, row_codes
 from customer_value.models.clv.predict import churn_probability, predict_arrays, probability_alive
 from customer_value.models.clv.uncertainty import (
     expectation_interval,
@@ -158,6 +158,10 @@ class CLVModel:
             litt_sum = counts_litt_total(purchase_counts, self.time_unit_days) if gaps else None
         else:
             patterns = purchase_patterns(inputs)
+        # With covariates: the (x, t_x, T, design row) patterns, built once for the fit, check and covariance.
+        with_design = None
+        if encoding is not None:
+            with_design = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
         self.fit_attempts_: list[tuple[str, float, str]] = []
         self.spend_fallback_: str | None = None
         anchor: SpendAnchor | None = None
@@ -169,12 +173,14 @@ class CLVModel:
             if encoding is None:
                 purchase = fit_purchase_model(inputs, penalizer, self.family, patterns, litt_sum)
             else:
-                purchase, gammas = fit_covariate_purchase_model(inputs, penalizer, self.family, encoding)
+                purchase, gammas = fit_covariate_purchase_model(
+                    inputs, penalizer, self.family, encoding, with_design
+                )
                 covariates = coefficients[penalizer] = encoding | {"coefficients": gammas}
             neutral = CLVParams(
                 self.family, purchase, NEUTRAL_SPEND, self.time_unit_days, covariates=covariates
             )
-            _require_finite_predictions(neutral, inputs)
+            _require_finite_predictions(neutral, inputs, with_design)
             return purchase
 
         def fit_spend(penalizer: float) -> dict[str, float]:
@@ -207,7 +213,9 @@ class CLVModel:
         params = CLVParams(self.family, purchase, spend, self.time_unit_days, covariates=covariates)
         spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
         covariance = (
-            log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
+            log_parameter_covariance(
+                params, inputs, patterns, spend_mean=spend_mean, design_patterns=with_design
+            )
             if self.covariance
             else None
         )
@@ -418,7 +426,9 @@ def _ladder(penalizer: float, fallbacks: tuple[float, ...]) -> list[float]:
     return [penalizer, *(p for p in fallbacks if p > penalizer)]
 
 
-def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
+def _require_finite_predictions(
+    params: CLVParams, inputs: ModelInputs, with_design: CovariatePatterns | None = None
+) -> None:
     """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
 
     Checked on the unique (x, t_x, T) patterns (with covariates: (x, t_x, T, design row)) at a one-year and
@@ -428,7 +438,9 @@ def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
         patterns = purchase_patterns(inputs)
         design = None
     else:
-        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+        patterns = with_design
+        if patterns is None:
+            patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
         design = patterns.design
     unique = ModelInputs(
         patterns.frequency,
@@ -436,6 +448,7 @@ def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
         patterns.T,
         np.zeros(len(patterns.T)) if params.has_spend else None,
         design,
+        None if design is None else row_codes(design)[0],  # numbered once, not per horizon
     )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:

@@ -26,7 +26,7 @@ from customer_value.models.clv.btyd import (
     lifetimes_fitter,
     quiet_lifetimes,
 )
-from customer_value.models.clv.covariates import customer_values
+from customer_value.models.clv.covariates import customer_values, row_codes
 from customer_value.models.clv.pareto_likelihood import per_customer
 
 TRACKING_DESIGN_ROWS = 200  # distinct covariate rows averaged for the unconditional tracking curve
@@ -187,7 +187,7 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         pair, _ = pd.factorize(x + 1j * T)
         codes = inputs.design_codes
         if codes is None:
-            codes = np.unique(inputs.design, axis=0, return_inverse=True)[1].ravel()
+            codes = row_codes(inputs.design)[0]
         inverse, keys = pd.factorize(pair.astype("int64") * (int(codes.max()) + 1) + codes)
         first = np.zeros(len(keys), dtype="int64")
         first[inverse] = np.arange(len(inverse))  # a customer of each triple (any: they share parameters)
