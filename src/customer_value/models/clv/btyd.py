@@ -414,17 +414,28 @@ def fit_covariate_purchase_model(
     family: str,
     encoding: dict[str, object],
     patterns: CovariatePatterns | None = None,
+    plain: Patterns | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The purchase model with covariates (``covariate_likelihoods``): population parameters and the
     coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns
-    (``patterns``, if already built from ``inputs``)."""
+    (``patterns``, if already built from ``inputs``).
+
+    BG/NBD starts from the plain fit's optimum on the (x, t_x, T) patterns (``plain``, built if not given;
+    a fraction of a second at a million customers) with every coefficient 0: BFGS then needs about half
+    the evaluations of the covariate likelihood. Pareto/NBD's plain fit costs as much as it would save."""
     spec = FAMILIES[family]
     if patterns is None:
         patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    start = None
+    if family == "bgnbd":
+        try:
+            start = fit_bgnbd(purchase_patterns(inputs) if plain is None else plain, penalizer)
+        except (FitFailed, ValueError):  # the covariate fit then starts where the plain one does
+            start = None
     sets = coefficient_design(family, encoding)
     positions = coefficient_positions(family, encoding)
     try:
-        params, gammas = fit_with_covariates(family, patterns, positions, penalizer)
+        params, gammas = fit_with_covariates(family, patterns, positions, penalizer, start)
     except FitFailed:
         raise ModelFitError(
             f"{spec.label} with covariates did not converge on {len(inputs.frequency):,} customers with "

@@ -209,28 +209,72 @@ def covariate_objective(
 
 
 def fit_with_covariates(
-    family: str, patterns: CovariatePatterns, design: dict[str, list[int]], penalizer: float
+    family: str,
+    patterns: CovariatePatterns,
+    design: dict[str, list[int]],
+    penalizer: float,
+    start: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """The family's estimates (population parameters in the input's time unit) and every coefficient,
-    as (population parameters, gammas in ``CovariateLikelihood`` order)."""
+    as (population parameters, gammas in ``CovariateLikelihood`` order).
+
+    ``start``: population parameters (input time unit) to start from, every coefficient at 0, instead of
+    the family's plain start (the plain fit's optimum is near), and BFGS's first inverse Hessian the
+    objective's there (``_inverse_hessian``) instead of the identity: 10 or so evaluations of the
+    likelihood after the Hessian's k + 1 instead of 70 (BG/NBD, 11 parameters), to the same optimum
+    (tested: the log-likelihoods agree to 1e-8 relative)."""
     _check_histories(patterns)
     likelihood = CovariateLikelihood(family, patterns, design)
     scale = 1.0 / float(np.max(patterns.T))  # lifetimes' _scale_time: the oldest customer's age becomes 1
     if family == "pareto_nbd":  # fit_pareto_nbd: penalty per pattern, start at 0, its tolerance
         objective = covariate_objective(likelihood, scale, penalizer / len(patterns.frequency))
-        start, tolerance = np.zeros(likelihood.n_params), PARETO_TOLERANCE
+        theta0, tolerance = np.zeros(likelihood.n_params), PARETO_TOLERANCE
     else:  # fit_bgnbd: lifetimes' start and tolerance
         objective = covariate_objective(likelihood, scale, penalizer)
-        start = np.concatenate([np.full(4, INITIAL_LOG_PARAMS), np.zeros(likelihood.n_params - 4)])
+        theta0 = np.concatenate([np.full(4, INITIAL_LOG_PARAMS), np.zeros(likelihood.n_params - 4)])
         tolerance = FIT_TOLERANCE
+    names = FAMILY_PARAMS[family]
+    options = {}
+    if start is not None:
+        scaled = {**start, "alpha": start["alpha"] * scale}
+        if family == "pareto_nbd":
+            scaled["beta"] = start["beta"] * scale
+        start_theta = np.log([scaled[name] for name in names])
+        if np.isfinite(start_theta).all():
+            theta0 = np.concatenate([start_theta, np.zeros(likelihood.n_params - 4)])
+            inverse = _inverse_hessian(objective, theta0)
+            if inverse is not None:
+                options["hess_inv0"] = inverse
     with np.errstate(all="ignore"):  # trial steps may overflow; a non-finite value makes BFGS back off
-        result = minimize(objective, start, jac=True, method="BFGS", tol=tolerance)
+        result = minimize(objective, theta0, jac=True, method="BFGS", tol=tolerance, options=options)
     stalled = result.status == 2 and np.max(np.abs(result.jac)) <= STALL_GRADIENT
     if not (result.success or stalled) or not np.isfinite(result.x).all() or not np.isfinite(result.fun):
         raise FitFailed(result.message)
-    names = FAMILY_PARAMS[family]
     base = dict(zip(names, np.exp(result.x[:4]).tolist(), strict=True))
     base["alpha"] /= scale
     if family == "pareto_nbd":
         base["beta"] /= scale
     return base, result.x[4:].copy()
+
+
+START_HESSIAN_STEP = 1e-4  # forward differences: a preconditioner, not the covariance
+
+
+def _inverse_hessian(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray
+) -> np.ndarray | None:
+    """Inverse of the objective's Hessian at ``theta`` by forward differences of its analytic gradient
+    (k + 1 evaluations), symmetrised; None unless positive definite (BFGS then starts from the identity)."""
+    with np.errstate(all="ignore"):
+        base = objective(theta)[1]
+        steps = np.eye(len(theta)) * START_HESSIAN_STEP
+        hessian = np.column_stack([(objective(theta + h)[1] - base) / START_HESSIAN_STEP for h in steps])
+    hessian = (hessian + hessian.T) / 2.0
+    if not np.isfinite(hessian).all():
+        return None
+    try:
+        np.linalg.cholesky(hessian)
+    except np.linalg.LinAlgError:
+        return None
+    inverse = np.linalg.inv(hessian)
+    return (inverse + inverse.T) / 2.0

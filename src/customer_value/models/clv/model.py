@@ -174,7 +174,7 @@ class CLVModel:
                 purchase = fit_purchase_model(inputs, penalizer, self.family, patterns, litt_sum)
             else:
                 purchase, gammas = fit_covariate_purchase_model(
-                    inputs, penalizer, self.family, encoding, with_design
+                    inputs, penalizer, self.family, encoding, with_design, patterns
                 )
                 covariates = coefficients[penalizer] = encoding | {"coefficients": gammas}
             neutral = CLVParams(
