@@ -43,11 +43,13 @@ class BGNBDCovariateTerms:
     ) -> None:
         if sorted(index for index, _, _ in sets) != [1, 2, 3]:
             raise ValueError("BG/NBD's coefficient sets move alpha, a and b")
-        order = np.argsort(frequency <= 0, kind="stable")  # repeat buyers first: their rows are a slice
+        repeat = np.asarray(frequency) > 0
+        self.n_repeat = int(np.count_nonzero(repeat))
+        # Repeat buyers first, so theirs are a slice of every per-customer array.
+        order = np.concatenate([np.flatnonzero(repeat), np.flatnonzero(~repeat)])
         x = np.asarray(frequency, dtype="float64")[order]
-        self.n_repeat = int(np.count_nonzero(frequency > 0))
         self.x_repeat = x[: self.n_repeat]
-        self.recency = np.asarray(recency, dtype="float64")[order][: self.n_repeat]
+        self.recency = np.asarray(recency, dtype="float64")[order[: self.n_repeat]]
         self.T = np.asarray(T, dtype="float64")[order]
         self.w = np.asarray(weights, dtype="float64")[order]
         self.wx = self.w * x
@@ -56,18 +58,20 @@ class BGNBDCovariateTerms:
         self.sets = sets
         by_index = {index: (sign, columns) for index, sign, columns in sets}
         self.alpha_sign, alpha_columns = by_index[1]
+        design = np.asarray(design, dtype="float64")
         # alpha's columns, one contiguous row per column (ln alpha_i is a sum of scaled columns).
-        self.z_alpha = np.ascontiguousarray(np.asarray(design)[order][:, alpha_columns].T)
+        self.z_alpha = np.ascontiguousarray(design[order[:, None], alpha_columns].T)
         self.z_alpha_weighted = self.z_alpha @ self.w  # sum_i w_i z_i
         dropout = np.unique(np.concatenate([by_index[2][1], by_index[3][1]])).astype("int64")
-        codes, n_groups = row_codes(x, np.asarray(design)[order][:, dropout])
+        dropout_rows = design[order[:, None], dropout]
+        codes, n_groups = row_codes(dropout_rows, x)
         first = np.empty(n_groups, dtype="int64")
         first[codes] = np.arange(len(codes))  # any row of each group: they share x and the dropout row
         self.group_repeat = codes[: self.n_repeat]
         self.n_groups = n_groups
         self.x_group = x[first]
         self.w_group = np.bincount(codes, self.w, n_groups)
-        self.z_group = {index: np.asarray(design)[order][first][:, by_index[index][1]] for index in (2, 3)}
+        self.z_group = {index: design[order[first][:, None], by_index[index][1]] for index in (2, 3)}
         self._scaled: tuple[float, np.ndarray, np.ndarray] | None = None
 
     def _times(self, time_scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -257,7 +257,11 @@ class CLVModel:
             raise ModelFitError(
                 f"the customer table lacks covariate column(s) {absent} and no customer file is set"
             )
-        return features.join(self.customers[absent], how="left")
+        extra = self.customers[absent]
+        if not extra.index.is_unique:
+            return features.join(extra, how="left")
+        # The same left join as a lookup by id (a merge of a million string ids took twice as long).
+        return pd.concat([features, extra.reindex(features.index)], axis=1)
 
     churn_layer_: ChurnLayer | None = None
     churn_selector_: ChurnSelector | None = None

@@ -184,12 +184,11 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         px, pT = pairs.real, pairs.imag
         p_alpha, pa, pb = alpha, a, b
     else:  # each customer's own parameters: the pairs become (x, T, design row) triples
-        pair, _ = pd.factorize(x + 1j * T)
         codes = inputs.design_codes
         if codes is None:
             codes = row_codes(inputs.design)[0]
-        inverse, keys = pd.factorize(pair.astype("int64") * (int(codes.max()) + 1) + codes)
-        first = np.zeros(len(keys), dtype="int64")
+        inverse, n_keys = row_codes(codes, x, T)  # design first: all rows distinct settles it at once
+        first = np.zeros(n_keys, dtype="int64")
         first[inverse] = np.arange(len(inverse))  # a customer of each triple (any: they share parameters)
         px, pT = x[first], T[first]
         p_alpha, pa, pb = (np.broadcast_to(v, x.shape)[first] for v in (alpha, a, b))
