@@ -1,8 +1,8 @@
 """The covariate fits' fast paths against their references, computed in the same run.
 
 - ``row_codes`` / ``covariate_patterns`` group customers exactly as ``np.unique(axis=0)`` does;
-- the grouped, compiled likelihood (``covariate_bgnbd``, ``covariate_kernels``) gives the per-pattern
-  NumPy reference's value and gradient (``CovariateLikelihood.per_pattern_value_and_gradient``);
+- the compiled likelihoods (``covariate_bgnbd``, ``covariate_pareto``, ``covariate_kernels``) give the
+  per-pattern NumPy reference's value and gradient (``CovariateLikelihood.per_pattern_value_and_gradient``);
 - the fit (plain fit's start, preconditioned BFGS) reaches the optimum that BFGS from the family's plain
   start on the reference objective reaches: log-likelihoods equal to 1e-8 relative.
 """
@@ -37,7 +37,14 @@ DESIGNS = {
         {"purchase": [], "a": [], "b": []},
         {"purchase": [2], "a": [], "b": [0]},
     ],
+    "pareto_nbd": [
+        {"purchase": [0, 1, 2], "dropout": [0, 1]},
+        {"purchase": [2], "dropout": [0, 2]},
+        {"purchase": [], "dropout": []},
+        {"purchase": [], "dropout": [2]},
+    ],
 }
+CASES = [(family, sets) for family, designs in DESIGNS.items() for sets in designs]
 
 
 def _histories(n: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -84,8 +91,8 @@ def test_covariate_patterns_are_the_distinct_rows_with_their_counts() -> None:
     np.testing.assert_array_equal(patterns.weights[order], counts)
 
 
-@pytest.mark.parametrize("sets", DESIGNS["bgnbd"])
-def test_bgnbd_grouped_compiled_likelihood_is_the_per_pattern_one(sets: dict[str, list[int]]) -> None:
+@pytest.mark.parametrize(("family", "sets"), CASES)
+def test_the_compiled_likelihood_is_the_per_pattern_one(family: str, sets: dict[str, list[int]]) -> None:
     x, t_x, big_t, design = _histories(2000, 6)
     patterns = covariate_patterns(x, t_x, big_t, design)
     weighted = CovariatePatterns(
@@ -96,11 +103,11 @@ def test_bgnbd_grouped_compiled_likelihood_is_the_per_pattern_one(sets: dict[str
         patterns.weights * np.random.default_rng(7).uniform(0.5, 2.0, len(patterns.weights)),
     )
     for case in (patterns, weighted):
-        likelihood = CovariateLikelihood("bgnbd", case, sets)
+        likelihood = CovariateLikelihood(family, case, sets)
         rng = np.random.default_rng(8)
         for _ in range(5):
             theta = np.r_[
-                np.log(BASE["bgnbd"]) + rng.normal(0, 0.5, 4), rng.normal(0, 0.5, likelihood.n_params - 4)
+                np.log(BASE[family]) + rng.normal(0, 0.5, 4), rng.normal(0, 0.5, likelihood.n_params - 4)
             ]
             for scale in (1.0, 1 / 60):
                 value, gradient = likelihood.value_and_gradient(theta, scale)

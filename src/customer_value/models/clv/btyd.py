@@ -420,18 +420,18 @@ def fit_covariate_purchase_model(
     coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns
     (``patterns``, if already built from ``inputs``).
 
-    BG/NBD starts from the plain fit's optimum on the (x, t_x, T) patterns (``plain``, built if not given;
-    a fraction of a second at a million customers) with every coefficient 0: BFGS then needs about half
-    the evaluations of the covariate likelihood. Pareto/NBD's plain fit costs as much as it would save."""
+    The fit starts from the plain fit's optimum on the (x, t_x, T) patterns (``plain``, built if not
+    given) with every coefficient 0 and BFGS's first inverse Hessian taken there (``fit_with_covariates``):
+    the plain fit works on distinct histories, far fewer than customers when a numeric covariate makes
+    every customer a pattern, and the covariate fit from there takes a fraction of the evaluations."""
     spec = FAMILIES[family]
     if patterns is None:
         patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
-    start = None
-    if family == "bgnbd":
-        try:
-            start = fit_bgnbd(purchase_patterns(inputs) if plain is None else plain, penalizer)
-        except (FitFailed, ValueError):  # the covariate fit then starts where the plain one does
-            start = None
+    plain_fit = fit_bgnbd if family == "bgnbd" else fit_pareto_nbd
+    try:
+        start = plain_fit(purchase_patterns(inputs) if plain is None else plain, penalizer)
+    except (FitFailed, ValueError):  # the covariate fit then starts where the plain one does
+        start = None
     sets = coefficient_design(family, encoding)
     positions = coefficient_positions(family, encoding)
     try:

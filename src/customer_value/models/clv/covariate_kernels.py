@@ -92,3 +92,111 @@ def bgnbd_rows(
         partial[c, 5:] = z_sums
     total = partial.sum(axis=0)
     return total[:5], total[5:]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def pareto_rows(
+    r: float,
+    s: float,
+    log_alpha0: float,
+    log_beta0: float,
+    alpha_gammas: np.ndarray,
+    z_alpha: np.ndarray,
+    beta_gammas: np.ndarray,
+    z_beta: np.ndarray,
+    t_x: np.ndarray,
+    big_t: np.ndarray,
+    frequency: np.ndarray,
+    w: np.ndarray,
+    nodes: np.ndarray,
+    node_weights: np.ndarray,
+    tail_nats: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pareto/NBD's per-customer terms, summed: ll_i less lnG(r + x) - lnG(r), that is r ln alpha_i +
+    s ln beta_i + ln((alpha + T)^-(r+x) (beta + T)^-s + s I), and its derivatives in (ln r less the
+    digammas, ln alpha_i, ln s, ln beta_i), weighted and summed (5 values), with the ln alpha_i and ln
+    beta_i ones summed against each row of ``z_alpha`` and ``z_beta``.
+
+    ln alpha_i = ``log_alpha0`` + alpha_gammas . z_alpha[:, i] (signs folded in), likewise beta. I is
+    ``pareto_likelihood.ParetoNBDLikelihood._log_integral``'s quadrature, node by node.
+    """
+    n = big_t.shape[0]
+    k_alpha, k_beta = alpha_gammas.shape[0], beta_gammas.shape[0]
+    n_nodes = nodes.shape[0]
+    n_chunks = max(1, min(CHUNKS, n))
+    partial = np.zeros((n_chunks, 5 + k_alpha + k_beta))
+    log_s = math.log(s)
+    sn = s + 1.0
+    for c in range(n_chunks):
+        low, high = c * n // n_chunks, (c + 1) * n // n_chunks
+        sums = np.zeros(5 + k_alpha + k_beta)
+        for i in range(low, high):
+            log_alpha = log_alpha0
+            for j in range(k_alpha):
+                log_alpha += alpha_gammas[j] * z_alpha[j, i]
+            log_beta = log_beta0
+            for j in range(k_beta):
+                log_beta += beta_gammas[j] * z_beta[j, i]
+            alpha, beta = math.exp(log_alpha), math.exp(log_beta)
+            m, tx, tt = r + frequency[i], t_x[i], big_t[i]
+            log_alpha_t, log_beta_t = math.log(alpha + tt), math.log(beta + tt)
+            first = -m * log_alpha_t - s * log_beta_t
+            second = -math.inf
+            g_r, g_alpha, g_s, g_beta = 0.0, 0.0, 0.0, 0.0  # mean d ln f / d params under the quadrature
+            if tx < tt:
+                decay = m / (alpha + tx) + sn / (beta + tx)
+                drop = tail_nats + math.log1p(decay * (tt - tx))
+                end = min(tt, (alpha + tx) * math.exp(drop / m) - alpha)
+                end = min(end, (beta + tx) * math.exp(drop / sn) - beta)
+                near_alpha = alpha <= beta
+                cc, dd = min(alpha, beta), abs(alpha - beta)
+                near, far = (m, sn) if near_alpha else (sn, m)
+                u_start, u_end = math.log(cc + tx), math.log(cc + end)
+                half = 0.5 * (u_end - u_start)
+                mid = u_start + half
+                shift = (1.0 - near) * u_start - far * math.log(dd + cc + tx)
+                total, m_u, m_log_other, m_inv_near, m_inv_other = 0.0, 0.0, 0.0, 0.0, 0.0
+                for q in range(n_nodes):
+                    u = mid + half * nodes[q]
+                    e_u = math.exp(u)
+                    other = dd + e_u
+                    log_other = math.log(other)
+                    mass = math.exp((1.0 - near) * u - far * log_other - shift) * node_weights[q]
+                    total += mass
+                    m_u += mass * u
+                    m_log_other += mass * log_other
+                    m_inv_near += mass * (1.0 / e_u)
+                    m_inv_other += mass * (1.0 / other)
+                second = log_s + (shift + math.log(total) + math.log(half))
+                m_u, m_log_other = m_u / total, m_log_other / total
+                m_inv_near, m_inv_other = m_inv_near / total, m_inv_other / total
+                if near_alpha:
+                    g_r, g_alpha = -m_u, -m * m_inv_near
+                    g_s, g_beta = -m_log_other, -sn * m_inv_other
+                else:
+                    g_r, g_alpha = -m_log_other, -m * m_inv_other
+                    g_s, g_beta = -m_u, -sn * m_inv_near
+            if second == -math.inf:
+                log_sum = first
+            else:  # numpy's logaddexp
+                gap = first - second
+                log_sum = (first if gap > 0 else second) + math.log1p(math.exp(-abs(gap)))
+            share_first = math.exp(first - log_sum)
+            share_second = math.exp(second - log_sum)
+            wi = w[i]
+            sums[0] += wi * (r * log_alpha + s * log_beta + log_sum)
+            sums[1] += wi * (r * (log_alpha - share_first * log_alpha_t + share_second * g_r))
+            d_alpha = wi * (alpha * (r / alpha - share_first * m / (alpha + tt) + share_second * g_alpha))
+            sums[2] += d_alpha
+            sums[3] += wi * (
+                s * (log_beta - share_first * log_beta_t + share_second / s + share_second * g_s)
+            )
+            d_beta = wi * (beta * (s / beta - share_first * s / (beta + tt) + share_second * g_beta))
+            sums[4] += d_beta
+            for j in range(k_alpha):
+                sums[5 + j] += z_alpha[j, i] * d_alpha
+            for j in range(k_beta):
+                sums[5 + k_alpha + j] += z_beta[j, i] * d_beta
+        partial[c] = sums
+    total_sums = partial.sum(axis=0)
+    return total_sums[:5], total_sums[5 : 5 + k_alpha], total_sums[5 + k_alpha :]

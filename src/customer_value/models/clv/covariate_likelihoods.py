@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
 from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
 from customer_value.models.clv.covariates import COEFFICIENT_SETS, row_codes
 from customer_value.models.clv.likelihoods import (
     FIT_TOLERANCE,
@@ -147,7 +148,7 @@ class CovariateLikelihood:
             for name, (parameter, sign, _) in COEFFICIENT_SETS[family].items()
         ]
         self.n_params = 4 + sum(len(columns) for _, _, columns in self.sets)
-        self._fast: BGNBDCovariateTerms | None = None  # built at the first evaluation
+        self._fast: BGNBDCovariateTerms | ParetoCovariateTerms | None = None  # built when first used
 
     def pattern_parameters(self, theta: np.ndarray) -> list[np.ndarray | float]:
         """(r, alpha_i, a_i, b_i) or (r, alpha_i, s, beta_i): scalars for parameters no set moves."""
@@ -162,13 +163,12 @@ class CovariateLikelihood:
 
     def value_and_gradient(self, theta: np.ndarray, time_scale: float = 1.0) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta; ages and recencies multiplied by ``time_scale`` first (alpha0 and beta0 are
-        then in the scaled unit). BG/NBD: ``covariate_bgnbd``'s grouped evaluation."""
-        if self.family == "bgnbd":
-            if self._fast is None:
-                p = self.patterns
-                self._fast = BGNBDCovariateTerms(p.frequency, p.recency, p.T, p.design, p.weights, self.sets)
-            return self._fast.value_and_gradient(theta, time_scale)
-        return self.per_pattern_value_and_gradient(theta, time_scale)
+        then in the scaled unit): ``covariate_bgnbd``'s and ``covariate_pareto``'s compiled evaluations."""
+        if self._fast is None:
+            p = self.patterns
+            terms = BGNBDCovariateTerms if self.family == "bgnbd" else ParetoCovariateTerms
+            self._fast = terms(p.frequency, p.recency, p.T, p.design, p.weights, self.sets)
+        return self._fast.value_and_gradient(theta, time_scale)
 
     def per_pattern_value_and_gradient(
         self, theta: np.ndarray, time_scale: float = 1.0
