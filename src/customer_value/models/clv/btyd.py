@@ -426,7 +426,9 @@ def fit_covariate_purchase_model(
     every customer a pattern, and the covariate fit from there takes a fraction of the evaluations."""
     spec = FAMILIES[family]
     if patterns is None:
-        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+        patterns = covariate_patterns(
+            inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+        )
     plain_fit = fit_bgnbd if family == "bgnbd" else fit_pareto_nbd
     try:
         start = plain_fit(purchase_patterns(inputs) if plain is None else plain, penalizer)

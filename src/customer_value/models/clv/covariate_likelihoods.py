@@ -57,12 +57,20 @@ class CovariatePatterns:
 
 
 def covariate_patterns(
-    frequency: np.ndarray, recency: np.ndarray, T: np.ndarray, design: np.ndarray
+    frequency: np.ndarray,
+    recency: np.ndarray,
+    T: np.ndarray,
+    design: np.ndarray,
+    design_codes: np.ndarray | None = None,
 ) -> CovariatePatterns:
     """Group customers by history and design row (few rows for text covariates; numeric ones are distinct),
-    in order of first appearance; ``covariates.row_codes`` numbers the rows (hashing, not sorting)."""
+    in order of first appearance; ``covariates.row_codes`` numbers the rows (hashing, not sorting).
+    ``design_codes``: the design rows already numbered (``ModelInputs.design_codes``), if at hand.
+
+    When every customer is a pattern of its own the arrays are returned as they are (same objects)."""
     columns = [np.asarray(c, dtype="float64") for c in (frequency, recency, T)]
-    codes, n_patterns = row_codes(design, *columns)  # a numeric covariate settles it at once
+    rows = design if design_codes is None else design_codes
+    codes, n_patterns = row_codes(rows, *columns)  # a numeric covariate settles it at once
     if n_patterns == len(codes):  # every customer a pattern of its own (codes are 0, 1, ... in order)
         return CovariatePatterns(*columns, design, np.ones(n_patterns))
     first = np.empty(n_patterns, dtype="int64")

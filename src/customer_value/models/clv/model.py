@@ -161,7 +161,9 @@ class CLVModel:
         # With covariates: the (x, t_x, T, design row) patterns, built once for the fit, check and covariance.
         with_design = None
         if encoding is not None:
-            with_design = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+            with_design = covariate_patterns(
+                inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+            )
         self.fit_attempts_: list[tuple[str, float, str]] = []
         self.spend_fallback_: str | None = None
         anchor: SpendAnchor | None = None
@@ -440,19 +442,25 @@ def _require_finite_predictions(
     """
     if inputs.design is None:
         patterns = purchase_patterns(inputs)
-        design = None
+        design = codes = None
     else:
         patterns = with_design
         if patterns is None:
-            patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+            patterns = covariate_patterns(
+                inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+            )
         design = patterns.design
+        # Numbered once, not per horizon; the customers' numbering when the patterns are the customers
+        # themselves (``covariate_patterns`` then hands back the same design).
+        reuse = design is inputs.design and inputs.design_codes is not None
+        codes = inputs.design_codes if reuse else row_codes(design)[0]
     unique = ModelInputs(
         patterns.frequency,
         patterns.recency,
         patterns.T,
         np.zeros(len(patterns.T)) if params.has_spend else None,
         design,
-        None if design is None else row_codes(design)[0],  # numbered once, not per horizon
+        codes,
     )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:

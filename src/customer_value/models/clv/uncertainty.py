@@ -161,7 +161,9 @@ def covariate_likelihood(
     if already built from ``inputs``), and the fitted theta (log population parameters, then the
     coefficients in ``CLVParams.coefficients`` order)."""
     if patterns is None:
-        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+        patterns = covariate_patterns(
+            inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+        )
     positions = coefficient_positions(params.family, params.covariates)
     likelihood = CovariateLikelihood(params.family, patterns, positions)
     logs = np.log([params.purchase[k] for k in FAMILIES[params.family].params])
