@@ -13,6 +13,11 @@ fit_pareto_nbd``: lifetimes' scaled time axis, start and penalty), the penalty e
 (``penalizer * gamma^2``, a ridge). With a design of zeros the gradient in every coefficient is exactly 0,
 so BFGS never moves them and the fit is the family's plain one (to rounding; tested).
 
+Fits and covariances evaluate the sum with ``covariate_bgnbd`` and ``covariate_pareto`` (terms grouped by
+what they depend on, one compiled pass over the customers: ~40 ms an evaluation at a million customers
+for BG/NBD, against 0.6 s pattern by pattern); the per-pattern functions here are their reference
+(``CovariateLikelihood.per_pattern_value_and_gradient``; tested to agree to 1e-10 relative).
+
 This module must not import lifetimes.
 """
 
@@ -20,13 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
-from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
 from customer_value.models.clv.covariates import COEFFICIENT_SETS, row_codes
 from customer_value.models.clv.likelihoods import (
     FIT_TOLERANCE,
@@ -41,6 +45,10 @@ from customer_value.models.clv.pareto_likelihood import (
     STALL_GRADIENT,
     pattern_terms,
 )
+
+if TYPE_CHECKING:
+    from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+    from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
 
 FAMILY_PARAMS = {"bgnbd": ("r", "alpha", "a", "b"), "pareto_nbd": ("r", "alpha", "s", "beta")}
 
@@ -173,6 +181,10 @@ class CovariateLikelihood:
         """ll and d ll / d theta; ages and recencies multiplied by ``time_scale`` first (alpha0 and beta0 are
         then in the scaled unit): ``covariate_bgnbd``'s and ``covariate_pareto``'s compiled evaluations."""
         if self._fast is None:
+            # Imported here, so numba's import (0.3 s) is paid by covariate fits, not by every import of btyd.
+            from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+            from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
+
             p = self.patterns
             terms = BGNBDCovariateTerms if self.family == "bgnbd" else ParetoCovariateTerms
             self._fast = terms(p.frequency, p.recency, p.T, p.design, p.weights, self.sets)
