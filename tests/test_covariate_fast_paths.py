@@ -25,7 +25,12 @@ from customer_value.models.clv.covariate_likelihoods import (
     covariate_patterns,
     fit_with_covariates,
 )
-from customer_value.models.clv.covariates import coefficient_positions, fit_encoding, row_codes
+from customer_value.models.clv.covariates import (
+    codes_all_distinct,
+    coefficient_positions,
+    fit_encoding,
+    row_codes,
+)
 from customer_value.models.clv.likelihoods import FIT_TOLERANCE, INITIAL_LOG_PARAMS, fit_bgnbd
 from customer_value.models.clv.pareto_likelihood import FIT_TOLERANCE as PARETO_TOLERANCE
 from customer_value.models.clv.pareto_likelihood import STALL_GRADIENT, fit_pareto_nbd
@@ -79,6 +84,8 @@ def test_row_codes_group_rows_as_sorting_them_does() -> None:
     distinct = np.arange(5.0)
     assert np.array_equal(row_codes(np.zeros(5), distinct)[0], np.arange(5))  # all distinct: as they come
     assert np.array_equal(row_codes(np.array([0.0, -0.0, 1.0]))[0], [0, 0, 1])  # -0 == 0, as in np.unique
+    assert codes_all_distinct(row_codes(np.random.default_rng(0).normal(size=50))[0])
+    assert not codes_all_distinct(row_codes(design[:, :2])[0])
 
 
 def test_covariate_patterns_are_the_distinct_rows_with_their_counts() -> None:

@@ -286,7 +286,8 @@ class ModelInputs:
     T: np.ndarray
     monetary_value: np.ndarray | None
     design: np.ndarray | None = None  # customers x design columns (``covariates``); None = no covariates
-    design_codes: np.ndarray | None = None  # each customer's distinct design row, numbered (with ``design``)
+    # each customer's design row numbered 0..K-1, every number used (``row_codes``); with ``design``
+    design_codes: np.ndarray | None = None
     litt: np.ndarray | None = None  # sum of log inter-purchase times, model units (MBG/CNBD-k's fit only)
 
 

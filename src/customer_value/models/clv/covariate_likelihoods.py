@@ -31,7 +31,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from customer_value.models.clv.covariates import COEFFICIENT_SETS, row_codes
+from customer_value.models.clv.covariates import COEFFICIENT_SETS, codes_all_distinct, row_codes
 from customer_value.models.clv.likelihoods import (
     FIT_TOLERANCE,
     INITIAL_LOG_PARAMS,
@@ -77,6 +77,8 @@ def covariate_patterns(
 
     When every customer is a pattern of its own the arrays are returned as they are (same objects)."""
     columns = [np.asarray(c, dtype="float64") for c in (frequency, recency, T)]
+    if design_codes is not None and codes_all_distinct(design_codes):
+        return CovariatePatterns(*columns, design, np.ones(len(design_codes)))
     rows = design if design_codes is None else design_codes
     codes, n_patterns = row_codes(rows, *columns)  # a numeric covariate settles it at once
     if n_patterns == len(codes):  # every customer a pattern of its own (codes are 0, 1, ... in order)

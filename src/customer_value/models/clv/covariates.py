@@ -197,6 +197,12 @@ def row_codes(*columns: np.ndarray) -> tuple[np.ndarray, int]:
     return _renumber(key)
 
 
+def codes_all_distinct(codes: np.ndarray) -> bool:
+    """Whether a ``row_codes`` numbering (0..K-1, every code used) gives each row a code of its own: then
+    K is the number of rows. O(n), where hashing a million distinct codes again takes 0.2 s."""
+    return len(codes) > 0 and int(codes.max()) + 1 == len(codes)
+
+
 def _renumber(key: np.ndarray) -> tuple[np.ndarray, int]:
     codes, distinct = pd.factorize(key)
     return codes.astype("int64"), len(distinct)

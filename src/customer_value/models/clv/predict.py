@@ -26,7 +26,7 @@ from customer_value.models.clv.btyd import (
     lifetimes_fitter,
     quiet_lifetimes,
 )
-from customer_value.models.clv.covariates import customer_values, row_codes
+from customer_value.models.clv.covariates import codes_all_distinct, customer_values, row_codes
 from customer_value.models.clv.pareto_likelihood import per_customer
 
 TRACKING_DESIGN_ROWS = 200  # distinct covariate rows averaged for the unconditional tracking curve
@@ -187,7 +187,10 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         codes = inputs.design_codes
         if codes is None:
             codes = row_codes(inputs.design)[0]
-        inverse, n_keys = row_codes(codes, x, T)  # design first: all rows distinct settles it at once
+        if codes_all_distinct(codes):  # every customer its own design row, hence its own triple
+            inverse, n_keys = np.arange(len(codes)), len(codes)
+        else:
+            inverse, n_keys = row_codes(codes, x, T)
         first = np.zeros(n_keys, dtype="int64")
         first[inverse] = np.arange(len(inverse))  # a customer of each triple (any: they share parameters)
         px, pT = x[first], T[first]
