@@ -9,7 +9,8 @@ registers. The arithmetic is the NumPy reference's (``covariate_likelihoods.bgnb
 reference's to ~1e-13 relative (tested).
 
 Serial on purpose: on a two-core machine shared with other work, numba's ``parallel=True`` measured
-slower (72 ms against 51 ms an evaluation at a million customers) and costs more to compile.
+slower (72 ms against 51 ms an evaluation at a million customers) and costs more to compile. ``nogil``:
+independent evaluations (the covariance's 2k gradients) may run in threads.
 
 ``cache=True`` keeps the machine code beside this file: the first call on a machine compiles (seconds,
 see docs/benchmarks.md), later processes load it. ``fastmath=False``: the same IEEE arithmetic as NumPy.
@@ -27,7 +28,7 @@ from numba import njit
 CHUNKS = 64  # the customers' sums are taken in this many pieces, then added: less rounding than one sum
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def bgnbd_rows(
     log_alpha0: float,
     r: float,
@@ -94,7 +95,7 @@ def bgnbd_rows(
     return total[:5], total[5:]
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def pareto_rows(
     r: float,
     s: float,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
@@ -45,10 +44,6 @@ from customer_value.models.clv.pareto_likelihood import (
     STALL_GRADIENT,
     pattern_terms,
 )
-
-if TYPE_CHECKING:
-    from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
-    from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
 
 FAMILY_PARAMS = {"bgnbd": ("r", "alpha", "a", "b"), "pareto_nbd": ("r", "alpha", "s", "beta")}
 
@@ -166,7 +161,14 @@ class CovariateLikelihood:
             for name, (parameter, sign, _) in COEFFICIENT_SETS[family].items()
         ]
         self.n_params = 4 + sum(len(columns) for _, _, columns in self.sets)
-        self._fast: BGNBDCovariateTerms | ParetoCovariateTerms | None = None  # built when first used
+        # Imported here, so numba's import (0.3 s) is paid by covariate fits, not by every import of btyd.
+        from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+        from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
+
+        terms = BGNBDCovariateTerms if family == "bgnbd" else ParetoCovariateTerms
+        self._fast = terms(
+            patterns.frequency, patterns.recency, patterns.T, patterns.design, patterns.weights, self.sets
+        )
 
     def pattern_parameters(self, theta: np.ndarray) -> list[np.ndarray | float]:
         """(r, alpha_i, a_i, b_i) or (r, alpha_i, s, beta_i): scalars for parameters no set moves."""
@@ -182,14 +184,6 @@ class CovariateLikelihood:
     def value_and_gradient(self, theta: np.ndarray, time_scale: float = 1.0) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta; ages and recencies multiplied by ``time_scale`` first (alpha0 and beta0 are
         then in the scaled unit): ``covariate_bgnbd``'s and ``covariate_pareto``'s compiled evaluations."""
-        if self._fast is None:
-            # Imported here, so numba's import (0.3 s) is paid by covariate fits, not by every import of btyd.
-            from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
-            from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
-
-            p = self.patterns
-            terms = BGNBDCovariateTerms if self.family == "bgnbd" else ParetoCovariateTerms
-            self._fast = terms(p.frequency, p.recency, p.T, p.design, p.weights, self.sets)
         return self._fast.value_and_gradient(theta, time_scale)
 
     def per_pattern_value_and_gradient(
