@@ -11,7 +11,8 @@ on:
 - r ln alpha_i = r (ln alpha0 - sign gamma . z_i) sums to r (W ln alpha0 - sign gamma . sum_i w_i z_i), a
   constant sum;
 - only -(r + x) ln(alpha_i + T) (every customer) and the repeat buyers' softplus term need a pass over the
-  customers, in NumPy ufuncs (log, exp, log1p: about a millisecond per million values each).
+  customers: one compiled loop (``covariate_kernels.bgnbd_rows``; the same terms in NumPy took some thirty
+  array passes, 0.11 s an evaluation at a million customers against 0.04-0.05 s).
 
 The value and gradient are the per-pattern reference's to rounding (tested).
 """
