@@ -157,3 +157,22 @@ def test_tracking_curve_equals_lifetimes_expected_cumulative_transactions() -> N
     )  # every customer's first day is in the calibration
     assert ours["actual"].iloc[-1] == repeats == theirs["actual"].iloc[-1]
     assert ours["actual"].is_monotonic_increasing and ours["holdout"].iloc[-1] and not ours["holdout"].iloc[0]
+
+
+def test_tracking_curve_counts_the_cohorts_repeat_days_whatever_the_ids_and_row_order() -> None:
+    """The actual curve against a plain pandas count, on the loader's orders and on shuffled text ids."""
+    from customer_value.data.loading import load_bundled
+    from customer_value.evaluation.holdout_metrics import cumulative_repeat_tracking
+
+    orders, _ = load_bundled("cdnow_sample")
+    cut, end = pd.Timestamp("1997-03-15"), pd.Timestamp("1998-01-31")  # a cohort still joining at the cut
+    first = orders.groupby("customer_id", observed=True)["date"].transform("min")
+    repeat = (first <= cut) & (orders["date"] > first) & (orders["date"] <= end)
+    shuffled = orders.sample(frac=1.0, random_state=3).assign(
+        customer_id=lambda frame: frame["customer_id"].astype(str)
+    )
+    for log in (orders, shuffled):
+        curve = cumulative_repeat_tracking(log, cut, end, lambda ages: np.zeros_like(ages))
+        expected = [int((repeat & (orders["date"] <= day)).sum()) for day in curve.index]
+        assert curve["actual"].tolist() == expected
+        assert (orders.loc[first <= cut, "customer_id"].nunique()) > 0 and curve["actual"].iloc[-1] > 0

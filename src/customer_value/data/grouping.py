@@ -68,6 +68,8 @@ def sorted_runs(codes: np.ndarray, days: np.ndarray, *, by_day: bool) -> Runs:
         boundary[0] = True
         if by_day:
             np.not_equal(keys[1:], keys[:-1], out=boundary[1:])
+        elif order is None:  # already in order: the codes themselves, no shifted copy of the keys
+            np.not_equal(codes[1:], codes[:-1], out=boundary[1:])
         else:
             customer = keys >> day_bits
             np.not_equal(customer[1:], customer[:-1], out=boundary[1:])

@@ -24,7 +24,7 @@ from customer_value.evaluation.calibration import (
 )
 from customer_value.evaluation.holdout_metrics import churned
 from customer_value.jobs.stage import prefixed, sample_positions
-from customer_value.models.clv.churn_selection import ChurnSelector, select_churn
+from customer_value.models.clv.churn_selection import ChurnSelector, SelectionReport, select_churn
 from customer_value.models.clv.covariates import COVARIATE_FAMILIES
 from customer_value.models.clv.model import CLVModel
 from customer_value.schema import CLV_FAMILIES
@@ -80,10 +80,26 @@ def attach_churn_selection(
     selection's metrics and, for the holdout's calibrated baselines, one selector per baseline candidate
     in the same bands (empty when no band could be chosen: the purchase model's own probability then
     stands, tagged)."""
+    chosen = choose_churn(cfg, settings, model, orders, end, base, scoring)
+    return record_churn_selection(model, *chosen, scoring=scoring)
+
+
+def choose_churn(
+    cfg: DictConfig,
+    settings: dict[str, object],
+    model: CLVModel,
+    orders: pd.DataFrame,
+    end: pd.Timestamp,
+    base: pd.DataFrame,
+    scoring: bool = False,
+) -> tuple[ChurnSelector | None, SelectionReport]:
+    """``attach_churn_selection``'s work without its logging: safe in a thread of its own (the train runs
+    the whole history's selection beside the calibration window's evaluation; MLflow's active run is the
+    main thread's)."""
     churn = cfg.clv.churn
     rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
     fit_btyd, other_families = purchase_fitters(settings)
-    selector, report = select_churn(
+    return select_churn(
         orders,
         end,
         list(churn.horizons_days),
@@ -94,7 +110,15 @@ def attach_churn_selection(
         seed=cfg.seed,
         level_on=model.btyd_churn_curve(base.iloc[rows]),
         other_families=other_families,
+        label="clv.churn (whole history)" if scoring else "clv.churn",
     )
+
+
+def record_churn_selection(
+    model: CLVModel, selector: ChurnSelector | None, report: SelectionReport, scoring: bool = False
+) -> tuple[dict[str, float], dict[str, ChurnSelector]]:
+    """Log a selection's figures and decisions, attach its selector to ``model``; returns what
+    ``attach_churn_selection`` does."""
     kind = "scoring_" if scoring else ""
     if not report.scores.empty:
         run_logging.log_table(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -321,10 +322,36 @@ def model_inputs(
 
 @contextlib.contextmanager
 def quiet_lifetimes() -> Iterator[None]:
-    """lifetimes prints the optimiser result on failure and warns on overflow: keep job output clean."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore", RuntimeWarning)
+    """lifetimes prints the optimiser result on failure and warns on overflow: keep job output clean.
+
+    sys.stdout and the warning filters are the process's, and the train runs one churn selection in a
+    thread beside the rest: the first thread in silences them, the last one out restores them (nested
+    per-thread redirections, as ``contextlib.redirect_stdout``, can restore them in the wrong order)."""
+    with _QUIET.lock:
+        if _QUIET.depth == 0:
+            _QUIET.stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _QUIET.stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        _QUIET.depth += 1
+    try:
         yield
+    finally:
+        with _QUIET.lock:
+            _QUIET.depth -= 1
+            if _QUIET.depth == 0:
+                _QUIET.stack.close()
+
+
+class _Quiet:
+    """How many threads are inside ``quiet_lifetimes``, and how to undo what the first one did."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.stack = contextlib.ExitStack()
+
+
+_QUIET = _Quiet()
 
 
 def purchase_patterns(inputs: ModelInputs) -> Patterns:

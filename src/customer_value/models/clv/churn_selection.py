@@ -216,17 +216,19 @@ def select_churn(
     seed: int = 0,
     level_on: Callable[[float], np.ndarray] | None = None,
     other_families: dict[str, Callable[[pd.DataFrame], object]] | None = None,
+    label: str = "clv.churn",
 ) -> tuple[ChurnSelector | None, SelectionReport]:
     """Choose and fit each band's candidate on backtest windows before ``calibration_end``.
 
     ``fit_btyd(features)`` returns a fitted purchase model (``.predict(features, days)``, ``.params_``);
     ``other_families``: a fitter per other family, for the ``other_families`` candidates; ``level_on(days)``:
     the purchase model's churn probabilities for (a sample of) the training base at a horizon, for the
-    bands' level offsets.
+    bands' level offsets; ``label`` starts its progress lines.
     Returns None (the purchase model's own probability then stands) when no band has a usable window,
     with the reasons in the report.
     """
-    known = orders[orders["date"] <= calibration_end]
+    seen = orders["date"] <= calibration_end
+    known = orders if seen.all() else orders[seen]  # the whole history's selection: no copy of the log
     first = known["date"].min()
     report = SelectionReport()
     others = (
@@ -251,7 +253,7 @@ def select_churn(
         origins = backtest_origins(first, calibration_end, days, folds, step_days)
         windows = []
         for number, origin in enumerate(origins, start=1):
-            progress.counted(number, len(origins), f"clv.churn {horizon:.0f}-day band: {days}-day window")
+            progress.counted(number, len(origins), f"{label} {horizon:.0f}-day band: {days}-day window")
             windows.append(_window(known, origin, days, fit_btyd, fitters, fits, seed))
         if not windows:
             report.notes.append(f"{horizon:.0f} d: no {days}-day window leaves enough history before it")

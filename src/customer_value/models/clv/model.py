@@ -56,7 +56,7 @@ from customer_value.models.clv.value_layer import ValueLayer, value_layer_inputs
 # Gamma-Gamma parameters serve while the spend model is not fitted yet.
 NEUTRAL_SPEND = {"p": 1.0, "q": 2.0, "v": 1.0}
 INTERVAL_SEED = 20_050_101  # fixed: a customer's interval depends on its own row only
-INTERVAL_CHUNK = 50_000  # customers per chunk when drawing intervals
+INTERVAL_CHUNK = 25_000  # customers per chunk when drawing intervals (each chunk: draws x chunk per column)
 
 
 class CLVModel:
