@@ -48,3 +48,5 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
     train = rows["train end to end"]  # both sides in processes of their own, with their peak memory
     assert 0 < train["baseline_peak_gib"] < train["project_peak_gib"] < 4
     assert "lifetimes: read" in train["agreement"] and "issue 30's targets" in train["agreement"]
+    covariates = rows["BG/NBD fit with 2 covariates"]  # each fit's added memory beside its time
+    assert covariates["project_peak_gib"] >= 0 and covariates["baseline_peak_gib"] >= 0
