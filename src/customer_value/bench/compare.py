@@ -338,7 +338,7 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     del orders
     customers = world.customers.set_index("customer_id")
     covariates = {"purchase": ["channel", "tenure_score"], "dropout": ["channel"]}
-    # numba compiles the covariate likelihood on its first use in a checkout (cached on disk after):
+    # A first fit pays one-off costs (imports, caches): a small fit first, so the row times the fit itself
     # a small fit first, so the row times the fit and the detail gives the one-off cost.
     _, warm_up_s = timed(
         lambda: CLVModel(family=family, covariates=covariates, customers=customers).fit(features.iloc[:2000])
@@ -358,7 +358,7 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     agreement = (
         f"{len(names)} parameters ({len(params.coefficients())} coefficients) vs the truth: largest error "
         f"{np.max(np.abs(values - truth) / se):.1f} SE; {int(inside.sum())} within max(10 %, 3 SE); "
-        f"a 2,000-customer fit first, untimed here: {warm_up_s:.1f} s (numba's compile on first use)"
+        f"a 2,000-customer fit first, untimed here: {warm_up_s:.1f} s (one-off costs of a first fit)"
     )
     label = FAMILIES[family].label
     return Row(
