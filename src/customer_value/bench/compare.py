@@ -339,7 +339,6 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     customers = world.customers.set_index("customer_id")
     covariates = {"purchase": ["channel", "tenure_score"], "dropout": ["channel"]}
     # A first fit pays one-off costs (imports, caches): a small fit first, so the row times the fit itself
-    # a small fit first, so the row times the fit and the detail gives the one-off cost.
     _, warm_up_s = timed(
         lambda: CLVModel(family=family, covariates=covariates, customers=customers).fit(features.iloc[:2000])
     )
