@@ -362,3 +362,16 @@ def test_the_gate_compares_every_baseline_on_the_same_resamples_as_alone() -> No
     together = paired_auc_differences(label, score, others, seed=42)
     for name, other in others.items():
         assert together[name] == paired_auc_difference(label, score, other, seed=42)
+
+
+def test_a_selection_whose_caller_gave_up_stops_at_its_next_window(cdnow_master) -> None:
+    """The train runs the whole history's selection in a thread; when the job fails it sets ``stop``."""
+    import threading
+
+    from customer_value.models.clv.churn_selection import SelectionStopped
+
+    orders, _ = cdnow_master
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(SelectionStopped, match="stopped before its"):
+        select_churn(orders, orders["date"].max(), [91], lambda f: CLVModel().fit(f), stop=stop)

@@ -52,3 +52,15 @@ def test_release_gives_freed_heap_memory_back() -> None:
         ).stdout
     )
     assert freed > 200  # MB: glibc alone kept them (a heap's free pages below its top are not trimmed)
+
+
+def test_customers_without_orders_do_not_count_towards_the_sample(synthetic_orders: pd.DataFrame) -> None:
+    """The loader's categories keep customers whose rows were all dropped: a base of 800 buyers with 50
+    such customers is below a sample of 820 and is used whole."""
+    orders, _ = clean_transactions(synthetic_orders, source="synthetic")
+    ids = orders["customer_id"].cat.add_categories([f"zz{i}" for i in range(50)])  # sorted after the rest
+    padded = orders.assign(customer_id=ids)
+    assert sample_customer_orders(padded, 820, seed=3) is padded
+    assert padded["customer_id"].nunique() == 800 < len(ids.cat.categories)
+    drawn = sample_customer_orders(padded, 700, seed=3)["customer_id"].nunique()
+    assert 700 <= drawn <= 702  # drawn among the buyers only

@@ -180,7 +180,7 @@ def holdout_outcome(orders: pd.DataFrame, customers: pd.Index, split: Split) -> 
     holdout half of ``calibration_and_holdout``, for callers that already hold the features."""
     in_holdout = ((orders["date"] > split.calibration_end) & (orders["date"] <= split.holdout_end)).to_numpy()
     ids = orders["customer_id"]
-    if not isinstance(ids.dtype, pd.CategoricalDtype):
+    if not isinstance(ids.dtype, pd.CategoricalDtype) or bool(ids.isna().any()):
         grouped = orders[in_holdout].groupby("customer_id", sort=False, observed=True)
         holdout = pd.DataFrame({"purchases": grouped.size().astype("float64")})
         if "amount" in orders.columns:

@@ -137,6 +137,8 @@ def cumulative_repeat_tracking(
     ids = orders["customer_id"]
     codes = ids.cat.codes.to_numpy() if isinstance(ids.dtype, pd.CategoricalDtype) else pd.factorize(ids)[0]
     when = orders["date"].to_numpy()
+    if (codes < 0).any():  # a missing id is no customer
+        codes, when = codes[codes >= 0], when[codes >= 0]
     instants = when.view(np.int64)
 
     def instant(day: pd.Timestamp) -> int:

@@ -10,6 +10,7 @@ paired-bootstrap interval: such a model is registered as ``challenger``, never `
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import mlflow
@@ -92,10 +93,11 @@ def choose_churn(
     end: pd.Timestamp,
     base: pd.DataFrame,
     scoring: bool = False,
+    stop: threading.Event | None = None,
 ) -> tuple[ChurnSelector | None, SelectionReport]:
     """``attach_churn_selection``'s work without its logging: safe in a thread of its own (the train runs
     the whole history's selection beside the calibration window's evaluation; MLflow's active run is the
-    main thread's)."""
+    main thread's); ``stop`` ends it at its next window (see ``select_churn``)."""
     churn = cfg.clv.churn
     rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
     fit_btyd, other_families = purchase_fitters(settings)
@@ -111,6 +113,7 @@ def choose_churn(
         level_on=model.btyd_churn_curve(base.iloc[rows]),
         other_families=other_families,
         label="clv.churn (whole history)" if scoring else "clv.churn",
+        stop=stop,
     )
 
 

@@ -8,7 +8,10 @@ the model so a later run can re-score this version on its own holdout (see ``reg
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
@@ -106,7 +109,11 @@ def train_clv(
     # backtest and plots (at 1M customers 31 s for both selections instead of 46 s one after the other);
     # beside the window-heavy steps before them, the two steps' peaks added up (2.4 GB instead of 2.0).
     # The same selection, logged in the main thread once it is done.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="churn-whole-history") as beside:
+    stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="churn-whole-history") as beside,
+        _set_on_exit(stop),
+    ):
         whole_history = None
         if cfg.clv.layers.value and not has_amounts:
             mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
@@ -128,8 +135,9 @@ def train_clv(
             )
             metrics |= evidence
         if cfg.clv.refit_full_history and cfg.clv.churn.select:
+            end = split.holdout_end
             whole_history = beside.submit(
-                choose_churn, cfg, settings, scoring_model, orders, split.holdout_end, full_history, True
+                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
             )
         with progress.step("clv.intervals", "clv: prediction intervals on the holdout"):
             # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
@@ -233,6 +241,14 @@ def train_clv(
     return metrics, candidate, outputs, today
 
 
+@contextlib.contextmanager
+def _set_on_exit(event: threading.Event) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        event.set()
+
+
 def evaluation_orders(cfg: DictConfig, orders: pd.DataFrame, report: DataReport) -> pd.DataFrame:
     """The orders the family choice, the layers and the backtest fit and judge on: a seeded sample of
     ``clv.evaluation_sample`` customers on a larger base (logged), else all. Their figures are estimates
@@ -241,7 +257,7 @@ def evaluation_orders(cfg: DictConfig, orders: pd.DataFrame, report: DataReport)
     miscalibrated it: 1M customers, holdout Brier 0.167 vs 0.158); it compares its candidates on a sample
     of its own (``churn_selection.WINDOW_CUSTOMERS``)."""
     sample = sample_customer_orders(orders, cfg.clv.evaluation_sample, cfg.seed)
-    customers = report.customers if sample is orders else sample["customer_id"].nunique()
+    customers = sample["customer_id"].nunique()
     mlflow.log_param("clv.evaluation_customers", customers)
     if sample is not orders:
         note = (

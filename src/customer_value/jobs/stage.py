@@ -97,11 +97,13 @@ def sample_customer_orders(orders: pd.DataFrame, size: int, seed: int) -> pd.Dat
     from the log's dates is the one the whole base gives (as ``spark.training.sample_orders`` does).
     ``orders`` as ``loading`` returns them: categorical ids, sorted by customer then date."""
     ids = orders["customer_id"].cat
-    if len(ids.categories) <= size:
-        return orders
     codes = ids.codes.to_numpy()
+    # Customers with orders here (the categories also hold customers whose rows were all dropped).
+    present = np.flatnonzero(np.bincount(codes, minlength=len(ids.categories)) > 0)
+    if len(present) <= size:
+        return orders
     chosen = np.zeros(len(ids.categories), dtype=bool)
-    chosen[sample_positions(len(chosen), size, seed)] = True
+    chosen[present[sample_positions(len(present), size, seed)]] = True
     dates = orders["date"].to_numpy()
     chosen[codes[[dates.argmin(), dates.argmax()]]] = True
     sample = orders[chosen[codes]]

@@ -33,6 +33,7 @@ candidate's ranking of customers is kept and only its level follows the horizon.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,12 @@ from customer_value.models.clv.churn_layer import (
 )
 from customer_value.models.clv.inner_windows import MIN_WINDOW_DAYS
 from customer_value.tracking import progress
+
+
+class SelectionStopped(Exception):
+    """The caller of a selection running in a thread of its own gave up on it (its job failed or was
+    stopped): the thread ends at its next window instead of holding the job up."""
+
 
 CANDIDATES: dict[str, list[str]] = {
     "purchase_model": ["btyd_churn_logit"],
@@ -217,13 +224,15 @@ def select_churn(
     level_on: Callable[[float], np.ndarray] | None = None,
     other_families: dict[str, Callable[[pd.DataFrame], object]] | None = None,
     label: str = "clv.churn",
+    stop: threading.Event | None = None,
 ) -> tuple[ChurnSelector | None, SelectionReport]:
     """Choose and fit each band's candidate on backtest windows before ``calibration_end``.
 
     ``fit_btyd(features)`` returns a fitted purchase model (``.predict(features, days)``, ``.params_``);
     ``other_families``: a fitter per other family, for the ``other_families`` candidates; ``level_on(days)``:
     the purchase model's churn probabilities for (a sample of) the training base at a horizon, for the
-    bands' level offsets; ``label`` starts its progress lines.
+    bands' level offsets; ``label`` starts its progress lines; ``stop``: when set (the caller gave up),
+    the next window raises ``SelectionStopped`` instead of starting.
     Returns None (the purchase model's own probability then stands) when no band has a usable window,
     with the reasons in the report.
     """
@@ -253,6 +262,8 @@ def select_churn(
         origins = backtest_origins(first, calibration_end, days, folds, step_days)
         windows = []
         for number, origin in enumerate(origins, start=1):
+            if stop is not None and stop.is_set():
+                raise SelectionStopped(f"{label}: stopped before its {days}-day window {number}")
             progress.counted(number, len(origins), f"{label} {horizon:.0f}-day band: {days}-day window")
             windows.append(_window(known, origin, days, fit_btyd, fitters, fits, seed))
         if not windows:

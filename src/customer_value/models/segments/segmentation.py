@@ -301,7 +301,9 @@ class SegmentModel:
         if self.preprocessing == "quantile":  # no more quantiles than customers
             pipeline.set_params(features__rfm__transform__n_quantiles=min(1000, len(features)))
         started = None if start is None else start.pipeline_.named_steps["cluster"]
-        if isinstance(started, KMeans | MiniBatchKMeans) and started.n_clusters == self.n_clusters:
+        # Not with categorical attributes: a level the sample missed widens the one-hot space.
+        same_k = getattr(started, "n_clusters", 0) == self.n_clusters
+        if same_k and not self.input_features.categorical and isinstance(started, KMeans | MiniBatchKMeans):
             pipeline.set_params(cluster__init=started.cluster_centers_, cluster__n_init=1)
         self.pipeline_ = pipeline.fit(features)
         clusterer = self.pipeline_.named_steps["cluster"]
