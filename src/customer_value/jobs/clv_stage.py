@@ -106,9 +106,9 @@ def train_clv(
         )
     settings["family"] = family
     # The whole history's churn selection runs in a thread beside the calibration window's intervals,
-    # backtest and plots (at 1M customers 31 s for both selections instead of 46 s one after the other);
-    # beside the window-heavy steps before them, the two steps' peaks added up (2.4 GB instead of 2.0).
-    # The same selection, logged in the main thread once it is done.
+    # backtest and plots: at 1M customers its ~17 s hide behind their ~20 s. Started beside the
+    # window-heavy steps before them, the peaks added up (2.4 GB instead of 2.0). The same selection,
+    # logged in the main thread once it is done.
     stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="churn-whole-history") as beside,
