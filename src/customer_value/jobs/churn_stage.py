@@ -1,10 +1,11 @@
 """The CLV stage's churn steps: choose the churn output per horizon band, judge it against the baselines.
 
-``attach_churn_selection`` runs ``churn_selection`` on windows before the calibration end and logs every
-candidate's backtest figures; ``churn_evidence`` judges the shipped churn probability on the holdout
-beside the baselines a marketer would use without us (days since the last purchase, purchase days), each
-also calibrated through the same bands, and says whether the model loses to the best of them beyond a
-paired-bootstrap interval: such a model is registered as ``challenger``, never ``champion``.
+``choose_churn`` runs ``churn_selection`` on windows before the calibration end and
+``record_churn_selection`` logs every candidate's backtest figures; ``churn_evidence`` judges the shipped
+churn probability on the holdout beside the baselines a marketer would use without us (days since the
+last purchase, purchase days), each also calibrated through the same bands, and says whether the model
+loses to the best of them beyond a paired-bootstrap interval: such a model is registered as
+``challenger``, never ``champion``.
 """
 
 from __future__ import annotations
@@ -63,28 +64,6 @@ def purchase_fitters(
     return fitter(str(settings["family"])), {family: fitter(family) for family in others}
 
 
-def attach_churn_selection(
-    cfg: DictConfig,
-    settings: dict[str, object],
-    model: CLVModel,
-    orders: pd.DataFrame,
-    end: pd.Timestamp,
-    base: pd.DataFrame,
-    scoring: bool = False,
-) -> tuple[dict[str, float], dict[str, ChurnSelector]]:
-    """Choose each band's churn candidate on windows ending by ``end`` and attach the selector to ``model``
-    (``base``: the customers it was fitted to, for the bands' level offsets).
-
-    The calibration fit's selection (``end`` = the calibration end) is the one the holdout judges; with
-    ``scoring`` the same procedure runs on the whole history for the registered scoring fit, its figures
-    logged under ``clv.churn.scoring_*`` / ``evaluation/churn_candidates_scoring.csv``. Returns the
-    selection's metrics and, for the holdout's calibrated baselines, one selector per baseline candidate
-    in the same bands (empty when no band could be chosen: the purchase model's own probability then
-    stands, tagged)."""
-    chosen = choose_churn(cfg, settings, model, orders, end, base, scoring)
-    return record_churn_selection(model, *chosen, scoring=scoring)
-
-
 def choose_churn(
     cfg: DictConfig,
     settings: dict[str, object],
@@ -95,9 +74,14 @@ def choose_churn(
     scoring: bool = False,
     stop: threading.Event | None = None,
 ) -> tuple[ChurnSelector | None, SelectionReport]:
-    """``attach_churn_selection``'s work without its logging: safe in a thread of its own (the train runs
-    the whole history's selection beside the calibration window's evaluation; MLflow's active run is the
-    main thread's); ``stop`` ends it at its next window (see ``select_churn``)."""
+    """Choose each band's churn candidate on windows ending by ``end`` (``base``: the customers ``model``
+    was fitted to, for the bands' level offsets); ``record_churn_selection`` logs and attaches it.
+
+    The calibration fit's selection (``end`` = the calibration end) is the one the holdout judges; with
+    ``scoring`` the same procedure runs on the whole history for the registered scoring fit. No logging
+    here: safe in a thread of its own (the train runs the whole history's selection beside the
+    calibration window's evaluation; MLflow's active run is the main thread's); ``stop`` ends it at its
+    next window (see ``select_churn``)."""
     churn = cfg.clv.churn
     rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
     fit_btyd, other_families = purchase_fitters(settings)
@@ -120,8 +104,10 @@ def choose_churn(
 def record_churn_selection(
     model: CLVModel, selector: ChurnSelector | None, report: SelectionReport, scoring: bool = False
 ) -> tuple[dict[str, float], dict[str, ChurnSelector]]:
-    """Log a selection's figures and decisions, attach its selector to ``model``; returns what
-    ``attach_churn_selection`` does."""
+    """Log a selection's figures and decisions (``scoring``: under ``clv.churn.scoring_*`` and
+    ``evaluation/churn_candidates_scoring.csv``) and attach its selector to ``model``. Returns the metrics
+    and, for the holdout's calibrated baselines, one selector per baseline candidate in the same bands
+    (empty when no band could be chosen: the purchase model's own probability then stands, tagged)."""
     kind = "scoring_" if scoring else ""
     if not report.scores.empty:
         run_logging.log_table(

@@ -33,7 +33,6 @@ from customer_value.evaluation.backtest import backtest, plan_origins, summarise
 from customer_value.evaluation.drift import REFERENCE_ARTIFACT, reference_distribution
 from customer_value.evaluation.fairness import prediction_audit
 from customer_value.jobs.churn_stage import (
-    attach_churn_selection,
     choose_churn,
     churn_evidence,
     record_churn_selection,
@@ -123,9 +122,8 @@ def train_clv(
         calibrated_baselines = {}
         if cfg.clv.churn.select:
             with progress.step("clv.churn_selection", "clv: churn selection per horizon band (calibration)"):
-                selection, calibrated_baselines = attach_churn_selection(
-                    cfg, settings, model, orders, split.calibration_end, calibration
-                )
+                chosen = choose_churn(cfg, settings, model, orders, split.calibration_end, calibration)
+                selection, calibrated_baselines = record_churn_selection(model, *chosen)
             metrics |= selection
         with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
             predictions = model.predict(calibration, split.holdout_days)
