@@ -14,6 +14,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from customer_value.data.grouping import order_codes
+
 
 def churned(holdout: pd.DataFrame) -> np.ndarray:
     """The churn label: 1 for customers with no purchase in the holdout window."""
@@ -134,8 +136,7 @@ def cumulative_repeat_tracking(
     grouped by first-purchase day so it costs cohorts x dates, not customers x dates.
     """
     # Per customer code and on the dates' integers: no copy of the log (11M orders: 0.6 GB less at the peak).
-    ids = orders["customer_id"]
-    codes = ids.cat.codes.to_numpy() if isinstance(ids.dtype, pd.CategoricalDtype) else pd.factorize(ids)[0]
+    codes = order_codes(orders["customer_id"])[0]
     when = orders["date"].to_numpy()
     if (codes < 0).any():  # a missing id is no customer
         codes, when = codes[codes >= 0], when[codes >= 0]
