@@ -458,6 +458,44 @@ def test_expected_purchases_by_time_equal_lifetimes_per_customer(family: str) ->
         np.testing.assert_allclose(values, expected, rtol=1e-9 if family == "mbgcnbd" else 1e-12)  # a series
 
 
+@pytest.mark.parametrize("family", ["bgnbd", "mbgnbd"])
+def test_expected_purchases_stay_exact_on_the_no_dropout_ridge(family: str) -> None:
+    """Far out on the likelihood's ridge (a -> 0, b -> infinity; a covariate fit reached a_i ~ 6e-4 and
+    b_i ~ 3e8) the model is the NBD without dropout, E[X(t)] = (r + x) t / (alpha + T) for customers seen
+    at T. The closed form is hyp2f1 noise times b there (lifetimes' own value is off by up to 97 %, and a
+    train failed on negative expectations); the ridge series must give the limit. Nearer in (a = 3,
+    b = 2,000), where hyp2f1 is still accurate, the series and lifetimes' closed form agree."""
+    from customer_value.models.clv.btyd import FAMILIES, lifetimes_fitter, model_inputs
+    from customer_value.models.clv.predict import expected_purchases_by_time
+
+    rng = np.random.default_rng(5)
+    T_days = rng.integers(1, 500, 500).astype(float)
+    frequency = rng.integers(0, 12, 500).astype(float)
+    features = pd.DataFrame(
+        {
+            "frequency": frequency,
+            "recency_days": np.where(frequency > 0, T_days, 0.0),
+            "T_days": T_days,
+            "monetary_value": 10.0,
+        }
+    )
+    inputs = model_inputs(features, 7.0)
+    times = np.array([4.3, 52.0])
+    ridge = {"r": 0.3, "alpha": 5.0, "a": 1e-3, "b": 1e8}
+    got = expected_purchases_by_time(CLVParams(family, ridge, None, 7.0), inputs, times)
+    for t, values in zip(times, got, strict=True):
+        no_dropout = (0.3 + inputs.frequency) * t / (5.0 + inputs.T)
+        np.testing.assert_allclose(values, no_dropout, rtol=1e-8)
+    nearer = {"r": 0.3, "alpha": 5.0, "a": 3.0, "b": 2_000.0}
+    fitter = lifetimes_fitter(FAMILIES[family].fitter, nearer)
+    got = expected_purchases_by_time(CLVParams(family, nearer, None, 7.0), inputs, times)
+    for t, values in zip(times, got, strict=True):
+        expected = fitter.conditional_expected_number_of_purchases_up_to_time(
+            t, inputs.frequency, inputs.recency, inputs.T
+        )
+        np.testing.assert_allclose(values, expected, rtol=1e-9)
+
+
 def _heavy_tailed_calibration(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The corpus shape with log-normal (sigma 1.5) spend per customer and 0.5 % whales x100."""
     orders, _ = clean_transactions(generate_shape("heavy_tailed_spend", seed=seed), source="generated")

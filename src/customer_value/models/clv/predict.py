@@ -202,6 +202,7 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         denominator = 1 + (a / (b + x)) * odds
     hyp_a = r + px
     first = hyp_c / (pa - 1)
+    ridge_ratio = _ridge_ratio(hyp_a, pa - 1.0, hyp_c)
     with np.errstate(divide="ignore", invalid="ignore"), quiet_lifetimes():
         for t in times:
             z = t / (p_alpha + pT + t)
@@ -213,7 +214,41 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
                     c - hyp_a[overflow] - hyp_b[overflow]
                 ) * np.log(1 - zo)
             second = 1 - np.exp(ln_hyp + hyp_a * np.log((p_alpha + pT) / (p_alpha + t + pT)))
-            yield (first * second)[inverse] / denominator
+            expected = np.broadcast_to(first * second, hyp_c.shape).copy()
+            u = t / (p_alpha + pT)
+            near = ridge_ratio * u <= 0.5
+            if near.any():
+                expected[near] = _no_dropout_ridge(
+                    *(np.broadcast_to(v, near.shape)[near] for v in (hyp_a, pa - 1.0, hyp_c, u))
+                )
+            yield expected[inverse] / denominator
+
+
+RIDGE_TERMS = 64  # terms of the ridge series; used only where its ratio bound makes them converge fast
+
+
+def _ridge_ratio(hyp_a: np.ndarray, d: float | np.ndarray, hyp_c: np.ndarray) -> np.ndarray:
+    """A bound on the ridge series' term ratio per unit of u = t / (alpha + T): max(A, 1) (|d| + K) / c."""
+    return np.maximum(hyp_a, 1.0) * (np.abs(d) + RIDGE_TERMS) / hyp_c
+
+
+def _no_dropout_ridge(A: np.ndarray, d: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """c / d * (1 - (1 - z)^A 2F1(A, B; c; z)) by a series that does not cancel where the closed form does.
+
+    BG/NBD's (and MBG/NBD's) expectation is that form with d = a - 1 = c - B. Far out on the likelihood's
+    no-dropout ridge (a -> 0 or b -> infinity: c of 1e5-1e9 against |d| of about 1) the bracket is 1 minus a
+    number within 1e-9 of 1 and scipy's hyp2f1 is good to ~1e-8 there, so the product is noise: negative
+    expectations were measured on a covariate fit. Pfaff's transformation gives (1 - z)^A 2F1(A, B; c; z)
+    = 2F1(A, d; c; -u) with u = z / (1 - z) = t / (alpha + T); each of its terms but the first carries d,
+    so c / d * (1 - 2F1) = c * sum_k>=1 (A)_k (d + 1)_(k-1) (-u)^(k-1) u / ((c)_k k!), no cancellation.
+    Called where ``_ridge_ratio`` u is at most 1/2, so K terms leave a remainder under 2^-K.
+    """
+    term = A * u / c
+    total = term.copy()
+    for k in range(1, RIDGE_TERMS):
+        term = term * -((A + k) * (d + k) * u / ((c + k) * (k + 1)))
+        total += term
+    return c * total
 
 
 def predict_arrays(
