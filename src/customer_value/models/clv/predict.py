@@ -206,15 +206,18 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
     with np.errstate(divide="ignore", invalid="ignore"), quiet_lifetimes():
         for t in times:
             z = t / (p_alpha + pT + t)
-            ln_hyp = np.log(hyp2f1(hyp_a, hyp_b, hyp_c, z))
-            overflow = np.isinf(ln_hyp)
+            log_rest = np.log((p_alpha + pT) / (p_alpha + t + pT))  # ln(1 - z)
+            # (1 - z)^A 2F1(A, B; c; z), kept as a product: 2F1 is negative where c < 0 (a + b < 1 at
+            # x = 0), where lifetimes' logarithm gives NaN.
+            product = hyp2f1(hyp_a, hyp_b, hyp_c, z) * np.exp(hyp_a * log_rest)
+            overflow = np.isinf(product)
             if overflow.any():  # Euler's transformation where the series overflows (lifetimes' BG/NBD)
-                c, zo = hyp_c[overflow], z[overflow]
-                ln_hyp[overflow] = np.log(hyp2f1(c - hyp_a[overflow], c - hyp_b[overflow], c, zo)) + (
-                    c - hyp_a[overflow] - hyp_b[overflow]
-                ) * np.log(1 - zo)
-            second = 1 - np.exp(ln_hyp + hyp_a * np.log((p_alpha + pT) / (p_alpha + t + pT)))
-            expected = np.broadcast_to(first * second, hyp_c.shape).copy()
+                c, b_ = hyp_c[overflow], hyp_b[overflow]
+                euler = hyp2f1(c - hyp_a[overflow], c - b_, c, z[overflow])
+                product[overflow] = np.sign(euler) * np.exp(
+                    np.log(np.abs(euler)) + (c - b_) * log_rest[overflow]
+                )
+            expected = np.broadcast_to(first * (1 - product), hyp_c.shape).copy()
             u = t / (p_alpha + pT)
             near = ridge_ratio * u <= 0.5
             if near.any():
@@ -228,8 +231,11 @@ RIDGE_TERMS = 64  # terms of the ridge series; used only where its ratio bound m
 
 
 def _ridge_ratio(hyp_a: np.ndarray, d: float | np.ndarray, hyp_c: np.ndarray) -> np.ndarray:
-    """A bound on the ridge series' term ratio per unit of u = t / (alpha + T): max(A, 1) (|d| + K) / c."""
-    return np.maximum(hyp_a, 1.0) * (np.abs(d) + RIDGE_TERMS) / hyp_c
+    """A bound on the ridge series' term ratio per unit of u = t / (alpha + T): max(A, 1) (|d| + K) / c;
+    infinite where c <= 0 (a + b < 1 at x = 0: no ridge there, and the bound needs c + k >= c > 0)."""
+    with np.errstate(divide="ignore"):
+        bound = np.maximum(hyp_a, 1.0) * (np.abs(d) + RIDGE_TERMS) / hyp_c
+    return np.where(hyp_c > 0, bound, np.inf)
 
 
 def _no_dropout_ridge(A: np.ndarray, d: np.ndarray, c: np.ndarray, u: np.ndarray) -> np.ndarray:
