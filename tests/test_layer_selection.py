@@ -16,6 +16,7 @@ from customer_value.data.features import Split, calibration_and_holdout, resolve
 from customer_value.data.loading import load_transactions
 from customer_value.data.log_shapes import generate_shape
 from customer_value.data.sources import load_orders
+from customer_value.errors import ModelFitError
 from customer_value.evaluation.backtest import plan_origins
 from customer_value.evaluation.holdout_metrics import evaluate_clv
 from customer_value.jobs.clv_stage import train_clv
@@ -184,11 +185,19 @@ def test_no_layer_makes_the_aggregate_revenue_error_worse(tmp_path: Path, shape:
 
 
 def test_without_the_check_every_layer_that_can_be_fitted_is_kept(tmp_path: Path) -> None:
-    orders = _loaded(tmp_path, "quarter_cohort")  # its 182-day window leaves no fit: left out, said so
+    orders = _loaded(tmp_path, "quarter_cohort")
     split = resolve_split(orders, None, 0.5)
     calibration = calibration_and_holdout(orders, split)[0]
     model = CLVModel().fit(calibration)
-    fit = lambda features: CLVModel().fit(features)  # noqa: E731
+    oldest_origin = split.calibration_end - pd.Timedelta(days=182)
+    oldest_history = (oldest_origin - orders["date"].min()).days
+
+    def fit(features: pd.DataFrame) -> CLVModel:
+        """The purchase model, refused at the 182-day window's origin: that window is left out, said so."""
+        if features["T_days"].max() <= oldest_history:
+            raise ModelFitError("too little history before the oldest origin (this test's rule)")
+        return CLVModel().fit(features)
+
     wanted, level_on = ("churn", "value"), (calibration, _btyd_at(model, calibration))
     checked = select_layers(orders, split.calibration_end, [91, 133, 182], fit, wanted, level_on)
     assert checked.churn is None and checked.value is None  # both lose the check on this log
