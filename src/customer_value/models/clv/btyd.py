@@ -30,12 +30,17 @@ from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.models.clv import cnbd_family
 from customer_value.models.clv.cnbd_likelihood import FitError as CNBDFitError
 from customer_value.models.clv.cnbd_likelihood import log_likelihood as cnbd_log_likelihood
-from customer_value.models.clv.covariate_likelihoods import covariate_patterns, fit_with_covariates
+from customer_value.models.clv.covariate_likelihoods import (
+    CovariatePatterns,
+    covariate_patterns,
+    fit_with_covariates,
+)
 from customer_value.models.clv.covariates import (
     coefficient_design,
     coefficient_positions,
     customer_values,
     encode,
+    row_codes,
 )
 from customer_value.models.clv.likelihoods import (
     FitFailed,
@@ -282,7 +287,8 @@ class ModelInputs:
     T: np.ndarray
     monetary_value: np.ndarray | None
     design: np.ndarray | None = None  # customers x design columns (``covariates``); None = no covariates
-    design_codes: np.ndarray | None = None  # each customer's distinct design row, numbered (with ``design``)
+    # each customer's design row numbered 0..K-1, every number used (``row_codes``); with ``design``
+    design_codes: np.ndarray | None = None
     litt: np.ndarray | None = None  # sum of log inter-purchase times, model units (MBG/CNBD-k's fit only)
 
 
@@ -309,7 +315,7 @@ def model_inputs(
         T=as_array["T_days"] / time_unit_days,
         monetary_value=as_array.get("monetary_value"),
         design=design,
-        design_codes=None if design is None else np.unique(design, axis=0, return_inverse=True)[1].ravel(),
+        design_codes=None if design is None else row_codes(design)[0],
         litt=as_array[LITT_COLUMN] - as_array["frequency"] * math.log(time_unit_days) if litt else None,
     )
 
@@ -431,16 +437,35 @@ def fit_purchase_model(
 
 
 def fit_covariate_purchase_model(
-    inputs: ModelInputs, penalizer: float, family: str, encoding: dict[str, object]
+    inputs: ModelInputs,
+    penalizer: float,
+    family: str,
+    encoding: dict[str, object],
+    patterns: CovariatePatterns | None = None,
+    plain: Patterns | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The purchase model with covariates (``covariate_likelihoods``): population parameters and the
-    coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns."""
+    coefficients by set and design column, fitted on distinct (x, t_x, T, design row) patterns
+    (``patterns``, if already built from ``inputs``).
+
+    The fit starts from the plain fit's optimum on the (x, t_x, T) patterns (``plain``, built if not
+    given) with every coefficient 0 and BFGS's first inverse Hessian taken there (``fit_with_covariates``):
+    the plain fit works on distinct histories, far fewer than customers when a numeric covariate makes
+    every customer a pattern, and the covariate fit from there takes a fraction of the evaluations."""
     spec = FAMILIES[family]
-    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+    if patterns is None:
+        patterns = covariate_patterns(
+            inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+        )
+    plain_fit = fit_bgnbd if family == "bgnbd" else fit_pareto_nbd
+    try:
+        start = plain_fit(purchase_patterns(inputs) if plain is None else plain, penalizer)
+    except (FitFailed, ValueError):  # the covariate fit then starts where the plain one does
+        start = None
     sets = coefficient_design(family, encoding)
     positions = coefficient_positions(family, encoding)
     try:
-        params, gammas = fit_with_covariates(family, patterns, positions, penalizer)
+        params, gammas = fit_with_covariates(family, patterns, positions, penalizer, start)
     except FitFailed:
         raise ModelFitError(
             f"{spec.label} with covariates did not converge on {len(inputs.frequency):,} customers with "

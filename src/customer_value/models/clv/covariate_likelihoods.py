@@ -13,6 +13,11 @@ fit_pareto_nbd``: lifetimes' scaled time axis, start and penalty), the penalty e
 (``penalizer * gamma^2``, a ridge). With a design of zeros the gradient in every coefficient is exactly 0,
 so BFGS never moves them and the fit is the family's plain one (to rounding; tested).
 
+Fits and covariances evaluate the sum with ``covariate_bgnbd`` and ``covariate_pareto`` (terms grouped by
+what they depend on, one compiled pass over the customers: ~40 ms an evaluation at a million customers
+for BG/NBD, against 0.6 s pattern by pattern); the per-pattern functions here are their reference
+(``CovariateLikelihood.per_pattern_value_and_gradient``; tested to agree to 1e-10 relative).
+
 This module must not import lifetimes.
 """
 
@@ -25,13 +30,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
-from customer_value.models.clv.covariates import COEFFICIENT_SETS
+from customer_value.models.clv.covariates import COEFFICIENT_SETS, codes_all_distinct, row_codes
 from customer_value.models.clv.likelihoods import (
     FIT_TOLERANCE,
     INITIAL_LOG_PARAMS,
     FitFailed,
     _check_histories,
-    _codes,
 )
 from customer_value.models.clv.pareto_likelihood import (
     FIT_TOLERANCE as PARETO_TOLERANCE,
@@ -56,17 +60,28 @@ class CovariatePatterns:
 
 
 def covariate_patterns(
-    frequency: np.ndarray, recency: np.ndarray, T: np.ndarray, design: np.ndarray
+    frequency: np.ndarray,
+    recency: np.ndarray,
+    T: np.ndarray,
+    design: np.ndarray,
+    design_codes: np.ndarray | None = None,
 ) -> CovariatePatterns:
-    """Group customers by history and design row (few rows for text covariates; numeric ones are distinct)."""
-    _, design_code = np.unique(design, axis=0, return_inverse=True)
-    columns = [_codes(np.asarray(c, dtype="float64")) for c in (frequency, recency, T)]
-    columns.append(_codes(design_code.ravel().astype("float64")))
-    key = np.zeros(len(frequency), dtype="int64")
-    for distinct, inverse in columns:  # mixed radix, renumbered before it could overflow
-        key = _codes(key)[1] * len(distinct) + inverse
-    _, first, counts = np.unique(key, return_index=True, return_counts=True)
-    x, t_x, big_t = (distinct[inverse[first]] for distinct, inverse in columns[:3])
+    """Group customers by history and design row (few rows for text covariates; numeric ones are distinct),
+    in order of first appearance; ``covariates.row_codes`` numbers the rows (hashing, not sorting).
+    ``design_codes``: the design rows already numbered (``ModelInputs.design_codes``), if at hand.
+
+    When every customer is a pattern of its own the arrays are returned as they are (same objects)."""
+    columns = [np.asarray(c, dtype="float64") for c in (frequency, recency, T)]
+    if design_codes is not None and codes_all_distinct(design_codes):
+        return CovariatePatterns(*columns, design, np.ones(len(design_codes)))
+    rows = design if design_codes is None else design_codes
+    codes, n_patterns = row_codes(rows, *columns)  # a numeric covariate settles it at once
+    if n_patterns == len(codes):  # every customer a pattern of its own (codes are 0, 1, ... in order)
+        return CovariatePatterns(*columns, design, np.ones(n_patterns))
+    first = np.empty(n_patterns, dtype="int64")
+    first[codes] = np.arange(len(codes))  # any customer of each pattern: they are equal
+    x, t_x, big_t = (c[first] for c in columns)
+    counts = np.bincount(codes, minlength=n_patterns)
     return CovariatePatterns(x, t_x, big_t, design[first], counts.astype("float64"))
 
 
@@ -146,6 +161,14 @@ class CovariateLikelihood:
             for name, (parameter, sign, _) in COEFFICIENT_SETS[family].items()
         ]
         self.n_params = 4 + sum(len(columns) for _, _, columns in self.sets)
+        # Imported here, so numba's import (0.3 s) is paid by covariate fits, not by every import of btyd.
+        from customer_value.models.clv.covariate_bgnbd import BGNBDCovariateTerms
+        from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
+
+        terms = BGNBDCovariateTerms if family == "bgnbd" else ParetoCovariateTerms
+        self._fast = terms(
+            patterns.frequency, patterns.recency, patterns.T, patterns.design, patterns.weights, self.sets
+        )
 
     def pattern_parameters(self, theta: np.ndarray) -> list[np.ndarray | float]:
         """(r, alpha_i, a_i, b_i) or (r, alpha_i, s, beta_i): scalars for parameters no set moves."""
@@ -160,7 +183,14 @@ class CovariateLikelihood:
 
     def value_and_gradient(self, theta: np.ndarray, time_scale: float = 1.0) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta; ages and recencies multiplied by ``time_scale`` first (alpha0 and beta0 are
-        then in the scaled unit)."""
+        then in the scaled unit): ``covariate_bgnbd``'s and ``covariate_pareto``'s compiled evaluations."""
+        return self._fast.value_and_gradient(theta, time_scale)
+
+    def per_pattern_value_and_gradient(
+        self, theta: np.ndarray, time_scale: float = 1.0
+    ) -> tuple[float, np.ndarray]:
+        """``value_and_gradient`` pattern by pattern (``PATTERN_TERMS``, then the chain rule): the reference
+        the faster evaluations are tested against."""
         p = self.patterns
         values = self.pattern_parameters(theta)
         ll, log_grad = PATTERN_TERMS[self.family](
@@ -195,28 +225,88 @@ def covariate_objective(
 
 
 def fit_with_covariates(
-    family: str, patterns: CovariatePatterns, design: dict[str, list[int]], penalizer: float
+    family: str,
+    patterns: CovariatePatterns,
+    design: dict[str, list[int]],
+    penalizer: float,
+    start: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """The family's estimates (population parameters in the input's time unit) and every coefficient,
-    as (population parameters, gammas in ``CovariateLikelihood`` order)."""
+    as (population parameters, gammas in ``CovariateLikelihood`` order).
+
+    ``start``: population parameters (input time unit) to start from, every coefficient at 0, instead of
+    the family's plain start (the plain fit's optimum is near), and BFGS's first inverse Hessian the
+    objective's there (``_inverse_hessian``, on at most ``PRECONDITION_PATTERNS`` of the patterns: a
+    preconditioner needs the curvature's shape, not its last digit) instead of the identity: 10 or so
+    evaluations of the likelihood instead of 70 (BG/NBD, 11 parameters), to the same optimum (tested:
+    the log-likelihoods agree to 1e-8 relative)."""
     _check_histories(patterns)
     likelihood = CovariateLikelihood(family, patterns, design)
     scale = 1.0 / float(np.max(patterns.T))  # lifetimes' _scale_time: the oldest customer's age becomes 1
     if family == "pareto_nbd":  # fit_pareto_nbd: penalty per pattern, start at 0, its tolerance
-        objective = covariate_objective(likelihood, scale, penalizer / len(patterns.frequency))
-        start, tolerance = np.zeros(likelihood.n_params), PARETO_TOLERANCE
+        penalty = penalizer / len(patterns.frequency)
+        theta0, tolerance = np.zeros(likelihood.n_params), PARETO_TOLERANCE
     else:  # fit_bgnbd: lifetimes' start and tolerance
-        objective = covariate_objective(likelihood, scale, penalizer)
-        start = np.concatenate([np.full(4, INITIAL_LOG_PARAMS), np.zeros(likelihood.n_params - 4)])
+        penalty = penalizer
+        theta0 = np.concatenate([np.full(4, INITIAL_LOG_PARAMS), np.zeros(likelihood.n_params - 4)])
         tolerance = FIT_TOLERANCE
+    objective = covariate_objective(likelihood, scale, penalty)
+    names = FAMILY_PARAMS[family]
+    options = {}
+    if start is not None:
+        scaled = {**start, "alpha": start["alpha"] * scale}
+        if family == "pareto_nbd":
+            scaled["beta"] = start["beta"] * scale
+        start_theta = np.log([scaled[name] for name in names])
+        if np.isfinite(start_theta).all():
+            theta0 = np.concatenate([start_theta, np.zeros(likelihood.n_params - 4)])
+            sample = CovariateLikelihood(family, _every_nth(patterns, PRECONDITION_PATTERNS), design)
+            inverse = _inverse_hessian(covariate_objective(sample, scale, penalty), theta0)
+            if inverse is not None:
+                options["hess_inv0"] = inverse
     with np.errstate(all="ignore"):  # trial steps may overflow; a non-finite value makes BFGS back off
-        result = minimize(objective, start, jac=True, method="BFGS", tol=tolerance)
+        result = minimize(objective, theta0, jac=True, method="BFGS", tol=tolerance, options=options)
     stalled = result.status == 2 and np.max(np.abs(result.jac)) <= STALL_GRADIENT
     if not (result.success or stalled) or not np.isfinite(result.x).all() or not np.isfinite(result.fun):
         raise FitFailed(result.message)
-    names = FAMILY_PARAMS[family]
     base = dict(zip(names, np.exp(result.x[:4]).tolist(), strict=True))
     base["alpha"] /= scale
     if family == "pareto_nbd":
         base["beta"] /= scale
     return base, result.x[4:].copy()
+
+
+START_HESSIAN_STEP = 1e-4  # forward differences: a preconditioner, not the covariance
+PRECONDITION_PATTERNS = 50_000  # the preconditioning Hessian's sample of patterns (every n-th)
+
+
+def _every_nth(patterns: CovariatePatterns, most: int) -> CovariatePatterns:
+    """Every n-th pattern, at most ``most`` of them (all when there are fewer)."""
+    step = max(1, -(-len(patterns.frequency) // most))
+    return CovariatePatterns(
+        patterns.frequency[::step],
+        patterns.recency[::step],
+        patterns.T[::step],
+        patterns.design[::step],
+        patterns.weights[::step],
+    )
+
+
+def _inverse_hessian(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray
+) -> np.ndarray | None:
+    """Inverse of the objective's Hessian at ``theta`` by forward differences of its analytic gradient
+    (k + 1 evaluations), symmetrised; None unless positive definite (BFGS then starts from the identity)."""
+    with np.errstate(all="ignore"):
+        base = objective(theta)[1]
+        steps = np.eye(len(theta)) * START_HESSIAN_STEP
+        hessian = np.column_stack([(objective(theta + h)[1] - base) / START_HESSIAN_STEP for h in steps])
+    hessian = (hessian + hessian.T) / 2.0
+    if not np.isfinite(hessian).all():
+        return None
+    try:
+        np.linalg.cholesky(hessian)
+    except np.linalg.LinAlgError:
+        return None
+    inverse = np.linalg.inv(hessian)
+    return (inverse + inverse.T) / 2.0

@@ -174,3 +174,35 @@ def customer_values(
         vector = np.array([gammas.get(column, 0.0) for column in names])
         values[parameter] = purchase[parameter] * np.exp(sign * (design @ vector))
     return values
+
+
+def row_codes(*columns: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's distinct (columns...) combination, numbered 0.. in order of first appearance, and how many.
+
+    Why not ``np.unique(axis=0)``: it sorts rows as structured records, seconds at a million customers.
+    Here each column is factorized by hashing (exact: equal values, and only those, share a code) and the
+    codes are combined in mixed radix, renumbered before the key could overflow. A 2-d column is taken
+    column by column; a column whose values are all distinct ends the work (every row is distinct).
+    """
+    flat = [c for column in columns for c in (column.T if np.ndim(column) == 2 else [column])]
+    n = len(flat[0]) if flat else 0
+    key, n_keys = np.zeros(n, dtype="int64"), 1
+    for column in flat:
+        codes, distinct = pd.factorize(np.asarray(column, dtype="float64"), use_na_sentinel=False)
+        if len(distinct) == n:  # all rows distinct (a numeric covariate): numbered as they come
+            return np.arange(n, dtype="int64"), n
+        if n_keys * len(distinct) >= 2**62:
+            key, n_keys = _renumber(key)
+        key, n_keys = key * len(distinct) + codes, n_keys * max(len(distinct), 1)
+    return _renumber(key)
+
+
+def codes_all_distinct(codes: np.ndarray) -> bool:
+    """Whether a ``row_codes`` numbering (0..K-1, every code used) gives each row a code of its own: then
+    K is the number of rows. O(n), where hashing a million distinct codes again takes 0.2 s."""
+    return len(codes) > 0 and int(codes.max()) + 1 == len(codes)
+
+
+def _renumber(key: np.ndarray) -> tuple[np.ndarray, int]:
+    codes, distinct = pd.factorize(key)
+    return codes.astype("int64"), len(distinct)

@@ -41,8 +41,8 @@ from customer_value.models.clv.btyd import (
 )
 from customer_value.models.clv.churn_layer import ChurnLayer, layer_inputs
 from customer_value.models.clv.churn_selection import ChurnSelector
-from customer_value.models.clv.covariate_likelihoods import covariate_patterns
-from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns
+from customer_value.models.clv.covariate_likelihoods import CovariatePatterns, covariate_patterns
+from customer_value.models.clv.covariates import COVARIATE_FAMILIES, fit_encoding, raw_columns, row_codes
 from customer_value.models.clv.predict import churn_probability, predict_arrays, probability_alive
 from customer_value.models.clv.uncertainty import (
     expectation_interval,
@@ -158,6 +158,12 @@ class CLVModel:
             litt_sum = counts_litt_total(purchase_counts, self.time_unit_days) if gaps else None
         else:
             patterns = purchase_patterns(inputs)
+        # With covariates: the (x, t_x, T, design row) patterns, built once for the fit, check and covariance.
+        with_design = None
+        if encoding is not None:
+            with_design = covariate_patterns(
+                inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+            )
         self.fit_attempts_: list[tuple[str, float, str]] = []
         self.spend_fallback_: str | None = None
         anchor: SpendAnchor | None = None
@@ -169,12 +175,14 @@ class CLVModel:
             if encoding is None:
                 purchase = fit_purchase_model(inputs, penalizer, self.family, patterns, litt_sum)
             else:
-                purchase, gammas = fit_covariate_purchase_model(inputs, penalizer, self.family, encoding)
+                purchase, gammas = fit_covariate_purchase_model(
+                    inputs, penalizer, self.family, encoding, with_design, patterns
+                )
                 covariates = coefficients[penalizer] = encoding | {"coefficients": gammas}
             neutral = CLVParams(
                 self.family, purchase, NEUTRAL_SPEND, self.time_unit_days, covariates=covariates
             )
-            _require_finite_predictions(neutral, inputs)
+            _require_finite_predictions(neutral, inputs, with_design)
             return purchase
 
         def fit_spend(penalizer: float) -> dict[str, float]:
@@ -207,7 +215,9 @@ class CLVModel:
         params = CLVParams(self.family, purchase, spend, self.time_unit_days, covariates=covariates)
         spend_mean = None if self.spend_fallback_ is None or anchor is None else anchor.mean
         covariance = (
-            log_parameter_covariance(params, inputs, patterns, spend_mean=spend_mean)
+            log_parameter_covariance(
+                params, inputs, patterns, spend_mean=spend_mean, design_patterns=with_design
+            )
             if self.covariance
             else None
         )
@@ -249,7 +259,11 @@ class CLVModel:
             raise ModelFitError(
                 f"the customer table lacks covariate column(s) {absent} and no customer file is set"
             )
-        return features.join(self.customers[absent], how="left")
+        extra = self.customers[absent]
+        if not extra.index.is_unique:
+            return features.join(extra, how="left")
+        # The same left join as a lookup by id (a merge of a million string ids took twice as long).
+        return pd.concat([features, extra.reindex(features.index)], axis=1)
 
     churn_layer_: ChurnLayer | None = None
     churn_selector_: ChurnSelector | None = None
@@ -418,7 +432,9 @@ def _ladder(penalizer: float, fallbacks: tuple[float, ...]) -> list[float]:
     return [penalizer, *(p for p in fallbacks if p > penalizer)]
 
 
-def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
+def _require_finite_predictions(
+    params: CLVParams, inputs: ModelInputs, with_design: CovariatePatterns | None = None
+) -> None:
     """Extreme estimates can overflow lifetimes' formulas for some customers: treat that as a failed fit.
 
     Checked on the unique (x, t_x, T) patterns (with covariates: (x, t_x, T, design row)) at a one-year and
@@ -426,16 +442,25 @@ def _require_finite_predictions(params: CLVParams, inputs: ModelInputs) -> None:
     """
     if inputs.design is None:
         patterns = purchase_patterns(inputs)
-        design = None
+        design = codes = None
     else:
-        patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+        patterns = with_design
+        if patterns is None:
+            patterns = covariate_patterns(
+                inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+            )
         design = patterns.design
+        # Numbered once, not per horizon; the customers' numbering when the patterns are the customers
+        # themselves (``covariate_patterns`` then hands back the same design).
+        reuse = design is inputs.design and inputs.design_codes is not None
+        codes = inputs.design_codes if reuse else row_codes(design)[0]
     unique = ModelInputs(
         patterns.frequency,
         patterns.recency,
         patterns.T,
         np.zeros(len(patterns.T)) if params.has_spend else None,
         design,
+        codes,
     )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:

@@ -26,14 +26,18 @@ from customer_value.models.clv.btyd import (
     lifetimes_fitter,
     quiet_lifetimes,
 )
-from customer_value.models.clv.covariates import customer_values
+from customer_value.models.clv.covariates import codes_all_distinct, customer_values, row_codes
 from customer_value.models.clv.pareto_likelihood import per_customer
 
 TRACKING_DESIGN_ROWS = 200  # distinct covariate rows averaged for the unconditional tracking curve
 
 
 def churn_probability(
-    params: CLVParams, inputs: ModelInputs, horizon: float, p_alive: np.ndarray
+    params: CLVParams,
+    inputs: ModelInputs,
+    horizon: float,
+    p_alive: np.ndarray,
+    values: dict[str, float | np.ndarray] | None = None,
 ) -> np.ndarray:
     """P(no purchase in (T, T + horizon] | x, t_x, T); ``horizon`` in model units.
 
@@ -48,7 +52,7 @@ def churn_probability(
     one-time buyer.
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-    values = params.customer_values(inputs)
+    values = params.customer_values(inputs) if values is None else values
     if params.family == "mbgcnbd":
         return cnbd_family.no_purchase(values, x, t_x, T, horizon)
     if params.family == "pareto_nbd":
@@ -60,11 +64,14 @@ def churn_probability(
     return 1.0 - p_alive * (1.0 - no_purchase_if_alive)
 
 
-def probability_alive(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+def probability_alive(
+    params: CLVParams, inputs: ModelInputs, values: dict[str, float | np.ndarray] | None = None
+) -> np.ndarray:
     """P(alive at T | x, t_x, T): lifetimes' expressions (BG/NBD: Fader, Hardie & Lee's note 021; MBG/NBD:
     Batislam et al. 2007, eq. 5), written out so each customer may carry its own parameters; MBG/CNBD-k:
-    BTYDplus's xbgcnbd.PAlive (``cnbd_likelihood``)."""
-    values = params.customer_values(inputs)
+    BTYDplus's xbgcnbd.PAlive (``cnbd_likelihood``). ``values``: ``params.customer_values(inputs)``, if
+    already computed (likewise in the functions below)."""
+    values = params.customer_values(inputs) if values is None else values
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
     if params.family == "mbgcnbd":
         return cnbd_family.probability_alive(values, x, t_x, T)
@@ -111,7 +118,9 @@ def expected_repeat_purchases(
     return np.where(ages > 0, curve, 0.0)
 
 
-def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+def median_days_to_next_purchase(
+    params: CLVParams, inputs: ModelInputs, values: dict[str, float | np.ndarray] | None = None
+) -> np.ndarray:
     """Median wait from T to the next purchase for a customer who stays active, in days.
 
     Given active, lambda ~ Gamma(r + x, alpha + T) in BG/NBD, MBG/NBD and Pareto/NBD, so
@@ -119,7 +128,7 @@ def median_days_to_next_purchase(params: CLVParams, inputs: ModelInputs) -> np.n
     MBG/CNBD-k's wait is a mixture over the Erlang phases done since the last purchase, solved numerically
     (``cnbd_family.median_wait``; its closed form at k = 1 is this one).
     """
-    values = params.customer_values(inputs)
+    values = params.customer_values(inputs) if values is None else values
     if params.family == "mbgcnbd":
         wait = cnbd_family.median_wait(values, inputs.frequency, inputs.recency, inputs.T)
         return wait * params.time_unit_days
@@ -133,7 +142,11 @@ def expected_purchases_by_time(params: CLVParams, inputs: ModelInputs, times: np
 
 
 def purchases_and_discounted(
-    params: CLVParams, inputs: ModelInputs, times: np.ndarray, factors: np.ndarray
+    params: CLVParams,
+    inputs: ModelInputs,
+    times: np.ndarray,
+    factors: np.ndarray,
+    values: dict[str, float | np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """E[X(t_n)] and sum_k (E[X(t_k)] - E[X(t_k-1)]) * factors_k, the purchases of each step discounted.
 
@@ -142,13 +155,18 @@ def purchases_and_discounted(
     """
     weights = factors - np.append(factors[1:], 0.0)
     discounted, last = 0.0, None
-    for weight, values in zip(weights, _by_time(params, inputs, times), strict=True):
-        discounted = discounted + weight * values
-        last = values
+    for weight, expected in zip(weights, _by_time(params, inputs, times, values), strict=True):
+        discounted = discounted + weight * expected
+        last = expected
     return last, discounted
 
 
-def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Iterator[np.ndarray]:
+def _by_time(
+    params: CLVParams,
+    inputs: ModelInputs,
+    times: np.ndarray,
+    values: dict[str, float | np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
     """E[X(t) | x, t_x, T] for each t in ``times``, one array of customers at a time.
 
     Each family's time-independent part is computed once, not per t (lifetimes' arithmetic, so the values
@@ -163,7 +181,7 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
       (the same model; the series needs hundreds of terms at long horizons).
     """
     x, t_x, T = inputs.frequency, inputs.recency, inputs.T
-    values = params.customer_values(inputs)
+    values = params.customer_values(inputs) if values is None else values
     if params.family == "mbgcnbd" and values["k"] > 1:  # at k = 1 it is MBG/NBD: its closed form below
         yield from cnbd_family.expected_by_time(values, x, t_x, T, times)
         return
@@ -184,12 +202,14 @@ def _by_time(params: CLVParams, inputs: ModelInputs, times: np.ndarray) -> Itera
         px, pT = pairs.real, pairs.imag
         p_alpha, pa, pb = alpha, a, b
     else:  # each customer's own parameters: the pairs become (x, T, design row) triples
-        pair, _ = pd.factorize(x + 1j * T)
         codes = inputs.design_codes
         if codes is None:
-            codes = np.unique(inputs.design, axis=0, return_inverse=True)[1].ravel()
-        inverse, keys = pd.factorize(pair.astype("int64") * (int(codes.max()) + 1) + codes)
-        first = np.zeros(len(keys), dtype="int64")
+            codes = row_codes(inputs.design)[0]
+        if codes_all_distinct(codes):  # every customer its own design row, hence its own triple
+            inverse, n_keys = np.arange(len(codes)), len(codes)
+        else:
+            inverse, n_keys = row_codes(codes, x, T)
+        first = np.zeros(n_keys, dtype="int64")
         first[inverse] = np.arange(len(inverse))  # a customer of each triple (any: they share parameters)
         px, pT = x[first], T[first]
         p_alpha, pa, pb = (np.broadcast_to(v, x.shape)[first] for v in (alpha, a, b))
@@ -272,21 +292,24 @@ def predict_arrays(
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     unit = params.time_unit_days
     x = inputs.frequency
+    values = params.customer_values(inputs)  # once, not per column (a pass per covariate set each)
     with quiet_lifetimes():  # Pareto/NBD: quadrature (lifetimes' hyp2f1 fails far out on the ridge)
-        p_alive = np.asarray(probability_alive(params, inputs), dtype="float64")
-    churn = churn_probability(params, inputs, horizon_days / unit, p_alive)
+        p_alive = np.asarray(probability_alive(params, inputs, values), dtype="float64")
+    churn = churn_probability(params, inputs, horizon_days / unit, p_alive, values)
 
     # Discounted value: purchases expected in each step, discounted to today at the step's end.
     n_steps = max(1, math.ceil(horizon_days / discount_step_days - 1e-9))
     step_ends = np.minimum(np.arange(1, n_steps + 1) * discount_step_days, horizon_days)
     factors = 1.0 / (1.0 + discount_rate) ** (step_ends / DAYS_PER_YEAR)
-    expected_purchases, discounted = purchases_and_discounted(params, inputs, step_ends / unit, factors)
+    expected_purchases, discounted = purchases_and_discounted(
+        params, inputs, step_ends / unit, factors, values
+    )
     columns = [p_alive, churn, 1.0 - churn, expected_purchases]
     if params.spend is not None:
         spend = lifetimes_fitter(GammaGammaFitter, params.spend)
         expected_value = spend.conditional_expected_average_profit(x, inputs.monetary_value)
         columns += [expected_value, expected_purchases * expected_value, discounted * expected_value]
-    columns.append(median_days_to_next_purchase(params, inputs))
+    columns.append(median_days_to_next_purchase(params, inputs, values))
     out = np.empty((len(x), len(columns)), dtype="float64", order="F")  # column-major: cheap to fill
     for index, column in enumerate(columns):
         out[:, index] = column

@@ -22,7 +22,9 @@ count is min(M, G) too, M the purchases completed by a Poisson-Gamma count of Er
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -37,7 +39,11 @@ from customer_value.models.clv.btyd import (
     purchase_patterns,
     spend_sample,
 )
-from customer_value.models.clv.covariate_likelihoods import CovariateLikelihood, covariate_patterns
+from customer_value.models.clv.covariate_likelihoods import (
+    CovariateLikelihood,
+    CovariatePatterns,
+    covariate_patterns,
+)
 from customer_value.models.clv.covariates import coefficient_positions
 from customer_value.models.clv.likelihoods import (
     BGNBDLikelihood,
@@ -48,6 +54,7 @@ from customer_value.models.clv.likelihoods import (
 )
 
 HESSIAN_STEP = 1e-4  # in log-parameter units
+HESSIAN_THREADS = 2  # covariate Hessian: gradients evaluated at a time (the machines have 2 cores)
 QUADRATURE_NODES = 48
 MAX_COUNT = 100_000  # a safety stop for the count quantile search; never reached on real data
 
@@ -86,6 +93,7 @@ def log_parameter_covariance(
     inputs: ModelInputs,
     patterns: Patterns | None = None,
     spend_mean: float | None = None,
+    design_patterns: CovariatePatterns | None = None,
 ) -> list[list[float]] | None:
     """Covariance of (log purchase params, log spend params) in CLVParams' order (purchase only for a
     purchase-only model); None if not estimable.
@@ -93,14 +101,15 @@ def log_parameter_covariance(
     BG/NBD and Gamma-Gamma differentiate their analytic gradients (2k gradient calls); the other purchase
     models take second differences of their likelihood (``purchase_log_likelihood``: lifetimes' MBG/NBD,
     Pareto/NBD's quadrature, MBG/CNBD-k's at its stored k, which is not a parameter of the covariance).
-    ``patterns``: the purchase histories' distinct (x, t_x, T), if already computed. ``spend_mean``: the
+    ``patterns``: the purchase histories' distinct (x, t_x, T), if already computed (with covariates,
+    ``design_patterns``: the distinct (x, t_x, T, design row)). ``spend_mean``: the
     pinned population mean of a mean-constrained Gamma-Gamma fit, whose two free parameters' covariance is
     mapped to (ln p, ln q, ln v) (rank 2).
     """
     names = FAMILIES[params.family].params
     purchase_theta = np.log([params.purchase[k] for k in names])
     if params.covariates is not None:
-        purchase_hessian = _covariate_hessian(params, inputs)
+        purchase_hessian = _covariate_hessian(params, inputs, design_patterns)
     elif params.family == "bgnbd":
         patterns = purchase_patterns(inputs) if patterns is None else patterns
         likelihood = BGNBDLikelihood(patterns.frequency, patterns.recency, patterns.T, patterns.weights)
@@ -148,27 +157,36 @@ def log_parameter_covariance(
     return covariance.tolist()
 
 
-def covariate_likelihood(params: CLVParams, inputs: ModelInputs) -> tuple[CovariateLikelihood, np.ndarray]:
-    """A covariate model's likelihood on these customers' (x, t_x, T, design row) patterns, and the fitted
-    theta (log population parameters, then the coefficients in ``CLVParams.coefficients`` order)."""
-    patterns = covariate_patterns(inputs.frequency, inputs.recency, inputs.T, inputs.design)
+def covariate_likelihood(
+    params: CLVParams, inputs: ModelInputs, patterns: CovariatePatterns | None = None
+) -> tuple[CovariateLikelihood, np.ndarray]:
+    """A covariate model's likelihood on these customers' (x, t_x, T, design row) patterns (``patterns``,
+    if already built from ``inputs``), and the fitted theta (log population parameters, then the
+    coefficients in ``CLVParams.coefficients`` order)."""
+    if patterns is None:
+        patterns = covariate_patterns(
+            inputs.frequency, inputs.recency, inputs.T, inputs.design, inputs.design_codes
+        )
     positions = coefficient_positions(params.family, params.covariates)
     likelihood = CovariateLikelihood(params.family, patterns, positions)
     logs = np.log([params.purchase[k] for k in FAMILIES[params.family].params])
     return likelihood, np.r_[logs, list(params.coefficients().values())]
 
 
-def _covariate_hessian(params: CLVParams, inputs: ModelInputs) -> np.ndarray:
+def _covariate_hessian(
+    params: CLVParams, inputs: ModelInputs, patterns: CovariatePatterns | None = None
+) -> np.ndarray:
     """Hessian of the covariate likelihood in (log population parameters, coefficients): central
-    differences of its analytic gradient, on the distinct (x, t_x, T, design row) patterns."""
-    likelihood, theta = covariate_likelihood(params, inputs)
-    shifts = np.eye(len(theta)) * HESSIAN_STEP
+    differences of its analytic gradient, on the distinct (x, t_x, T, design row) patterns.
+
+    The 2k gradients are independent and their compiled passes release the GIL: they run in
+    ``HESSIAN_THREADS`` threads (each the same arithmetic as in one thread, so the same Hessian)."""
+    likelihood, theta = covariate_likelihood(params, inputs, patterns)
+    points = [theta + sign * h for h in np.eye(len(theta)) * HESSIAN_STEP for sign in (1.0, -1.0)]
+    with ThreadPoolExecutor(max_workers=min(HESSIAN_THREADS, os.cpu_count() or 1)) as pool:
+        gradients = list(pool.map(lambda point: likelihood.value_and_gradient(point)[1], points))
     hessian = np.column_stack(
-        [
-            (likelihood.value_and_gradient(theta + h)[1] - likelihood.value_and_gradient(theta - h)[1])
-            / (2 * HESSIAN_STEP)
-            for h in shifts
-        ]
+        [(gradients[2 * j] - gradients[2 * j + 1]) / (2 * HESSIAN_STEP) for j in range(len(theta))]
     )
     return (hessian + hessian.T) / 2.0
 
