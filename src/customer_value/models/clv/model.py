@@ -322,9 +322,12 @@ class CLVModel:
         features: pd.DataFrame,
         horizon_days: float,
         inputs: ModelInputs | None = None,
+        with_churn: bool = True,
     ) -> pd.DataFrame:
         """The prediction columns filled in one column-major matrix: one DataFrame block, no copies of it.
-        ``inputs``: ``features`` already converted (the bootstrap draws share one design)."""
+        ``inputs``: ``features`` already converted (the bootstrap draws share one design).
+        ``with_churn=False`` leaves the churn columns the purchase model's: the bootstrap draws keep only
+        expectations, and the churn selector was half their time."""
         has_spend = params.has_spend
         if inputs is None:
             inputs = self._inputs(params, features)
@@ -338,7 +341,7 @@ class CLVModel:
         if has_spend:
             out[:, column["btyd_expected_revenue"]] = btyd["expected_revenue"]
         churn = None
-        if self.churn_selector_ is not None:
+        if with_churn and self.churn_selector_ is not None:
 
             def btyd_at(days: float, other: dict[str, object] | None = None) -> pd.DataFrame:
                 """The purchase model's outputs at ``days``; ``other``: another family's stored parameters
@@ -354,7 +357,7 @@ class CLVModel:
                 return pd.DataFrame(values, index=features.index, columns=btyd_columns(has_spend), copy=False)
 
             churn = self.churn_selector_.predict(features, btyd_at, horizon_days)
-        elif self.churn_layer_ is not None:
+        elif with_churn and self.churn_layer_ is not None:
             churn = self.churn_layer_.predict(layer_inputs(features, btyd, horizon_days))
         if churn is not None:
             out[:, column["churn_probability"]] = churn
@@ -406,7 +409,7 @@ class CLVModel:
             inputs = self._inputs(self.params_, rows)  # the draws change coefficients, not the design
             for params in draws:
                 try:
-                    drawn = self._predict_with(params, rows, horizon_days, inputs)
+                    drawn = self._predict_with(params, rows, horizon_days, inputs, with_churn=False)
                 except ModelFitError:  # a draw far in the tail can overflow a formula: leave it out
                     continue
                 for column, values in samples.items():
