@@ -53,7 +53,7 @@ VALUE_FEATURES = ("monetary_value", "total_spend", "mean_order_value")  # only w
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Customer table from orders on or before ``as_of`` (orders as returned by ``loading``)."""
     as_of = pd.Timestamp(as_of).normalize()
-    days = epoch_days(orders["date"])
+    days = epoch_days(orders["date"], np.int32)  # int32: half the order-sized temporaries
     as_of_day = int(epoch_days(np.array([as_of.to_datetime64()]))[0])
     seen = days <= as_of_day
     if not seen.any():
@@ -66,9 +66,11 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
         amounts = None if amounts is None else amounts[seen]
     # (customer, day) is unique after loading, so each customer's first row is its first purchase day.
     runs = sorted_runs(codes, days, by_day=False)
-    last_rows = np.append(runs.starts[1:], len(days)) - 1
+    n_rows = len(days)
+    del codes, days  # the runs' keys hold both: two order-sized arrays freed before the gaps' one
+    last_rows = np.append(runs.starts[1:], n_rows) - 1
     first_day, last_day = runs.days_at(runs.starts), runs.days_at(last_rows)
-    n_orders = run_lengths(runs, len(days)).astype("float64")
+    n_orders = run_lengths(runs, n_rows).astype("float64")
 
     frequency = n_orders - 1
     columns = {
@@ -101,10 +103,13 @@ def _log_gap_sums(runs: Runs) -> np.ndarray:
     days are distinct per customer (loading merges same-day orders), so every gap is at least a day.
     Within a customer consecutive keys differ by exactly the days between (the code part cancels), so
     the keys' own differences serve: one order-sized temporary."""
-    gaps = np.diff(runs.keys)
-    log_gaps = np.zeros(len(gaps) + 1)
-    np.log(gaps, out=log_gaps[1:], where=gaps > 0)  # across two customers a gap may be <= 0: reset below
-    log_gaps[runs.starts] = 0.0
+    if not len(runs.keys):
+        return np.zeros(0)
+    log_gaps = np.empty(len(runs.keys))
+    log_gaps[0] = 0.0
+    np.subtract(runs.keys[1:], runs.keys[:-1], out=log_gaps[1:], casting="unsafe")  # gaps, as floats
+    log_gaps[runs.starts] = 1.0  # across two customers a gap may be <= 0: a customer's first day is log 1
+    np.log(log_gaps, out=log_gaps)  # in place: one order-sized temporary, not two
     return np.add.reduceat(log_gaps, runs.starts) if len(runs.starts) else log_gaps
 
 

@@ -148,9 +148,15 @@ def cumulative_repeat_tracking(
     first = np.full(int(codes.max()) + 1, np.iinfo(np.int64).max)
     np.minimum.at(first, codes, instants)
     in_cohort = first <= instant(calibration_end)  # customers first seen by the calibration end
-    first_of_row = first[codes]
-    repeat = in_cohort[codes] & (instants <= instant(holdout_end)) & (instants > first_of_row)
-    del first_of_row
+    repeat = in_cohort[codes]
+    repeat &= instants <= instant(holdout_end)
+    if len(codes) > 1 and bool(np.all(codes[1:] >= codes[:-1])):
+        # The loader's order: (customer, day) sorted and unique, so a repeat is any row but a customer's
+        # first; no order-sized gather of first days (90 MB at 11M orders, at the CLV stage's peak).
+        repeat[1:] &= codes[1:] == codes[:-1]
+        repeat[0] = False
+    else:
+        repeat &= instants > first[codes]
     cohort = pd.Series(first[in_cohort].view(when.dtype))
     start = cohort.min()
     dates = pd.date_range(start + pd.Timedelta(days=step_days), holdout_end, freq=f"{step_days}D")

@@ -125,6 +125,11 @@ def train_clv(
                 chosen = choose_churn(cfg, settings, model, orders, split.calibration_end, calibration)
                 selection, calibrated_baselines = record_churn_selection(model, *chosen)
             metrics |= selection
+        if cfg.clv.refit_full_history and cfg.clv.churn.select:
+            end = split.holdout_end
+            whole_history = beside.submit(
+                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
+            )
         with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
             predictions = model.predict(calibration, split.holdout_days)
             metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
@@ -132,11 +137,6 @@ def train_clv(
                 cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
             )
             metrics |= evidence
-        if cfg.clv.refit_full_history and cfg.clv.churn.select:
-            end = split.holdout_end
-            whole_history = beside.submit(
-                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
-            )
         with progress.step("clv.intervals", "clv: prediction intervals on the holdout"):
             # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
             rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
