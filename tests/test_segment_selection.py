@@ -80,3 +80,22 @@ def test_stability_is_high_for_planted_clusters_and_in_range_for_generated_order
     assert len(customer_features(orders, as_of - pd.Timedelta(days=90))) > 100
     ari = window_ari(orders, as_of, 90, lambda: SegmentModel(n_clusters=3, seed=1))
     assert -1 <= ari <= 1 and np.isfinite(ari)
+
+
+def test_the_compiled_silhouette_is_scikit_learns_on_the_same_sample() -> None:
+    """k selection's silhouette (pairs in one compiled pass) against scikit-learn's silhouette_score with
+    the same sample_size and random_state: unequal clusters, a singleton, the whole set unsampled, and the
+    same refusal of a single cluster."""
+    from sklearn.metrics import silhouette_score
+
+    from customer_value.models.segments.silhouette import silhouette
+
+    rng = np.random.default_rng(3)
+    space = np.vstack([rng.normal(centre, 1.0, (n, 3)) for centre, n in ((0, 3000), (2.5, 1500), (6, 400))])
+    labels = np.repeat([4, 1, 7], [3000, 1500, 400])
+    labels[5] = 9  # a cluster of one
+    for sample in (1000, None):
+        theirs = silhouette_score(space, labels, sample_size=sample, random_state=11)
+        assert silhouette(space, labels, sample, 11) == pytest.approx(theirs, rel=1e-12, abs=1e-14)
+    with pytest.raises(ValueError, match="Number of labels is 1"):
+        silhouette(space, np.zeros(len(space), dtype=int), 500, 0)

@@ -170,6 +170,7 @@ def train_clv(
                     metrics |= record_churn_selection(scoring_model, *chosen, scoring=True)[0]
             scoring_model.value_layer_ = model.value_layer_
             metrics |= {f"refit.{k}": v for k, v in scoring_model.params_.fitted().items()}
+    del predictions, sample  # judged and logged: not held through the scoring of today's base (1M: 130 MB)
     metrics |= _anchor_metrics(cfg, split, metrics)
     run_logging.log_metrics(metrics)
     require_metrics(metrics, primary, "clv.primary_metric")

@@ -12,6 +12,7 @@ exits non-zero therefore never leaves a new registered version behind.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -110,8 +111,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
             metrics |= segment_metrics
     # Registration re-scores champions on the candidates' own tables: the log and the stages' outputs go
-    # first (at a million customers they held 0.4 GB through it).
+    # first (at a million customers they held 0.4 GB through it). And a full collection: MLflow's model
+    # logging catches an IntegrityError internally (re-logging the run's metrics for the logged model),
+    # whose traceback keeps the stage's finished frame, and with it the log, in a reference cycle until
+    # Python's next full collection (1M customers: RSS 1.44 -> 0.86 GB; the collection takes ~0.2 s).
     del orders, clv_outputs, today
+    gc.collect()
     memory.release()
     for candidate in (clv_candidate, segments_candidate):
         with run_logging.fail_run_on_error(candidate.run_id):

@@ -83,7 +83,8 @@ class ValueLayer:
         self, inputs: np.ndarray, btyd_revenue: np.ndarray, horizon_days: float | None = None
     ) -> np.ndarray:
         """``horizon_days``: the horizon of ``btyd_revenue``, for the level shift (None = no shift)."""
-        z = (inputs - np.asarray(self.mean)) / np.asarray(self.scale)
+        z = inputs - np.asarray(self.mean)
+        z /= np.asarray(self.scale)  # in place: one customers x features temporary, not two
         linear = z @ np.asarray(self.coef) + self.intercept + self.level_shift(horizon_days)
         return np.maximum(btyd_revenue, OFFSET_FLOOR) * np.exp(np.clip(linear, -50.0, 50.0))
 
