@@ -100,13 +100,16 @@ def train_clv(
     full_history = customer_features(orders, split.holdout_end) if cfg.clv.refit_full_history else None
     sample = evaluation_orders(cfg, orders, report)
     with progress.step("clv.fit", "clv: purchase and spend models (calibration and full history)"):
-        family, model, scoring_model, predictions, metrics = choose_family(
+        # Its predictions are not kept: the evidence step predicts again with the churn selection attached
+        # (held until then they were 95 MB at 1M customers through the selection's peak).
+        family, model, scoring_model, _, metrics = choose_family(
             cfg, settings, calibration, holdout, split, full_history, primary, sample, base
         )
     settings["family"] = family
     # The whole history's churn selection runs in a thread beside the calibration window's intervals,
     # backtest and plots: at 1M customers its ~17 s hide behind their ~20 s. Started beside the
-    # window-heavy steps before them, the peaks added up (2.4 GB instead of 2.0). The same selection,
+    # window-heavy steps before them, the peaks added up (2.4 GB instead of 2.0); started before the
+    # holdout evidence, 5 s sooner done but peaks of 2.07-2.20 GB in four runs. The same selection,
     # logged in the main thread once it is done.
     stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
     with (
@@ -125,11 +128,6 @@ def train_clv(
                 chosen = choose_churn(cfg, settings, model, orders, split.calibration_end, calibration)
                 selection, calibrated_baselines = record_churn_selection(model, *chosen)
             metrics |= selection
-        if cfg.clv.refit_full_history and cfg.clv.churn.select:
-            end = split.holdout_end
-            whole_history = beside.submit(
-                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
-            )
         with progress.step("clv.holdout", "clv: holdout metrics and the evidence against the baselines"):
             predictions = model.predict(calibration, split.holdout_days)
             metrics |= prefixed("holdout.", holdout_metrics.evaluate_clv(predictions, holdout))
@@ -137,6 +135,11 @@ def train_clv(
                 cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
             )
             metrics |= evidence
+        if cfg.clv.refit_full_history and cfg.clv.churn.select:
+            end = split.holdout_end
+            whole_history = beside.submit(
+                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
+            )
         with progress.step("clv.intervals", "clv: prediction intervals on the holdout"):
             # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
             rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
