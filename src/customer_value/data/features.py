@@ -109,7 +109,9 @@ def _log_gap_sums(runs: Runs) -> np.ndarray:
     log_gaps[0] = 0.0
     np.subtract(runs.keys[1:], runs.keys[:-1], out=log_gaps[1:], casting="unsafe")  # gaps, as floats
     log_gaps[runs.starts] = 1.0  # across two customers a gap may be <= 0: a customer's first day is log 1
-    np.log(log_gaps, out=log_gaps)  # in place: one order-sized temporary, not two
+    positive = log_gaps > 0  # a same-day repeat (a table not from the loader) counts log 1 = 0, as before
+    log_gaps[~positive] = 1.0
+    np.log(log_gaps, out=log_gaps)  # in place: one order-sized float temporary, not an int and a float
     return np.add.reduceat(log_gaps, runs.starts) if len(runs.starts) else log_gaps
 
 
