@@ -467,6 +467,6 @@ def _require_finite_predictions(
     )
     for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:
-            predict_arrays(params, unique, horizon_days, 0.0, horizon_days)
+            predict_arrays(params, unique, horizon_days, 0.0, horizon_days, strict=True)
         except ModelFitError as exc:
             raise ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns")) from None
