@@ -8,8 +8,6 @@ difference in AUC between two scores of the same customers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
@@ -90,29 +88,6 @@ def weighted_auc(groups: np.ndarray, positive: np.ndarray, negative: np.ndarray)
     return float((churners * (below + 0.5 * others)).sum() / (churners.sum() * others.sum()))
 
 
-def weighted_aucs(groups: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """``weighted_auc`` of each row of ``positive`` and ``negative`` (resamples x customers) at once: one
-    weighted count over every row's groups (offset per row) instead of two per resample; the same sums."""
-    size = int(groups.max()) + 1
-    n_rows = positive.shape[0]
-    flat = (groups[None, :] + size * np.arange(n_rows)[:, None]).ravel()
-    churners = np.bincount(flat, positive.ravel(), size * n_rows).reshape(n_rows, size)
-    others = np.bincount(flat, negative.ravel(), size * n_rows).reshape(n_rows, size)
-    below = np.cumsum(others, axis=1) - others
-    return (churners * (below + 0.5 * others)).sum(axis=1) / (churners.sum(axis=1) * others.sum(axis=1))
-
-
-POISSON_BLOCK = 2_000_000  # weights drawn per block of resamples: 16 MB a block at float64
-
-
-def poisson_weights(rng: np.random.Generator, n: int, resamples: int) -> Iterator[np.ndarray]:
-    """Poisson(1) multiplicities of ``n`` customers for ``resamples`` resamples, as blocks of rows
-    (resamples x n, at most POISSON_BLOCK values each): the stream a row at a time would give."""
-    per_block = max(1, POISSON_BLOCK // max(n, 1))
-    for start in range(0, resamples, per_block):
-        yield rng.poisson(1.0, (min(per_block, resamples - start), n)).astype("float64")
-
-
 def paired_auc_difference(
     label: np.ndarray, score: np.ndarray, other: np.ndarray, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
@@ -135,13 +110,13 @@ def paired_auc_differences(
     theirs = {name: score_groups(np.asarray(other)) for name, other in others.items()}
     churned = label.astype("float64")
     draws: dict[str, list[float]] = {name: [] for name in others}
-    for weight in poisson_weights(rng, len(label), BOOTSTRAP_RESAMPLES):  # blocks of resamples
+    for _ in range(BOOTSTRAP_RESAMPLES):  # a few hundred resamples, each O(customers)
+        weight = rng.poisson(1.0, len(label)).astype("float64")
         positive, negative = weight * churned, weight * (1.0 - churned)
-        both = (positive.sum(axis=1) > 0) & (negative.sum(axis=1) > 0)
-        positive, negative = positive[both], negative[both]
-        mine = weighted_aucs(ours, positive, negative)
-        for name, groups in theirs.items():
-            draws[name].extend((mine - weighted_aucs(groups, positive, negative)).tolist())
+        if positive.sum() > 0 and negative.sum() > 0:
+            mine = weighted_auc(ours, positive, negative)
+            for name, groups in theirs.items():
+                draws[name].append(mine - weighted_auc(groups, positive, negative))
     return {
         name: _with_interval(float(auc(label, score) - auc(label, np.asarray(other))), draws[name], level)
         for name, other in others.items()

@@ -46,9 +46,8 @@ from customer_value.errors import ModelFitError
 from customer_value.evaluation.calibration import (
     auc,
     expected_calibration_error,
-    poisson_weights,
     score_groups,
-    weighted_aucs,
+    weighted_auc,
 )
 from customer_value.evaluation.holdout_metrics import churned
 from customer_value.models.clv.churn_layer import (
@@ -545,26 +544,22 @@ def _win_shares(
             {name: score_groups(score[a:b]) for name, score in candidates.items()},
             score_groups(anchor[a:b]),
             labels[a:b].astype("float64"),
-            a - bounds[0][0],
         )
         for a, b in bounds
     ]
-    total = bounds[-1][1] - bounds[0][0]
     wins = dict.fromkeys(candidates, 0)
-    # A resample draws every window's weights in turn: a row of (resamples x all windows' customers).
-    for block in poisson_weights(rng, total, RESAMPLES):
-        sums = {name: np.zeros(len(block)) for name in candidates}
-        counted = np.zeros(len(block))  # windows with both classes, per resample
-        for groups, anchor_groups, label, start in windows:
-            weight = block[:, start : start + len(label)]
+    for _ in range(RESAMPLES):  # a hundred resamples, each O(customers) per candidate
+        differences: dict[str, list[float]] = {name: [] for name in candidates}
+        for groups, anchor_groups, label in windows:
+            weight = rng.poisson(1.0, len(label)).astype("float64")
             positive, negative = weight * label, weight * (1.0 - label)
-            both = (positive.sum(axis=1) > 0) & (negative.sum(axis=1) > 0)
-            theirs = weighted_aucs(anchor_groups, positive, negative)
+            if positive.sum() == 0 or negative.sum() == 0:
+                continue
+            theirs = weighted_auc(anchor_groups, positive, negative)
             for name, ours in groups.items():
-                sums[name] += np.where(both, weighted_aucs(ours, positive, negative) - theirs, 0.0)
-            counted += both
-        for name in candidates:
-            wins[name] += int(np.count_nonzero((counted > 0) & (sums[name] / np.maximum(counted, 1) > 0)))
+                differences[name].append(weighted_auc(ours, positive, negative) - theirs)
+        for name, values in differences.items():
+            wins[name] += bool(values) and float(np.mean(values)) > 0
     return {name: count / RESAMPLES for name, count in wins.items()}
 
 
