@@ -504,6 +504,49 @@ def test_expected_purchases_stay_exact_on_the_no_dropout_ridge(family: str) -> N
             np.testing.assert_allclose(values[~fine], _bgnbd_by_series(nearer, inputs, t)[~fine], rtol=1e-9)
 
 
+@pytest.mark.parametrize("family", ["bgnbd", "mbgnbd"])
+def test_heavy_buyers_expectations_at_ten_years_equal_lifetimes(family: str) -> None:
+    """A daily buyer at a ten-year horizon: 2F1 overflows while (1 - z)^A underflows, so their product
+    must be taken in logs (as lifetimes' BG/NBD does, with Euler's transformation where 2F1 is infinite),
+    and the fit's acceptance check must pass, as it did before."""
+    from customer_value.models.clv.btyd import FAMILIES, ModelInputs, lifetimes_fitter
+    from customer_value.models.clv.model import _require_finite_predictions
+    from customer_value.models.clv.predict import expected_purchases_by_time
+
+    cdnow = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    x = np.array([0.0, 2.0, 330.0, 430.0, 690.0])
+    inputs = ModelInputs(
+        x, np.array([0.0, 10.0, 52.0, 104.0, 260.0]), np.array([20.0, 30.0, 52.0, 104.0, 260.0]), None
+    )
+    params = CLVParams(family, cdnow, None, 7.0)
+    _require_finite_predictions(params, inputs)
+    times = np.array([52.18, 521.8])
+    fitter = lifetimes_fitter(FAMILIES[family].fitter, cdnow)
+    for t, values in zip(times, expected_purchases_by_time(params, inputs, times), strict=True):
+        expected = fitter.conditional_expected_number_of_purchases_up_to_time(t, x, inputs.recency, inputs.T)
+        assert np.isfinite(values).all()
+        fine = np.isfinite(expected)  # lifetimes' MBG/NBD has no Euler fallback: NaN for the heaviest
+        assert fine[:2].all() and (family == "mbgnbd" or fine.all())
+        np.testing.assert_allclose(values[fine], expected[fine], rtol=1e-9)
+
+
+def test_a_fit_whose_hypergeometric_term_is_negative_is_refused_but_scored() -> None:
+    """a + b < 1: 2F1 is negative for non-repeaters. The fit's acceptance check refuses it (as lifetimes'
+    NaN refused it before, so no earlier decision moves), while predictions of such parameters (an
+    interval draw, a stored model) come out finite."""
+    from customer_value.models.clv.btyd import ModelInputs
+    from customer_value.models.clv.model import _require_finite_predictions
+    from customer_value.models.clv.predict import predict_arrays
+
+    params = CLVParams("bgnbd", {"r": 0.28, "alpha": 5.2, "a": 0.086, "b": 0.6}, None, 7.0)
+    inputs = ModelInputs(
+        np.array([0.0, 0.0, 3.0]), np.array([0.0, 0.0, 20.0]), np.array([2.0, 12.0, 40.0]), None
+    )
+    with pytest.raises(ModelFitError, match="hypergeometric term is negative"):
+        _require_finite_predictions(params, inputs)
+    assert np.isfinite(predict_arrays(params, inputs, 365.25, 0.1, 30.0)).all()
+
+
 def _bgnbd_by_series(params: dict[str, float], inputs, t: float) -> np.ndarray:
     """BG/NBD's E[X(t)] for customers seen at T (the denominator is 1 for non-repeaters only) with 2F1
     summed term by term: a reference free of scipy's hyp2f1 (z < 0.95 here: 2,000 terms)."""

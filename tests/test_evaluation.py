@@ -171,7 +171,10 @@ def test_tracking_curve_counts_the_cohorts_repeat_days_whatever_the_ids_and_row_
     shuffled = orders.sample(frac=1.0, random_state=3).assign(
         customer_id=lambda frame: frame["customer_id"].astype(str)
     )
-    for log in (orders, shuffled):
+    # Sorted by customer but not by day within one (the loader's categories kept): the shortcut for the
+    # loader's (customer, day) order must not take it.
+    days_reversed = orders.sort_values(["customer_id", "date"], ascending=[True, False], ignore_index=True)
+    for log in (orders, shuffled, days_reversed):
         curve = cumulative_repeat_tracking(log, cut, end, lambda ages: np.zeros_like(ages))
         expected = [int((repeat & (orders["date"] <= day)).sum()) for day in curve.index]
         assert curve["actual"].tolist() == expected

@@ -67,7 +67,7 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
     # (customer, day) is unique after loading, so each customer's first row is its first purchase day.
     runs = sorted_runs(codes, days, by_day=False)
     n_rows = len(days)
-    del codes, days  # the runs' keys hold both: two order-sized arrays freed before the gaps' one
+    del codes, days  # the runs' keys hold both: the cut copies (when there are) go before the gaps' array
     last_rows = np.append(runs.starts[1:], n_rows) - 1
     first_day, last_day = runs.days_at(runs.starts), runs.days_at(last_rows)
     n_orders = run_lengths(runs, n_rows).astype("float64")

@@ -173,7 +173,8 @@ def _by_time(
     acceptance check): a ModelFitError where BG/NBD's hypergeometric term is negative (see below).
 
     Each family's time-independent part is computed once, not per t (lifetimes' arithmetic, so the values
-    are lifetimes' own; tested per family):
+    are lifetimes' own, tested per family; except where its BG/NBD formula cancels or is undefined: the
+    ridge series and the sign of 2F1 below):
     - BG/NBD and MBG/NBD (Fader, Hardie & Lee 2005, eq. 10; Batislam et al. 2007): the hypergeometric term
       depends on (x, T, t) only, so it is evaluated once per distinct (x, T) pair (thousands, not a million
       customers), and the recency term once per customer.
@@ -230,9 +231,11 @@ def _by_time(
         for t in times:
             z = t / (p_alpha + pT + t)
             log_rest = np.log((p_alpha + pT) / (p_alpha + t + pT))  # ln(1 - z)
-            # (1 - z)^A 2F1(A, B; c; z), kept as a product: 2F1 is negative where c < 0 (a + b < 1 at
-            # x = 0), where lifetimes' logarithm gives NaN.
-            product = hyp2f1(hyp_a, hyp_b, hyp_c, z) * np.exp(hyp_a * log_rest)
+            # (1 - z)^A 2F1(A, B; c; z) in logs (2F1 can be huge where (1 - z)^A underflows: a heavy buyer
+            # at ten years), with 2F1's sign kept: it is negative where c < 0 (a + b < 1 at x = 0), where
+            # lifetimes' logarithm gives NaN. Where 2F1 is positive these are lifetimes' own operations.
+            hyp = hyp2f1(hyp_a, hyp_b, hyp_c, z)
+            product = np.sign(hyp) * np.exp(np.log(np.abs(hyp)) + hyp_a * log_rest)
             overflow = np.isinf(product)
             if overflow.any():  # Euler's transformation where the series overflows (lifetimes' BG/NBD)
                 c, b_ = hyp_c[overflow], hyp_b[overflow]
@@ -247,7 +250,7 @@ def _by_time(
                 # window fits moved CDNOW's churn choice at its earliest cut from AUC 0.728 to 0.699).
                 bad = int((product < 0).sum())
                 raise ModelFitError(
-                    f"BG/NBD's hypergeometric term is negative for {bad:,} of {len(product):,} customers "
+                    f"BG/NBD's hypergeometric term is negative for {bad:,} of {len(product):,} (x, T) pairs "
                     "(a + b < 1), where lifetimes' formula is undefined"
                 )
             expected = np.broadcast_to(first * (1 - product), hyp_c.shape).copy()
