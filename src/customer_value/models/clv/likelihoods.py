@@ -51,14 +51,10 @@ class Patterns:
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values and each element's position among them: ``np.unique(values,
-    return_inverse=True)``, but by hashing and sorting only the distinct values (a million customers' x,
-    t_x or T: a sort of a million each time otherwise)."""
-    codes, distinct = pd.factorize(np.ravel(values), use_na_sentinel=False)
-    distinct = np.asarray(distinct)
-    order = np.argsort(distinct, kind="stable")
-    rank = np.empty(len(order), dtype=np.intp)
-    rank[order] = np.arange(len(order))
-    return distinct[order], rank[codes]
+    return_inverse=True)`` by hashing, sorting only the distinct values (a million customers' x, t_x or T
+    were a full sort each time)."""
+    codes, distinct = pd.factorize(np.ravel(values), sort=True, use_na_sentinel=False)
+    return np.asarray(distinct), codes
 
 
 def unique_patterns(frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> Patterns:
