@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
@@ -114,8 +113,9 @@ def train_clv(
     stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="churn-whole-history") as beside,
-        _set_on_exit(stop),
+        contextlib.ExitStack() as on_exit,  # left first: the stop is set before the pool waits
     ):
+        on_exit.callback(stop.set)
         whole_history = None
         if cfg.clv.layers.value and not has_amounts:
             mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
@@ -241,14 +241,6 @@ def train_clv(
     if protected:
         _log_fairness_audit(outputs, customers[protected])
     return metrics, candidate, outputs, today
-
-
-@contextlib.contextmanager
-def _set_on_exit(event: threading.Event) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        event.set()
 
 
 def evaluation_orders(cfg: DictConfig, orders: pd.DataFrame, report: DataReport) -> pd.DataFrame:
