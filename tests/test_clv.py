@@ -530,6 +530,24 @@ def test_heavy_buyers_expectations_at_ten_years_equal_lifetimes(family: str) -> 
         np.testing.assert_allclose(values[fine], expected[fine], rtol=1e-9)
 
 
+def test_hyp2f1_split_over_threads_is_scipys_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-customer 2F1 (covariate fits' acceptance check) runs in pieces on the available cores:
+    every value, overflow and NaN included, is the single call's."""
+    from scipy.special import hyp2f1
+
+    from customer_value.models.clv import predict
+
+    monkeypatch.setattr(predict, "HYP2F1_ROWS_PER_THREAD", 100)
+    rng = np.random.default_rng(3)
+    a = 0.24 + rng.integers(0, 700, 1001)
+    b, c = 2.4 + a, 3.2 + a + rng.uniform(-4, 4, 1001)
+    z = rng.uniform(0, 0.999, 1001)
+    z[::97] = np.nan
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(predict._hyp2f1(a, b, c, z), hyp2f1(a, b, c, z))
+        np.testing.assert_array_equal(predict._hyp2f1(0.5, b, c, z), hyp2f1(0.5, b, c, z))  # broadcast
+
+
 def test_a_fit_whose_hypergeometric_term_is_negative_is_refused_but_scored() -> None:
     """a + b < 1: 2F1 is negative for non-repeaters. The fit's acceptance check refuses it (as lifetimes'
     NaN refused it before, so no earlier decision moves), while predictions of such parameters (an

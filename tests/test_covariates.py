@@ -175,6 +175,32 @@ def test_the_design_standardises_numbers_and_one_hots_text_against_the_most_freq
     assert design[0, :-1].sum() == 0 and design[1].tolist()[:2].count(1.0) == 1
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(["pro", "free", None, "team", "pro", "(missing)"], dtype="str"),
+        pd.Series(["pro", "free", None, "team", "pro"], dtype="string"),
+        pd.Series(["pro", "free", None, "team", "pro"], dtype="category"),
+        pd.Series([1, 2, None, 1], dtype="Int64"),
+        pd.Series([True, None, False], dtype="boolean"),
+        pd.Series([True, False, True]),
+        pd.Series([1, "1", 2.5, "2.5", None, True, "pro"], dtype=object),  # 1 and True hash alike
+        pd.Series([], dtype="str"),
+    ],
+    ids=["str", "string", "category", "Int64", "boolean", "bool", "object", "empty"],
+)
+def test_text_levels_are_looked_up_as_every_row_turned_to_text_would_be(values: pd.Series) -> None:
+    """``_level_codes`` converts each distinct value, not each row: the same codes and missing count as
+    the text of every row looked up in the levels (the rule before; a level absent from them is -1)."""
+    from customer_value.models.clv.covariates import MISSING_LEVEL, _level_codes, _levels
+
+    levels = ["pro", "free", "1", "2.5", MISSING_LEVEL, "True"]
+    text = _levels(values)
+    codes, missing = _level_codes(values, levels)
+    np.testing.assert_array_equal(codes, pd.Index(levels).get_indexer(text))
+    assert missing == int((text == MISSING_LEVEL).sum())
+
+
 def test_a_covariate_without_variation_is_refused_in_one_line() -> None:
     with pytest.raises(ModelFitError, match="'region' has a single level"):
         fit_encoding(pd.DataFrame({"region": ["north"] * 4}), ["region"], [])
