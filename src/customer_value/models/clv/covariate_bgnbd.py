@@ -23,6 +23,7 @@ import numpy as np
 from scipy.special import digamma, gammaln
 
 from customer_value.models.clv.covariate_kernels import bgnbd_rows
+from customer_value.models.clv.covariate_likelihoods import ScaledTimes, split_coefficients
 from customer_value.models.clv.covariates import row_codes
 
 
@@ -73,22 +74,13 @@ class BGNBDCovariateTerms:
         self.x_group = x[first]
         self.w_group = np.bincount(codes, self.w, n_groups)
         self.z_group = {index: design[order[first][:, None], by_index[index][1]] for index in (2, 3)}
-        self._scaled: tuple[float, np.ndarray, np.ndarray] | None = None
-
-    def _times(self, time_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Ages and repeat buyers' recencies on the scaled axis (kept: a fit uses one scale)."""
-        if self._scaled is None or self._scaled[0] != time_scale:
-            self._scaled = (time_scale, self.T * time_scale, self.recency * time_scale)
-        return self._scaled[1], self._scaled[2]
+        self.times = ScaledTimes(self.recency, self.T)  # repeat buyers' recencies, every age
 
     def value_and_gradient(self, theta: np.ndarray, time_scale: float) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta (theta: ln r, ln alpha0, ln a0, ln b0, then the sets' gammas in order)."""
-        big_t, t_x = self._times(time_scale)
+        t_x, big_t = self.times.at(time_scale)
         r, alpha0, a0, b0 = (np.float64(v) for v in np.exp(theta[:4]))
-        gammas, start = {}, 4
-        for index, _, columns in self.sets:
-            gammas[index] = theta[start : start + len(columns)]
-            start += len(columns)
+        gammas = split_coefficients(theta, self.sets)
         sign = self.alpha_sign
         n_repeat, total = self.n_repeat, self.total_weight
 

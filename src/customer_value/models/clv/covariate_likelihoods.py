@@ -24,7 +24,7 @@ This module must not import lifetimes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
@@ -57,6 +57,35 @@ class CovariatePatterns:
     T: np.ndarray
     design: np.ndarray  # patterns x design columns
     weights: np.ndarray
+    # The compiled likelihood terms built on these patterns, by family and coefficient sets: the fit and the
+    # covariance's Hessian share them (building them reorders every array: 0.16 s at 1M customers).
+    compiled: dict[tuple[object, ...], object] = field(default_factory=dict, compare=False, repr=False)
+
+
+class ScaledTimes:
+    """Recencies and ages on a fit's scaled time axis, kept for the last scale asked (a fit uses one, the
+    covariance's Hessian another). The pair is swapped as one tuple, so threads sharing it never mix two."""
+
+    def __init__(self, recency: np.ndarray, T: np.ndarray) -> None:
+        self.recency, self.T = recency, T
+        self._scaled: tuple[float, np.ndarray, np.ndarray] | None = None
+
+    def at(self, time_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """(recency, T) times ``time_scale``."""
+        scaled = self._scaled
+        if scaled is None or scaled[0] != time_scale:
+            scaled = self._scaled = (time_scale, self.recency * time_scale, self.T * time_scale)
+        return scaled[1], scaled[2]
+
+
+def split_coefficients(theta: np.ndarray, sets: list[tuple[int, float, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Each coefficient set's gammas from theta (after the 4 log population parameters), by the index of
+    the parameter the set moves."""
+    gammas, start = {}, 4
+    for index, _, columns in sets:
+        gammas[index] = theta[start : start + len(columns)]
+        start += len(columns)
+    return gammas
 
 
 def covariate_patterns(
@@ -166,9 +195,12 @@ class CovariateLikelihood:
         from customer_value.models.clv.covariate_pareto import ParetoCovariateTerms
 
         terms = BGNBDCovariateTerms if family == "bgnbd" else ParetoCovariateTerms
-        self._fast = terms(
-            patterns.frequency, patterns.recency, patterns.T, patterns.design, patterns.weights, self.sets
-        )
+        key = (family, *((index, sign, tuple(columns)) for index, sign, columns in self.sets))
+        if key not in patterns.compiled:
+            patterns.compiled[key] = terms(
+                patterns.frequency, patterns.recency, patterns.T, patterns.design, patterns.weights, self.sets
+            )
+        self._fast = patterns.compiled[key]
 
     def pattern_parameters(self, theta: np.ndarray) -> list[np.ndarray | float]:
         """(r, alpha_i, a_i, b_i) or (r, alpha_i, s, beta_i): scalars for parameters no set moves."""

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.special import digamma, gammaln
 
 from customer_value.models.clv.covariate_kernels import pareto_rows
+from customer_value.models.clv.covariate_likelihoods import ScaledTimes, split_coefficients
 from customer_value.models.clv.likelihoods import _codes
 from customer_value.models.clv.pareto_likelihood import _LEGENDRE_NODES, _LEGENDRE_WEIGHTS, TAIL_NATS
 
@@ -49,22 +50,13 @@ class ParetoCovariateTerms:
         # Each set's columns, one contiguous row per column.
         self.z = {index: np.ascontiguousarray(design[:, columns].T) for index, _, columns in sets}
         self.signs = {index: sign for index, sign, _ in sets}
-        self._scaled: tuple[float, np.ndarray, np.ndarray] | None = None
-
-    def _times(self, time_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Recencies and ages on the scaled axis (kept: a fit uses one scale)."""
-        if self._scaled is None or self._scaled[0] != time_scale:
-            self._scaled = (time_scale, self.recency * time_scale, self.T * time_scale)
-        return self._scaled[1], self._scaled[2]
+        self.times = ScaledTimes(self.recency, self.T)
 
     def value_and_gradient(self, theta: np.ndarray, time_scale: float) -> tuple[float, np.ndarray]:
         """ll and d ll / d theta (theta: ln r, ln alpha0, ln s, ln beta0, then the sets' gammas in order)."""
-        t_x, big_t = self._times(time_scale)
+        t_x, big_t = self.times.at(time_scale)
         r, _, s, _ = (float(v) for v in np.exp(theta[:4]))
-        gammas, start = {}, 4
-        for index, _, columns in self.sets:
-            gammas[index] = theta[start : start + len(columns)]
-            start += len(columns)
+        gammas = split_coefficients(theta, self.sets)
         sums, alpha_sums, beta_sums = pareto_rows(
             r,
             s,
