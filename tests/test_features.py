@@ -184,6 +184,26 @@ def test_factorize_of_text_equals_pandas(
         assert list(uniques) == list(expected_uniques)
 
 
+@pytest.mark.parametrize("dtype", ["str", pd.ArrowDtype(pa.large_string()), object])
+def test_aligned_rows_are_reindex_rows(dtype: object) -> None:
+    """The customer file joined by Arrow's hashing of the ids: reindex's frame, absent ids and types too."""
+    from customer_value.data.grouping import aligned_rows
+
+    frame = pd.DataFrame(
+        {
+            "score": [1.0, 2.0, 3.0],
+            "visits": [1, 2, 3],
+            "member": [True, False, True],
+            "plan": pd.Series(["pro", None, "free"], dtype="str"),
+            "tier": pd.Series(["a", "b", "a"], dtype="category"),
+        },
+        index=pd.Index(["c2", "é", "c10"], dtype=dtype),
+    )
+    for labels in (["c10", "c2", "é", "c2"], ["c10", "absent", "é"], []):
+        index = pd.Index(labels, dtype=dtype)
+        pd.testing.assert_frame_equal(aligned_rows(frame, index), frame.reindex(index))
+
+
 def test_run_sums_of_runs_of_one_row_are_the_values_in_key_order() -> None:
     from customer_value.data.grouping import run_sums, sorted_runs
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from customer_value.data.grouping import aligned_rows
 from customer_value.errors import ModelFitError, NotEnoughDataError
 from customer_value.models.clv.bounds import check_horizon
 from customer_value.models.clv.btyd import (
@@ -263,7 +264,7 @@ class CLVModel:
         if not extra.index.is_unique:
             return features.join(extra, how="left")
         # The same left join as a lookup by id (a merge of a million string ids took twice as long).
-        return pd.concat([features, extra.reindex(features.index)], axis=1)
+        return pd.concat([features, aligned_rows(extra, features.index)], axis=1)
 
     churn_layer_: ChurnLayer | None = None
     churn_selector_: ChurnSelector | None = None
