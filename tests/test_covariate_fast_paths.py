@@ -170,3 +170,21 @@ def test_the_fit_reaches_the_reference_optimum(family: str, n: int) -> None:
     theta = np.r_[np.log([scaled[k] for k in FAMILY_PARAMS[family]]), gammas]
     assert objective(theta)[0] == pytest.approx(reference.fun, rel=1e-8)
     np.testing.assert_allclose(theta, reference.x, atol=1e-3)  # BFGS's tolerance, not rounding
+
+
+def test_the_compiled_terms_are_built_once_per_patterns_and_never_shared_with_others() -> None:
+    """The fit and the covariance's Hessian share one set of compiled terms per patterns object (their
+    construction reorders every array); patterns made from it with other weights get their own."""
+    from dataclasses import replace
+
+    x, t_x, big_t, design = _histories(500, 9)
+    patterns = covariate_patterns(x, t_x, big_t, design)
+    sets = DESIGNS["bgnbd"][0]
+    first, again = (CovariateLikelihood("bgnbd", patterns, sets) for _ in range(2))
+    assert first._fast is again._fast
+    assert CovariateLikelihood("bgnbd", patterns, DESIGNS["bgnbd"][1])._fast is not first._fast
+    doubled = replace(patterns, weights=patterns.weights * 2)
+    other = CovariateLikelihood("bgnbd", doubled, sets)
+    assert other._fast is not first._fast
+    theta = np.r_[np.log(BASE["bgnbd"]), np.full(first.n_params - 4, 0.1)]
+    assert other.value_and_gradient(theta)[0] == pytest.approx(2 * first.value_and_gradient(theta)[0])

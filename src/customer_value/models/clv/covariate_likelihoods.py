@@ -59,7 +59,9 @@ class CovariatePatterns:
     weights: np.ndarray
     # The compiled likelihood terms built on these patterns, by family and coefficient sets: the fit and the
     # covariance's Hessian share them (building them reorders every array: 0.16 s at 1M customers).
-    compiled: dict[tuple[object, ...], object] = field(default_factory=dict, compare=False, repr=False)
+    compiled: dict[tuple[object, ...], object] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
 
 class ScaledTimes:
