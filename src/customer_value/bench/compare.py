@@ -320,6 +320,9 @@ def bench_pareto(task: str, features: pd.DataFrame) -> Row:
     )
 
 
+COVARIATE_REPEATS = 3  # fits of each side in the covariate row (the fastest is reported)
+
+
 def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     """The purchase and spend fit with 2 covariates (channel, three levels, and tenure_score, numeric; as
     ``clv.covariates.purchase=[channel,tenure_score] clv.covariates.dropout=[channel]``) beside the same
@@ -342,10 +345,21 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     _, warm_up_s = timed(
         lambda: CLVModel(family=family, covariates=covariates, customers=customers).fit(features.iloc[:2000])
     )
-    plain, plain_s, plain_gib = timed_with_peak(lambda: CLVModel(family=family).fit(features))
-    model, project_s, project_gib = timed_with_peak(
-        lambda: CLVModel(family=family, covariates=covariates, customers=customers).fit(features)
-    )
+
+    def fit_plain() -> CLVModel:
+        return CLVModel(family=family).fit(features)
+
+    def fit_covariates() -> CLVModel:
+        return CLVModel(family=family, covariates=covariates, customers=customers).fit(features)
+
+    plain, plain_s, plain_gib = timed_with_peak(fit_plain)
+    model, project_s, project_gib = timed_with_peak(fit_covariates)
+    # The best of COVARIATE_REPEATS fits each side, taken in turns: one fit of each moved by 30 % between
+    # runs on these VMs (plain 0.68-1.05 s, covariates 3.0-4.3 s), and taking turns gives both sides the
+    # machine's same moments.
+    for _ in range(COVARIATE_REPEATS - 1):
+        plain_s = min(plain_s, timed(fit_plain)[1])
+        project_s = min(project_s, timed(fit_covariates)[1])
     params = model.params_
     estimates = params.fitted() | params.coefficients()
     names = [*params.purchase, *params.spend, *params.coefficients()]
@@ -357,6 +371,7 @@ def bench_covariates(n_customers: int, seed: int, family: str = "bgnbd") -> Row:
     agreement = (
         f"{len(names)} parameters ({len(params.coefficients())} coefficients) vs the truth: largest error "
         f"{np.max(np.abs(values - truth) / se):.1f} SE; {int(inside.sum())} within max(10 %, 3 SE); "
+        f"best of {COVARIATE_REPEATS} fits each side, in turns; "
         f"a 2,000-customer fit first, untimed here: {warm_up_s:.1f} s (one-off costs of a first fit)"
     )
     label = FAMILIES[family].label
