@@ -23,6 +23,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
         train=True,
         subsample=2_000,
         on_row=lambda r: streamed.append(r["task"]),
+        train_repeats=1,
     )
     rows = {row["task"]: row for row in result["rows"]}
     assert streamed == [row["task"] for row in result["rows"]]
@@ -47,6 +48,7 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
     assert all(row["project_s"] > 0 and row["baseline_s"] > 0 for row in rows.values())
     train = rows["train end to end"]  # both sides in processes of their own, with their peak memory
     assert 0 < train["baseline_peak_gib"] < train["project_peak_gib"] < 4
-    assert "lifetimes: read" in train["agreement"] and "issue 30's targets" in train["agreement"]
+    assert "lifetimes' fastest: read" in train["agreement"] and "issue 30's targets" in train["agreement"]
+    assert "1 run(s) each" in train["agreement"]  # make bench: TRAIN_REPEATS of each, every one listed
     covariates = rows["BG/NBD fit with 2 covariates"]  # each fit's added memory beside its time
     assert covariates["project_peak_gib"] >= 0 and covariates["baseline_peak_gib"] >= 0
