@@ -164,7 +164,7 @@ bench-engines: $(SPARK_STAMP) system-deps
 # (a tracking server, PostgreSQL, a JVM, a browser), and a third worker fills the idle core (2-core Xeon,
 # 2026-12-06: `make test` 10:12 -> 8:50 at 159 % CPU, `make test-fast` 1:54 -> 1:46). Work stealing evens
 # out the long end-to-end tests; the 25 slowest are printed, so drift shows in every run.
-TEST_WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
+TEST_WORKERS := $(shell echo $$(( $$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) + 1 )))
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 ## test: the whole test suite, slow tests included (what CI runs; installs the [spark] extra too)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # One BLAS/OpenMP thread per test process (set before numpy loads, inherited by the jobs tests start):
-# the suite runs on one pytest-xdist worker per core, and a second thread spinning on a core the other worker
+# the suite runs on pytest-xdist workers (cores + 1), and a second thread spinning on a core another worker
 # is using made scikit-learn's k-means on 800 customers 100 times slower (measured: 0.14 s a call).
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")

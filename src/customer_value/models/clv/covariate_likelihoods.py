@@ -315,8 +315,11 @@ PRECONDITION_PATTERNS = 50_000  # the preconditioning Hessian's sample of patter
 
 
 def _every_nth(patterns: CovariatePatterns, most: int) -> CovariatePatterns:
-    """Every n-th pattern, at most ``most`` of them (all when there are fewer)."""
+    """Every n-th pattern, at most ``most`` of them (all when there are fewer: the same object, whose
+    compiled terms the fit then shares)."""
     step = max(1, -(-len(patterns.frequency) // most))
+    if step == 1:
+        return patterns
     return CovariatePatterns(
         patterns.frequency[::step],
         patterns.recency[::step],

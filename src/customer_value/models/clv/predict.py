@@ -279,9 +279,10 @@ def _hyp2f1(a: np.ndarray, b: np.ndarray, c: np.ndarray, z: np.ndarray) -> np.nd
     out = np.empty(z.shape)
     cuts = [len(z) * i // threads for i in range(threads + 1)]
     caller = np.geterr()  # NumPy's error state is per thread: the workers take the caller's
+    callback = np.geterrcall()
 
     def piece(part: slice) -> None:
-        with np.errstate(**caller):
+        with np.errstate(call=callback, **caller):
             hyp2f1(a[part], b[part], c[part], z[part], out=out[part])
 
     with ThreadPoolExecutor(threads) as pool:
