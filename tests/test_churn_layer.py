@@ -70,3 +70,19 @@ def test_a_window_with_no_churners_is_a_clear_error() -> None:
     )
     with pytest.raises(NotEnoughDataError, match="no churners and buyers"):
         fit_churn_layer(inner_windows(orders, CALIBRATION_END, [30], lambda features: pinned))
+
+
+def test_the_layer_scales_a_copy_in_place_and_leaves_its_inputs_alone() -> None:
+    """predict standardises its own copy of the used columns in place (one customers x features array at a
+    time, not three): the same numbers as (used - mean) / scale, the inputs untouched."""
+    from customer_value.models.clv.churn_layer import AVAILABLE_FEATURES, ChurnLayer
+
+    names = list(AVAILABLE_FEATURES[:3])
+    layer = ChurnLayer([0.5, -1.0, 2.0], [2.0, 0.5, 3.0], [0.3, -0.7, 1.1], -0.2, [91.0], names)
+    inputs = np.random.default_rng(4).normal(size=(200, len(AVAILABLE_FEATURES)))
+    before = inputs.copy()
+    used = inputs[:, [AVAILABLE_FEATURES.index(name) for name in names]]
+    z = (used - np.asarray(layer.mean)) / np.asarray(layer.scale)
+    expected = 1.0 / (1.0 + np.exp(-(z @ np.asarray(layer.coef) + layer.intercept)))
+    np.testing.assert_array_equal(layer.predict(inputs), expected)
+    np.testing.assert_array_equal(inputs, before)

@@ -83,10 +83,11 @@ class ChurnLayer:
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """``inputs``: the AVAILABLE_FEATURES columns from ``layer_inputs``."""
-        used = inputs[:, [AVAILABLE_FEATURES.index(name) for name in self.features]]
-        if np.isnan(used).any():
+        z = inputs[:, [AVAILABLE_FEATURES.index(name) for name in self.features]]  # a copy: scaled in place
+        if np.isnan(z).any():
             raise ValueError(f"the churn layer needs {self.features}; some are NaN (a log without amounts?)")
-        z = (used - np.asarray(self.mean)) / np.asarray(self.scale)
+        z -= np.asarray(self.mean)  # in place, as (used - mean) / scale: one customers x features array
+        z /= np.asarray(self.scale)  # at a time, not three (96 MB each when scoring 1M customers)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
     def as_dict(self) -> dict[str, object]:
