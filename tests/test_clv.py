@@ -535,10 +535,11 @@ def test_hyp2f1_split_over_threads_is_scipys_bit_for_bit(monkeypatch: pytest.Mon
     every value, overflow and NaN included, is the single call's."""
     from scipy.special import hyp2f1
 
+    from customer_value import threads
     from customer_value.models.clv import predict
 
     monkeypatch.setattr(predict, "HYP2F1_ROWS_PER_THREAD", 100)
-    monkeypatch.setattr(predict.os, "sched_getaffinity", lambda _: range(3))  # 3 uneven pieces, any runner
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _: range(3))  # 3 uneven pieces, any runner
     rng = np.random.default_rng(3)
     a = 0.24 + rng.integers(0, 700, 1001)
     b, c = 2.4 + a, 3.2 + a + rng.uniform(-4, 4, 1001)

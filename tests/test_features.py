@@ -227,3 +227,14 @@ def test_holdout_outcome_by_category_code_equals_grouping_the_ids(synthetic_orde
     grouped = holdout_outcome(orders.assign(customer_id=orders["customer_id"].astype(str)), customers, split)
     pd.testing.assert_frame_equal(by_code, grouped, check_exact=False, rtol=1e-12)
     assert by_code.loc["never-seen"].tolist() == [0.0, 0.0] and by_code["purchases"].sum() > 0
+
+
+def test_row_slices_cover_every_row_once_one_piece_per_core_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pieces the threaded steps (Arrow's id hashing, the per-customer 2F1) split their rows into."""
+    from customer_value import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _: range(3))
+    for n_rows, per_thread, expected in [(10, 3, 3), (10, 4, 2), (10, 11, 1), (0, 5, 1)]:
+        pieces = threads.row_slices(n_rows, per_thread)
+        assert len(pieces) == expected
+        assert np.array_equal(np.concatenate([np.arange(n_rows)[s] for s in pieces]), np.arange(n_rows))

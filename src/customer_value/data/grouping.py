@@ -9,7 +9,6 @@ as ``data`` returns it, skips the sort.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from customer_value.threads import row_slices
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,12 @@ def _dictionary_encode(text: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Per-row codes (``-1`` for null) into the uniques in order of first appearance. Each thread
     encodes a contiguous slice; the slices' dictionaries (each about as large as the whole's) are then
     unified, which hashes only the uniques again."""
-    threads = max(1, min(len(os.sched_getaffinity(0)), len(text) // ROWS_PER_THREAD))
-    cuts = [len(text) * i // threads for i in range(threads + 1)]
-    pieces = [text.slice(cuts[i], cuts[i + 1] - cuts[i]) for i in range(threads)]
-    with ThreadPoolExecutor(threads) as pool:
+    pieces = [
+        text.slice(rows.start, rows.stop - rows.start) for rows in row_slices(len(text), ROWS_PER_THREAD)
+    ]
+    with ThreadPoolExecutor(len(pieces)) as pool:
         encoded = [_one_dictionary(piece) for piece in pool.map(pc.dictionary_encode, pieces)]
-    if threads > 1:
+    if len(pieces) > 1:
         encoded = pa.chunked_array(encoded).unify_dictionaries().chunks
     codes = np.concatenate([pc.fill_null(piece.indices, -1).to_numpy() for piece in encoded])
     return codes, encoded[0].dictionary
