@@ -117,6 +117,46 @@ def test_the_nearest_band_serves_and_its_ranking_is_kept_at_other_horizons(selec
     model.churn_selector_ = None
 
 
+def test_bands_the_history_caps_at_the_same_windows_share_them_and_their_judgement(
+    orders: pd.DataFrame, selection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """365 and 400 days both get the longest window the 15 months allow: it is built and judged once,
+    and each band is what it would be alone."""
+    _, _, model, features = selection
+    built = []
+    window = churn_selection._window
+    monkeypatch.setattr(churn_selection, "_window", lambda *args: built.append(args[1]) or window(*args))
+    curve = model.btyd_churn_curve(features)
+    both, report = select_churn(orders, END, [365, 400], _fit, seed=0, level_on=curve)
+    assert built and len(built) == len(set(built))  # each origin once
+    assert both.bands[0].window_days == both.bands[1].window_days < 365
+    assert both.bands[0].model is both.bands[1].model
+    scores = report.scores.set_index(["band_days", "candidate"])[["auc", "brier", "ece"]]
+    pd.testing.assert_frame_equal(scores.loc[365.0], scores.loc[400.0])
+    for band in both.bands:
+        alone, _ = select_churn(orders, END, [band.horizon_days], _fit, seed=0, level_on=curve)
+        assert alone.bands[0].as_dict() == band.as_dict()
+
+
+def test_the_churn_alone_is_the_prediction_tables_column(selection) -> None:
+    """``predict_churn`` (the holdout's calibrated baselines) gives ``predict``'s churn_probability bit
+    for bit: with a selector at a band's window and between windows, with a layer, and with neither."""
+    selector, report, model, features = selection
+    judged = CLVModel.from_params(model.params_, 0.1, 30.4375)
+    for horizon in (91.0, 120.0, selector.band_for(365).window_days, 400.0):
+        judged.churn_selector_ = selector
+        expected = judged.predict(features, horizon)["churn_probability"].to_numpy()
+        np.testing.assert_array_equal(judged.predict_churn(features, horizon), expected)
+        judged.churn_selector_ = None
+        judged.churn_layer_ = report.refit["layer"].bands[0].model
+        expected = judged.predict(features, horizon)["churn_probability"].to_numpy()
+        np.testing.assert_array_equal(judged.predict_churn(features, horizon), expected)
+        judged.churn_layer_ = None
+        plain = judged.predict(features, horizon)
+        np.testing.assert_array_equal(judged.predict_churn(features, horizon), plain["churn_probability"])
+        assert not np.array_equal(plain["churn_probability"], expected)
+
+
 def test_the_selector_travels_in_the_spec_and_old_specs_still_load(selection) -> None:
     selector, _, model, features = selection
     scoring = CLVModel.from_params(PINNED, 0.1, 30.4375)
@@ -238,9 +278,9 @@ def test_a_calibration_that_reverses_its_score_is_not_eligible() -> None:
     )
     outcome = pd.DataFrame({"purchases": bought.astype(float)}, index=features.index)
     windows = [churn_selection.Window(END, features, btyd, outcome, 30.0)]
-    pooled, labels = churn_selection._pooled(windows, None), (~bought).astype(int)
-    assert churn_selection._reverses(pooled, labels, "recency", True, 0)
-    assert not churn_selection._reverses(pooled, labels, "purchase_model", True, 0)
+    band = churn_selection._Band(30, (END,), windows, {None: churn_selection._pooled(windows, None)}, ~bought)
+    assert churn_selection._reverses(band.fitted("recency", True, 0), "recency")
+    assert not churn_selection._reverses(band.fitted("purchase_model", True, 0), "purchase_model")
 
 
 def test_ties_in_auc_go_to_the_lower_brier() -> None:

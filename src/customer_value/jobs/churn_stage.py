@@ -160,7 +160,7 @@ def churn_evidence(
     for name, selector in calibrated_baselines.items():
         judged = CLVModel.from_params(model.params_, 0.0, holdout_days, customers=model.customers)
         judged.churn_selector_ = selector
-        probability = judged.predict(calibration, holdout_days)["churn_probability"].to_numpy()
+        probability = judged.predict_churn(calibration, holdout_days)
         metrics |= prefixed(f"baseline.calibrated_{name}.", churn_calibration(probability, label))
         tables[f"calibrated {name}"] = calibration_table(probability, label)
     run_logging.log_table(pd.concat(tables, names=["score"]), "evaluation/churn_calibration.csv")

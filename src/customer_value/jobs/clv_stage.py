@@ -105,11 +105,10 @@ def train_clv(
             cfg, settings, calibration, holdout, split, full_history, primary, sample, base
         )
     settings["family"] = family
-    # The whole history's churn selection runs in a thread beside the calibration window's intervals,
-    # backtest and plots: at 1M customers its ~17 s hide behind their ~20 s. Started beside the
-    # window-heavy steps before them, the peaks added up (2.4 GB instead of 2.0); started before the
-    # holdout evidence, 5 s sooner done but peaks of 2.07-2.20 GB in four runs. The same selection,
-    # logged in the main thread once it is done.
+    # The whole history's churn selection runs in a thread beside the calibration window's layers, churn
+    # selection, evidence, intervals, backtest and plots: at 1M customers its ~17 s hide behind them, where
+    # started after the evidence (as until December 2026) the train waited ~7 s for it on one busy core.
+    # It needs only the full-history fit. The same selection, logged in the main thread once it is done.
     stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="churn-whole-history") as beside,
@@ -117,6 +116,11 @@ def train_clv(
     ):
         on_exit.callback(stop.set)
         whole_history = None
+        if cfg.clv.refit_full_history and cfg.clv.churn.select:
+            end = split.holdout_end
+            whole_history = beside.submit(
+                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
+            )
         if cfg.clv.layers.value and not has_amounts:
             mlflow.set_tag("clv.value_layer", "off: the log has no amounts")
         if cfg.clv.layers.churn or (cfg.clv.layers.value and has_amounts):
@@ -135,11 +139,6 @@ def train_clv(
                 cfg, model, predictions, calibration, holdout, split.holdout_days, calibrated_baselines
             )
             metrics |= evidence
-        if cfg.clv.refit_full_history and cfg.clv.churn.select:
-            end = split.holdout_end
-            whole_history = beside.submit(
-                choose_churn, cfg, settings, scoring_model, orders, end, full_history, True, stop
-            )
         with progress.step("clv.intervals", "clv: prediction intervals on the holdout"):
             # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
             rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)

@@ -52,22 +52,20 @@ def layer_inputs(features: pd.DataFrame, btyd: pd.DataFrame, horizon_days: float
 
     Without ``monetary_value`` (a log without amounts) ``log_monetary`` is NaN: only a layer fitted
     without it (PURCHASE_ONLY_FEATURES) can be applied then."""
-    if "monetary_value" in features.columns:
-        monetary = np.log1p(features["monetary_value"].to_numpy())
-    else:
-        monetary = np.full(len(features), np.nan)
-    return np.column_stack(
-        [
-            np.log1p((features["T_days"] - features["recency_days"]).to_numpy()),  # days since last purchase
-            np.log1p(features["frequency"].to_numpy()),
-            np.log1p(features["T_days"].to_numpy()),
-            monetary,
-            _logit(btyd["churn_probability"].to_numpy()),
-            _logit(btyd["p_alive"].to_numpy()),
-            np.log1p(btyd["expected_purchases"].to_numpy()),
-            np.full(len(features), np.log(horizon_days)),
-        ]
-    )
+    columns = [  # each made when its column is filled: one customer-sized temporary at a time
+        lambda: np.log1p((features["T_days"] - features["recency_days"]).to_numpy()),  # days since last
+        lambda: np.log1p(features["frequency"].to_numpy()),
+        lambda: np.log1p(features["T_days"].to_numpy()),
+        lambda: np.log1p(features["monetary_value"].to_numpy()) if "monetary_value" in features else np.nan,
+        lambda: _logit(btyd["churn_probability"].to_numpy()),
+        lambda: _logit(btyd["p_alive"].to_numpy()),
+        lambda: np.log1p(btyd["expected_purchases"].to_numpy()),
+        lambda: np.log(horizon_days),
+    ]
+    inputs = np.empty((len(features), len(columns)))  # column_stack's layout, without its eight inputs
+    for index, column in enumerate(columns):
+        inputs[:, index] = column()
+    return inputs
 
 
 @dataclass(frozen=True)

@@ -254,18 +254,22 @@ def select_churn(
     judged: tuple[int, list[Window]] | None = None  # the longest windows so far with a purchase model
     level = _level_curve(level_on)
     judgements: dict[tuple[int, tuple[str, ...]], tuple[pd.DataFrame, str, dict[str, ChurnLayer]]] = {}
+    previous: _Band | None = None
     for horizon in sorted(set(float(h) for h in horizons_days)):
         days = window_length(first, calibration_end, horizon)
         if days < MIN_WINDOW_DAYS:
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
         origins = backtest_origins(first, calibration_end, days, folds, step_days)
-        windows = []
-        for number, origin in enumerate(origins, start=1):
-            if stop is not None and stop.is_set():
-                raise SelectionStopped(f"{label}: stopped before its {days}-day window {number}")
-            progress.counted(number, len(origins), f"{label} {horizon:.0f}-day band: {days}-day window")
-            windows.append(_window(known, origin, days, fit_btyd, fitters, fits, seed))
+        if previous is not None and previous.days == days and previous.origins == tuple(origins):
+            windows = previous.windows  # a longer horizon the history caps at the last band's windows
+        else:
+            windows = []
+            for number, origin in enumerate(origins, start=1):
+                if stop is not None and stop.is_set():
+                    raise SelectionStopped(f"{label}: stopped before its {days}-day window {number}")
+                progress.counted(number, len(origins), f"{label} {horizon:.0f}-day band: {days}-day window")
+                windows.append(_window(known, origin, days, fit_btyd, fitters, fits, seed))
         if not windows:
             report.notes.append(f"{horizon:.0f} d: no {days}-day window leaves enough history before it")
             continue
@@ -281,22 +285,16 @@ def select_churn(
             fitted_everywhere = True
         if fitted_everywhere:
             judged = (days, windows)
-        # Every window's inputs, once for the band's fits: from the run's family (key None) and each
-        # other family fitted before every window (the candidates of a family that was not are left out).
-        pooled = {None: _pooled(windows, None)}
-        pooled |= {
-            f: _pooled(windows, f) for f in fitters if all(w.others.get(f) is not None for w in windows)
-        }
-        labels = np.concatenate([churned(w.outcome) for w in windows])
+        origins_used = tuple(w.origin for w in windows)
+        if previous is None or previous.days != days or previous.origins != origins_used:
+            previous = _Band(days, origins_used, windows, *_band_inputs(windows, fitters))
+        band = previous
+        pooled, labels = band.pooled, band.labels
         if not 0 < labels.sum() < len(labels):
             report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
             continue
         usable = [n for n in names if (fitted_everywhere or not _needs_btyd(n)) and _family(n) in pooled]
-        reversed_ = [
-            n
-            for n in usable
-            if _increasing(n) and _reverses(pooled[_family(n)], labels, n, has_amounts, seed)
-        ]
+        reversed_ = [n for n in usable if _increasing(n) and _reverses(band.fitted(n, has_amounts, seed), n)]
         if reversed_:
             report.notes.append(
                 f"{horizon:.0f} d: {reversed_} left out (their fit reverses the score's ranking)"
@@ -314,12 +312,7 @@ def select_churn(
         if key not in judgements:  # bands that fall back on the same windows share one judgement
             scores, predictions = _compare(windows, pooled, labels, usable, has_amounts, seed)
             chosen = _choose(scores, predictions, labels, _bounds(windows), seed)
-            refitted = {  # every candidate refitted (a few logistic fits): the baselines are logged too
-                name: fit_logistic(
-                    pooled[_family(name)], labels, _features(name, has_amounts), [float(days)], seed
-                )
-                for name in usable
-            }
+            refitted = {name: band.fitted(name, has_amounts, seed) for name in usable}  # baselines logged too
             judgements[key] = (scores, chosen, refitted)
         scores, chosen, refitted = judgements[key]
         table = scores.assign(band_days=horizon, window_days=float(days)).reset_index()
@@ -430,15 +423,46 @@ def _fit_or_none(fit: Callable[[pd.DataFrame], object], features: pd.DataFrame) 
         return None
 
 
-def _reverses(pooled: np.ndarray, labels: np.ndarray, candidate: str, has_amounts: bool, seed: int) -> bool:
-    """Whether the candidate's logistic fit on the band's windows (``pooled`` inputs, both classes in
-    ``labels``) gives its one score a negative slope."""
-    fitted = fit_logistic(pooled, labels, _features(candidate, has_amounts), [], seed)
+def _reverses(fitted: ChurnLayer, candidate: str) -> bool:
+    """Whether the candidate's logistic fit on every row of the band's windows gives its one score a
+    negative slope."""
     return fitted.coef[fitted.features.index(INCREASING[_base_name(candidate)])] < 0
 
 
 def _needs_btyd(candidate: str) -> bool:
     return bool(set(CANDIDATES[_base_name(candidate)]) & set(BTYD_FEATURES))
+
+
+@dataclass
+class _Band:
+    """The last band's windows and what was computed on them: a longer horizon that the history caps
+    at the same windows (short logs: the 273- and 365-day bands often share one) reuses all of it, only
+    its level offsets differ. Only the last band's: the windows' days never decrease with the horizon."""
+
+    days: int
+    origins: tuple[pd.Timestamp, ...]
+    windows: list[Window]
+    pooled: dict[str | None, np.ndarray]
+    labels: np.ndarray
+    fits: dict[str, ChurnLayer] = field(default_factory=dict)
+
+    def fitted(self, candidate: str, has_amounts: bool, seed: int) -> ChurnLayer:
+        """The candidate fitted on every row of the windows, once: the reversal check and the band's
+        refit are the same fit."""
+        if candidate not in self.fits:
+            inputs, used = self.pooled[_family(candidate)], _features(candidate, has_amounts)
+            self.fits[candidate] = fit_logistic(inputs, self.labels, used, [float(self.days)], seed)
+        return self.fits[candidate]
+
+
+def _band_inputs(
+    windows: list[Window], fitters: dict[str, Callable[[pd.DataFrame], object]]
+) -> tuple[dict[str | None, np.ndarray], np.ndarray]:
+    """Every window's inputs, once for the band's fits: from the run's family (key None) and each other
+    family fitted before every window (the candidates of a family that was not are left out); the labels."""
+    pooled = {None: _pooled(windows, None)}
+    pooled |= {f: _pooled(windows, f) for f in fitters if all(w.others.get(f) is not None for w in windows)}
+    return pooled, np.concatenate([churned(w.outcome) for w in windows])
 
 
 def _pooled(windows: list[Window], family: str | None) -> np.ndarray:
