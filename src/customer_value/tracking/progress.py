@@ -18,9 +18,11 @@ log = logging.getLogger("customer_value.progress")
 
 
 @contextlib.contextmanager
-def step(name: str, label: str) -> Iterator[None]:
+def step(name: str, label: str, durations: dict[str, float] | None = None) -> Iterator[None]:
     """``label ...`` now, ``label: done in N s`` at the end (nothing more if the step fails: the job's
-    error says why); the run, if one is active, gets the metric ``time.<name>_s``."""
+    error says why); the run, if one is active, gets the metric ``time.<name>_s``. ``durations``: for a
+    step in a thread of its own (MLflow's active run is the main thread's), where to put that metric
+    for the caller to log."""
     memory.release()  # what the work before it left behind
     log.info("%s ...", label)
     start = time.perf_counter()
@@ -28,7 +30,9 @@ def step(name: str, label: str) -> Iterator[None]:
     memory.release()
     seconds = time.perf_counter() - start
     log.info("%s: done in %.1f s", label, seconds)
-    if mlflow.active_run() is not None:
+    if durations is not None:
+        durations[f"time.{name}_s"] = seconds
+    elif mlflow.active_run() is not None:
         mlflow.log_metric(f"time.{name}_s", seconds)
 
 
