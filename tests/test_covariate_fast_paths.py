@@ -127,6 +127,34 @@ def test_the_compiled_likelihood_is_the_per_pattern_one(family: str, sets: dict[
                 )
 
 
+@pytest.mark.parametrize("family", ["bgnbd", "pareto_nbd"])
+def test_an_evaluation_split_over_threads_is_the_one_calls_bit_for_bit(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled pass's chunks in three threads (uneven runs of chunks, on any runner) give the serial
+    call's value and gradient exactly; a ``side_by_side`` thread (the covariance's gradients) keeps its
+    pass in one piece."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from customer_value import threads
+    from customer_value.models.clv import covariate_kernels
+
+    x, t_x, big_t, design = _histories(3000, 9)
+    likelihood = CovariateLikelihood(family, covariate_patterns(x, t_x, big_t, design), DESIGNS[family][0])
+    theta = np.r_[np.log(BASE[family]), np.random.default_rng(10).normal(0, 0.5, likelihood.n_params - 4)]
+    serial = likelihood.value_and_gradient(theta)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _: range(3))
+    monkeypatch.setattr(covariate_kernels, "KERNEL_ROWS_PER_THREAD", 500)
+    assert len(threads.row_slices(len(likelihood.patterns.T), 500)) == 3
+    split = likelihood.value_and_gradient(theta)
+    assert split[0] == serial[0]
+    np.testing.assert_array_equal(split[1], serial[1])
+    with ThreadPoolExecutor(1, initializer=threads.side_by_side) as pool:
+        assert pool.submit(threads.row_slices, 3000, 500).result() == [slice(0, 3000)]
+        beside = pool.submit(likelihood.value_and_gradient, theta).result()
+    np.testing.assert_array_equal(beside[1], serial[1])
+
+
 class _Reference:
     """A likelihood whose evaluation is the per-pattern reference (for ``covariate_objective``)."""
 

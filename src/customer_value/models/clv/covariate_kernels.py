@@ -8,9 +8,10 @@ registers. The arithmetic is the NumPy reference's (``covariate_likelihoods.bgnb
 ``pareto_likelihood.pattern_terms``), operation for operation where it can be; sums agree with the
 reference's to ~1e-13 relative (tested).
 
-Serial on purpose: on a two-core machine shared with other work, numba's ``parallel=True`` measured
-slower (72 ms against 51 ms an evaluation at a million customers) and costs more to compile. ``nogil``:
-independent evaluations (the covariance's 2k gradients) may run in threads.
+Not numba's ``parallel=True``: on a two-core machine shared with other work it measured slower (72 ms
+against 51 ms an evaluation at a million customers) and costs more to compile. Instead the chunks of one
+evaluation are split over the cores in plain threads (``nogil``; ``_over_chunks``), except in threads that
+already evaluate side by side (the covariance's 2k gradients, see ``threads.side_by_side``).
 
 ``cache=True`` keeps the machine code beside this file: the first call on a machine compiles (seconds,
 see docs/benchmarks.md), later processes load it. ``fastmath=False``: the same IEEE arithmetic as NumPy.
@@ -21,14 +22,21 @@ raising.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
 
+from customer_value.threads import row_slices
+
 CHUNKS = 64  # the customers' sums are taken in this many pieces, then added: less rounding than one sum
+# Rows above which one evaluation's chunks are split over the cores (1M customers, 2-core Xeon: the BG/NBD
+# covariate fit ~0.1 s faster, median of 4 fits 2.33 -> 2.22 s; an evaluation 37 -> 32-36 ms, its pass
+# is bound by memory more than by arithmetic); below, starting the threads costs about what it saves.
+KERNEL_ROWS_PER_THREAD = 100_000
 
 
-@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def bgnbd_rows(
     log_alpha0: float,
     r: float,
@@ -51,12 +59,39 @@ def bgnbd_rows(
     ``z``; ``ws_out`` receives each repeat buyer's w expit(d) (d = ``log_odds[group]`` - (r + x) ln((alpha
     + t_x) / (alpha + T))).
     """
+    n, k = big_t.shape[0], gammas.shape[0]
+    partial = np.zeros((max(1, min(CHUNKS, n)), 5 + k))
+    args = (log_alpha0, r, gammas, z, big_t, w, wx, x_repeat, t_repeat, log_odds, group, ws_out, partial)
+    _over_chunks(_bgnbd_chunks, n, args)
+    total = _column_sums(partial)
+    return total[:5], total[5:]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _bgnbd_chunks(
+    log_alpha0: float,
+    r: float,
+    gammas: np.ndarray,
+    z: np.ndarray,
+    big_t: np.ndarray,
+    w: np.ndarray,
+    wx: np.ndarray,
+    x_repeat: np.ndarray,
+    t_repeat: np.ndarray,
+    log_odds: np.ndarray,
+    group: np.ndarray,
+    ws_out: np.ndarray,
+    partial: np.ndarray,
+    first_chunk: int,
+    end_chunk: int,
+) -> None:
+    """``bgnbd_rows``' chunks ``first_chunk`` to ``end_chunk`` - 1, each chunk's sums into its row of
+    ``partial``."""
     n = big_t.shape[0]
     n_repeat = x_repeat.shape[0]
     k = gammas.shape[0]
-    n_chunks = max(1, min(CHUNKS, n))
-    partial = np.zeros((n_chunks, 5 + k))
-    for c in range(n_chunks):
+    n_chunks = partial.shape[0]
+    for c in range(first_chunk, end_chunk):
         low, high = c * n // n_chunks, (c + 1) * n // n_chunks
         s_log_t, s_x_log_t, s_soft, s_gap, s_alpha = 0.0, 0.0, 0.0, 0.0, 0.0
         z_sums = np.zeros(k)
@@ -93,11 +128,8 @@ def bgnbd_rows(
         partial[c, 3] = s_gap
         partial[c, 4] = s_alpha
         partial[c, 5:] = z_sums
-    total = partial.sum(axis=0)
-    return total[:5], total[5:]
 
 
-@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def pareto_rows(
     r: float,
     s: float,
@@ -123,14 +155,44 @@ def pareto_rows(
     ln alpha_i = ``log_alpha0`` + alpha_gammas . z_alpha[:, i] (signs folded in), likewise beta. I is
     ``pareto_likelihood.ParetoNBDLikelihood._log_integral``'s quadrature, node by node.
     """
+    n, k_alpha, k_beta = big_t.shape[0], alpha_gammas.shape[0], beta_gammas.shape[0]
+    partial = np.zeros((max(1, min(CHUNKS, n)), 5 + k_alpha + k_beta))
+    args = (r, s, log_alpha0, log_beta0, alpha_gammas, z_alpha, beta_gammas, z_beta, t_x, big_t, frequency)
+    _over_chunks(_pareto_chunks, n, (*args, w, nodes, node_weights, tail_nats, partial))
+    total_sums = _column_sums(partial)
+    return total_sums[:5], total_sums[5 : 5 + k_alpha], total_sums[5 + k_alpha :]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _pareto_chunks(
+    r: float,
+    s: float,
+    log_alpha0: float,
+    log_beta0: float,
+    alpha_gammas: np.ndarray,
+    z_alpha: np.ndarray,
+    beta_gammas: np.ndarray,
+    z_beta: np.ndarray,
+    t_x: np.ndarray,
+    big_t: np.ndarray,
+    frequency: np.ndarray,
+    w: np.ndarray,
+    nodes: np.ndarray,
+    node_weights: np.ndarray,
+    tail_nats: float,
+    partial: np.ndarray,
+    first_chunk: int,
+    end_chunk: int,
+) -> None:
+    """``pareto_rows``' chunks ``first_chunk`` to ``end_chunk`` - 1, each chunk's sums into its row of
+    ``partial``."""
     n = big_t.shape[0]
     k_alpha, k_beta = alpha_gammas.shape[0], beta_gammas.shape[0]
     n_nodes = nodes.shape[0]
-    n_chunks = max(1, min(CHUNKS, n))
-    partial = np.zeros((n_chunks, 5 + k_alpha + k_beta))
+    n_chunks = partial.shape[0]
     log_s = math.log(s)
     sn = s + 1.0
-    for c in range(n_chunks):
+    for c in range(first_chunk, end_chunk):
         low, high = c * n // n_chunks, (c + 1) * n // n_chunks
         sums = np.zeros(5 + k_alpha + k_beta)
         for i in range(low, high):
@@ -201,5 +263,24 @@ def pareto_rows(
             for j in range(k_beta):
                 sums[5 + k_alpha + j] += z_beta[j, i] * d_beta
         partial[c] = sums
-    total_sums = partial.sum(axis=0)
-    return total_sums[:5], total_sums[5 : 5 + k_alpha], total_sums[5 + k_alpha :]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _column_sums(partial: np.ndarray) -> np.ndarray:
+    """The chunks' sums added, in chunk order (compiled: the same addition as when it ended each kernel)."""
+    return partial.sum(axis=0)
+
+
+def _over_chunks(kernel: Callable[..., None], n_rows: int, args: tuple) -> None:
+    """``kernel(*args, first_chunk, end_chunk)`` over every chunk of ``args``' last item (``partial``): in
+    one call, or in one contiguous run of chunks per piece of ``row_slices`` (per core when the rows are
+    many, one in a thread beside others: the covariance's gradients). Each chunk's arithmetic is the
+    same in any thread and the chunks are added in order afterwards: the sums are one call's, bit for bit."""
+    n_chunks = args[-1].shape[0]
+    threads = len(row_slices(n_rows, KERNEL_ROWS_PER_THREAD))
+    if threads == 1:
+        kernel(*args, 0, n_chunks)
+        return
+    cuts = [n_chunks * i // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: kernel(*args, cuts[i], cuts[i + 1]), range(threads)))

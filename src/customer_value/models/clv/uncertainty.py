@@ -52,6 +52,7 @@ from customer_value.models.clv.likelihoods import (
     log_space_hessian,
     mean_constrained_gamma_gamma,
 )
+from customer_value.threads import side_by_side
 
 HESSIAN_STEP = 1e-4  # in log-parameter units
 HESSIAN_THREADS = 2  # covariate Hessian: gradients evaluated at a time (the machines have 2 cores)
@@ -183,7 +184,8 @@ def _covariate_hessian(
     ``HESSIAN_THREADS`` threads (each the same arithmetic as in one thread, so the same Hessian)."""
     likelihood, theta = covariate_likelihood(params, inputs, patterns)
     points = [theta + sign * h for h in np.eye(len(theta)) * HESSIAN_STEP for sign in (1.0, -1.0)]
-    with ThreadPoolExecutor(max_workers=min(HESSIAN_THREADS, os.cpu_count() or 1)) as pool:
+    threads = min(HESSIAN_THREADS, os.cpu_count() or 1)  # each gradient's compiled pass in its own thread
+    with ThreadPoolExecutor(max_workers=threads, initializer=side_by_side) as pool:
         gradients = list(pool.map(lambda point: likelihood.value_and_gradient(point)[1], points))
     hessian = np.column_stack(
         [(gradients[2 * j] - gradients[2 * j + 1]) / (2 * HESSIAN_STEP) for j in range(len(theta))]

@@ -35,7 +35,6 @@ from customer_value.models.segments.clusterers import RFMQuintiles, make_cluster
 from customer_value.models.segments.distinctness import merge_indistinct, merge_small
 from customer_value.models.segments.explanations import margin_parts, reasons
 from customer_value.models.segments.names import name_segments
-from customer_value.models.segments.silhouette import silhouette
 
 SEGMENT_FEATURES = ["days_since_last", "n_orders", "mean_order_value", "T_days"]
 PROFILE_COLUMNS = ["days_since_last", "n_orders", "mean_order_value", "total_spend", "T_days"]
@@ -204,6 +203,9 @@ def quality_metrics(
     }
     if 1 < n_segments < len(labels):
         # scikit-learn's sampled silhouette, its pairs in one compiled pass (no distance matrix at all).
+        # Imported here: numba and LLVM are ~50 MB of RSS, kept out of a train's CLV stage (its peak).
+        from customer_value.models.segments.silhouette import silhouette
+
         metrics["silhouette"] = silhouette(space, labels, min(sample_size, len(labels)), seed)
         metrics["davies_bouldin"] = float(davies_bouldin_score(space, labels))
         metrics["calinski_harabasz"] = float(calinski_harabasz_score(space, labels))
