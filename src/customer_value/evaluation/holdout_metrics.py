@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from customer_value.data.grouping import order_codes
+from customer_value.data.grouping import epoch_days, order_codes
 
 
 def churned(holdout: pd.DataFrame) -> np.ndarray:
@@ -163,8 +163,15 @@ def cumulative_repeat_tracking(
     dates = pd.date_range(start + pd.Timedelta(days=step_days), holdout_end, freq=f"{step_days}D")
     if len(dates) == 0 or dates[-1] != holdout_end:
         dates = dates.append(pd.DatetimeIndex([holdout_end]))
-    days, counts = np.unique(when[repeat], return_counts=True)
-    daily = pd.Series(counts, index=pd.DatetimeIndex(days)).cumsum()
+    # Counted per day (orders are whole days, see ``loading``): a bincount, not np.unique's sorted copy
+    # of every repeat order (1M customers: 270 -> ~100 MB at this step's peak, beside the intervals).
+    day = epoch_days(when[repeat], np.int32)
+    first_day = int(day.min()) if len(day) else 0
+    day -= first_day
+    counts = np.bincount(day)
+    days = np.flatnonzero(counts)
+    dated = (days + first_day).astype("datetime64[D]").astype(when.dtype)
+    daily = pd.Series(counts[days], index=pd.DatetimeIndex(dated)).cumsum()
     actual = daily.reindex(dates, method="ffill").fillna(0.0).to_numpy()
     births = cohort.value_counts()
     ages = (dates.to_numpy()[None, :] - births.index.to_numpy()[:, None]) / np.timedelta64(1, "D")
