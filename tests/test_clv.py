@@ -567,26 +567,6 @@ def test_a_fit_whose_hypergeometric_term_is_negative_is_refused_but_scored() -> 
     assert np.isfinite(predict_arrays(params, inputs, 365.25, 0.1, 30.0)).all()
 
 
-def test_the_acceptance_checks_two_horizons_in_threads_decide_and_say_as_one_after_the_other(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Many patterns (a numeric covariate at 1M customers): the one- and ten-year checks run at once; the
-    same fits pass, and a refused one gets the one-year horizon's message (here 1 pair of 3; the ten-year
-    horizon's would say 2), as when they ran in turn."""
-    from customer_value.models.clv import model as clv_model
-    from customer_value.models.clv.btyd import ModelInputs
-
-    inputs = ModelInputs(
-        np.array([0.0, 0.0, 3.0]), np.array([0.0, 0.0, 20.0]), np.array([2.0, 300.0, 40.0]), None
-    )
-    refused = CLVParams("bgnbd", {"r": 0.28, "alpha": 5.2, "a": 0.086, "b": 0.6}, None, 7.0)
-    for rows_per_thread in (10**9, 1):  # in turn, then in two threads
-        monkeypatch.setattr(clv_model, "CHECK_ROWS_PER_THREAD", rows_per_thread)
-        with pytest.raises(ModelFitError, match="negative for 1 of 3 "):
-            clv_model._require_finite_predictions(refused, inputs)
-        clv_model._require_finite_predictions(PINNED, inputs)  # accepted either way
-
-
 def _bgnbd_by_series(params: dict[str, float], inputs, t: float) -> np.ndarray:
     """BG/NBD's E[X(t)] for customers seen at T (the denominator is 1 for non-repeaters only) with 2F1
     summed term by term: a reference free of scipy's hyp2f1 (z < 0.95 here: 2,000 terms)."""

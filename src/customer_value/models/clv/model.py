@@ -7,7 +7,6 @@ in ``_``. The lifetimes calls themselves live in ``btyd``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -467,11 +466,6 @@ def _ladder(penalizer: float, fallbacks: tuple[float, ...]) -> list[float]:
     return [penalizer, *(p for p in fallbacks if p > penalizer)]
 
 
-# Patterns above which the acceptance check's two horizons run in two threads (1M customers with a numeric
-# covariate, 2-core Xeon: 0.67 -> 0.52-0.56 s; below, a thread costs more than it saves).
-CHECK_ROWS_PER_THREAD = 100_000
-
-
 def _require_finite_predictions(
     params: CLVParams, inputs: ModelInputs, with_design: CovariatePatterns | None = None
 ) -> None:
@@ -502,20 +496,8 @@ def _require_finite_predictions(
         design,
         codes,
     )
-
-    def check(horizon_days: float) -> ModelFitError | None:
+    for horizon_days in (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR):
         try:
             predict_arrays(params, unique, horizon_days, 0.0, horizon_days, strict=True)
         except ModelFitError as exc:
-            return ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns"))
-        return None
-
-    horizons = (DAYS_PER_YEAR, 10 * DAYS_PER_YEAR)
-    if len(patterns.T) < CHECK_ROWS_PER_THREAD:
-        failures = [check(horizon) for horizon in horizons]
-    else:  # with a numeric covariate every customer is a pattern: both horizons at once (the same errors)
-        with ThreadPoolExecutor(len(horizons)) as pool:
-            failures = list(pool.map(check, horizons))
-    failure = next((f for f in failures if f is not None), None)  # the one-year horizon's first
-    if failure is not None:
-        raise failure
+            raise ModelFitError(str(exc).replace("customers", "(x, t_x, T) patterns")) from None
