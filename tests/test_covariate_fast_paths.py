@@ -152,6 +152,7 @@ def test_an_evaluation_split_over_threads_is_the_one_calls_bit_for_bit(
     with ThreadPoolExecutor(1, initializer=threads.side_by_side) as pool:
         assert pool.submit(threads.row_slices, 3000, 500).result() == [slice(0, 3000)]
         beside = pool.submit(likelihood.value_and_gradient, theta).result()
+    assert beside[0] == serial[0]
     np.testing.assert_array_equal(beside[1], serial[1])
 
 

@@ -79,9 +79,9 @@ def choose_churn(
 
     The calibration fit's selection (``end`` = the calibration end) is the one the holdout judges; with
     ``scoring`` the same procedure runs on the whole history for the registered scoring fit. No logging
-    here: safe in a thread of its own (the train runs the whole history's selection beside the
-    calibration window's evaluation; MLflow's active run is the main thread's); ``stop`` ends it at its
-    next window (see ``select_churn``)."""
+    here: safe in a thread of its own (the train runs the whole history's selection beside the layers,
+    the calibration's own selection and its evaluation; MLflow's active run is the main thread's);
+    ``stop`` ends it at its next window (see ``select_churn``)."""
     churn = cfg.clv.churn
     rows = sample_positions(len(base), LEVEL_SAMPLE, cfg.seed)
     fit_btyd, other_families = purchase_fitters(settings)

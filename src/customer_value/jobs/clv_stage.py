@@ -110,7 +110,10 @@ def train_clv(
     # started after the evidence (as until December 2026) the train waited ~7 s for it on one busy core.
     # It needs only the full-history fit. The same selection, logged in the main thread once it is done.
     # The holdout's intervals take the pool's second thread once the evidence is in (see below).
-    stop = threading.Event()  # set when this block ends, failed or not: the thread ends at its next window
+    # ``stop`` is set when this block ends, failed or not: the whole history's selection ends at its next
+    # window; the pool still waits for a window or the intervals under way (seconds at 1M) before the
+    # failure goes on.
+    stop = threading.Event()
     with (
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="clv-beside") as beside,
         contextlib.ExitStack() as on_exit,  # left first: the stop is set before the pool waits
@@ -142,11 +145,13 @@ def train_clv(
             metrics |= evidence
         # A customer's interval depends on its own row only, so a sample's intervals are the full run's.
         # Computed beside the diagnostics, backtest and plots (the whole history's selection is done by
-        # now at 1M customers): nothing of theirs reads or changes the model.
+        # now at 1M customers): they read the model, nothing of theirs changes it.
         rows = sample_positions(len(calibration), cfg.clv.intervals.evaluation_sample, cfg.seed)
         durations: dict[str, float] = {}
-        sampled = calibration.iloc[rows], holdout.iloc[rows]
-        intervals = beside.submit(_holdout_intervals, model, *sampled, split.holdout_days, durations)
+        customers_drawn, their_holdout = calibration.iloc[rows], holdout.iloc[rows]
+        intervals = beside.submit(
+            _holdout_intervals, model, customers_drawn, their_holdout, split.holdout_days, durations
+        )
         metrics["holdout.interval_customers"] = float(len(rows))
         metrics |= {f"fitted.{k}": v for k, v in model.params_.fitted().items()}
         with progress.step("clv.diagnostics", "clv: inference and fit diagnostics"):

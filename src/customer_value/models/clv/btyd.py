@@ -324,9 +324,10 @@ def model_inputs(
 def quiet_lifetimes() -> Iterator[None]:
     """lifetimes prints the optimiser result on failure and warns on overflow: keep job output clean.
 
-    sys.stdout and the warning filters are the process's, and the train runs one churn selection in a
-    thread beside the rest: the first thread in silences them, the last one out restores them (nested
-    per-thread redirections, as ``contextlib.redirect_stdout``, can restore them in the wrong order)."""
+    sys.stdout and the warning filters are the process's, and the train runs a churn selection and the
+    holdout's intervals in threads beside the rest: the first thread in silences them, the last one out
+    restores them (nested per-thread redirections, as ``contextlib.redirect_stdout``, can restore them in
+    the wrong order)."""
     with _QUIET.lock:
         if _QUIET.depth == 0:
             _QUIET.stack.enter_context(warnings.catch_warnings())

@@ -242,9 +242,8 @@ def select_churn(
     """
     # Every window ends by the calibration end, and its customer table and outcome are cut by date: the
     # later orders need not be copied out (at 1M customers the calibration half was ~160 MB, held through
-    # the selection, beside the whole history's in its thread).
-    seen = orders["date"] <= calibration_end
-    known = orders if seen.any() else orders[seen]
+    # the selection, beside the whole history's in its thread). The split keeps the first order before it.
+    known = orders
     first = known["date"].min()
     report = SelectionReport()
     others = (
@@ -379,7 +378,8 @@ def _fit_at_end(
     of at most WINDOW_CUSTOMERS customers; a family that cannot be fitted there is left out, with a note."""
     if not fitters:
         return {}
-    features = _sample(customer_features(known, end), seed)
+    with _BUILDING:  # a customer table of the whole log, as a window's
+        features = _sample(customer_features(known, end), seed)
     fitted = {}
     for family, fit in fitters.items():
         try:
