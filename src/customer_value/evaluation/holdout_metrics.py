@@ -165,7 +165,7 @@ def cumulative_repeat_tracking(
     if len(dates) == 0 or dates[-1] != holdout_end:
         dates = dates.append(pd.DatetimeIndex([holdout_end]))
     # Counted per day (orders are whole days, see ``loading``): a bincount, not np.unique's sorted copy
-    # of every repeat order (1M customers: 270 -> ~100 MB at this step's peak, beside the intervals).
+    # of every repeat order (1M customers: the step's peak +268 -> +224 MB, and 0.8 -> 0.4 s).
     day = epoch_days(when[repeat], np.int32)
     first_day = int(day.min()) if len(day) else 0
     day -= first_day

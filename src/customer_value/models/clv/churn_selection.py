@@ -444,8 +444,9 @@ def _needs_btyd(candidate: str) -> bool:
 @dataclass
 class _Band:
     """The last band's windows and what was computed on them: a longer horizon that the history caps
-    at the same windows (short logs: the 273- and 365-day bands often share one) reuses all of it, only
-    its level offsets differ. Only the last band's: the windows' days never decrease with the horizon."""
+    at the same windows (short logs: the 273- and 365-day bands often share one) reuses all of it; only
+    the band's own horizon differs. Only the last band's: the windows' days never decrease with the
+    horizon."""
 
     days: int
     origins: tuple[pd.Timestamp, ...]

@@ -364,8 +364,8 @@ class CLVModel:
     def predict_churn(self, features: pd.DataFrame, horizon_days: float) -> np.ndarray:
         """``predict``'s ``churn_probability`` alone, the same numbers: the purchase model's outputs are
         computed only at the days the churn model reads (a selector's band reads its window's), and no
-        prediction table is built (the holdout's calibrated baselines at 1M customers: one pass instead
-        of two, and ~250 MB less at their peak)."""
+        prediction table is built (the holdout's calibrated baselines: one pass over the customers
+        instead of two, and no customers x 13 table)."""
         check_horizon(horizon_days, self.discount_step_days)
         inputs = self._inputs(self.params_, features)
         btyd_at = self._btyd_reader(self.params_, features, inputs, horizon_days, None)
