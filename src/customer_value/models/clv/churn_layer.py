@@ -52,19 +52,17 @@ def layer_inputs(features: pd.DataFrame, btyd: pd.DataFrame, horizon_days: float
 
     Without ``monetary_value`` (a log without amounts) ``log_monetary`` is NaN: only a layer fitted
     without it (PURCHASE_ONLY_FEATURES) can be applied then."""
-    columns = [  # each made when its column is filled: one customer-sized temporary at a time
-        lambda: np.log1p((features["T_days"] - features["recency_days"]).to_numpy()),  # days since last
-        lambda: np.log1p(features["frequency"].to_numpy()),
-        lambda: np.log1p(features["T_days"].to_numpy()),
-        lambda: np.log1p(features["monetary_value"].to_numpy()) if "monetary_value" in features else np.nan,
-        lambda: _logit(btyd["churn_probability"].to_numpy()),
-        lambda: _logit(btyd["p_alive"].to_numpy()),
-        lambda: np.log1p(btyd["expected_purchases"].to_numpy()),
-        lambda: np.log(horizon_days),
-    ]
-    inputs = np.empty((len(features), len(columns)))  # column_stack's layout, without its eight inputs
-    for index, column in enumerate(columns):
-        inputs[:, index] = column()
+    # Filled column by column in AVAILABLE_FEATURES' order (column_stack's layout, without its eight
+    # customer-sized inputs alive at once).
+    inputs = np.empty((len(features), len(AVAILABLE_FEATURES)))
+    inputs[:, 0] = np.log1p((features["T_days"] - features["recency_days"]).to_numpy())  # days since last
+    inputs[:, 1] = np.log1p(features["frequency"].to_numpy())
+    inputs[:, 2] = np.log1p(features["T_days"].to_numpy())
+    inputs[:, 3] = np.log1p(features["monetary_value"].to_numpy()) if "monetary_value" in features else np.nan
+    inputs[:, 4] = _logit(btyd["churn_probability"].to_numpy())
+    inputs[:, 5] = _logit(btyd["p_alive"].to_numpy())
+    inputs[:, 6] = np.log1p(btyd["expected_purchases"].to_numpy())
+    inputs[:, 7] = np.log(horizon_days)
     return inputs
 
 

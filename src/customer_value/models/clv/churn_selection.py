@@ -260,15 +260,15 @@ def select_churn(
     judged: tuple[int, list[Window]] | None = None  # the longest windows so far with a purchase model
     level = _level_curve(level_on)
     judgements: dict[tuple[int, tuple[str, ...]], tuple[pd.DataFrame, str, dict[str, ChurnLayer]]] = {}
-    previous: _Band | None = None
+    band: _Band | None = None  # the last band's windows and what was computed on them
     for horizon in sorted(set(float(h) for h in horizons_days)):
         days = window_length(first, calibration_end, horizon)
         if days < MIN_WINDOW_DAYS:
             report.notes.append(f"{horizon:.0f} d: the history leaves no window of {MIN_WINDOW_DAYS}+ days")
             continue
         origins = backtest_origins(first, calibration_end, days, folds, step_days)
-        if previous is not None and previous.days == days and previous.origins == tuple(origins):
-            windows = previous.windows  # a longer horizon the history caps at the last band's windows
+        if band is not None and band.covers(days, tuple(origins)):
+            windows = band.windows  # a longer horizon the history caps at the last band's windows
         else:
             windows = []
             for number, origin in enumerate(origins, start=1):
@@ -292,9 +292,8 @@ def select_churn(
         if fitted_everywhere:
             judged = (days, windows)
         origins_used = tuple(w.origin for w in windows)
-        if previous is None or previous.days != days or previous.origins != origins_used:
-            previous = _Band(days, origins_used, windows, *_band_inputs(windows, fitters))
-        band = previous
+        if band is None or not band.covers(days, origins_used):
+            band = _Band(days, origins_used, windows, *_band_inputs(windows, fitters))
         pooled, labels = band.pooled, band.labels
         if not 0 < labels.sum() < len(labels):
             report.notes.append(f"{horizon:.0f} d: the {days}-day windows hold one class only")
@@ -454,6 +453,10 @@ class _Band:
     pooled: dict[str | None, np.ndarray]
     labels: np.ndarray
     fits: dict[str, ChurnLayer] = field(default_factory=dict)
+
+    def covers(self, days: int, origins: tuple[pd.Timestamp, ...]) -> bool:
+        """Whether these are the windows of ``days`` at ``origins`` (windows are those two alone)."""
+        return self.days == days and self.origins == origins
 
     def fitted(self, candidate: str, has_amounts: bool, seed: int) -> ChurnLayer:
         """The candidate fitted on every row of the windows, once: the reversal check and the band's
